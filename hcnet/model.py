@@ -1,0 +1,315 @@
+"""HcNet, the Heat Conduction Network (arXiv 2408.05901), in Flax NNX with NHWC tensors.
+
+Each Hc-Ra block takes one explicit finite-difference step of the heat equation,
+`x + k(x) * L(x)`, then a Refinement Approximation step, `x + RA(GroupNorm(x))`.
+Three public forms of the operator L exist (see HEAT_OPERATORS); all are reproduced.
+
+Default form: `mean8` for every variant. It is the isotropic FDM step the paper derives (the
+neighbours' mean minus the centre), the only form for which k in [0, 1] gives a convex
+combination (no new extrema), and with Table 1's depths it gives the paper's 28M params and
+the count nearest its 4.1G MACs (4.154G; learned3 4.177G, learned5 4.217G). `learned5` is the
+form the released training code trains (with depths 3,8,18,3); a config picks it by name.
+"""
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+HEAT_OPERATORS = ("mean8", "learned3", "learned5")
+K_MODES = ("input", "learned", "fixed")
+CONV_INITS = ("trunc_normal", "torch_default")
+DEPTHWISE_IMPLS = ("shift", "conv")
+
+VARIANTS = {
+    "mu": dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64)),  # tiny, for tests
+    "T": dict(depths=(5, 5, 14, 5), dims=(64, 128, 320, 512)),
+    "S": dict(depths=(6, 6, 18, 6), dims=(64, 192, 384, 768)),
+    "B": dict(depths=(10, 10, 28, 10), dims=(96, 192, 384, 768)),
+}
+
+
+# ---------------------------------------------------------------- pure functions
+def trunc_normal(key, shape, dtype=jnp.float32):
+    """timm's trunc_normal_(std=0.02): bounds at +-2 absolute, i.e. +-100 std."""
+    return 0.02 * jax.random.truncated_normal(key, -100.0, 100.0, shape, dtype)
+
+
+def torch_default_bias(fan_in):
+    """PyTorch's default conv bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def conv_out_size(size: int, stride: int = 2) -> int:
+    """PyTorch's output size of a 3x3 convolution with padding 1."""
+    return (size + 2 - 3) // stride + 1
+
+
+def neighbour_count(h: int, w: int) -> np.ndarray:
+    """In-image neighbours of each pixel in its 3x3 window: 8 inside, 5 on edges, 3 at corners."""
+    rows = np.minimum(np.arange(h) + 1, h - 1) - np.maximum(np.arange(h) - 1, 0) + 1
+    cols = np.minimum(np.arange(w) + 1, w - 1) - np.maximum(np.arange(w) - 1, 0) + 1
+    return (rows[:, None] * cols[None, :] - 1).astype(np.float32)[..., None]  # (H, W, 1)
+
+
+def depthwise_conv(x, kernel, impl: str = "shift"):
+    """Zero-padded 'same' depthwise cross-correlation. x (B, H, W, C), kernel (k, k, 1, C)."""
+    kh, kw = kernel.shape[:2]
+    if impl == "conv":
+        return jax.lax.conv_general_dilated(
+            x, kernel, (1, 1), ((kh // 2, kh // 2), (kw // 2, kw // 2)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+    h, w = x.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    taps = [xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0] for i in range(kh) for j in range(kw)]
+    return sum(taps[1:], taps[0])
+
+
+def box_sum3(x):
+    """Sum over each zero-padded 3x3 window. x (B, H, W, C)."""
+    h, w = x.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    rows = xp[:, 0:h] + xp[:, 1:h + 1] + xp[:, 2:h + 2]
+    return rows[:, :, 0:w] + rows[:, :, 1:w + 1] + rows[:, :, 2:w + 2]
+
+
+def mean8_laplacian(x):
+    """Mean of the in-image 3x3 neighbours minus the centre. x (B, H, W, C)."""
+    count = jnp.asarray(neighbour_count(*x.shape[1:3]), x.dtype)
+    return (box_sum3(x) - x) / count - x
+
+
+def stencil_kernel(w, heat_operator: str):
+    """Folds a learned form's centre terms into one depthwise kernel, so L(x) = dwconv(x, kernel).
+
+    learned5: conv_w(x) - sum(w) x.   learned3: conv_w(x) - w_centre x - 2 sum(w) x.
+    """
+    c = w.shape[0] // 2
+    total = w.sum(axis=(0, 1))  # (1, C)
+    centre = -total if heat_operator == "learned5" else -(w[c, c] + 2.0 * total)
+    return w.at[c, c].add(centre)
+
+
+def drop_path_rates(depths: Sequence[int], rate: float) -> list[float]:
+    """Stochastic depth: linear from 0 at the first block to `rate` at the last."""
+    return np.linspace(0.0, rate, sum(depths)).tolist()
+
+
+# ---------------------------------------------------------------- layers
+def group_norm(dim, dtype, param_dtype, rngs):
+    """GroupNorm(1): normalises over (H, W, C) per example, per-channel affine, eps 1e-5."""
+    return nnx.GroupNorm(dim, num_groups=1, epsilon=1e-5, use_fast_variance=False,
+                         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def conv3x3(cin, cout, *, use_bias, init, dtype, param_dtype, rngs):
+    """3x3 stride-2 convolution with PyTorch's padding of 1."""
+    if init == "trunc_normal":
+        inits = dict(kernel_init=trunc_normal, bias_init=nnx.initializers.zeros)
+    else:
+        inits = dict(kernel_init=nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                     bias_init=torch_default_bias(9 * cin))
+    return nnx.Conv(cin, cout, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=use_bias,
+                    dtype=dtype, param_dtype=param_dtype, rngs=rngs, **inits)
+
+
+def linear(din, dout, *, use_bias=True, dtype, param_dtype, rngs):
+    return nnx.Linear(din, dout, use_bias=use_bias, kernel_init=trunc_normal, dtype=dtype,
+                      param_dtype=param_dtype, rngs=rngs)
+
+
+class HeatConduction(nnx.Module):
+    """The increment k(x) * L(x) of one explicit heat-equation step."""
+
+    def __init__(self, dim, *, heat_operator, k_mode, k_value, dtype, param_dtype,
+                 depthwise_impl, rngs: nnx.Rngs):
+        self.heat_operator, self.k_mode, self.k_value = heat_operator, k_mode, k_value
+        self.depthwise_impl = depthwise_impl
+        if heat_operator != "mean8":
+            size = 3 if heat_operator == "learned3" else 5
+            self.stencil = nnx.Param(trunc_normal(rngs.params(), (size, size, 1, dim), param_dtype))
+        if k_mode == "input":
+            self.gate = linear(dim, dim, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        elif k_mode == "learned":
+            self.k = nnx.Param(jnp.full((), k_value, param_dtype))
+
+    def conductivity(self, x):
+        """k: (B, 1, 1, C) for the input-dependent mode, a scalar otherwise."""
+        if self.k_mode == "input":
+            return jax.nn.sigmoid(self.gate(x.mean(axis=(1, 2), keepdims=True)))
+        if self.k_mode == "learned":
+            return self.k[...].astype(x.dtype)
+        return jnp.asarray(self.k_value, x.dtype)
+
+    def laplacian(self, x):
+        if self.heat_operator == "mean8":
+            return mean8_laplacian(x)
+        kernel = stencil_kernel(self.stencil[...], self.heat_operator).astype(x.dtype)
+        return depthwise_conv(x, kernel, self.depthwise_impl)
+
+    def __call__(self, x):
+        return self.conductivity(x) * self.laplacian(x)
+
+
+class RefinementApproximation(nnx.Module):
+    """RA(x) = fc2(DWConv3x3(GELU(fc1(x)))), the 'filter' being Table 6's ablation."""
+
+    def __init__(self, dim, hidden, *, ra_filter, dropout, dtype, param_dtype, depthwise_impl,
+                 rngs: nnx.Rngs):
+        self.fc1 = linear(dim, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.filter = nnx.Param(trunc_normal(rngs.params(), (3, 3, 1, hidden), param_dtype)) if ra_filter else None
+        self.fc2 = linear(hidden, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        self.depthwise_impl = depthwise_impl
+
+    def __call__(self, x):
+        x = jax.nn.gelu(self.fc1(x), approximate=False)
+        if self.filter is not None:
+            x = depthwise_conv(x, self.filter[...].astype(x.dtype), self.depthwise_impl)
+        return self.drop(self.fc2(self.drop(x)))
+
+
+class HcRaBlock(nnx.Module):
+    """x += k L(x); x += DropPath(RA(GroupNorm(x))). mean8 also drops the heat branch."""
+
+    def __init__(self, dim, *, heat_operator, k_mode, k_value, ra_filter, mlp_ratio, drop_path,
+                 dropout, dtype, param_dtype, depthwise_impl, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, depthwise_impl=depthwise_impl, rngs=rngs)
+        self.heat = HeatConduction(dim, heat_operator=heat_operator, k_mode=k_mode, k_value=k_value, **kw)
+        self.norm = group_norm(dim, dtype, param_dtype, rngs)
+        self.ra = RefinementApproximation(dim, int(dim * mlp_ratio), ra_filter=ra_filter,
+                                          dropout=dropout, **kw)
+        self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2, 3), rngs=rngs)  # per example
+        self.drop_heat = heat_operator == "mean8"
+
+    def __call__(self, x):
+        dx = self.heat(x)
+        x = x + (self.drop_path(dx) if self.drop_heat else dx)
+        return x + self.drop_path(self.ra(self.norm(x)))
+
+
+class Downsample(nnx.Module):
+    """conv3x3 stride 2 without bias, then GroupNorm(1)."""
+
+    def __init__(self, cin, cout, *, conv_init, dtype, param_dtype, rngs: nnx.Rngs):
+        self.conv = conv3x3(cin, cout, use_bias=False, init=conv_init, dtype=dtype,
+                            param_dtype=param_dtype, rngs=rngs)
+        self.norm = group_norm(cout, dtype, param_dtype, rngs)
+
+    def __call__(self, x):
+        return self.norm(self.conv(x))
+
+
+class Stage(nnx.Module):
+    """depth Hc-Ra blocks at one width, then (except the last stage) a Downsample."""
+
+    def __init__(self, blocks: list[HcRaBlock], downsample: Downsample | None, remat: bool):
+        self.blocks = nnx.List(blocks)
+        self.downsample = downsample
+        self.remat = remat
+
+    def __call__(self, x):
+        """Returns (the stage's features, the input of the next stage)."""
+        for block in self.blocks:
+            x = nnx.remat(lambda b, y: b(y))(block, x) if self.remat else block(x)
+        return x, (self.downsample(x) if self.downsample is not None else x)
+
+
+class Stem(nnx.Module):
+    """conv3x3 s2 (C/2) -> GroupNorm -> GELU -> conv3x3 s2 (C) -> GroupNorm: stride 4."""
+
+    def __init__(self, cin, dim, *, conv_init, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(use_bias=True, init=conv_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.conv1 = conv3x3(cin, dim // 2, **kw)
+        self.norm1 = group_norm(dim // 2, dtype, param_dtype, rngs)
+        self.conv2 = conv3x3(dim // 2, dim, **kw)
+        self.norm2 = group_norm(dim, dtype, param_dtype, rngs)
+
+    def __call__(self, x):
+        x = jax.nn.gelu(self.norm1(self.conv1(x)), approximate=False)
+        return self.norm2(self.conv2(x))
+
+
+# ---------------------------------------------------------------- network
+class HcNet(nnx.Module):
+    """The network: stem, four stages, GroupNorm, global mean, linear head (B, H, W, 3) -> logits."""
+
+    def __init__(self, depths: Sequence[int], dims: Sequence[int], *, num_classes: int = 1000,
+                 in_chans: int = 3, heat_operator: str = "mean8", k_mode: str = "input",
+                 k_value: float = 0.5, ra_filter: bool = True, mlp_ratio: float = 4.0,
+                 drop_path: float = 0.0, dropout: float = 0.0, dtype=jnp.float32,
+                 param_dtype=jnp.float32, remat: bool = False, depthwise_impl: str = "shift",
+                 conv_init: str = "trunc_normal", rngs: nnx.Rngs):
+        check_args(depths, dims, heat_operator, k_mode, conv_init, depthwise_impl, drop_path, dropout)
+        dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
+        self.num_classes, self.dtype = num_classes, dtype
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.stem = Stem(in_chans, dims[0], conv_init=conv_init, **kw)
+        # the reference drops out after the stem in its mean8 and learned3 files only
+        self.stem_drop = nnx.Dropout(dropout if heat_operator != "learned5" else 0.0, rngs=rngs)
+        rates, stages = iter(drop_path_rates(depths, drop_path)), []
+        for i, (depth, dim) in enumerate(zip(depths, dims)):
+            blocks = [HcRaBlock(dim, heat_operator=heat_operator, k_mode=k_mode, k_value=k_value,
+                                ra_filter=ra_filter, mlp_ratio=mlp_ratio, drop_path=next(rates),
+                                dropout=dropout, depthwise_impl=depthwise_impl, **kw)
+                      for _ in range(depth)]
+            down = Downsample(dim, dims[i + 1], conv_init=conv_init, **kw) if i + 1 < len(dims) else None
+            stages.append(Stage(blocks, down, remat))
+        self.stages = nnx.List(stages)
+        self.norm = group_norm(dims[-1], dtype, param_dtype, rngs)
+        self.head = linear(dims[-1], num_classes, **kw) if num_classes > 0 else None
+
+    def features(self, x) -> list[jax.Array]:
+        """The four stage outputs, at strides 4, 8, 16 and 32. x (B, H, W, C_in)."""
+        x = self.stem_drop(self.stem(jnp.asarray(x, self.dtype)))
+        outs = []
+        for stage in self.stages:
+            feat, x = stage(x)
+            outs.append(feat)
+        return outs
+
+    def embed(self, x):
+        """The pooled, normalised features the head reads: (B, dims[-1])."""
+        return self.norm(self.features(x)[-1]).mean(axis=(1, 2))
+
+    def __call__(self, x):
+        z = self.embed(x)
+        return (self.head(z) if self.head is not None else z).astype(jnp.float32)
+
+
+def check_args(depths, dims, heat_operator, k_mode, conv_init, depthwise_impl, drop_path, dropout):
+    """Stops on a bad model argument with one line naming it and what is accepted."""
+    choices = dict(heat_operator=(heat_operator, HEAT_OPERATORS), k_mode=(k_mode, K_MODES),
+                   conv_init=(conv_init, CONV_INITS), depthwise_impl=(depthwise_impl, DEPTHWISE_IMPLS))
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"model.{name}={value!r} is not one of {', '.join(allowed)}")
+    if len(depths) != 4 or len(dims) != 4 or min(depths) < 1 or min(dims) < 2:
+        raise ValueError(f"model.depths={tuple(depths)} and model.dims={tuple(dims)} must be four "
+                         "positive depths and four widths >= 2")
+    if any(d % 2 for d in dims[:1]):
+        raise ValueError(f"model.dims[0]={dims[0]} must be even (the stem's first conv has dims[0] // 2)")
+    for name, rate in (("drop_path", drop_path), ("dropout", dropout)):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"model.{name}={rate} must be in [0, 1)")
+
+
+def model_spec(variant: str | None = None, **overrides) -> dict:
+    """The full keyword arguments of HcNet for a variant name, with overrides (depths/dims too)."""
+    if variant is not None and variant not in VARIANTS:
+        raise ValueError(f"model.variant={variant!r} is not one of {', '.join(VARIANTS)}")
+    spec = dict(VARIANTS[variant]) if variant is not None else {}
+    spec.update({k: v for k, v in overrides.items() if v is not None})
+    if "depths" not in spec or "dims" not in spec:
+        raise ValueError("model: give a variant (one of " + ", ".join(VARIANTS) + ") or both depths and dims")
+    spec["depths"], spec["dims"] = tuple(spec["depths"]), tuple(spec["dims"])
+    return spec
+
+
+def create_model(variant: str | None = "T", *, rngs: nnx.Rngs, **overrides) -> HcNet:
+    """HcNet for a variant name ('mu', 'T', 'S', 'B'); depths, dims and any HcNet argument override."""
+    spec = model_spec(variant, **overrides)
+    return HcNet(spec.pop("depths"), spec.pop("dims"), rngs=rngs, **spec)
