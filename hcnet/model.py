@@ -77,9 +77,12 @@ def box_sum3(x):
 
 
 def mean8_laplacian(x):
-    """Mean of the in-image 3x3 neighbours minus the centre. x (B, H, W, C)."""
-    count = jnp.asarray(neighbour_count(*x.shape[1:3]), x.dtype)
-    return (box_sum3(x) - x) / count - x
+    """Mean of the in-image 3x3 neighbours minus the centre; 0 on a 1x1 map. x (B, H, W, C).
+
+    (The reference divides 0 by 0 there, i.e. at the last stage of a 32x32 input.)
+    """
+    count = neighbour_count(*x.shape[1:3])  # a compile-time constant
+    return (box_sum3(x) - jnp.asarray(count + 1, x.dtype) * x) / jnp.asarray(np.maximum(count, 1), x.dtype)
 
 
 def stencil_kernel(w, heat_operator: str):

@@ -1,0 +1,60 @@
+"""Parameters-only checkpoints: `save(dir, model, spec)` and `load(path)`.
+
+A checkpoint directory holds `model.json` (the HcNet arguments) and `params/` (an Orbax
+checkpoint of the parameters). `load` rebuilds the model from both with no random init.
+"""
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from hcnet.model import HcNet
+
+SPEC_FILE, PARAMS_DIR = "model.json", "params"
+
+
+def build(spec: dict, *, rngs: nnx.Rngs) -> HcNet:
+    """HcNet from a spec (the full HcNet keyword arguments, as `model_spec` returns them)."""
+    spec = dict(spec)
+    return HcNet(spec.pop("depths"), spec.pop("dims"), rngs=rngs, **spec)
+
+
+def _jsonable(spec: dict) -> dict:
+    return {k: (jnp.dtype(v).name if k.endswith("dtype") else list(v) if isinstance(v, tuple) else v)
+            for k, v in spec.items()}
+
+
+def save(directory, model: HcNet, spec: dict) -> pathlib.Path:
+    """Writes spec and parameters to a new directory; refuses to overwrite one."""
+    directory = pathlib.Path(directory).absolute()
+    if directory.exists() and any(directory.iterdir()):
+        raise FileExistsError(f"{directory} exists and is not empty; choose a new --out directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    params = nnx.state(model, nnx.Param).to_pure_dict()
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(directory / PARAMS_DIR, params)
+    (directory / SPEC_FILE).write_text(json.dumps(_jsonable(spec), indent=2) + "\n")
+    return directory
+
+
+def load(path, **overrides) -> HcNet:
+    """The model of a checkpoint directory in eval mode (no dropout or drop path).
+
+    Overrides change HcNet arguments that do not touch the parameters, e.g. dtype=jnp.bfloat16.
+    """
+    path = pathlib.Path(path).absolute()
+    if not (path / SPEC_FILE).is_file() or not (path / PARAMS_DIR).is_dir():
+        raise FileNotFoundError(f"{path}: not an hcnet checkpoint (expected {SPEC_FILE} and {PARAMS_DIR}/ "
+                                "as written by `python -m hcnet.convert` or hcnet.checkpoint.save)")
+    spec = {**json.loads((path / SPEC_FILE).read_text()), **overrides}
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: build(spec, rngs=nnx.Rngs(0))))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device),
+                          nnx.state(nnx.merge(graphdef, state), nnx.Param).to_pure_dict())
+    with ocp.StandardCheckpointer() as ckptr:
+        params = ckptr.restore(path / PARAMS_DIR, target)
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.view(nnx.merge(graphdef, state), deterministic=True)

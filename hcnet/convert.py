@@ -1,0 +1,163 @@
+"""Imports a reference (PyTorch) HcNet state_dict into an Orbax checkpoint that `hcnet.load` reads.
+
+  python -m hcnet.convert --from-torch PATH --model=T --out DIR [--heat-operator=...] [--depths=3,8,18,3]
+
+PATH is a `.pth`/`.pt` (needs torch), `.safetensors` or `.npz` file. The operator form is read off
+the key names unless given. Every key must be used and every shape must match.
+"""
+import argparse
+import pathlib
+import sys
+
+import numpy as np
+from flax import nnx
+
+from hcnet.model import HEAT_OPERATORS, VARIANTS, model_spec, neighbour_count
+
+
+class ConversionError(ValueError):
+    """A state_dict that does not fit the model; the message names the keys."""
+
+
+def read_state_dict(path) -> dict[str, np.ndarray]:
+    """Tensors by name from .pth/.pt, .safetensors or .npz; unwraps {'model': ...}, strips 'module.'."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file (expected a .pth, .pt, .safetensors or .npz state_dict)")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path) as f:
+            state = {k: f[k] for k in f.files}
+    elif suffix == ".safetensors":
+        from safetensors.numpy import load_file
+        state = load_file(str(path))
+    elif suffix in (".pth", ".pt", ".bin"):
+        try:
+            import torch
+        except ImportError:
+            raise ConversionError(f"{path}: reading {suffix} needs torch (pip install torch), or give "
+                                  "the weights as .safetensors or .npz") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        raise ConversionError(f"{path}: unknown suffix {suffix!r} (expected .pth, .pt, .safetensors or .npz)")
+    for wrapper in ("model", "state_dict", "model_ema"):
+        if isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
+    return {k.removeprefix("module."): np.asarray(v.float().numpy() if hasattr(v, "numpy") else v)
+            for k, v in state.items()}
+
+
+def infer_heat_operator(keys) -> str:
+    """mean8 (fc_0 + mlp.dwconv), learned3 (fc_0 + Anisotropic_conv), learned5 (DeltaT_DeltaD)."""
+    keys = list(keys)
+    has = lambda part: any(part in k for k in keys)
+    if has(".DeltaT_DeltaD."):
+        return "learned5"
+    if has(".Anisotropic_conv."):
+        return "learned3"
+    if has(".fc_0.") and has(".mlp.dwconv."):
+        return "mean8"
+    raise ConversionError("cannot tell the operator form from the keys (expected fc_0 with mlp.dwconv, "
+                          "Anisotropic_conv, or DeltaT_DeltaD); pass --heat-operator")
+
+
+def reference_name(path: tuple, heat_operator: str) -> str:
+    """The reference's state_dict key for one of our parameter paths."""
+    rename = {"stem": "patch_embed", "stages": "layers", "ra": "mlp", "kernel": "weight",
+              "scale": "weight", "stencil": "Anisotropic_conv.weight",
+              "gate": "DeltaT_DeltaD" if heat_operator == "learned5" else "fc_0",
+              "filter": ("mlp.dwconv" if heat_operator == "mean8" else "mlp.Filters") + ".weight"}
+    parts = [str(p) for p in path]
+    if len(parts) > 4 and parts[2] == "blocks" and parts[4] == "norm":
+        parts[4] = "norm2"
+    if "downsample" in parts and parts[-2] == "conv":
+        parts[-2] = "reduction"
+    name = ".".join(rename.get(p, p) for p in parts)
+    return name.replace("mlp.mlp.", "mlp.").replace("heat.", "")
+
+
+def to_ours(value: np.ndarray, shape: tuple) -> np.ndarray:
+    """OIHW -> HWIO (dense and depthwise), 1x1 conv or linear (out, in) -> (in, out)."""
+    if value.ndim == 4 and len(shape) == 4:
+        return value.transpose(2, 3, 1, 0)
+    if value.ndim == 4 and len(shape) == 2 and value.shape[2:] == (1, 1):
+        return value[:, :, 0, 0].T
+    if value.ndim == 2 and len(shape) == 2:
+        return value.T
+    return value
+
+
+def check_buffers(state: dict, keys: set):
+    """mean_num buffers are not parameters: check them against the computed count, then drop them."""
+    for key in sorted(k for k in keys if k.endswith(".mean_num")):
+        buf = state[key]
+        if buf.ndim != 4 or not np.array_equal(buf[0, 0], neighbour_count(*buf.shape[2:])[..., 0]):
+            raise ConversionError(f"{key}: not the border-aware neighbour count for a "
+                                  f"{buf.shape[2:]} map (expected 8 inside, 5 on edges, 3 at corners)")
+        keys.discard(key)
+
+
+def load_torch_state(model: nnx.Module, state: dict, heat_operator: str) -> None:
+    """Copies the reference tensors into `model` in place, or raises one ConversionError."""
+    params = nnx.state(model, nnx.Param)
+    flat = dict(nnx.to_flat_state(params))
+    unused = set(state)
+    check_buffers(state, unused)
+    missing, mismatched, values = [], [], {}
+    for path, var in flat.items():
+        key = reference_name(path, heat_operator)
+        if key not in state:
+            missing.append(key)
+            continue
+        unused.discard(key)
+        value = to_ours(state[key], var.shape)
+        if value.shape != var.shape:
+            mismatched.append(f"{key} {tuple(state[key].shape)} (expected {tuple(var.shape)} here)")
+            continue
+        values[path] = value.astype(var.dtype)
+    problems = [f"{label}: {', '.join(sorted(items)[:8])}{' ...' if len(items) > 8 else ''}"
+                for label, items in (("missing keys", missing), ("unused keys", unused),
+                                     ("wrong shapes", mismatched)) if items]
+    if problems:
+        raise ConversionError("state_dict does not fit the model; " + "; ".join(problems))
+    for path, var in flat.items():
+        var[...] = values[path]
+    nnx.update(model, params)
+
+
+def convert(path, *, variant: str | None = "T", heat_operator: str | None = None, **overrides):
+    """(model, spec) with the reference weights of `path`. Only the input-dependent k exists there."""
+    state = read_state_dict(path)
+    heat_operator = heat_operator or infer_heat_operator(state)
+    head = state.get("head.weight")
+    overrides.setdefault("num_classes", head.shape[0] if head is not None else 1000)
+    spec = model_spec(variant, heat_operator=heat_operator, k_mode="input", **overrides)
+    from hcnet.checkpoint import build
+    model = build(spec, rngs=nnx.Rngs(0))
+    load_torch_state(model, state, heat_operator)
+    return model, spec
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m hcnet.convert", description=__doc__.splitlines()[0])
+    parser.add_argument("--from-torch", required=True, type=pathlib.Path, metavar="PATH")
+    parser.add_argument("--model", default="T", choices=sorted(VARIANTS))
+    parser.add_argument("--heat-operator", choices=HEAT_OPERATORS, help="default: read off the key names")
+    parser.add_argument("--depths", help="comma-separated, e.g. 3,8,18,3 (the reference training config)")
+    parser.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR")
+    args = parser.parse_args(argv)
+    depths = tuple(int(d) for d in args.depths.split(",")) if args.depths else None
+    from hcnet.checkpoint import save
+    try:
+        model, spec = convert(args.from_torch, variant=args.model, heat_operator=args.heat_operator,
+                              depths=depths)
+        save(args.out, model, spec)
+    except (ConversionError, FileExistsError) as err:
+        sys.exit(f"hcnet.convert: {err}")
+    print(f"wrote {args.out} (HcNet-{args.model}, {spec['heat_operator']}, depths {list(spec['depths'])}, "
+          f"{spec['num_classes']} classes)")
+
+
+if __name__ == "__main__":
+    main()
