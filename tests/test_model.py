@@ -1,0 +1,168 @@
+"""The network: shapes at any resolution, variants, DropPath, precision, remat, arguments."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from hcnet.count import abstract_model
+from hcnet.model import VARIANTS, conv_out_size, create_model, drop_path_rates, model_spec
+
+
+def forward(model, x):
+    return nnx.jit(lambda m, x: m(x))(model, x)
+
+
+def rngs(params=0, dropout=1):
+    return nnx.Rngs(params=params, dropout=dropout)
+
+
+def torch_stage_sizes(h, w):
+    """PyTorch's conv arithmetic: stem (two stride-2 convs), then one stride-2 conv per stage."""
+    sizes, (h, w) = [], (conv_out_size(conv_out_size(h)), conv_out_size(conv_out_size(w)))
+    for _ in range(4):
+        sizes.append((h, w))
+        h, w = conv_out_size(h), conv_out_size(w)
+    return sizes
+
+
+@pytest.mark.parametrize("size", [(32, 32), (64, 48), (45, 77), (97, 33)])
+def test_mu_features_and_logits_at_any_resolution(size):
+    model = create_model("mu", num_classes=7, rngs=rngs())
+    x = jax.random.normal(jax.random.key(0), (2, *size, 3))
+    feats = nnx.jit(lambda m, x: m.features(x))(model, x)
+    dims = VARIANTS["mu"]["dims"]
+    assert [f.shape for f in feats] == [(2, h, w, c) for (h, w), c in zip(torch_stage_sizes(*size), dims)]
+    logits = forward(model, x)
+    assert logits.shape == (2, 7) and bool(jnp.isfinite(logits).all())
+
+
+@pytest.mark.parametrize("variant, size", [("T", (224, 224)), ("T", (193, 97)), ("S", (256, 320)),
+                                           ("B", (224, 288))])
+def test_paper_variants_shapes(variant, size):
+    graphdef, state = nnx.split(abstract_model(model_spec(variant)))
+    x = jax.ShapeDtypeStruct((2, *size, 3), jnp.float32)
+    feats, logits = jax.eval_shape(lambda s, x: (nnx.merge(graphdef, s).features(x), nnx.merge(graphdef, s)(x)), state, x)
+    dims = VARIANTS[variant]["dims"]
+    assert [f.shape for f in feats] == [(2, h, w, c) for (h, w), c in zip(torch_stage_sizes(*size), dims)]
+    assert logits.shape == (2, 1000)
+
+
+def test_depths_and_dims_given_directly():
+    model = abstract_model(model_spec(None, depths=(3, 8, 18, 3), dims=(64, 128, 320, 512)))
+    assert [len(s.blocks) for s in model.stages] == [3, 8, 18, 3]
+
+
+def test_num_classes_zero_returns_pooled_features():
+    model = create_model("mu", num_classes=0, rngs=rngs())
+    assert forward(model, jnp.ones((2, 32, 32, 3))).shape == (2, VARIANTS["mu"]["dims"][-1])
+
+
+def test_init_follows_the_reference():
+    model = create_model("mu", rngs=rngs())
+    fc1 = model.stages[3].blocks[0].ra.fc1  # 64 x 256 weights
+    assert abs(float(fc1.kernel[...].std()) - 0.02) < 0.001 and float(jnp.abs(fc1.bias[...]).max()) == 0
+    norm = model.stages[3].blocks[0].norm
+    assert float(norm.scale[...].min()) == float(norm.scale[...].max()) == 1.0 and norm.epsilon == 1e-5
+    torchish = create_model("mu", conv_init="torch_default", rngs=rngs())
+    k = torchish.stem.conv1.kernel[...]  # U(-1/sqrt(27), 1/sqrt(27))
+    assert float(jnp.abs(k).max()) <= 27 ** -0.5 and float(jnp.abs(k).max()) > 0.1
+
+
+def test_drop_path_rates_follow_the_linear_rule():
+    model = create_model("mu", drop_path=0.3, rngs=rngs())
+    rates = [b.drop_path.rate for s in model.stages for b in s.blocks]
+    np.testing.assert_allclose(rates, np.linspace(0, 0.3, sum(VARIANTS["mu"]["depths"])))
+    assert drop_path_rates((1, 1), 0.2) == [0.0, 0.2]
+
+
+def test_drop_path_and_dropout_are_off_in_eval():
+    x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    noisy = create_model("mu", drop_path=0.5, dropout=0.3, rngs=rngs())
+    clean = create_model("mu", rngs=rngs())
+    ev = nnx.view(noisy, deterministic=True)
+    np.testing.assert_array_equal(forward(ev, x), forward(ev, x))
+    np.testing.assert_allclose(forward(ev, x), forward(clean, x), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(forward(noisy, x), forward(clean, x), atol=1e-4)
+
+
+def test_drop_path_is_reproducible_from_the_rngs():
+    x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    a, b = (create_model("mu", drop_path=0.5, rngs=rngs(0, 1)) for _ in range(2))
+    c = create_model("mu", drop_path=0.5, rngs=rngs(0, 2))
+    first = forward(a, x)
+    np.testing.assert_array_equal(first, forward(b, x))
+    assert not np.array_equal(first, forward(c, x))
+    assert not np.array_equal(first, forward(a, x))  # the stream advances between steps
+
+
+@pytest.mark.parametrize("form", ["mean8", "learned5"])
+def test_which_branches_drop_path_covers(form):
+    """mean8 drops both residual branches (reference HcNet.py); the others only the RA branch."""
+    model = create_model("mu", heat_operator=form, drop_path=0.999999, rngs=rngs())
+    block = model.stages[3].blocks[0]  # the last block has the full rate
+    x = jax.random.normal(jax.random.key(0), (2, 3, 3, VARIANTS["mu"]["dims"][3]))
+    y = block(x)
+    want = x if form == "mean8" else x + block.heat(x)
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+
+
+def test_bf16_compute_stays_close_to_fp32():
+    x = jax.random.normal(jax.random.key(0), (4, 64, 64, 3))
+    fp32 = create_model("mu", rngs=rngs())
+    bf16 = create_model("mu", dtype=jnp.bfloat16, rngs=rngs())
+    assert {p.dtype for p in jax.tree.leaves(nnx.state(bf16, nnx.Param))} == {jnp.dtype(jnp.float32)}
+    assert bf16.stages[0].blocks[0](jnp.ones((1, 8, 8, 16), jnp.bfloat16)).dtype == jnp.bfloat16
+    a, b = forward(fp32, x), forward(bf16, x)
+    assert b.dtype == jnp.float32
+    assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a)) < 0.03
+
+
+def test_remat_gives_the_same_outputs_and_gradients():
+    plain, remat = (create_model("mu", heat_operator="learned5", remat=r, rngs=rngs()).stages[2]
+                    for r in (False, True))
+    assert len(remat.blocks) == 2 and remat.remat
+    x = jax.random.normal(jax.random.key(0), (2, 6, 5, VARIANTS["mu"]["dims"][2]))
+
+    @nnx.jit
+    def loss_and_grad(stage, x):
+        return nnx.value_and_grad(lambda s: jnp.mean(s(x)[1] ** 2))(stage)
+
+    jaxpr = lambda st: str(jax.make_jaxpr(lambda s, x: nnx.merge(*nnx.split(st)[:1], s)(x)[1])(nnx.state(st), x))
+    assert "remat" in jaxpr(remat) and "remat" not in jaxpr(plain)
+    (la, ga), (lb, gb) = loss_and_grad(plain, x), loss_and_grad(remat, x)
+    np.testing.assert_allclose(la, lb, rtol=1e-6)
+    jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-7), ga, gb)
+
+
+@pytest.mark.parametrize("form", ["mean8", "learned3", "learned5"])
+def test_depthwise_shift_and_grouped_conv_forms_agree(form):
+    x = jax.random.normal(jax.random.key(0), (2, 40, 36, 3))
+    a = create_model("mu", heat_operator=form, rngs=rngs())
+    b = create_model("mu", heat_operator=form, depthwise_impl="conv", rngs=rngs())
+    np.testing.assert_allclose(forward(a, x), forward(b, x), rtol=1e-4, atol=1e-5)
+
+
+def test_ablation_switches_change_the_parameters():
+    count = lambda **kw: sum(p.size for p in jax.tree.leaves(nnx.state(abstract_model(model_spec("mu", **kw)), nnx.Param)))
+    blocks, dims = VARIANTS["mu"]["depths"], VARIANTS["mu"]["dims"]
+    gates = sum(n * d * d for n, d in zip(blocks, dims))
+    filters = sum(n * 9 * 4 * d for n, d in zip(blocks, dims))
+    base = count()
+    assert base - count(k_mode="fixed") == gates
+    assert base - count(k_mode="learned") == gates - sum(blocks)
+    assert base - count(ra_filter=False) == filters
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(heat_operator="mean9"), "model.heat_operator='mean9' is not one of mean8, learned3, learned5"),
+    (dict(k_mode="sometimes"), "model.k_mode='sometimes' is not one of input, learned, fixed"),
+    (dict(drop_path=1.5), "model.drop_path=1.5 must be in [0, 1)"),
+    (dict(depths=(1, 1, 1)), "must be four positive depths"),
+])
+def test_bad_arguments_stop_with_one_line(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        create_model("mu", rngs=rngs(), **kwargs)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="model.variant='XL' is not one of mu, T, S, B"):
+        model_spec("XL")
