@@ -54,29 +54,25 @@ def jaxpr_macs(jaxpr) -> int:
     return total
 
 
-def _forward(spec: dict, height: int, width: int):
-    """(function, abstract args) of one image's forward pass, depthwise filters as grouped convs."""
-    graphdef, state = nnx.split(abstract_model({**spec, "depthwise_impl": "conv"}))
-    image = jax.ShapeDtypeStruct((1, height, width, spec.get("in_chans", 3)), jnp.float32)
+def _forward(model: HcNet, height: int, width: int):
+    """(function, abstract args) of one image's forward pass."""
+    graphdef, state = nnx.split(model)
+    image = jax.ShapeDtypeStruct((1, height, width, model.stem.conv1.in_features), jnp.float32)
     return (lambda s, x: nnx.merge(graphdef, s)(x)), (state, image)
 
 
-def count_macs(spec: dict, height: int = 224, width: int | None = None) -> int:
-    fn, args = _forward(spec, height, width or height)
-    return jaxpr_macs(jax.make_jaxpr(fn)(*args).jaxpr)
-
-
-def xla_flops(spec: dict, height: int = 224, width: int | None = None) -> float:
-    """XLA's FLOP estimate for one image's forward pass (HLO cost analysis, before compiling)."""
-    fn, args = _forward(spec, height, width or height)
-    return float(jax.jit(fn).lower(*args).cost_analysis()["flops"])
-
-
 def summary(spec: dict, height: int = 224, width: int | None = None, with_xla: bool = True) -> dict:
-    out = dict(params=count_params(abstract_model(spec)), macs=count_macs(spec, height, width))
-    if with_xla:
-        out["xla_flops"] = xla_flops(spec, height, width)
+    """params, conv+linear MACs per image and (with_xla) XLA's FLOP estimate of the forward pass."""
+    model = abstract_model({**spec, "depthwise_impl": "conv"})  # depthwise filters as grouped convs
+    fn, args = _forward(model, height, width or height)
+    out = dict(params=count_params(model), macs=jaxpr_macs(jax.make_jaxpr(fn)(*args).jaxpr))
+    if with_xla:  # HLO cost analysis, before compiling
+        out["xla_flops"] = float(jax.jit(fn).lower(*args).cost_analysis()["flops"])
     return out
+
+
+def count_macs(spec: dict, height: int = 224, width: int | None = None) -> int:
+    return summary(spec, height, width, with_xla=False)["macs"]
 
 
 def main(argv=None):

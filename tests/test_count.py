@@ -1,0 +1,79 @@
+"""Parameter and MAC counts against REFERENCE.md's table, and the command line."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hcnet.count import abstract_model, count_macs, count_params, main, summary
+from hcnet.model import VARIANTS, conv_out_size, model_spec
+
+# variant, operator -> (params, exact conv+linear MACs at 224, REFERENCE.md's GMACs)
+TABLE = {
+    ("T", "mean8"): (28_416_936, 4_153_917_440, 4.154),
+    ("T", "learned3"): (28_488_936, 4_176_496_640, 4.177),  # exact 4.1765 G; the table has 4.177
+    ("T", "learned5"): (28_616_936, 4_216_637_440, 4.217),
+    ("S", "mean8"): (62_732_776, 8_108_322_816, 8.108),
+    ("S", "learned3"): (62_850_280, 8_141_514_240, 8.142),
+    ("S", "learned5"): (63_059_176, 8_200_521_216, 8.201),
+    ("B", "mean8"): (99_606_760, 14_209_959_936, 14.210),
+    ("B", "learned3"): (99_798_568, 14_272_955_904, 14.273),
+    ("B", "learned5"): (100_139_560, 14_384_948_736, 14.385),
+}
+
+
+def hand_macs(depths, dims, form, size=224, num_classes=1000, mlp_ratio=4):
+    """The convention written out layer by layer, independently of the jaxpr walk."""
+    h = conv_out_size(size)
+    macs = h * h * 27 * (dims[0] // 2)
+    h = conv_out_size(h)
+    macs += h * h * 9 * (dims[0] // 2) * dims[0]
+    stencil = {"mean8": 0, "learned3": 9, "learned5": 25}[form]
+    for i, (depth, c) in enumerate(zip(depths, dims)):
+        hidden = mlp_ratio * c
+        block = c * c + h * h * (c * stencil + 2 * c * hidden + 9 * hidden)  # gate on the pooled map
+        macs += depth * block
+        if i < 3:
+            h = conv_out_size(h)
+            macs += h * h * 9 * c * dims[i + 1]
+    return macs + dims[-1] * num_classes
+
+
+@pytest.mark.parametrize("variant, form", sorted(TABLE))
+def test_counts_match_the_reference_table(variant, form):
+    params, macs, gmacs = TABLE[variant, form]
+    out = summary(model_spec(variant, heat_operator=form), with_xla=False)
+    assert out["params"] == params
+    assert out["macs"] == macs == hand_macs(**VARIANTS[variant], form=form)
+    # the table's last digit: T-learned3's 4.17649664 G appears as 4.177 (rounded via 4.1765)
+    assert abs(macs / 1e9 - gmacs) < 0.000504
+
+
+@pytest.mark.parametrize("depths, form, params, gmacs", [
+    ((4, 4, 12, 4), "mean8", 23_972_328, 3.508),     # the first upload's demo
+    ((3, 8, 18, 3), "learned5", 27_988_200, 4.762),  # the reference training config HcNet-T.yaml
+])
+def test_counts_of_the_reference_depth_lists(depths, form, params, gmacs):
+    out = summary(model_spec("T", depths=depths, heat_operator=form), with_xla=False)
+    assert out["params"] == params
+    assert round(out["macs"] / 1e9, 3) == gmacs
+
+
+def test_macs_scale_with_the_image_area():
+    spec = model_spec("mu", num_classes=0)
+    assert count_macs(spec, 64, 64) == 4 * count_macs(spec, 32, 32)
+
+
+def test_command_line_json(capsys):
+    main(["--model=mu", "--heat-operator=learned5", "--image-size=64x96", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    spec = model_spec("mu", heat_operator="learned5")
+    assert out["params"] == count_params(abstract_model(spec))
+    assert out["macs"] == count_macs(spec, 64, 96)
+    assert 2 * out["macs"] < out["xla_flops"] < 4 * out["macs"]  # 2 per MAC plus the elementwise work
+
+
+def test_command_line_rejects_a_bad_image_size():
+    proc = subprocess.run([sys.executable, "-m", "hcnet.count", "--model=mu", "--image-size=16", "--no-xla"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "each side must be at least 32" in proc.stderr
