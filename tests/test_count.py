@@ -22,20 +22,20 @@ TABLE = {
 }
 
 
-def hand_macs(depths, dims, form, size=224, num_classes=1000, mlp_ratio=4):
+def hand_macs(depths, dims, form, size=(224, 224), num_classes=1000, mlp_ratio=4):
     """The convention written out layer by layer, independently of the jaxpr walk."""
-    h = conv_out_size(size)
-    macs = h * h * 27 * (dims[0] // 2)
-    h = conv_out_size(h)
-    macs += h * h * 9 * (dims[0] // 2) * dims[0]
+    h, w = conv_out_size(size[0]), conv_out_size(size[1])
+    macs = h * w * 27 * (dims[0] // 2)
+    h, w = conv_out_size(h), conv_out_size(w)
+    macs += h * w * 9 * (dims[0] // 2) * dims[0]
     stencil = {"mean8": 0, "learned3": 9, "learned5": 25}[form]
     for i, (depth, c) in enumerate(zip(depths, dims)):
         hidden = mlp_ratio * c
-        block = c * c + h * h * (c * stencil + 2 * c * hidden + 9 * hidden)  # gate on the pooled map
+        block = c * c + h * w * (c * stencil + 2 * c * hidden + 9 * hidden)  # gate on the pooled map
         macs += depth * block
         if i < 3:
-            h = conv_out_size(h)
-            macs += h * h * 9 * c * dims[i + 1]
+            h, w = conv_out_size(h), conv_out_size(w)
+            macs += h * w * 9 * c * dims[i + 1]
     return macs + dims[-1] * num_classes
 
 
@@ -59,9 +59,10 @@ def test_counts_of_the_reference_depth_lists(depths, form, params, gmacs):
     assert round(out["macs"] / 1e9, 3) == gmacs
 
 
-def test_macs_scale_with_the_image_area():
-    spec = model_spec("mu", num_classes=0)
-    assert count_macs(spec, 64, 64) == 4 * count_macs(spec, 32, 32)
+@pytest.mark.parametrize("form", ["mean8", "learned3", "learned5"])
+def test_macs_at_a_non_square_size(form):
+    spec = model_spec("mu", heat_operator=form, num_classes=10)
+    assert count_macs(spec, 97, 161) == hand_macs(**VARIANTS["mu"], form=form, size=(97, 161), num_classes=10)
 
 
 def test_command_line_json(capsys):
