@@ -33,11 +33,32 @@ def save(directory, model: HcNet, spec: dict) -> pathlib.Path:
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"{directory} exists and is not empty; choose a new --out directory")
     directory.mkdir(parents=True, exist_ok=True)
-    params = nnx.state(model, nnx.Param).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(directory / PARAMS_DIR, params)
     (directory / SPEC_FILE).write_text(json.dumps(_jsonable(spec), indent=2) + "\n")
     return directory
+
+
+def abstract(spec: dict):
+    """(graphdef, state) of the model with shapes only: no memory, no random init."""
+    return nnx.split(nnx.eval_shape(lambda: build(spec, rngs=nnx.Rngs(0))))
+
+
+def assemble(graphdef, state, params: dict) -> HcNet:
+    """The model from an abstract state and its parameters as a pure dict (nnx.to_pure_dict's form)."""
+    nnx.replace_by_pure_dict(state, params)
+    state = jax.tree.map(_concrete, state)  # what is left abstract: the dropout streams' keys and counts
+    return nnx.merge(graphdef, state)
+
+
+def _concrete(leaf):
+    """Seed-0 keys and zero counts for abstract RNG-stream leaves; arrays pass through."""
+    if not isinstance(leaf, jax.ShapeDtypeStruct):
+        return leaf
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return jax.random.split(jax.random.key(0), leaf.shape) if leaf.shape else jax.random.key(0)
+    return jnp.zeros(leaf.shape, leaf.dtype)
 
 
 def load(path, **overrides) -> HcNet:
@@ -50,11 +71,10 @@ def load(path, **overrides) -> HcNet:
         raise FileNotFoundError(f"{path}: not an hcnet checkpoint (expected {SPEC_FILE} and {PARAMS_DIR}/ "
                                 "as written by `python -m hcnet.convert` or hcnet.checkpoint.save)")
     spec = {**json.loads((path / SPEC_FILE).read_text()), **overrides}
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: build(spec, rngs=nnx.Rngs(0))))
+    graphdef, state = abstract(spec)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device),
-                          nnx.state(nnx.merge(graphdef, state), nnx.Param).to_pure_dict())
+                          nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, state), nnx.Param)))
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(path / PARAMS_DIR, target)
-    nnx.replace_by_pure_dict(state, params)
-    return nnx.view(nnx.merge(graphdef, state), deterministic=True)
+    return nnx.view(assemble(graphdef, state, params), deterministic=True)

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 from flax import nnx
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from hcnet.model import HEAT_OPERATORS, VARIANTS, model_spec, neighbour_count
 
@@ -88,6 +89,15 @@ def to_ours(value: np.ndarray, shape: tuple) -> np.ndarray:
     return value
 
 
+def reference_shape(shape: tuple, key: str) -> tuple:
+    """Our parameter shape in the reference's layout, for error messages."""
+    if len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    if len(shape) == 2:
+        return (shape[1], shape[0]) if key.startswith("head.") else (shape[1], shape[0], 1, 1)
+    return tuple(shape)
+
+
 def check_buffers(state: dict, keys: set):
     """mean_num buffers are not parameters: check them against the computed count, then drop them."""
     for key in sorted(k for k in keys if k.endswith(".mean_num")):
@@ -98,45 +108,46 @@ def check_buffers(state: dict, keys: set):
         keys.discard(key)
 
 
-def load_torch_state(model: nnx.Module, state: dict, heat_operator: str) -> None:
-    """Copies the reference tensors into `model` in place, or raises one ConversionError."""
-    params = nnx.state(model, nnx.Param)
-    flat = dict(nnx.to_flat_state(params))
+def torch_params(state: dict, shapes: dict, heat_operator: str) -> dict:
+    """Our parameters {path: array} from reference tensors, for the {path: ShapeDtypeStruct} wanted.
+
+    Raises one ConversionError naming every missing, unused and misshapen key.
+    """
     unused = set(state)
     check_buffers(state, unused)
     missing, mismatched, values = [], [], {}
-    for path, var in flat.items():
+    for path, want in shapes.items():
         key = reference_name(path, heat_operator)
         if key not in state:
             missing.append(key)
             continue
         unused.discard(key)
-        value = to_ours(state[key], var.shape)
-        if value.shape != var.shape:
-            mismatched.append(f"{key} {tuple(state[key].shape)} (expected {tuple(var.shape)} here)")
+        value = to_ours(state[key], want.shape)
+        if value.shape != want.shape:
+            mismatched.append(f"{key} {tuple(state[key].shape)} (expected {reference_shape(want.shape, key)})")
             continue
-        values[path] = value.astype(var.dtype)
+        values[path] = value.astype(want.dtype)
     problems = [f"{label}: {', '.join(sorted(items)[:8])}{' ...' if len(items) > 8 else ''}"
                 for label, items in (("missing keys", missing), ("unused keys", unused),
                                      ("wrong shapes", mismatched)) if items]
     if problems:
-        raise ConversionError("state_dict does not fit the model; " + "; ".join(problems))
-    for path, var in flat.items():
-        var[...] = values[path]
-    nnx.update(model, params)
+        raise ConversionError("state_dict does not fit the model; " + "; ".join(problems)
+                              + " (check --model, --depths and --heat-operator)")
+    return values
 
 
 def convert(path, *, variant: str | None = "T", heat_operator: str | None = None, **overrides):
     """(model, spec) with the reference weights of `path`. Only the input-dependent k exists there."""
+    from hcnet.checkpoint import abstract, assemble
     state = read_state_dict(path)
     heat_operator = heat_operator or infer_heat_operator(state)
     head = state.get("head.weight")
     overrides.setdefault("num_classes", head.shape[0] if head is not None else 1000)
     spec = model_spec(variant, heat_operator=heat_operator, k_mode="input", **overrides)
-    from hcnet.checkpoint import build
-    model = build(spec, rngs=nnx.Rngs(0))
-    load_torch_state(model, state, heat_operator)
-    return model, spec
+    graphdef, abstract_state = abstract(spec)
+    wanted = flatten_dict(nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, abstract_state), nnx.Param)))
+    params = unflatten_dict(torch_params(state, wanted, heat_operator))
+    return assemble(graphdef, abstract_state, params), spec
 
 
 def main(argv=None):
