@@ -1,0 +1,78 @@
+"""The optimiser: the reference's schedule, the linear scaling rule, decay mask, clipping, accumulation."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hcnet.optim import decay_mask, lr_schedule, make_optimizer, scale_lr
+
+
+def timm_cosine(t, base, warmup_lr, min_lr, warmup, total):
+    """timm's CosineLRScheduler(t_initial=total, warmup_t=warmup, warmup_prefix=False), per update."""
+    if t < warmup:
+        return warmup_lr + t * (base - warmup_lr) / warmup
+    return min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * t / total))
+
+
+def test_schedule_follows_the_reference_semantics():
+    kw = dict(base_lr=2e-3, warmup_lr=1e-6, min_lr=1e-5, warmup_steps=20, total_steps=300)
+    schedule = lr_schedule(**kw)
+    for t in [0, 1, 10, 19, 20, 21, 150, 299, 300, 400]:
+        want = timm_cosine(min(t, 300), kw["base_lr"], kw["warmup_lr"], kw["min_lr"], 20, 300)
+        assert float(schedule(t)) == pytest.approx(want, rel=1e-5), t
+    assert float(schedule(20)) < kw["base_lr"]  # the cosine runs from step 0, as in the reference
+
+
+def test_linear_scaling_rule():
+    assert scale_lr(1e-3, 1024) == pytest.approx(2e-3)
+    assert scale_lr(5e-6, 256, accum_steps=4) == pytest.approx(1e-5)
+
+
+def test_no_weight_decay_on_norms_biases_and_scalars():
+    params = {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3), "scale": jnp.ones(3), "k": jnp.ones(())}
+    assert decay_mask(params) == {"kernel": True, "bias": False, "scale": False, "k": False}
+    tx = make_optimizer(lr=0.0, warmup_lr=0.0, min_lr=0.0, warmup_steps=0, total_steps=10, weight_decay=0.5)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates))  # lr 0: nothing moves
+    tx = optax.adamw(1.0, weight_decay=0.5, mask=decay_mask)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    assert float(updates["kernel"][0, 0]) == pytest.approx(-0.5) and float(updates["bias"][0]) == 0.0
+
+
+def test_gradients_are_clipped_to_global_norm_5():
+    """Two steps whose gradients differ in norm: Adam's moments see the clipped gradients."""
+    params = {"w": jnp.zeros((4, 4))}
+    grads = [{"w": jnp.full((4, 4), 100.0)}, {"w": jnp.full((4, 4), 0.5)}]
+    kw = dict(b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
+
+    def run(tx):
+        state, out = tx.init(params), []
+        for g in grads:
+            u, state = tx.update(g, state, params)
+            out.append(u["w"])
+        return out
+
+    ours = run(make_optimizer(lr=1.0, warmup_lr=1.0, min_lr=1.0, warmup_steps=0, total_steps=10, **kw))
+    clipped = run(optax.chain(optax.clip_by_global_norm(5.0), optax.adamw(1.0, **kw)))
+    unclipped = run(optax.adamw(1.0, **kw))
+    np.testing.assert_allclose(ours[1], clipped[1], rtol=1e-5)
+    assert not np.allclose(ours[1], unclipped[1], rtol=1e-3)
+
+
+def test_accumulation_matches_one_big_batch():
+    """Two accumulated micro-batches give the update of their mean gradient."""
+    kw = dict(lr=0.1, warmup_lr=0.1, min_lr=0.1, warmup_steps=0, total_steps=100, weight_decay=0.05)
+    params = {"w": jnp.arange(6.0).reshape(2, 3)}
+    g1, g2 = {"w": jnp.ones((2, 3))}, {"w": jnp.arange(6.0).reshape(2, 3) - 2.0}
+    acc = make_optimizer(accum_steps=2, **kw)
+    state = acc.init(params)
+    u1, state = acc.update(g1, state, params)
+    assert float(jnp.abs(u1["w"]).max()) == 0.0  # nothing applied until the second micro-batch
+    u2, state = acc.update(g2, state, params)
+    one = make_optimizer(**kw)
+    want, _ = one.update(jax.tree.map(lambda a, b: (a + b) / 2, g1, g2), one.init(params), params)
+    np.testing.assert_allclose(u2["w"], want["w"], rtol=1e-6)
