@@ -1,0 +1,51 @@
+"""Where arrays live: the (data, fsdp) mesh, the batch sharding and the parameter rule.
+
+Batches split over every device (both axes). Parameters and optimizer state are replicated,
+except, when the mesh has an fsdp axis larger than 1, arrays of at least `fsdp_min_size`
+elements, which are split over fsdp along their largest dimension that it divides.
+"""
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+DATA, FSDP = "data", "fsdp"
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> jax.sharding.Mesh:
+    """A (data, fsdp) mesh over `devices` (all by default); data=-1 takes what fsdp leaves."""
+    devices = list(devices if devices is not None else jax.devices())
+    n = len(devices)
+    if fsdp < 1 or n % fsdp:
+        raise ValueError(f"config.mesh.fsdp={fsdp} must be a positive divisor of the {n} devices")
+    data = n // fsdp if data == -1 else data
+    if data < 1 or data * fsdp != n:
+        raise ValueError(f"config.mesh.data={data} x config.mesh.fsdp={fsdp} must equal the {n} devices "
+                         "(data=-1 fills in the rest)")
+    return jax.make_mesh((data, fsdp), (DATA, FSDP), (AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def batch_sharding(mesh) -> NamedSharding:
+    """Leading (batch) axis split over every device of the mesh."""
+    return NamedSharding(mesh, P((DATA, FSDP)))
+
+
+def replicated(mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def param_sharding(mesh, shape, fsdp_min_size: int = 2 ** 18) -> NamedSharding:
+    """The rule for one array: replicated, or split over fsdp along its largest divisible dimension."""
+    ways = mesh.shape[FSDP]
+    if ways == 1 or int(np.prod(shape)) < fsdp_min_size:
+        return replicated(mesh)
+    dims = sorted((d for d in range(len(shape)) if shape[d] % ways == 0), key=lambda d: -shape[d])
+    if not dims:
+        return replicated(mesh)
+    spec = [None] * len(shape)
+    spec[dims[0]] = FSDP
+    return NamedSharding(mesh, P(*spec))
+
+
+def state_shardings(mesh, abstract_state, fsdp_min_size: int = 2 ** 18):
+    """param_sharding for every array leaf of a (possibly abstract) state pytree."""
+    return jax.tree.map(lambda x: param_sharding(mesh, np.shape(x), fsdp_min_size), abstract_state)
