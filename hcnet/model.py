@@ -293,7 +293,7 @@ def check_args(depths, dims, heat_operator, k_mode, conv_init, depthwise_impl, d
     if len(depths) != 4 or len(dims) != 4 or min(depths) < 1 or min(dims) < 2:
         raise ValueError(f"model.depths={tuple(depths)} and model.dims={tuple(dims)} must be four "
                          "positive depths and four widths >= 2")
-    if any(d % 2 for d in dims[:1]):
+    if dims[0] % 2:
         raise ValueError(f"model.dims[0]={dims[0]} must be even (the stem's first conv has dims[0] // 2)")
     for name, rate in (("drop_path", drop_path), ("dropout", dropout)):
         if not 0.0 <= rate < 1.0:
