@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from hcnet.checkpoint import abstract, assemble, save
 from hcnet.model import HEAT_OPERATORS, VARIANTS, model_spec, neighbour_count
 
 
@@ -138,7 +139,6 @@ def torch_params(state: dict, shapes: dict, heat_operator: str) -> dict:
 
 def convert(path, *, variant: str | None = "T", heat_operator: str | None = None, **overrides):
     """(model, spec) with the reference weights of `path`. Only the input-dependent k exists there."""
-    from hcnet.checkpoint import abstract, assemble
     state = read_state_dict(path)
     heat_operator = heat_operator or infer_heat_operator(state)
     head = state.get("head.weight")
@@ -159,7 +159,6 @@ def main(argv=None):
     parser.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR")
     args = parser.parse_args(argv)
     depths = tuple(int(d) for d in args.depths.split(",")) if args.depths else None
-    from hcnet.checkpoint import save
     try:
         model, spec = convert(args.from_torch, variant=args.model, heat_operator=args.heat_operator,
                               depths=depths)
