@@ -11,15 +11,9 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from hcnet.model import HcNet
+from hcnet.model import HcNet, build
 
 SPEC_FILE, PARAMS_DIR = "model.json", "params"
-
-
-def build(spec: dict, *, rngs: nnx.Rngs) -> HcNet:
-    """HcNet from a spec (the full HcNet keyword arguments, as `model_spec` returns them)."""
-    spec = dict(spec)
-    return HcNet(spec.pop("depths"), spec.pop("dims"), rngs=rngs, **spec)
 
 
 def _jsonable(spec: dict) -> dict:

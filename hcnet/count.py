@@ -13,13 +13,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hcnet.model import HEAT_OPERATORS, VARIANTS, model_spec, HcNet
+from hcnet.model import HEAT_OPERATORS, VARIANTS, HcNet, build, model_spec
 
 
 def abstract_model(spec: dict) -> HcNet:
     """The model with shapes only: no parameter memory, no random draws."""
-    spec = dict(spec)
-    return nnx.eval_shape(lambda: HcNet(spec.pop("depths"), spec.pop("dims"), rngs=nnx.Rngs(0), **spec))
+    return nnx.eval_shape(lambda: build(spec, rngs=nnx.Rngs(0)))
 
 
 def count_params(model: nnx.Module) -> int:

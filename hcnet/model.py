@@ -248,7 +248,7 @@ class HcNet(nnx.Module):
                  conv_init: str = "trunc_normal", rngs: nnx.Rngs):
         check_args(depths, dims, heat_operator, k_mode, conv_init, depthwise_impl, drop_path, dropout)
         dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
-        self.num_classes, self.dtype = num_classes, dtype
+        self.dtype = dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.stem = Stem(in_chans, dims[0], conv_init=conv_init, **kw)
         # the reference drops out after the stem in its mean8 and learned3 files only
@@ -312,7 +312,12 @@ def model_spec(variant: str | None = None, **overrides) -> dict:
     return spec
 
 
+def build(spec: dict, *, rngs: nnx.Rngs) -> HcNet:
+    """HcNet from a spec (the full HcNet keyword arguments, as `model_spec` returns them)."""
+    spec = dict(spec)
+    return HcNet(spec.pop("depths"), spec.pop("dims"), rngs=rngs, **spec)
+
+
 def create_model(variant: str | None = "T", *, rngs: nnx.Rngs, **overrides) -> HcNet:
     """HcNet for a variant name ('mu', 'T', 'S', 'B'); depths, dims and any HcNet argument override."""
-    spec = model_spec(variant, **overrides)
-    return HcNet(spec.pop("depths"), spec.pop("dims"), rngs=rngs, **spec)
+    return build(model_spec(variant, **overrides), rngs=rngs)
