@@ -1,0 +1,297 @@
+"""Device-side training augmentation inside the jitted step: the timm recipe Swin and HcNet train with.
+
+RandAugment (timm's `rand-m9-mstd0.5-inc1`), normalisation, random erasing (pixel mode) and batch-mode
+mixup/cutmix with label smoothing folded into the targets. Every example draws from its own key.
+RandAugment works on integer-valued float images with PIL's semantics: colour ops are per-channel
+lookup tables (or PIL's blends for Color and Sharpness) rounded like PIL; the geometric ops of an image
+compose into one affine map applied once at the end (bilinear, fill = the mean colour). That one warp
+differs from PIL's op-by-op order only where a colour op follows a geometric op (the fill colour is
+not recoloured) and by interpolating once instead of once per op.
+"""
+import dataclasses
+import math
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+FILL = tuple(round(255 * m) for m in MEAN)  # (124, 116, 104): timm's fill for geometric ops
+INCREASING_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
+                  "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
+                  "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+ORIGINAL_OPS = tuple(op.replace("Increasing", "") for op in INCREASING_OPS)
+GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+SIGNED = GEOMETRIC + ("ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing")
+
+
+@dataclasses.dataclass(frozen=True)
+class RandAugment:
+    """timm's RandAugment: `num_layers` ops drawn with replacement, each applied with `prob`."""
+    num_layers: int = 2
+    magnitude: float = 9.0
+    magnitude_std: float = 0.5
+    magnitude_max: float = 10.0
+    prob: float = 0.5
+    increasing: bool = True
+    translate_pct: float = 0.45
+
+    @property
+    def ops(self) -> tuple:
+        return INCREASING_OPS if self.increasing else ORIGINAL_OPS
+
+    @classmethod
+    def parse(cls, spec: str, field: str = "augment.randaugment") -> "RandAugment":
+        """'rand-m9-mstd0.5-inc1' (timm's grammar: m, n, mstd, mmax, inc)."""
+        parts = spec.split("-")
+        keys = {"m": "magnitude", "n": "num_layers", "mstd": "magnitude_std", "mmax": "magnitude_max",
+                "inc": "increasing"}
+        kwargs = {}
+        for part in parts[1:]:
+            key = part.rstrip("0123456789.")
+            try:
+                value = float(part[len(key):])
+            except ValueError:
+                key = None
+            if key not in keys:
+                break
+            kwargs[keys[key]] = bool(value) if key == "inc" else int(value) if key == "n" else value
+        else:
+            if parts[0] == "rand":
+                return cls(**kwargs)
+        raise ValueError(f"{field}={spec!r} is not a RandAugment spec like 'rand-m9-mstd0.5-inc1' "
+                         f"(keys {', '.join(keys)})")
+
+
+# --- colour ops: per-channel lookup tables (3, 256) or PIL blends on integer-valued float images.
+
+def _blend(degenerate, x, factor):
+    """PIL's Image.blend on uint8: degenerate + f (x - degenerate), truncated, clipped."""
+    return jnp.clip(jnp.trunc(degenerate + factor * (x - degenerate)), 0, 255)
+
+
+def grayscale(x):
+    """PIL's RGB -> L: (19595 R + 38470 G + 7471 B + 2^15) >> 16, shape (H, W, 1)."""
+    xi = x.astype(jnp.int32)
+    return ((xi[..., :1] * 19595 + xi[..., 1:2] * 38470 + xi[..., 2:] * 7471 + 32768) >> 16).astype(x.dtype)
+
+
+def smooth(x):
+    """PIL's ImageFilter.SMOOTH (3x3, centre 5, others 1, /13, rounded); the border is kept."""
+    p = jnp.pad(x, ((1, 1), (1, 1), (0, 0)))
+    h, w = x.shape[:2]
+    s = sum(p[i:i + h, j:j + w] for i in range(3) for j in range(3)) + 4 * x
+    out = jnp.clip(jnp.floor(s / 13 + 0.5), 0, 255)
+    inner = jnp.zeros((h, w, 1), bool).at[1:-1, 1:-1].set(True)
+    return jnp.where(inner, out, x)
+
+
+def histogram(x):
+    """(3, 256) pixel counts per channel."""
+    return jax.vmap(lambda c: jnp.bincount(c.ravel(), length=256))(jnp.moveaxis(x.astype(jnp.int32), -1, 0))
+
+
+def autocontrast_lut(hist):
+    """PIL ImageOps.autocontrast (cutoff 0): stretch [lo, hi] of each channel to [0, 255]."""
+    i = jnp.arange(256, dtype=jnp.float32)
+    nz = hist > 0
+    lo = jnp.argmax(nz, axis=-1)[:, None].astype(jnp.float32)
+    hi = (255 - jnp.argmax(nz[:, ::-1], axis=-1))[:, None].astype(jnp.float32)
+    scale = 255.0 / jnp.maximum(hi - lo, 1)
+    lut = jnp.clip(jnp.trunc(i * scale - lo * scale), 0, 255)
+    return jnp.where(hi > lo, lut, i)
+
+
+def equalize_lut(hist):
+    """PIL ImageOps.equalize: step = (pixels - last bin's count) // 255, lut = (step//2 + cdf) // step."""
+    i = jnp.arange(256, dtype=jnp.int32)
+    last = 255 - jnp.argmax(hist[:, ::-1] > 0, axis=-1)
+    step = (hist.sum(-1) - jnp.take_along_axis(hist, last[:, None], -1)[:, 0]) // 255
+    cdf = jnp.cumsum(hist, -1) - hist  # pixels below each bin
+    safe = jnp.maximum(step, 1)[:, None]
+    lut = jnp.minimum((safe // 2 + cdf) // safe, 255)
+    keep = ((hist > 0).sum(-1) <= 1) | (step == 0)
+    return jnp.where(keep[:, None], i, lut).astype(jnp.float32)
+
+
+def apply_lut(x, lut):
+    """x integer-valued (H, W, 3), lut (3, 256)."""
+    return jnp.take_along_axis(lut.T, x.astype(jnp.int32).reshape(-1, 3), axis=0).reshape(x.shape)
+
+
+def _luts(x, level, sign, increasing: bool):
+    """(15, 3, 256): the lookup table of each op at this level (identity for non-LUT ops)."""
+    i = jnp.broadcast_to(jnp.arange(256, dtype=jnp.float32), (3, 256))
+    hist = histogram(x)
+    if increasing:
+        bits = 4 - jnp.floor(level * 4)
+        threshold = 256 - jnp.floor(level * 256)
+        factor = jnp.maximum(0.1, 1.0 + sign * level * 0.9)
+    else:
+        bits = jnp.floor(level * 4)
+        threshold = jnp.minimum(256, jnp.floor(level * 256))
+        factor = level * 1.8 + 0.1
+    shift = 2.0 ** (8 - jnp.minimum(bits, 8))
+    posterize = jnp.floor(i / shift) * shift
+    solarize = jnp.where(i < threshold, i, 255 - i)
+    solarize_add = jnp.where(i < 128, jnp.minimum(i + jnp.minimum(128, jnp.floor(level * 110)), 255), i)
+    mean = jnp.floor(grayscale(x).mean() + 0.5)
+    contrast = _blend(mean, i, factor)
+    brightness = _blend(0.0, i, factor)
+    return jnp.stack([autocontrast_lut(hist), equalize_lut(hist), 255 - i, i, posterize, solarize, solarize_add,
+                      i, contrast, brightness, i, i, i, i, i]), factor
+
+
+def _geometry(op, level, sign, height, width, translate_pct):
+    """3x3 map from output to input continuous (x, y) coordinates (PIL's convention) for op."""
+    angle = -jnp.deg2rad(sign * level * 30.0)
+    c, s = jnp.cos(angle), jnp.sin(angle)
+    cx, cy = width / 2.0, height / 2.0
+    rotate = jnp.array([[c, s, cx - c * cx - s * cy], [-s, c, cy + s * cx - c * cy], [0, 0, 1]])
+    shear, shift = sign * level * 0.3, sign * level * translate_pct
+    eye = jnp.eye(3)
+    maps = {"Rotate": rotate,
+            "ShearX": eye.at[0, 1].set(shear), "ShearY": eye.at[1, 0].set(shear),
+            "TranslateXRel": eye.at[0, 2].set(shift * width), "TranslateYRel": eye.at[1, 2].set(shift * height)}
+    names = INCREASING_OPS
+    return jnp.stack([maps.get(n, eye) for n in names])[op]
+
+
+def warp(x, m, fill=FILL):
+    """x (H, W, C) warped by the output->input map m (continuous coordinates), bilinear, filled."""
+    # index coordinates (y, x, c): in = M (out + 0.5) - 0.5, written for dm-pix as matrix @ out + offset
+    matrix = jnp.array([[m[1, 1], m[1, 0], 0.0], [m[0, 1], m[0, 0], 0.0], [0.0, 0.0, 1.0]])
+    offset = jnp.stack([0.5 * (m[1, 1] + m[1, 0]) + m[1, 2] - 0.5, 0.5 * (m[0, 1] + m[0, 0]) + m[0, 2] - 0.5, 0.0])
+    fill = jnp.asarray(fill, x.dtype)
+    return pix.affine_transform(x - fill, matrix, offset=offset, order=1, mode="constant", cval=0.0) + fill
+
+
+def apply_op(x, m, op, level, sign, increasing: bool = True, translate_pct: float = 0.45):
+    """One RandAugment op (index into the op table) at level = magnitude / 10: (image, geometry)."""
+    luts, factor = _luts(x, level, sign, increasing)
+    y = apply_lut(x, luts[op])
+    names = INCREASING_OPS
+    color, sharp = names.index("ColorIncreasing"), names.index("SharpnessIncreasing")
+    degenerate = jnp.where(op == color, grayscale(x), smooth(x))
+    y = jnp.where((op == color) | (op == sharp), _blend(degenerate, x, factor), y)
+    return y, m @ _geometry(op, level, sign, x.shape[0], x.shape[1], translate_pct)
+
+
+def randaugment(key, x, ra: RandAugment):
+    """One image: uint8-valued (H, W, 3) -> float32 (H, W, 3) with integer values in [0, 255]."""
+    x = x.astype(jnp.float32)
+    m = jnp.eye(3)
+    for k in jax.random.split(key, ra.num_layers):
+        k_op, k_apply, k_mag, k_sign = jax.random.split(k, 4)
+        op = jax.random.randint(k_op, (), 0, len(ra.ops))
+        magnitude = ra.magnitude + ra.magnitude_std * jax.random.normal(k_mag)
+        level = jnp.clip(magnitude, 0.0, ra.magnitude_max) / 10.0
+        sign = jnp.where(jax.random.bernoulli(k_sign), -1.0, 1.0)
+        y, m_op = apply_op(x, m, op, level, sign, ra.increasing, ra.translate_pct)
+        apply = jax.random.uniform(k_apply) < ra.prob
+        x, m = jnp.where(apply, y, x), jnp.where(apply, m_op, m)
+    return jnp.clip(jnp.round(warp(x, m)), 0, 255)
+
+
+# --- after normalisation: random erasing, then batch-level mixing.
+
+def normalize(x, mean=MEAN, std=STD):
+    """[0, 255] -> (x / 255 - mean) / std, float32."""
+    return (x.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
+
+
+def random_erase(key, x, prob: float = 0.25, area=(0.02, 1 / 3), log_aspect=(math.log(0.3), math.log(1 / 0.3)),
+                 attempts: int = 10):
+    """timm RandomErasing, pixel mode, one box: with `prob`, the first of 10 random boxes that fits
+    gets per-pixel N(0, 1) values (the image is already normalised)."""
+    h, w = x.shape[:2]
+    k_apply, k_area, k_aspect, k_top, k_left, k_noise = jax.random.split(key, 6)
+    target = jax.random.uniform(k_area, (attempts,), minval=area[0], maxval=area[1]) * (h * w)
+    aspect = jnp.exp(jax.random.uniform(k_aspect, (attempts,), minval=log_aspect[0], maxval=log_aspect[1]))
+    eh, ew = jnp.round(jnp.sqrt(target * aspect)), jnp.round(jnp.sqrt(target / aspect))
+    fits = (ew < w) & (eh < h)
+    first = jnp.argmax(fits)
+    eh, ew = eh[first].astype(jnp.int32), ew[first].astype(jnp.int32)
+    top = jax.random.randint(k_top, (), 0, h - eh + 1)
+    left = jax.random.randint(k_left, (), 0, w - ew + 1)
+    rows, cols = jnp.arange(h)[:, None, None], jnp.arange(w)[None, :, None]
+    box = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
+    erase = box & fits.any() & (jax.random.uniform(k_apply) < prob)
+    return jnp.where(erase, jax.random.normal(k_noise, x.shape, x.dtype), x)
+
+
+def smooth_one_hot(labels, num_classes: int, smoothing: float):
+    off = smoothing / num_classes
+    return jax.nn.one_hot(labels, num_classes) * (1.0 - smoothing) + off
+
+
+def cutmix_box(key, lam, height: int, width: int):
+    """timm's rand_bbox: a box of side sqrt(1 - lam) centred uniformly, clipped; (mask (H, W), corrected lam)."""
+    ratio = jnp.sqrt(1.0 - lam)
+    cut_h, cut_w = jnp.floor(height * ratio).astype(jnp.int32), jnp.floor(width * ratio).astype(jnp.int32)
+    k_y, k_x = jax.random.split(key)
+    cy, cx = jax.random.randint(k_y, (), 0, height), jax.random.randint(k_x, (), 0, width)
+    y0, y1 = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)
+    x0, x1 = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width)
+    rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+    box = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+    return box, 1.0 - ((y1 - y0) * (x1 - x0)) / (height * width)
+
+
+def mix(key, x, labels, mask, num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
+        prob: float = 1.0, switch_prob: float = 0.5, smoothing: float = 0.1):
+    """timm Mixup in batch mode: one lambda per batch, each example paired with the flipped batch.
+
+    x (B, H, W, C), labels (B,), mask (B,) False for skipped examples (never mixed into others).
+    Returns (x, targets (B, num_classes)) with label smoothing folded into the targets.
+    """
+    k_mix, k_switch, k_mixup, k_cutmix, k_box = jax.random.split(key, 5)
+    use_cutmix = (jax.random.uniform(k_switch) < switch_prob) if mixup_alpha > 0 and cutmix_alpha > 0 \
+        else jnp.asarray(cutmix_alpha > 0)
+    lam_mixup = jax.random.beta(k_mixup, mixup_alpha, mixup_alpha) if mixup_alpha > 0 else 1.0
+    lam_cutmix = jax.random.beta(k_cutmix, cutmix_alpha, cutmix_alpha) if cutmix_alpha > 0 else 1.0
+    enabled = (mixup_alpha > 0 or cutmix_alpha > 0) and prob > 0
+    do_mix = (jax.random.uniform(k_mix) < prob) & enabled
+    box, lam_box = cutmix_box(k_box, jnp.where(use_cutmix, lam_cutmix, 1.0), *x.shape[1:3])
+    lam = jnp.where(do_mix, jnp.where(use_cutmix, lam_box, lam_mixup), 1.0)
+    partner_ok = mask[::-1] & mask
+    lam_i = jnp.where(partner_ok, lam, 1.0)  # (B,)
+    flipped = x[::-1]
+    mixed_up = lam_i[:, None, None, None] * x + (1.0 - lam_i[:, None, None, None]) * flipped
+    cut = box[None, :, :, None] & (partner_ok & do_mix)[:, None, None, None]
+    x = jnp.where(use_cutmix, jnp.where(cut, flipped, x), mixed_up)
+    y = smooth_one_hot(labels, num_classes, smoothing)
+    return x, lam_i[:, None] * y + (1.0 - lam_i[:, None]) * y[::-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What happens to a training batch on the device; every part can be switched off."""
+    randaugment: str | None = "rand-m9-mstd0.5-inc1"
+    reprob: float = 0.25
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mix_prob: float = 1.0
+    switch_prob: float = 0.5
+    smoothing: float = 0.1
+    mean: tuple = MEAN
+    std: tuple = STD
+
+
+def train_inputs(key, batch: dict, num_classes: int, recipe: Recipe = Recipe()):
+    """uint8 batch {"image", "label", "mask"} -> (normalised images, soft targets (B, num_classes))."""
+    k_ra, k_erase, k_mix = jax.random.split(key, 3)
+    x = batch["image"]
+    n = x.shape[0]
+    if recipe.randaugment:
+        ra = RandAugment.parse(recipe.randaugment)
+        x = jax.vmap(lambda k, im: randaugment(k, im, ra))(jax.random.split(k_ra, n), x)
+    x = normalize(x, recipe.mean, recipe.std)
+    if recipe.reprob > 0:
+        x = jax.vmap(lambda k, im: random_erase(k, im, recipe.reprob))(jax.random.split(k_erase, n), x)
+    return mix(k_mix, x, batch["label"], batch["mask"], num_classes, recipe.mixup, recipe.cutmix,
+               recipe.mix_prob, recipe.switch_prob, recipe.smoothing)
+
+
+def eval_inputs(batch: dict, recipe: Recipe = Recipe()):
+    return normalize(batch["image"], recipe.mean, recipe.std)

@@ -1,0 +1,102 @@
+"""Builds TFDS datasets in ArrayRecord format (random access), once, before training.
+
+    python -m hcnet.data.prepare --dataset=imagenet2012 --manual_dir=TARS --data_dir=DIR
+    python -m hcnet.data.prepare --dataset=image_folder --manual_dir=ROOT --name=flowers --data_dir=DIR
+    python -m hcnet.data.prepare --dataset=hcnet_digits --data_dir=DIR
+    python -m hcnet.data.prepare --dataset=imagenet2012 --data_dir=DIR --convert   # a TFRecord build
+    python -m hcnet.data.prepare --dataset=cifar10 --data_dir=DIR   # any TFDS dataset (downloads)
+"""
+import argparse
+import pathlib
+import re
+import sys
+import tarfile
+
+from hcnet.data.sources import DataError
+
+IMAGENET_TARS = {  # file -> (what its first member must look like, what it holds)
+    "ILSVRC2012_img_train.tar": (r"n\d{8}\.tar", "one n########.tar per class"),
+    "ILSVRC2012_img_val.tar": (r"ILSVRC2012_val_\d{8}\.JPEG", "50,000 ILSVRC2012_val_########.JPEG"),
+}
+
+
+def check_imagenet_tars(manual_dir) -> None:
+    """Both official tars present, readable as tar archives, each holding what it should."""
+    manual_dir = pathlib.Path(manual_dir)
+    for fname, (pattern, holds) in IMAGENET_TARS.items():
+        path = manual_dir / fname
+        if not path.is_file():
+            raise DataError(f"{path} is missing: imagenet2012 needs ILSVRC2012_img_train.tar and "
+                            "ILSVRC2012_img_val.tar from image-net.org in --manual_dir")
+        try:
+            with tarfile.open(path, mode="r:") as tar:
+                first = tar.next()
+        except (tarfile.TarError, OSError) as e:
+            raise DataError(f"{path} is not a readable tar archive ({e}); download it again") from None
+        if first is None or not re.fullmatch(pattern, pathlib.PurePath(first.name).name):
+            got = first.name if first else "nothing"
+            raise DataError(f"{path} starts with {got!r}, but it should hold {holds}; is it the right file?")
+
+
+def prepare(dataset: str, data_dir=None, manual_dir=None, name=None) -> pathlib.Path:
+    """Builds `dataset` under data_dir and returns the version directory."""
+    import tensorflow_datasets as tfds
+
+    from hcnet.data import builders
+    download_config = None
+    if dataset == "image_folder":
+        if not manual_dir or not pathlib.Path(manual_dir).is_dir():
+            raise DataError(f"--manual_dir={manual_dir} must be a folder laid out as ROOT/<split>/<class>/<image>")
+        files = builders.folder_files(manual_dir)
+        if not files:
+            raise DataError(f"--manual_dir={manual_dir} has no images in <split>/<class>/ subfolders "
+                            f"(suffixes {', '.join(builders.IMAGE_SUFFIXES)})")
+        name = name or pathlib.Path(manual_dir).absolute().name
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise DataError(f"--name={name!r} must be snake_case (lower-case letters, digits, _) as TFDS requires")
+        builder = builders.image_folder(name, manual_dir)(data_dir=data_dir, file_format="array_record")
+    else:
+        if dataset == "imagenet2012":
+            check_imagenet_tars(manual_dir or "")
+        if manual_dir:
+            download_config = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+        try:
+            builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
+        except tfds.core.registered.DatasetNotFoundError:
+            raise DataError(f"--dataset={dataset!r} is not a TFDS dataset; use a TFDS name, "
+                            f"{builders.DIGITS} or image_folder") from None
+    builder.download_and_prepare(download_config=download_config)
+    return pathlib.Path(builder.data_dir)
+
+
+def convert(dataset: str, data_dir=None) -> pathlib.Path:
+    """Adds ArrayRecord files beside an existing TFRecord build of `dataset`, in place."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.scripts.cli import convert_format_utils
+
+    dataset_dir = pathlib.Path(data_dir or tfds.core.constants.DATA_DIR).expanduser() / dataset
+    if not dataset_dir.is_dir():
+        raise DataError(f"{dataset_dir} does not exist: --data_dir must hold the {dataset} build to convert")
+    convert_format_utils.convert_dataset(out_dir=None, out_file_format="array_record",
+                                         dataset_dir=dataset_dir, num_workers=1)
+    return dataset_dir
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="imagenet2012, image_folder, hcnet_digits or a TFDS name")
+    p.add_argument("--data_dir", default=None, help="where TFDS datasets live (default ~/tensorflow_datasets)")
+    p.add_argument("--manual_dir", default=None, help="the ImageNet tars, or the image folder's root")
+    p.add_argument("--name", default=None, help="image_folder: the dataset name (default: the root's name)")
+    p.add_argument("--convert", action="store_true", help="convert an existing TFRecord build to ArrayRecord")
+    args = p.parse_args(argv)
+    try:
+        out = convert(args.dataset, args.data_dir) if args.convert else prepare(
+            args.dataset, args.data_dir, args.manual_dir, args.name)
+    except DataError as e:
+        sys.exit(f"error: {e}")
+    print(f"{args.dataset}: ready in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Where examples come from: any prepared TFDS dataset by name and split string, or synthetic data.
+
+A source is random access (`len`, `[i]`) over records `{"image": encoded bytes or uint8 (H, W, C),
+"label": int}`. Nothing downloads here: TFDS datasets must be prepared first (`hcnet.data.prepare`),
+except the embedded digits, which are built from scikit-learn on first use. Synthetic data needs no
+TensorFlow or TFDS at all.
+"""
+import dataclasses
+import re
+
+import numpy as np
+
+SYNTHETIC = "synthetic"
+SYNTHETIC_SPLITS = {"train": 1_281_167, "validation": 50_000}  # ImageNet-1K's sizes
+
+
+class DataError(ValueError):
+    """A dataset, split or file problem, said in one line with what would be accepted."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    records: object  # random access: len(records), records[i] -> {"image": ..., "label": int}
+    name: str
+    split: str
+    num_classes: int
+
+    def __len__(self):
+        return len(self.records)
+
+
+class Synthetic:
+    """Uniform random uint8 images with label `index % num_classes`, made from the index alone."""
+
+    def __init__(self, start: int, stop: int, image_size: int, num_classes: int):
+        self.start, self.stop, self.image_size, self.num_classes = start, stop, image_size, num_classes
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> dict:
+        i = self.start + int(i)
+        rng = np.random.default_rng(i)
+        image = rng.integers(0, 256, (self.image_size, self.image_size, 3), dtype=np.uint8)
+        return {"image": image, "label": i % self.num_classes}
+
+
+def _slice_bounds(split: str, sizes: dict, field: str) -> tuple:
+    """'train', 'train[:90%]', 'validation[100:-50]' -> (start, stop) within that split."""
+    m = re.fullmatch(r"(\w+)(?:\[(-?\d*%?):(-?\d*%?)\])?", split)
+    if not m or m[1] not in sizes:
+        raise DataError(f"{field}={split!r} is not a split of {SYNTHETIC}: use one of {sorted(sizes)}, "
+                        "optionally sliced like 'train[:90%]' or 'train[100:200]'")
+    n = sizes[m[1]]
+
+    def bound(s, default):
+        if not s:
+            return default
+        v = int(s.rstrip("%"))
+        v = round(v * n / 100) if s.endswith("%") else v
+        return min(max(v + n if v < 0 else v, 0), n)
+    return bound(m[2], 0), bound(m[3], n)
+
+
+def open_split(name: str, split: str, *, data_dir=None, num_classes: int = 1000, image_size: int = 224,
+               field: str = "dataset.train_split") -> Source:
+    """The records of `name`/`split`; `num_classes` and `image_size` only shape synthetic data."""
+    if name == SYNTHETIC:
+        start, stop = _slice_bounds(split, SYNTHETIC_SPLITS, field)
+        if stop <= start:
+            raise DataError(f"{field}={split!r} selects no examples of {SYNTHETIC}")
+        return Source(Synthetic(start, stop, image_size, num_classes), name, split, num_classes)
+    return _tfds_split(name, split, data_dir, field)
+
+
+def _prepare_hint(name: str, data_dir) -> str:
+    where = f"--data_dir={data_dir}" if data_dir else "(default --data_dir ~/tensorflow_datasets)"
+    manual = " --manual_dir=DIR_WITH_THE_TWO_TARS" if name == "imagenet2012" else ""
+    return f"python -m hcnet.data.prepare --dataset={name}{manual} {where}"
+
+
+def _tfds_split(name: str, split: str, data_dir, field: str) -> Source:
+    import tensorflow_datasets as tfds
+
+    from hcnet.data import builders  # registers hcnet_digits
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(f"dataset.name={name!r} is neither a TFDS dataset nor one prepared in data_dir="
+                        f"{data_dir or '~/tensorflow_datasets'}; use a TFDS name, '{builders.DIGITS}', "
+                        f"'{SYNTHETIC}', or prepare an image folder with python -m hcnet.data.prepare "
+                        "--dataset=image_folder") from None
+    if not builder.is_prepared():
+        if name == builders.DIGITS:  # embedded: building it reads nothing from the network
+            builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+            builder.download_and_prepare()
+        else:
+            raise DataError(f"dataset {name!r} is not prepared in {builder.data_dir}; run "
+                            f"{_prepare_hint(name, data_dir)}")
+    splits = builder.info.splits
+    try:
+        records = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                                   decoders={"image": tfds.decode.SkipDecoding()})
+    except NotImplementedError:
+        raise DataError(f"dataset {name!r} in {builder.data_dir} is in TFRecord format, which has no random "
+                        f"access; convert it in place with {_prepare_hint(name, data_dir)} --convert") from None
+    except (ValueError, KeyError, AssertionError) as e:
+        sizes = ", ".join(f"{s} ({splits[s].num_examples})" for s in splits)
+        raise DataError(f"{field}={split!r} is not a valid split of {name} ({str(e).splitlines()[0]}); "
+                        f"splits: {sizes}; slices like 'train[:90%]' or 'train[100:]' work") from None
+    if len(records) == 0:
+        raise DataError(f"{field}={split!r} selects no examples of {name}")
+    label = builder.info.features["label"]
+    return Source(records, name, split, int(label.num_classes))
