@@ -70,15 +70,30 @@ def prepare(dataset: str, data_dir=None, manual_dir=None, name=None) -> pathlib.
 
 
 def convert(dataset: str, data_dir=None) -> pathlib.Path:
-    """Adds ArrayRecord files beside an existing TFRecord build of `dataset`, in place."""
+    """Writes ArrayRecord shards beside an existing TFRecord build of `dataset`, in place: the same
+    serialized examples, shard for shard; dataset_info.json then lists array_record first."""
+    import json
+
+    import tensorflow as tf
     import tensorflow_datasets as tfds
-    from tensorflow_datasets.scripts.cli import convert_format_utils
+    from tensorflow_datasets.core import file_adapters
 
     dataset_dir = pathlib.Path(data_dir or tfds.core.constants.DATA_DIR).expanduser() / dataset
-    if not dataset_dir.is_dir():
-        raise DataError(f"{dataset_dir} does not exist: --data_dir must hold the {dataset} build to convert")
-    convert_format_utils.convert_dataset(out_dir=None, out_file_format="array_record",
-                                         dataset_dir=dataset_dir, num_workers=1)
+    infos = sorted(dataset_dir.glob("**/dataset_info.json"))
+    if not infos:
+        raise DataError(f"{dataset_dir} holds no TFDS build: --data_dir must hold the {dataset} build to convert")
+    for info_path in infos:
+        info = json.loads(info_path.read_text())
+        formats = [info.get("fileFormat", "tfrecord"), *info.get("alternativeFileFormats", [])]
+        if "array_record" in formats:
+            continue
+        for shard in sorted(info_path.parent.glob("*.tfrecord-*")):
+            out = shard.with_name(shard.name.replace(".tfrecord-", ".array_record-"))
+            records = ((None, r.numpy()) for r in tf.data.TFRecordDataset(str(shard)))
+            file_adapters.ArrayRecordFileAdapter.write_examples(str(out) + ".tmp", records)
+            pathlib.Path(str(out) + ".tmp").rename(out)
+        info["fileFormat"], info["alternativeFileFormats"] = "array_record", formats
+        info_path.write_text(json.dumps(info, indent=2))
     return dataset_dir
 
 
