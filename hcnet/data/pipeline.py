@@ -71,7 +71,9 @@ def _read_options(threads: int) -> grain.ReadOptions:
 
 
 def _finish(ds: grain.MapDataset, rows: int, threads: int, workers: int) -> grain.IterDataset:
-    it = ds.to_iter_dataset(_read_options(threads)).batch(rows, drop_remainder=True)
+    # batch before the iter stage: each element is a whole host batch, so worker processes
+    # (mp_prefetch) and threads change how fast batches come, never what is in them
+    it = ds.batch(rows, drop_remainder=True).to_iter_dataset(_read_options(threads))
     if workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return it
