@@ -55,18 +55,15 @@ def photos():
 
 @pytest.mark.parametrize("name", A.INCREASING_OPS)
 def test_each_randaugment_op_matches_pil(photos, name):
-    """Colour ops: within 1 grey level everywhere. Geometric ops (one bilinear warp): mean error under
-    1.5 levels and 98% of values within 2 (they differ on the one-pixel edge of the fill)."""
+    """Within 1 grey level everywhere (rounding), colour and geometric ops alike."""
     op = A.INCREASING_OPS.index(name)
     for a in photos:
         for level, sign in ((0.9, 1.0), (0.55, -1.0), (1.0, 1.0)):
             want = np.asarray(timm_op(Image.fromarray(a), name, level, sign)).astype(int)
             got = np.asarray(one_op(jnp.asarray(a), op, level, sign)).astype(int)
             diff = np.abs(want - got)
-            if name in A.GEOMETRIC:
-                assert diff.mean() < 1.5 and (diff <= 2).mean() > 0.98, (name, level, diff.mean())
-            else:
-                assert diff.max() <= 1 and (diff == 0).mean() > 0.999, (name, level, diff.max())
+            assert diff.max() <= 1, (name, level, diff.max())
+            assert (diff == 0).mean() > (0.5 if name in A.GEOMETRIC else 0.999), (name, level, diff.mean())
 
 
 def test_geometric_ops_compose_into_one_warp(photos):
@@ -78,8 +75,7 @@ def test_geometric_ops_compose_into_one_warp(photos):
     got = np.asarray(jnp.round(A.warp(jnp.asarray(a, jnp.float32), m))).astype(int)
     once = Image.fromarray(a).transform((96, 72), Image.Transform.AFFINE, tuple(np.asarray(m)[:2].ravel()),
                                         resample=BILINEAR, fillcolor=A.FILL)
-    diff = np.abs(np.asarray(once).astype(int) - got)
-    assert diff.mean() < 1.5 and (diff <= 2).mean() > 0.98
+    assert np.abs(np.asarray(once).astype(int) - got).max() <= 1
     twice = timm_op(timm_op(Image.fromarray(a), "Rotate", 0.5, 1.0), "ShearX", 0.5, 1.0)
     diff = np.abs(np.asarray(twice).astype(int) - got)
     assert diff.mean() < 5 and np.median(diff) <= 1

@@ -2,16 +2,16 @@
 
 RandAugment (timm's `rand-m9-mstd0.5-inc1`), normalisation, random erasing (pixel mode) and batch-mode
 mixup/cutmix with label smoothing folded into the targets. Every example draws from its own key.
-RandAugment works on integer-valued float images with PIL's semantics: colour ops are per-channel
-lookup tables (or PIL's blends for Color and Sharpness) rounded like PIL; the geometric ops of an image
-compose into one affine map applied once at the end (bilinear, fill = the mean colour). That one warp
-differs from PIL's op-by-op order only where a colour op follows a geometric op (the fill colour is
-not recoloured) and by interpolating once instead of once per op.
+RandAugment works on integer-valued float images with PIL's semantics, each op within one grey level
+of PIL's: colour ops are per-channel lookup tables (or PIL's blends for Color and Sharpness); the
+geometric ops of an image compose into one affine map applied once at the end, as PIL's bilinear
+affine transform (fill = the mean colour). Two deviations from timm: one interpolation instead of one
+per geometric op (the fill colour is not recoloured by a later colour op), and bilinear where Swin's
+timm config asks for bicubic.
 """
 import dataclasses
 import math
 
-import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
@@ -158,12 +158,28 @@ def _geometry(op, level, sign, height, width, translate_pct):
 
 
 def warp(x, m, fill=FILL):
-    """x (H, W, C) warped by the output->input map m (continuous coordinates), bilinear, filled."""
-    # index coordinates (y, x, c): in = M (out + 0.5) - 0.5, written for dm-pix as matrix @ out + offset
-    matrix = jnp.array([[m[1, 1], m[1, 0], 0.0], [m[0, 1], m[0, 0], 0.0], [0.0, 0.0, 1.0]])
-    offset = jnp.stack([0.5 * (m[1, 1] + m[1, 0]) + m[1, 2] - 0.5, 0.5 * (m[0, 1] + m[0, 0]) + m[0, 2] - 0.5, 0.0])
-    fill = jnp.asarray(fill, x.dtype)
-    return pix.affine_transform(x - fill, matrix, offset=offset, order=1, mode="constant", cval=0.0) + fill
+    """x (H, W, C) warped by the output->input map m (continuous coordinates) as PIL's bilinear affine
+    transform does it: samples within half a pixel of the image interpolate with clamped edges, the
+    rest get `fill`. Four taps per pixel for all channels at once (dm-pix's affine_transform, which
+    interpolates over the channel axis too and has its edge a half pixel further in, is 60x slower
+    on CPU for 224x224x3 images).
+    """
+    h, w, c = x.shape
+    ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + 0.5, jnp.arange(w, dtype=jnp.float32) + 0.5,
+                          indexing="ij")
+    xi = m[0, 0] * xs + m[0, 1] * ys + m[0, 2] - 0.5  # index coordinates of the input sample
+    yi = m[1, 0] * xs + m[1, 1] * ys + m[1, 2] - 0.5
+    inside = (xi >= -0.5) & (xi < w - 0.5) & (yi >= -0.5) & (yi < h - 0.5)
+    x0, y0 = jnp.floor(xi), jnp.floor(yi)
+    fx, fy = (xi - x0)[..., None], (yi - y0)[..., None]
+    x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
+    flat = x.reshape(h * w, c)
+
+    def tap(yy, xx):
+        return flat[jnp.clip(yy, 0, h - 1) * w + jnp.clip(xx, 0, w - 1)]
+    out = ((tap(y0, x0) * (1 - fx) + tap(y0, x0 + 1) * fx) * (1 - fy)
+           + (tap(y0 + 1, x0) * (1 - fx) + tap(y0 + 1, x0 + 1) * fx) * fy)
+    return jnp.where(inside[..., None], out, jnp.asarray(fill, x.dtype))
 
 
 def apply_op(x, m, op, level, sign, increasing: bool = True, translate_pct: float = 0.45):
