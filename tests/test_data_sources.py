@@ -109,3 +109,10 @@ def test_a_tfrecord_build_is_refused_then_converted(tmp_path):
     prepare.main(["--dataset=imagenet2012", f"--data_dir={tmp_path / 'tfds'}", "--convert"])
     val = sources.open_split("imagenet2012", "validation", data_dir=tmp_path / "tfds")
     assert len(val) == 2 and transforms.eval_image(val.records[1]["image"], 32).shape == (32, 32, 3)
+
+
+def test_prepare_cli_stops_with_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit, match=r"^error: .*ILSVRC2012_img_train.tar is missing[^\n]*$"):
+        prepare.main(["--dataset=imagenet2012", f"--manual_dir={tmp_path}", f"--data_dir={tmp_path / 'tfds'}"])
+    with pytest.raises(SystemExit, match=r"^error: .*holds no TFDS build"):
+        prepare.main(["--dataset=imagenet2012", f"--data_dir={tmp_path / 'tfds'}", "--convert"])
