@@ -38,6 +38,8 @@ def test_synthetic_is_deterministic_sliced_and_needs_no_files():
     s = sources.open_split("synthetic", "train[:1000]", image_size=32, num_classes=7)
     tail = sources.open_split("synthetic", "validation[-10:]", image_size=32, num_classes=7)
     assert len(s) == 1000 and len(tail) == 10 and s.records[3]["image"].shape == (32, 32, 3)
+    wide = sources.open_split("synthetic", "train[:2]", image_size=(24, 40))
+    assert wide.records[1]["image"].shape == (24, 40, 3)
     assert np.array_equal(s.records[3]["image"], s.records[3]["image"]) and s.records[8]["label"] == 1
     assert not np.array_equal(s.records[3]["image"], s.records[4]["image"])
     with pytest.raises(sources.DataError, match="'test' is not a split of synthetic"):

@@ -32,8 +32,9 @@ class Source:
 class Synthetic:
     """Uniform random uint8 images with label `index % num_classes`, made from the index alone."""
 
-    def __init__(self, start: int, stop: int, image_size: int, num_classes: int):
-        self.start, self.stop, self.image_size, self.num_classes = start, stop, image_size, num_classes
+    def __init__(self, start: int, stop: int, image_size, num_classes: int):
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.start, self.stop, self.shape, self.num_classes = start, stop, (*size, 3), num_classes
 
     def __len__(self):
         return self.stop - self.start
@@ -41,7 +42,7 @@ class Synthetic:
     def __getitem__(self, i: int) -> dict:
         i = self.start + int(i)
         rng = np.random.default_rng(i)
-        image = rng.integers(0, 256, (self.image_size, self.image_size, 3), dtype=np.uint8)
+        image = rng.integers(0, 256, self.shape, dtype=np.uint8)
         return {"image": image, "label": i % self.num_classes}
 
 
@@ -62,9 +63,9 @@ def _slice_bounds(split: str, sizes: dict, field: str) -> tuple:
     return bound(m[2], 0), bound(m[3], n)
 
 
-def open_split(name: str, split: str, *, data_dir=None, num_classes: int = 1000, image_size: int = 224,
+def open_split(name: str, split: str, *, data_dir=None, num_classes: int = 1000, image_size=224,
                field: str = "dataset.train_split") -> Source:
-    """The records of `name`/`split`; `num_classes` and `image_size` only shape synthetic data."""
+    """The records of `name`/`split`; `num_classes` and `image_size` (N or (H, W)) only shape synthetic data."""
     if name == SYNTHETIC:
         start, stop = _slice_bounds(split, SYNTHETIC_SPLITS, field)
         if stop <= start:
