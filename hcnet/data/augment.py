@@ -22,7 +22,7 @@ INCREASING_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncr
                   "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
 ORIGINAL_OPS = tuple(op.replace("Increasing", "") for op in INCREASING_OPS)
 GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
-SIGNED = GEOMETRIC + ("ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing")
+_COLOR, _SHARPNESS = INCREASING_OPS.index("ColorIncreasing"), INCREASING_OPS.index("SharpnessIncreasing")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +119,7 @@ def apply_lut(x, lut):
     return jnp.take_along_axis(lut.T, x.astype(jnp.int32).reshape(-1, 3), axis=0).reshape(x.shape)
 
 
-def _luts(x, level, sign, increasing: bool):
+def _luts(x, gray, level, sign, increasing: bool):
     """(15, 3, 256): the lookup table of each op at this level (identity for non-LUT ops)."""
     i = jnp.broadcast_to(jnp.arange(256, dtype=jnp.float32), (3, 256))
     hist = histogram(x)
@@ -135,7 +135,7 @@ def _luts(x, level, sign, increasing: bool):
     posterize = jnp.floor(i / shift) * shift
     solarize = jnp.where(i < threshold, i, 255 - i)
     solarize_add = jnp.where(i < 128, jnp.minimum(i + jnp.minimum(128, jnp.floor(level * 110)), 255), i)
-    mean = jnp.floor(grayscale(x).mean() + 0.5)
+    mean = jnp.floor(gray.mean() + 0.5)
     contrast = _blend(mean, i, factor)
     brightness = _blend(0.0, i, factor)
     return jnp.stack([autocontrast_lut(hist), equalize_lut(hist), 255 - i, i, posterize, solarize, solarize_add,
@@ -153,8 +153,7 @@ def _geometry(op, level, sign, height, width, translate_pct):
     maps = {"Rotate": rotate,
             "ShearX": eye.at[0, 1].set(shear), "ShearY": eye.at[1, 0].set(shear),
             "TranslateXRel": eye.at[0, 2].set(shift * width), "TranslateYRel": eye.at[1, 2].set(shift * height)}
-    names = INCREASING_OPS
-    return jnp.stack([maps.get(n, eye) for n in names])[op]
+    return jnp.stack([maps.get(n, eye) for n in INCREASING_OPS])[op]
 
 
 def warp(x, m, fill=FILL):
@@ -184,12 +183,11 @@ def warp(x, m, fill=FILL):
 
 def apply_op(x, m, op, level, sign, increasing: bool = True, translate_pct: float = 0.45):
     """One RandAugment op (index into the op table) at level = magnitude / 10: (image, geometry)."""
-    luts, factor = _luts(x, level, sign, increasing)
+    gray = grayscale(x)
+    luts, factor = _luts(x, gray, level, sign, increasing)
     y = apply_lut(x, luts[op])
-    names = INCREASING_OPS
-    color, sharp = names.index("ColorIncreasing"), names.index("SharpnessIncreasing")
-    degenerate = jnp.where(op == color, grayscale(x), smooth(x))
-    y = jnp.where((op == color) | (op == sharp), _blend(degenerate, x, factor), y)
+    degenerate = jnp.where(op == _COLOR, gray, smooth(x))
+    y = jnp.where((op == _COLOR) | (op == _SHARPNESS), _blend(degenerate, x, factor), y)
     return y, m @ _geometry(op, level, sign, x.shape[0], x.shape[1], translate_pct)
 
 
