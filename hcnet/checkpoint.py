@@ -1,4 +1,4 @@
-"""Parameters-only checkpoints: `save(dir, model, spec)` and `load(path)`.
+"""Parameters-only checkpoints: `save(dir, model, spec)` and `load(path)` (which also reads workdirs).
 
 A checkpoint directory holds `model.json` (the HcNet arguments) and `params/` (an Orbax
 checkpoint of the parameters). `load` rebuilds the model from both with no random init.
@@ -55,15 +55,20 @@ def _concrete(leaf):
     return jnp.zeros(leaf.shape, leaf.dtype)
 
 
-def load(path, **overrides) -> HcNet:
-    """The model of a checkpoint directory in eval mode (no dropout or drop path).
+def load(path, *, ema: bool = False, step: int | None = None, **overrides) -> HcNet:
+    """The model of a checkpoint directory, or of a training workdir's latest checkpoint, in eval mode.
 
-    Overrides change HcNet arguments that do not touch the parameters, e.g. dtype=jnp.bfloat16.
+    For a workdir, `ema=True` gives the EMA weights and `step` an older checkpoint. Overrides change
+    HcNet arguments that do not touch the parameters, e.g. dtype=jnp.bfloat16.
     """
     path = pathlib.Path(path).absolute()
+    from hcnet import workdir
+    if workdir.is_workdir(path):
+        return workdir.load_model(path, ema=ema, step=step, **overrides)
     if not (path / SPEC_FILE).is_file() or not (path / PARAMS_DIR).is_dir():
         raise FileNotFoundError(f"{path}: not an hcnet checkpoint (expected {SPEC_FILE} and {PARAMS_DIR}/ "
-                                "as written by `python -m hcnet.convert` or hcnet.checkpoint.save)")
+                                "as written by `python -m hcnet.convert` or `python -m hcnet.export`) nor a "
+                                "training workdir (model.json and checkpoints/)")
     spec = {**json.loads((path / SPEC_FILE).read_text()), **overrides}
     graphdef, state = abstract(spec)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -3,16 +3,16 @@
 The schedule is timm's CosineLRScheduler as the reference builds it (t_initial = all steps, no
 warmup prefix): lr(t) = min + (base - min) (1 + cos(pi t / T)) / 2, and for t < warmup
 warmup_lr + t (base - warmup_lr) / warmup. Learning rates scale linearly with the global batch
-over 512 and with the accumulation steps, as the reference's main.py does.
+over 512, as the reference's main.py does (its batch counts accumulated micro-batches too).
 """
 import jax
 import jax.numpy as jnp
 import optax
 
 
-def scale_lr(lr: float, global_batch: int, accum_steps: int = 1, base_batch: int = 512) -> float:
-    """The linear scaling rule: lr * global_batch * accum_steps / base_batch."""
-    return lr * global_batch * accum_steps / base_batch
+def scale_lr(lr: float, global_batch: int, base_batch: int = 512) -> float:
+    """The linear scaling rule: lr * global_batch / base_batch (global_batch counts every micro-batch)."""
+    return lr * global_batch / base_batch
 
 
 def lr_schedule(*, base_lr: float, warmup_lr: float, min_lr: float, warmup_steps: int,
@@ -35,15 +35,16 @@ def decay_mask(params):
 
 def make_optimizer(*, lr: float, warmup_lr: float, min_lr: float, warmup_steps: int, total_steps: int,
                    weight_decay: float = 0.05, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   clip_norm: float | None = 5.0, accum_steps: int = 1) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW on the schedule; MultiSteps accumulates `accum_steps` grads.
+                   clip_norm: float | None = 5.0) -> optax.GradientTransformation:
+    """Clip by global norm, then AdamW on the schedule.
 
     Learning rates are the already-scaled ones (see scale_lr); steps count optimizer updates.
+    Gradient accumulation happens inside the training step (hcnet.trainer.train_step), so one
+    update always sees one whole global batch.
     """
     schedule = lr_schedule(base_lr=lr, warmup_lr=warmup_lr, min_lr=min_lr, warmup_steps=warmup_steps,
                            total_steps=total_steps)
-    tx = optax.chain(
+    return optax.chain(
         optax.clip_by_global_norm(clip_norm) if clip_norm else optax.identity(),
         optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask),
     )
-    return optax.MultiSteps(tx, every_k_schedule=accum_steps) if accum_steps > 1 else tx

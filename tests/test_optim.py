@@ -1,4 +1,4 @@
-"""The optimiser: the reference's schedule, the linear scaling rule, decay mask, clipping, accumulation."""
+"""The optimiser: the reference's schedule, the linear scaling rule, decay mask and clipping."""
 import math
 
 import jax
@@ -28,7 +28,7 @@ def test_schedule_follows_the_reference_semantics():
 
 def test_linear_scaling_rule():
     assert scale_lr(1e-3, 1024) == pytest.approx(2e-3)
-    assert scale_lr(5e-6, 256, accum_steps=4) == pytest.approx(1e-5)
+    assert scale_lr(5e-6, 1024, base_batch=256) == pytest.approx(2e-5)
 
 
 def test_no_weight_decay_on_norms_biases_and_scalars():
@@ -61,18 +61,3 @@ def test_gradients_are_clipped_to_global_norm_5():
     unclipped = run(optax.adamw(1.0, **kw))
     np.testing.assert_allclose(ours[1], clipped[1], rtol=1e-5)
     assert not np.allclose(ours[1], unclipped[1], rtol=1e-3)
-
-
-def test_accumulation_matches_one_big_batch():
-    """Two accumulated micro-batches give the update of their mean gradient."""
-    kw = dict(lr=0.1, warmup_lr=0.1, min_lr=0.1, warmup_steps=0, total_steps=100, weight_decay=0.05)
-    params = {"w": jnp.arange(6.0).reshape(2, 3)}
-    g1, g2 = {"w": jnp.ones((2, 3))}, {"w": jnp.arange(6.0).reshape(2, 3) - 2.0}
-    acc = make_optimizer(accum_steps=2, **kw)
-    state = acc.init(params)
-    u1, state = acc.update(g1, state, params)
-    assert float(jnp.abs(u1["w"]).max()) == 0.0  # nothing applied until the second micro-batch
-    u2, state = acc.update(g2, state, params)
-    one = make_optimizer(**kw)
-    want, _ = one.update(jax.tree.map(lambda a, b: (a + b) / 2, g1, g2), one.init(params), params)
-    np.testing.assert_allclose(u2["w"], want["w"], rtol=1e-6)

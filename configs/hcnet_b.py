@@ -1,0 +1,16 @@
+"""HcNet-B on ImageNet-1K at 224: HcNet-T's recipe with the B variant and drop path 0.5.
+
+    python train.py --config=configs/hcnet_b.py --workdir=gs://BUCKET/hcnet_b
+
+Hardware: a TPU v4-64 slice or 16 GPUs with 80 GB (or 8 with optim.accum_steps=2). Expected top-1:
+84.3 (paper Table 2). Drop path 0.5 is Swin-B's (the reference released only HcNet-T's config).
+Parameters above 2^18 elements are split over the mesh's fsdp axis when mesh.fsdp > 1.
+"""
+from configs import hcnet_t
+
+
+def get_config():
+    c = hcnet_t.get_config()
+    c.model.variant = "B"       # [paper] Table 1: depths 10,10,28,10, dims 96,192,384,768
+    c.model.drop_path = 0.5     # [swin] swin_base
+    return c

@@ -1,0 +1,157 @@
+"""Experiment configs: every field with its default, loading `path.py[:arg]`, and validation.
+
+Configs in `configs/` start from `defaults()` and change what their experiment needs. `validate`
+stops a bad config before anything is built or compiled, with one line naming the field, the value
+and what would be accepted.
+"""
+import importlib.util
+import pathlib
+
+import ml_collections
+
+from hcnet.model import HEAT_OPERATORS, K_MODES, VARIANTS
+from hcnet.model import CONV_INITS, DEPTHWISE_IMPLS
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A config field with a value that cannot work, in one line."""
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Every field a config may set. The values are HcNet-T's reference recipe (see configs/hcnet_t.py)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 1024           # global, per optimizer update (micro-batches: optim.accum_steps)
+    c.eval_batch_size = 0         # 0: batch_size
+    c.epochs = 300.0              # used when total_steps is 0
+    c.total_steps = 0
+    c.log_every_steps = 100
+    c.eval_every_steps = 0        # 0: evaluate at the end only
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3        # the latest N, plus the one with the best eval/top1
+    c.checkpoint_async = True
+    c.profile_steps = (0, 0)      # (first, last): a jax.profiler trace of steps [first, last) in workdir/profile
+
+    c.model = ml_collections.ConfigDict(dict(
+        variant="T", depths=(), dims=(),  # depths/dims, when given, replace the variant's
+        heat_operator="mean8", k_mode="input", k_value=0.5, ra_filter=True, mlp_ratio=4.0,
+        drop_path=0.2, dropout=0.0, dtype="bfloat16", remat=False, conv_init="trunc_normal",
+        depthwise_impl="shift"))
+    c.dataset = ml_collections.ConfigDict(dict(
+        name="imagenet2012", data_dir="", train_split="train", eval_split="validation", image_size=224,
+        num_classes=1000, crop_pct=0.875, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, draft=True,
+        threads=8, workers=0, prefetch=2))
+    c.augment = ml_collections.ConfigDict(dict(
+        randaugment="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0, mix_prob=1.0,
+        switch_prob=0.5, smoothing=0.1))
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=1e-3, warmup_lr=5e-7, min_lr=5e-6, scale_by_batch=512, warmup_epochs=20.0, warmup_steps=-1,
+        weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8, clip_norm=5.0, accum_steps=1, ema_decay=0.0))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2 ** 18))
+    return c
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """The config of 'configs/x.py' or 'configs/x.py:arg' (get_config(arg)), as --config reads it."""
+    path, _, arg = spec.partition(":")
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--config={spec}: no such file; the configs are in configs/*.py")
+    module_spec = importlib.util.spec_from_file_location(f"hcnet_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def _unknown(config, schema, prefix=""):
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            raise ConfigError(f"config.{name} is not a field; fields here: {', '.join(sorted(schema))}")
+        if isinstance(schema[key], ml_collections.ConfigDict):
+            _unknown(value, schema[key], f"{name}.")
+
+
+def _check(ok: bool, field: str, value, accepted: str):
+    if not ok:
+        raise ConfigError(f"config.{field}={value!r}: {accepted}")
+
+
+def validate(c, num_devices: int) -> None:
+    """Raises ConfigError on the first field that cannot work with `num_devices` devices."""
+    _unknown(c, defaults())
+    m, d, o, a = c.model, c.dataset, c.optim, c.augment
+    _check(m.variant in VARIANTS or (len(m.depths) == 4 and len(m.dims) == 4), "model.variant", m.variant,
+           f"one of {', '.join(VARIANTS)} (or set model.depths and model.dims, four each)")
+    for field, value, allowed in (("heat_operator", m.heat_operator, HEAT_OPERATORS), ("k_mode", m.k_mode, K_MODES),
+                                  ("dtype", m.dtype, DTYPES), ("conv_init", m.conv_init, CONV_INITS),
+                                  ("depthwise_impl", m.depthwise_impl, DEPTHWISE_IMPLS)):
+        _check(value in allowed, f"model.{field}", value, f"one of {', '.join(allowed)}")
+    for field in ("drop_path", "dropout"):
+        _check(0 <= m[field] < 1, f"model.{field}", m[field], "must be in [0, 1)")
+    _check(m.k_mode != "fixed" or 0 <= m.k_value <= 1, "model.k_value", m.k_value,
+           "a fixed conductivity must be in [0, 1] (the stable range of the explicit step)")
+    _check(d.image_size >= 32, "dataset.image_size", d.image_size, "must be at least 32")
+    _check(d.num_classes >= 1, "dataset.num_classes", d.num_classes, "must be at least 1")
+    _check(0 < d.crop_pct <= 1, "dataset.crop_pct", d.crop_pct, "must be in (0, 1]")
+    _check(0 < d.scale[0] <= d.scale[1] <= 1, "dataset.scale", d.scale, "(min, max) with 0 < min <= max <= 1")
+    for field in ("reprob", "mix_prob", "switch_prob", "smoothing"):
+        _check(0 <= a[field] <= 1, f"augment.{field}", a[field], "must be in [0, 1]")
+    for field in ("mixup", "cutmix"):
+        _check(a[field] >= 0, f"augment.{field}", a[field], "a Beta alpha >= 0 (0 switches it off)")
+    if a.randaugment:
+        from hcnet.data.augment import RandAugment
+        try:
+            RandAugment.parse(a.randaugment)
+        except ValueError as e:
+            raise ConfigError(f"config.augment.randaugment={a.randaugment!r}: {e}") from None
+    mesh_devices = (num_devices // c.mesh.fsdp if c.mesh.data == -1 and c.mesh.fsdp > 0 else c.mesh.data) * c.mesh.fsdp
+    _check(c.mesh.fsdp >= 1 and num_devices % c.mesh.fsdp == 0, "mesh.fsdp", c.mesh.fsdp,
+           f"a positive divisor of the {num_devices} devices")
+    _check(mesh_devices == num_devices, "mesh.data", c.mesh.data,
+           f"data x fsdp must equal the {num_devices} devices (-1 fills in the rest)")
+    _check(o.accum_steps >= 1, "optim.accum_steps", o.accum_steps, "must be at least 1")
+    micro = num_devices * o.accum_steps
+    _check(c.batch_size > 0 and c.batch_size % micro == 0, "batch_size", c.batch_size,
+           f"must be a positive multiple of {num_devices} devices x {o.accum_steps} accumulation steps = {micro}")
+    eval_batch = c.eval_batch_size or c.batch_size
+    _check(eval_batch > 0 and eval_batch % num_devices == 0, "eval_batch_size", c.eval_batch_size,
+           f"0 (batch_size) or a positive multiple of the {num_devices} devices")
+    for field in ("lr", "warmup_lr", "min_lr", "weight_decay", "clip_norm", "eps"):
+        _check(o[field] >= 0, f"optim.{field}", o[field], "must be >= 0")
+    _check(o.scale_by_batch >= 0, "optim.scale_by_batch", o.scale_by_batch,
+           "the reference batch of the linear scaling rule (512), or 0 to use optim.lr as given")
+    for field in ("b1", "b2"):
+        _check(0 <= o[field] < 1, f"optim.{field}", o[field], "must be in [0, 1)")
+    _check(0 <= o.ema_decay < 1, "optim.ema_decay", o.ema_decay, "must be in [0, 1) (0: no EMA)")
+    _check(c.total_steps > 0 or c.epochs > 0, "total_steps", c.total_steps,
+           "must be > 0, or 0 with config.epochs > 0")
+    for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        _check(c[field] >= 0, field, c[field], "must be >= 0 (0: off, or only at the end)")
+    _check(c.log_every_steps > 0, "log_every_steps", c.log_every_steps, "must be at least 1")
+    _check(len(c.profile_steps) == 2 and 0 <= c.profile_steps[0] <= c.profile_steps[1], "profile_steps",
+           c.profile_steps, "(first, last) with 0 <= first <= last; (0, 0) for no trace")
+
+
+def model_spec(c) -> dict:
+    """HcNet keyword arguments from config.model and config.dataset.num_classes."""
+    from hcnet.model import model_spec as spec
+    m = c.model
+    extra = {k: m[k] for k in ("heat_operator", "k_mode", "k_value", "ra_filter", "mlp_ratio", "drop_path",
+                               "dropout", "dtype", "remat", "conv_init", "depthwise_impl")}
+    if len(m.depths) == 4 and len(m.dims) == 4:
+        return spec(None, depths=tuple(m.depths), dims=tuple(m.dims), num_classes=c.dataset.num_classes, **extra)
+    return spec(m.variant, num_classes=c.dataset.num_classes, **extra)
+
+
+def steps(c, train_examples: int) -> tuple[int, int, float]:
+    """(total optimizer steps, warmup steps, steps per epoch) for a train split of `train_examples`."""
+    per_epoch = train_examples / c.batch_size
+    total = c.total_steps or max(1, round(c.epochs * per_epoch))
+    warmup = c.optim.warmup_steps if c.optim.warmup_steps >= 0 else round(c.optim.warmup_epochs * per_epoch)
+    if warmup >= total:
+        raise ConfigError(f"config.optim.warmup_steps={warmup} (from warmup_epochs={c.optim.warmup_epochs}) must be "
+                          f"below the {total} total steps")
+    return total, warmup, per_epoch

@@ -1,0 +1,98 @@
+"""Seeing a run: metric writers (TensorBoard and JSON lines) and the console line with speed and ETA."""
+import datetime
+import json
+import pathlib
+import sys
+import time
+
+import jax
+from clu import metric_writers
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class JsonLinesWriter(metric_writers.MetricWriter):
+    """One JSON object per write_scalars call: {"step": N, "train/loss": ..., ...}, appended."""
+
+    def __init__(self, path):
+        self._file = open(path, "a")
+
+    def write_scalars(self, step, scalars):
+        self._file.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+        self._file.flush()
+
+    def write_summaries(self, step, values, metadata=None): ...
+    def write_images(self, step, images): ...
+    def write_videos(self, step, videos): ...
+    def write_audios(self, step, audios, *, sample_rate): ...
+    def write_texts(self, step, texts): ...
+    def write_histograms(self, step, arrays, num_buckets=None): ...
+    def write_hparams(self, hparams): ...
+
+    def flush(self):
+        self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+
+def create_writer(workdir) -> metric_writers.MetricWriter:
+    """TensorBoard events and metrics.jsonl in the workdir, from process 0; nothing from the others."""
+    if jax.process_index() != 0:
+        return metric_writers.MultiWriter([])
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(str(workdir)),
+                                            JsonLinesWriter(workdir / METRICS_FILE)])
+
+
+def read_metrics(workdir) -> list[dict]:
+    path = pathlib.Path(workdir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class Console:
+    """The log-step line; between log steps, a progress bar when the terminal is interactive."""
+
+    def __init__(self, total_steps: int, steps_per_epoch: float, batch_size: int, stream=None):
+        self.total, self.per_epoch, self.batch = total_steps, steps_per_epoch, batch_size
+        self.stream = stream or sys.stdout
+        self.interactive = self.stream.isatty() and jax.process_index() == 0
+        self.devices = jax.device_count()
+        self.mark(0)
+
+    def mark(self, step: int):
+        """Starts a timing window at `step` (after compilation, a restore, an evaluation)."""
+        self.t0, self.step0, self.wait = time.perf_counter(), step, 0.0
+
+    def waited(self, seconds: float):
+        self.wait += seconds
+
+    def progress(self, step: int):
+        if self.interactive:
+            done = int(30 * step / self.total)
+            self.stream.write(f"\r[{'#' * done}{'.' * (30 - done)}] {step}/{self.total}")
+            self.stream.flush()
+
+    def line(self, step: int, scalars: dict) -> dict:
+        """Prints the line for `step` and returns the speed figures it shows (for the writers too)."""
+        seconds = max(time.perf_counter() - self.t0, 1e-9)
+        rate = (step - self.step0) * self.batch / seconds
+        eta = (self.total - step) * self.batch / rate if rate > 0 else 0.0
+        speed = {"train/images_per_s": rate, "train/images_per_s_per_device": rate / self.devices,
+                 "train/input_wait": self.wait / seconds}
+        if jax.process_index() == 0:
+            self.stream.write(("\r" if self.interactive else "") +
+                              f"step {step}/{self.total} epoch {step / self.per_epoch:.2f} "
+                              f"loss {scalars['train/loss']:.4f} lr {scalars['train/lr']:.3g} | "
+                              f"{rate:.1f} img/s, {rate / self.devices:.1f}/device, "
+                              f"input wait {100 * speed['train/input_wait']:.0f}% | "
+                              f"eta {datetime.timedelta(seconds=round(eta))}\n")
+            self.stream.flush()
+        self.mark(step)
+        return speed
+
+    def say(self, text: str):
+        if jax.process_index() == 0:
+            self.stream.write(("\n" if self.interactive else "") + text + "\n")
+            self.stream.flush()

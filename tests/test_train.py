@@ -1,0 +1,211 @@
+"""train.py end to end on the smoke config: metrics, checkpoints, resume, faults, determinism, hosts."""
+import contextlib
+import fcntl
+import io
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import hcnet
+from hcnet import config as config_lib
+from hcnet import export, report, trainer, workdir
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+workdir.configure_orbax()
+
+
+def smoke(**overrides):
+    c = config_lib.load(str(ROOT / "configs/smoke.py"))
+    for key, value in overrides.items():
+        node = c
+        *path, leaf = key.split(".")
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def params_of(run_dir, **kw) -> dict:
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(hcnet.load(run_dir, **kw), nnx.Param)))
+
+
+def assert_same(a: dict, b: dict, rtol=0.0):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert jax.tree.structure(a) == jax.tree.structure(b) and len(la) > 10
+    for x, y in zip(la, lb):
+        if rtol == 0.0:
+            np.testing.assert_array_equal(x, y)
+        else:
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol)
+
+
+def train_cmd(run_dir, *flags):
+    return [sys.executable, str(ROOT / "train.py"), f"--config={ROOT / 'configs/smoke.py'}", f"--workdir={run_dir}",
+            *flags]
+
+
+def env_with(devices: int = 8) -> dict:
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]  # conftest's others stay
+    env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, worker_id):
+    """One uninterrupted smoke run per session, shared by the xdist workers: (workdir, metrics, console)."""
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    run_dir, done = shared / "smoke-run", shared / "smoke-run.json"
+    with open(shared / "smoke-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker trains, the others wait and read
+        if not done.exists():
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                result = trainer.train_and_evaluate(smoke(profile_steps=(2, 4)), run_dir)
+            done.write_text(json.dumps({"result": result, "console": out.getvalue()}))
+    saved = json.loads(done.read_text())
+    return run_dir, saved["result"], saved["console"]
+
+
+def test_smoke_run_writes_metrics_checkpoints_and_run_files(smoke_run):
+    run_dir, result, console = smoke_run
+    assert result["step"] == 8 and not result["preempted"]
+    rows = report.read_metrics(run_dir)
+    train_rows = [r for r in rows if "train/loss" in r]
+    eval_rows = [r for r in rows if "eval/top1" in r]
+    assert [r["step"] for r in train_rows] == [2, 4, 6, 8] and [r["step"] for r in eval_rows] == [4, 8]
+    for r in train_rows:
+        assert np.isfinite(r["train/loss"]) and r["train/lr"] > 0 and r["train/images_per_s"] > 0
+        assert 0 <= r["train/input_wait"] <= 1
+    for r in eval_rows:  # exact: all 40 examples of validation[:40], padding excluded, raw and EMA
+        assert r["eval/count"] == 40 and r["eval_ema/count"] == 40
+        assert 0 <= r["eval/top1"] <= r["eval/top5"] <= 1 and (40 * r["eval/top1"]) % 1 == 0
+    assert result["eval/top1"] == eval_rows[-1]["eval/top1"]
+    line = next(ln for ln in console.splitlines() if ln.startswith("step 4/8"))
+    for part in ("epoch 0.25", "loss", "lr", "img/s", "/device", "input wait", "eta"):
+        assert part in line, (part, line)
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert any(p.is_file() for p in (run_dir / "profile").rglob("*"))
+    assert json.loads((run_dir / "config.json").read_text())["model"]["variant"] == "mu"
+    assert json.loads((run_dir / "model.json").read_text())["num_classes"] == 10
+    assert (run_dir / "commit.txt").read_text().strip()
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 8]
+    data = json.loads(next((run_dir / "checkpoints/8/data").glob("*")).read_text())
+    assert data["next_index"] > 0  # the iterator state travels with the weights
+
+
+def test_load_and_export_give_the_trained_model(smoke_run, tmp_path):
+    run_dir, _, _ = smoke_run
+    raw, ema = params_of(run_dir), params_of(run_dir, ema=True)
+    old = params_of(run_dir, step=4)
+    leaf = lambda p: jax.tree.leaves(p)[0]
+    assert not np.array_equal(leaf(raw), leaf(ema)) and not np.array_equal(leaf(raw), leaf(old))
+    out = export.export(run_dir, tmp_path / "exported", ema=True)
+    assert_same(params_of(out), ema)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(hcnet.load(out)(x), hcnet.load(run_dir, ema=True)(x))
+    with pytest.raises(SystemExit, match="error: .*not a training workdir"):
+        export.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "x")])
+
+
+def test_same_config_and_seed_give_bitwise_identical_parameters(smoke_run, tmp_path):
+    run_dir, _, _ = smoke_run
+    with open(os.devnull, "w") as null:
+        with contextlib.redirect_stdout(null):
+            trainer.train_and_evaluate(smoke(), tmp_path)
+    assert_same(params_of(tmp_path), params_of(run_dir))
+    assert_same(params_of(tmp_path, ema=True), params_of(run_dir, ema=True))
+
+
+def _run_until(cmd, env, marker: str, sig) -> subprocess.CompletedProcess:
+    """Starts cmd, sends `sig` once a stdout line starts with `marker`; returns the finished process."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(marker):
+            proc.send_signal(sig)
+            break
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines) + out, err)
+
+
+def test_sigkill_then_rerun_ends_bitwise_identical(smoke_run, tmp_path):
+    """Killed while the step-4 checkpoint is being written (right after its eval line) and mid-training."""
+    run_dir, _, _ = smoke_run
+    env = env_with(8)
+    killed = _run_until(train_cmd(tmp_path), env, "step 4 eval", signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    rerun = subprocess.run(train_cmd(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert_same(params_of(tmp_path), params_of(run_dir))
+    assert_same(params_of(tmp_path, ema=True), params_of(run_dir, ema=True))
+
+
+def test_sigterm_saves_exits_cleanly_and_resumes(smoke_run, tmp_path):
+    run_dir, _, _ = smoke_run
+    env = env_with(8)
+    stopped = _run_until(train_cmd(tmp_path), env, "step 2/8", signal.SIGTERM)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    assert "stopping at step" in stopped.stdout
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and saved[-1] < 8
+    rerun = subprocess.run(train_cmd(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and f"resumed from {tmp_path / 'checkpoints'}/{saved[-1]}" in rerun.stdout
+    assert_same(params_of(tmp_path), params_of(run_dir))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_of_four_devices_match_one_of_eight(smoke_run, tmp_path):
+    run_dir, _, _ = smoke_run
+    address = f"localhost:{_free_port()}"
+    procs = [subprocess.Popen(train_cmd(tmp_path, f"--coordinator={address}", "--num_processes=2",
+                                        f"--process_id={i}"), env=env_with(4), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=400) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "step 8 eval" in outs[0][0] and "step" not in outs[1][0]  # process 1 prints no progress
+    eval_rows = [r for r in report.read_metrics(tmp_path) if "eval/top1" in r]
+    assert eval_rows[-1]["eval/count"] == 40
+    assert_same(params_of(tmp_path), params_of(run_dir), rtol=1e-5)
+
+
+def test_restore_onto_another_mesh_shape(smoke_run, tmp_path):
+    """A checkpoint of data=8 continues as data=2 x fsdp=4 with split parameters, to the same weights."""
+    run_dir, _, _ = smoke_run
+    shutil.copytree(run_dir / "checkpoints", tmp_path / "checkpoints")
+    shutil.rmtree(tmp_path / "checkpoints/8")  # resume from step 4
+    c = smoke(**{"mesh.data": 2, "mesh.fsdp": 4, "mesh.fsdp_min_size": 1024})
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        trainer.train_and_evaluate(c, tmp_path)
+    assert f"resumed from {tmp_path / 'checkpoints'}/4" in out.getvalue()
+    assert_same(params_of(tmp_path), params_of(run_dir), rtol=1e-4)
+    from hcnet import sharding
+    mesh = sharding.make_mesh(2, 4)
+    assert any(sharding.param_sharding(mesh, np.shape(p), 1024).spec != () for p in jax.tree.leaves(params_of(run_dir)))
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    c = smoke(**{"optim.lr": 1e30, "optim.warmup_steps": 0, "checkpoint_every_steps": 1, "log_every_steps": 1,
+                 "optim.ema_decay": 0.0, "augment.randaugment": ""})
+    with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step 2 .*last good checkpoint is step 1"):
+        trainer.train_and_evaluate(c, tmp_path)
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [1]
