@@ -221,7 +221,8 @@ def train_and_evaluate(c, workdir) -> dict:
     restored = checkpoints.restore(targets)
     if restored:
         start, state, data_state = restored
-        console.say(f"resumed from {checkpoints.directory}/{start}")
+        console.say(f"resumed from {checkpoints.directory}/{start}"
+                    + (f": the run is complete ({total} steps)" if start >= total else ""))
     else:
         start, data_state = 0, None
         state = jax.jit(init, out_shardings=state_sh)()

@@ -1,0 +1,72 @@
+"""Configs: every shipped config validates; a bad field stops with one line before anything compiles."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from hcnet import config as config_lib
+from hcnet.model import VARIANTS
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIGS = ["hcnet_t.py", "hcnet_s.py", "hcnet_b.py", "quickstart.py", "smoke.py", "ablate_ra_filter.py",
+           "ablate_k.py:input", "ablate_k.py:learned", "ablate_k.py:0.3", "ablate_operator.py:learned5"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_configs_validate_and_document_their_command(name):
+    c = config_lib.load(str(ROOT / "configs" / name))
+    config_lib.validate(c, num_devices=8)
+    doc = (ROOT / "configs" / name.split(":")[0]).read_text()
+    assert f"python train.py --config=configs/{name.split(':')[0]}" in doc and "Hardware" in doc
+    assert config_lib.model_spec(c)["num_classes"] == c.dataset.num_classes
+
+
+def test_the_reference_recipe_in_hcnet_t():
+    c = config_lib.load(str(ROOT / "configs/hcnet_t.py"))
+    assert (c.model.variant, c.model.drop_path, c.epochs, c.optim.warmup_epochs) == ("T", 0.2, 300, 20)
+    assert (c.optim.lr, c.optim.warmup_lr, c.optim.min_lr, c.optim.scale_by_batch) == (1e-3, 5e-7, 5e-6, 512)
+    assert (c.optim.weight_decay, c.optim.clip_norm, c.augment.smoothing) == (0.05, 5.0, 0.1)
+    assert (c.augment.mixup, c.augment.cutmix, c.augment.reprob) == (0.8, 1.0, 0.25)
+    total, warmup, per_epoch = config_lib.steps(c, 1_281_167)
+    assert (total, warmup) == (round(300 * 1_281_167 / 1024), round(20 * 1_281_167 / 1024))
+    assert VARIANTS[config_lib.load(str(ROOT / "configs/hcnet_b.py")).model.variant]["depths"] == (10, 10, 28, 10)
+    ablation = config_lib.load(str(ROOT / "configs/ablate_k.py") + ":0.7")
+    assert (ablation.model.k_mode, ablation.model.k_value) == ("fixed", 0.7)
+
+
+BAD = [
+    ({"optim.learning_rate": 1.0}, "config.optim.learning_rate is not a field"),
+    ({"batch_size": 12}, "config.batch_size=12: must be a positive multiple of 8 devices"),
+    ({"batch_size": 16, "optim.accum_steps": 4}, "config.batch_size=16: must be a positive multiple of 8 devices x 4"),
+    ({"optim.lr": -0.001}, "config.optim.lr=-0.001: must be >= 0"),
+    ({"model.variant": "XL"}, "config.model.variant='XL': one of mu, T, S, B"),
+    ({"model.heat_operator": "mean4"}, "config.model.heat_operator='mean4': one of mean8, learned3, learned5"),
+    ({"model.k_mode": "fixed", "model.k_value": 1.5}, "config.model.k_value=1.5"),
+    ({"mesh.fsdp": 3}, "config.mesh.fsdp=3: a positive divisor of the 8 devices"),
+    ({"augment.randaugment": "rand-x"}, "config.augment.randaugment='rand-x'"),
+    ({"model.dtype": "int8"}, "config.model.dtype='int8': one of float32, bfloat16, float16"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD)
+def test_bad_fields_stop_with_one_line_naming_field_value_and_what_is_accepted(overrides, message):
+    c = config_lib.load(str(ROOT / "configs/smoke.py"))
+    for key, value in overrides.items():
+        section, _, leaf = key.rpartition(".")
+        (c[section] if section else c)[leaf] = value
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.validate(c, num_devices=8)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.optim.lr=-1", "error: config.optim.lr=-1.0: must be >= 0"),
+    ("--config.dataset.name=no_such_dataset", "error: dataset.name='no_such_dataset' is neither a TFDS dataset"),
+])
+def test_train_py_exits_with_the_one_line_before_compiling(tmp_path, flag, message):
+    run = subprocess.run([sys.executable, str(ROOT / "train.py"), f"--config={ROOT / 'configs/smoke.py'}",
+                          f"--workdir={tmp_path}", flag, f"--config.dataset.data_dir={tmp_path}"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith(message), run.stderr[-1500:]
+    assert not (tmp_path / "checkpoints").exists()
