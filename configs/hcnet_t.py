@@ -1,6 +1,6 @@
 """HcNet-T on ImageNet-1K at 224, the reference recipe (paper: "mostly follows Swin").
 
-    python train.py --config=configs/hcnet_t.py --workdir=gs://BUCKET/hcnet_t
+    python train.py --config=configs/hcnet_t.py --workdir=/shared/hcnet_t
 
 Hardware: a TPU v4-32 or v5e-64 slice, or 8 GPUs with 80 GB (batch 1024 global; on fewer devices keep
 batch_size and raise optim.accum_steps). 300 epochs = 375,300 steps. Expected top-1: 83.0 (paper
