@@ -39,6 +39,16 @@ def abstract(spec: dict):
     return nnx.split(nnx.eval_shape(lambda: build(spec, rngs=nnx.Rngs(0))))
 
 
+def restore_target(directory, overrides: dict):
+    """(graphdef, abstract state, parameter shapes on one device) for the model.json in `directory`."""
+    spec = {**json.loads((pathlib.Path(directory) / SPEC_FILE).read_text()), **overrides}
+    graphdef, state = abstract(spec)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device),
+                          nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, state), nnx.Param)))
+    return graphdef, state, target
+
+
 def assemble(graphdef, state, params: dict) -> HcNet:
     """The model from an abstract state and its parameters as a pure dict (nnx.to_pure_dict's form)."""
     nnx.replace_by_pure_dict(state, params)
@@ -69,11 +79,7 @@ def load(path, *, ema: bool = False, step: int | None = None, **overrides) -> Hc
         raise FileNotFoundError(f"{path}: not an hcnet checkpoint (expected {SPEC_FILE} and {PARAMS_DIR}/ "
                                 "as written by `python -m hcnet.convert` or `python -m hcnet.export`) nor a "
                                 "training workdir (model.json and checkpoints/)")
-    spec = {**json.loads((path / SPEC_FILE).read_text()), **overrides}
-    graphdef, state = abstract(spec)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device),
-                          nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, state), nnx.Param)))
+    graphdef, state, target = restore_target(path, overrides)
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(path / PARAMS_DIR, target)
     return nnx.view(assemble(graphdef, state, params), deterministic=True)

@@ -63,8 +63,7 @@ class Model:
         key = jax.random.key(0) if key is None else key
         fresh = [jax.random.fold_in(key, i) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
                  else jnp.zeros(x.shape, x.dtype) for i, x in enumerate(leaves)]
-        model = nnx.merge(self.graphdef, params, jax.tree.unflatten(tree, fresh))
-        return model
+        return nnx.merge(self.graphdef, params, jax.tree.unflatten(tree, fresh))
 
 
 def init_state(model: Model, tx, seed: int, spec: dict, ema: bool) -> dict:
@@ -198,11 +197,10 @@ def train_and_evaluate(c, workdir) -> dict:
     spec = config_lib.model_spec(c)
     o, d = c.optim, c.dataset
     scale = (lambda lr: scale_lr(lr, c.batch_size, base_batch=o.scale_by_batch)) if o.scale_by_batch else (lambda lr: lr)
-    schedule_kw = dict(lr=scale(o.lr), warmup_lr=scale(o.warmup_lr), min_lr=scale(o.min_lr),
-                       warmup_steps=warmup, total_steps=total)
-    tx = make_optimizer(**schedule_kw, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
+    lrs = dict(warmup_lr=scale(o.warmup_lr), min_lr=scale(o.min_lr), warmup_steps=warmup, total_steps=total)
+    tx = make_optimizer(lr=scale(o.lr), **lrs, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
                         clip_norm=o.clip_norm or None)
-    schedule = lr_schedule(base_lr=schedule_kw["lr"], **{k: v for k, v in schedule_kw.items() if k != "lr"})
+    schedule = lr_schedule(base_lr=scale(o.lr), **lrs)  # the same schedule, for the lr metric
     recipe = augment.Recipe(randaugment=c.augment.randaugment or None, reprob=c.augment.reprob,
                             mixup=c.augment.mixup, cutmix=c.augment.cutmix, mix_prob=c.augment.mix_prob,
                             switch_prob=c.augment.switch_prob, smoothing=c.augment.smoothing)
@@ -288,9 +286,7 @@ def train_and_evaluate(c, workdir) -> dict:
                                  last if (c.eval_every_steps and step % c.eval_every_steps == 0) or step == total
                                  else None)
                 console.mark(step)
-        if step == total and start < total:
-            _check_finite(state, step, checkpoints)
-        checkpoints.wait()
+        checkpoints.wait()  # the last step always logs, so it was checked for non-finite values there
         return {"step": step, "preempted": False, **last}
     finally:
         stop.restore()

@@ -15,14 +15,15 @@ import subprocess
 
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
 from flax import nnx
+from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
-from hcnet.checkpoint import SPEC_FILE, _jsonable, abstract, assemble
+from hcnet.checkpoint import SPEC_FILE, _jsonable, assemble, restore_target
 
 CHECKPOINTS, CONFIG_FILE, COMMIT_FILE = "checkpoints", "config.json", "commit.txt"
 BEST = "eval/top1"
+TRAIN_KEYS = ("opt", "step", "bad")  # the "train" item: optimizer state, updates done, first bad step
 
 
 def configure_orbax(min_replica_slice_bytes: int = 2 ** 24) -> None:
@@ -76,7 +77,7 @@ class Checkpoints:
 
     def save(self, step: int, state: dict, data_state: dict, metrics: dict | None = None) -> None:
         items = {"params": ocp.args.StandardSave(state["params"]),
-                 "train": ocp.args.StandardSave({k: state[k] for k in ("opt", "step", "bad")}),
+                 "train": ocp.args.StandardSave({k: state[k] for k in TRAIN_KEYS}),
                  "data": ocp.args.JsonSave(data_state)}
         if "ema" in state:
             items["ema"] = ocp.args.StandardSave(state["ema"])
@@ -90,7 +91,7 @@ class Checkpoints:
         """(step, state, data state) of the newest readable checkpoint, or None; onto the given shardings."""
         for step in reversed(self.steps()):
             items = {"params": ocp.args.StandardRestore(abstract_state["params"]),
-                     "train": ocp.args.StandardRestore({k: abstract_state[k] for k in ("opt", "step", "bad")}),
+                     "train": ocp.args.StandardRestore({k: abstract_state[k] for k in TRAIN_KEYS}),
                      "data": ocp.args.JsonRestore()}
             if "ema" in abstract_state:
                 items["ema"] = ocp.args.StandardRestore(abstract_state["ema"])
@@ -116,11 +117,7 @@ class Checkpoints:
 def load_model(workdir, *, ema: bool = False, step: int | None = None, **overrides):
     """The model of a training run's latest (or `step`) checkpoint, raw or EMA weights, in eval mode."""
     workdir = pathlib.Path(workdir).absolute()
-    spec = {**json.loads((workdir / SPEC_FILE).read_text()), **overrides}
-    graphdef, state = abstract(spec)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device),
-                          nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, state), nnx.Param)))
+    graphdef, state, target = restore_target(workdir, overrides)
     item = "ema" if ema else "params"
     options = ocp.CheckpointManagerOptions(read_only=True)
     with ocp.CheckpointManager(workdir / CHECKPOINTS, options=options) as manager:
