@@ -5,6 +5,7 @@
 import argparse
 import json
 import pathlib
+import shutil
 import sys
 
 from hcnet import checkpoint, workdir
@@ -17,7 +18,10 @@ def export(run_dir, out, *, ema: bool = False, step: int | None = None) -> pathl
         raise FileNotFoundError(f"{run_dir}: not a training workdir (expected model.json and checkpoints/)")
     model = workdir.load_model(run_dir, ema=ema, step=step)
     spec = json.loads((run_dir / checkpoint.SPEC_FILE).read_text())
-    return checkpoint.save(out, model, spec)
+    out = checkpoint.save(out, model, spec)
+    if (run_dir / workdir.CONFIG_FILE).is_file():  # image size, crop and dataset for predict and visualize
+        shutil.copyfile(run_dir / workdir.CONFIG_FILE, out / workdir.CONFIG_FILE)
+    return out
 
 
 def main(argv=None):

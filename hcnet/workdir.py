@@ -119,15 +119,22 @@ def load_model(workdir, *, ema: bool = False, step: int | None = None, **overrid
     workdir = pathlib.Path(workdir).absolute()
     graphdef, state, target = restore_target(workdir, overrides)
     item = "ema" if ema else "params"
-    options = ocp.CheckpointManagerOptions(read_only=True)
+    step = choose_step(workdir, step)
+    if not (workdir / CHECKPOINTS / str(step) / item).is_dir():
+        raise FileNotFoundError(f"{workdir / CHECKPOINTS / str(step)} has no {item!r} weights"
+                                + (" (the run had optim.ema_decay=0)" if ema else ""))
+    options = ocp.CheckpointManagerOptions(create=False)  # reads only; read_only=True logs warnings
     with ocp.CheckpointManager(workdir / CHECKPOINTS, options=options) as manager:
-        steps = sorted(manager.all_steps())
-        if not steps or (step is not None and step not in steps):
-            raise FileNotFoundError(f"{workdir / CHECKPOINTS}: no checkpoint {'at step %d' % step if step else ''} "
-                                    f"(steps there: {steps or 'none'})")
-        step = steps[-1] if step is None else step
-        if not (workdir / CHECKPOINTS / str(step) / item).is_dir():
-            raise FileNotFoundError(f"{workdir / CHECKPOINTS / str(step)} has no {item!r} weights"
-                                    + (" (the run had optim.ema_decay=0)" if ema else ""))
         params = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))[item]
     return nnx.view(assemble(graphdef, state, params), deterministic=True)
+
+
+def choose_step(workdir, step: int | None = None) -> int:
+    """`step` if the workdir has a complete checkpoint there, else (None) its latest; one line if neither."""
+    options = ocp.CheckpointManagerOptions(create=False)  # reads only; read_only=True logs warnings
+    with ocp.CheckpointManager(pathlib.Path(workdir).absolute() / CHECKPOINTS, options=options) as manager:
+        steps = sorted(manager.all_steps())
+    if not steps or (step is not None and step not in steps):
+        raise FileNotFoundError(f"{pathlib.Path(workdir) / CHECKPOINTS}: no checkpoint "
+                                f"{'at step %d ' % step if step is not None else ''}(steps there: {steps or 'none'})")
+    return steps[-1] if step is None else step

@@ -11,3 +11,30 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # tests compile the same smoke program many times. Fresh per session, so timings stay honest.
 if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="hcnet-test-jax-cache-")
+
+
+import contextlib  # noqa: E402  (after the environment above)
+import fcntl  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, worker_id):
+    """One uninterrupted smoke run per session, shared by the xdist workers: (workdir, metrics, console)."""
+    from hcnet import trainer, workdir
+    from runs import smoke
+    workdir.configure_orbax()
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    run_dir, done = shared / "smoke-run", shared / "smoke-run.json"
+    with open(shared / "smoke-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker trains, the others wait and read
+        if not done.exists():
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                result = trainer.train_and_evaluate(smoke(profile_steps=(2, 4)), run_dir)
+            done.write_text(json.dumps({"result": result, "console": out.getvalue()}))
+    saved = json.loads(done.read_text())
+    return run_dir, saved["result"], saved["console"]

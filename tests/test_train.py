@@ -1,6 +1,5 @@
 """train.py end to end on the smoke config: metrics, checkpoints, resume, faults, determinism, hosts."""
 import contextlib
-import fcntl
 import io
 import json
 import os
@@ -17,22 +16,11 @@ import pytest
 from flax import nnx
 
 import hcnet
-from hcnet import config as config_lib
 from hcnet import export, report, trainer, workdir
+from runs import smoke
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 workdir.configure_orbax()
-
-
-def smoke(**overrides):
-    c = config_lib.load(str(ROOT / "configs/smoke.py"))
-    for key, value in overrides.items():
-        node = c
-        *path, leaf = key.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = value
-    return c
 
 
 def params_of(run_dir, **kw) -> dict:
@@ -60,22 +48,6 @@ def env_with(devices: int = 8) -> dict:
     env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
     env["PYTHONPATH"] = str(ROOT)
     return env
-
-
-@pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory, worker_id):
-    """One uninterrupted smoke run per session, shared by the xdist workers: (workdir, metrics, console)."""
-    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
-    run_dir, done = shared / "smoke-run", shared / "smoke-run.json"
-    with open(shared / "smoke-run.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker trains, the others wait and read
-        if not done.exists():
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out):
-                result = trainer.train_and_evaluate(smoke(profile_steps=(2, 4)), run_dir)
-            done.write_text(json.dumps({"result": result, "console": out.getvalue()}))
-    saved = json.loads(done.read_text())
-    return run_dir, saved["result"], saved["console"]
 
 
 def test_smoke_run_writes_metrics_checkpoints_and_run_files(smoke_run):

@@ -58,14 +58,12 @@ def _median_seconds(f, *args, repeats: int = 5) -> float:
 
 
 def device_costs(batch: int, image_size: int, model: str, repeats: int) -> dict:
-    """Seconds per batch of the device augmentation and of one HcNet training step."""
+    """Seconds per batch of the device augmentation and of one HcNet training step, on one device."""
     import jax
     import jax.numpy as jnp
-    import optax
-    from flax import nnx
 
+    from hcnet.bench import train_step_seconds
     from hcnet.data import augment
-    from hcnet.model import create_model
 
     rng = np.random.default_rng(0)
     data = {"image": jnp.asarray(rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)),
@@ -73,21 +71,7 @@ def device_costs(batch: int, image_size: int, model: str, repeats: int) -> dict:
     aug = jax.jit(lambda key, b: augment.train_inputs(key, b, 1000))
     aug_s = _median_seconds(aug, jax.random.key(0), data, repeats=repeats)
 
-    net = create_model(model, rngs=nnx.Rngs(0))
-    graphdef, params, rest = nnx.split(net, nnx.Param, ...)
-    tx = optax.adamw(1e-3, weight_decay=0.05)
-    opt_state = tx.init(params)
-    x, y = aug(jax.random.key(0), data)
-
-    @jax.jit
-    def step(params, opt_state, x, y):
-        def loss(p):
-            logits = nnx.merge(graphdef, p, rest)(x)
-            return optax.softmax_cross_entropy(logits, y).mean()
-        grads = jax.grad(loss)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-    step_s = _median_seconds(step, params, opt_state, x, y, repeats=repeats)
+    step_s = train_step_seconds(model, batch, image_size, repeats, devices=1)
     return {"augment_s": aug_s, "step_s": step_s, "augment_share": aug_s / step_s,
             "device": str(jax.devices()[0].device_kind), "batch": batch, "model": model}
 

@@ -1,0 +1,61 @@
+"""Exact top-1/top-5 of a checkpoint on any split, resolution and crop; raw and EMA weights.
+
+    python eval.py --workdir=/tmp/hcnet-quickstart                       # the run's own config and split
+    python eval.py --config=configs/hcnet_t.py --checkpoint=/ckpt/hcnet-t [--split=validation]
+        [--image_size=288] [--crop_pct=1.0] [--weights=raw,ema] [--step=N] [--out=FILE.json]
+
+--checkpoint takes a checkpoint directory (convert/export) or a workdir; --workdir takes a training
+workdir and, without --config, reads the dataset from the run's config.json. Prints a table and writes
+the JSON report to --out (default CHECKPOINT/eval/<dataset>_<split>_<size>_<crop>[_step<N>].json).
+"""
+import json
+import pathlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "configs/*.py[:arg] for the dataset (default: the workdir's run)")
+flags.DEFINE_string("checkpoint", None, "a checkpoint directory or a training workdir")
+flags.DEFINE_string("workdir", None, "a training workdir (same as --checkpoint; its config.json is the default)")
+flags.DEFINE_string("split", None, "TFDS split string, e.g. validation or 'validation[:1000]' (default: eval_split)")
+flags.DEFINE_integer("image_size", None, "evaluation resolution (default: dataset.image_size)")
+flags.DEFINE_float("crop_pct", None, "centre crop fraction (default: dataset.crop_pct)")
+flags.DEFINE_integer("batch_size", None, "global evaluation batch (default: eval_batch_size or batch_size)")
+flags.DEFINE_list("weights", None, "raw, ema or both (default: all the checkpoint has)")
+flags.DEFINE_integer("step", None, "a workdir's checkpoint step (default: the latest)")
+flags.DEFINE_string("out", None, "where to write the JSON report")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.verbosity == 0:
+        logging.set_verbosity(logging.WARNING)
+    path = FLAGS.checkpoint or FLAGS.workdir
+    if not path or (FLAGS.checkpoint and FLAGS.workdir and FLAGS.checkpoint != FLAGS.workdir):
+        sys.exit("error: give one of --checkpoint=DIR or --workdir=DIR")
+    from hcnet import evaluation
+    from hcnet.config import ConfigError
+    from hcnet.data.sources import DataError
+    try:
+        c = FLAGS.config if FLAGS.config is not None else evaluation.config_of_workdir(path)
+        for field, value in (("eval_split", FLAGS.split), ("image_size", FLAGS.image_size),
+                             ("crop_pct", FLAGS.crop_pct)):
+            if value is not None:
+                c.dataset[field] = value
+        if FLAGS.batch_size:
+            c.eval_batch_size = FLAGS.batch_size
+        report = evaluation.evaluate_checkpoint(c, path, step=FLAGS.step, weights=FLAGS.weights)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    print(evaluation.table(report))
+    out = pathlib.Path(FLAGS.out) if FLAGS.out else evaluation.default_out(report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,307 @@
+"""See what the heat conduction does inside a trained HcNet, for one image at a time.
+
+    python -m hcnet.visualize --checkpoint=/tmp/hcnet-quickstart digit.png --out=/tmp/hcnet-figures [--ema]
+
+For each image it writes four PNGs and the numbers behind them (<stem>.json):
+- <stem>_k.png: the heat-conduction coefficient k of every Hc-Ra block across depth. With the
+  input-dependent k (k = sigmoid(W GAP(x)), one per channel) the line is the median over channels,
+  the band the 10th-90th percentile, the faint band min-max; a learned or fixed k is one value.
+- <stem>_temperature.png: each stage's output averaged over channels (the "temperature" field the
+  blocks conduct), upsampled over the input.
+- <stem>_spectrum.png: the radial power spectrum of the features after the stem and after every block
+  (left), and the share of their energy above a quarter cycle per pixel (right). The paper's Figure 1c
+  claim is that high frequencies fade as depth grows; each heat step is a low-pass filter.
+- <stem>_gradcam.png: Grad-CAM of the predicted (or --class) class at each stage's output (the paper's
+  Figure 5): ReLU(sum_c alpha_c A_c), alpha_c the spatial mean of d logit / d A_c, scaled to [0, 1].
+"""
+import argparse
+import functools
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+HIGH = 0.25  # cycles per pixel: "high frequency" is the upper half of the band up to Nyquist
+
+
+# ---------------------------------------------------------------- the numbers
+def trace(model, x) -> dict:
+    """The forward pass kept block by block. x: normalised images (B, H, W, 3); model in eval mode.
+
+    k: per block (B, C) (a scalar k broadcast); blocks: each block's output; stage_of_block: its stage;
+    stem: the stem's output; stages: each stage's output (what model.features returns).
+    """
+    x = model.stem_drop(model.stem(jnp.asarray(x, model.dtype)))
+    out = {"stem": x, "k": [], "blocks": [], "stage_of_block": [], "stages": []}
+    for s, stage in enumerate(model.stages):
+        for block in stage.blocks:
+            k = jnp.asarray(block.heat.conductivity(x), jnp.float32)
+            out["k"].append(jnp.broadcast_to(k.reshape(k.shape[0], -1) if k.ndim == 4 else k, (x.shape[0], x.shape[-1])))
+            x = block(x)
+            out["blocks"].append(x)
+            out["stage_of_block"].append(s)
+        out["stages"].append(x)
+        if stage.downsample is not None:
+            x = stage.downsample(x)
+    return out
+
+
+def radial_spectrum(features) -> tuple[np.ndarray, np.ndarray]:
+    """(bin centres in cycles/pixel, mean power in each bin) of features (B, H, W, C).
+
+    The per-channel mean is removed first (no DC term); the power |FFT|^2 / (H W) is averaged over
+    batch and channels, then over the frequencies in each radial bin of width 1 / max(H, W) up to
+    Nyquist (0.5); the corners beyond 0.5 fall in the last bin.
+    """
+    f = np.asarray(features, np.float64)
+    h, w = f.shape[1:3]
+    f = f - f.mean(axis=(1, 2), keepdims=True)
+    power = (np.abs(np.fft.fft2(f, axes=(1, 2))) ** 2).mean(axis=(0, 3)) / (h * w)
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij"))
+    n = max(h, w) // 2
+    index = np.minimum((radius * 2 * n).round().astype(int), n)  # 0 is DC, n is Nyquist
+    sums = np.bincount(index.ravel(), power.ravel(), n + 1)
+    counts = np.bincount(index.ravel(), minlength=n + 1)
+    keep = (counts > 0) & (np.arange(n + 1) > 0)
+    return np.arange(n + 1)[keep] / (2 * n), sums[keep] / counts[keep]
+
+
+def high_frequency_share(features, cutoff: float = HIGH) -> float:
+    """Share of the (non-DC) spectral energy of features (B, H, W, C) above `cutoff` cycles/pixel."""
+    f = np.asarray(features, np.float64)
+    f = f - f.mean(axis=(1, 2), keepdims=True)
+    power = (np.abs(np.fft.fft2(f, axes=(1, 2))) ** 2).sum(axis=(0, 3))
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(f.shape[1]), np.fft.fftfreq(f.shape[2]), indexing="ij"))
+    total = power.sum()
+    return float(power[radius > cutoff].sum() / total) if total > 0 else 0.0
+
+
+def temperature(features) -> np.ndarray:
+    """The channel mean of features (B, H, W, C): (B, H, W)."""
+    return np.asarray(jnp.asarray(features, jnp.float32).mean(axis=-1))
+
+
+def logits_from_stage(model, i: int, features):
+    """The network's logits computed from stage i's output onward (downsample, later stages, head)."""
+    if model.head is None:
+        raise ValueError("Grad-CAM needs a classifier head; this model has num_classes=0")
+    last = features
+    for j in range(i + 1, len(model.stages)):
+        last, _ = model.stages[j](model.stages[j - 1].downsample(last))
+    return model.head(model.norm(last).mean(axis=(1, 2))).astype(jnp.float32)
+
+
+def grad_cam_map(features, tail, target):
+    """Grad-CAM of classes `target` (B,) at features (B, H, W, C), `tail` mapping them to logits: (B, H, W).
+
+    alpha = spatial mean of d logit[target] / d features; map = ReLU(sum_c alpha_c A_c) / its maximum
+    (all zeros where nothing is positive).
+    """
+    target = jnp.asarray(target)
+    score = lambda a: jnp.take_along_axis(tail(a), target[:, None], axis=1).sum()
+    grads = jax.grad(score)(jnp.asarray(features, jnp.float32))
+    alpha = grads.mean(axis=(1, 2), keepdims=True)
+    cam = jax.nn.relu((alpha * features).sum(axis=-1))
+    peak = cam.max(axis=(1, 2), keepdims=True)
+    return jnp.where(peak > 0, cam / jnp.where(peak > 0, peak, 1.0), 0.0)
+
+
+def grad_cam(model, features: list, target) -> list[jax.Array]:
+    """Grad-CAM maps (B, H_i, W_i) at every stage output in `features` for classes `target` (B,)."""
+    return [grad_cam_map(jnp.asarray(f, jnp.float32),
+                         lambda a, i=i: logits_from_stage(model, i, a.astype(model.dtype)), target)
+            for i, f in enumerate(features)]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _device_part(graphdef, state, x, target):
+    """trace, logits, the class (target, or the prediction where target < 0) and its Grad-CAM maps."""
+    model = nnx.merge(graphdef, state)
+    t = trace(model, x)
+    logits = logits_from_stage(model, len(t["stages"]) - 1, t["stages"][-1])
+    target = jnp.where(target < 0, jnp.argmax(logits, axis=-1), target)
+    return t, logits, target, grad_cam(model, t["stages"], target)
+
+
+def analyse(model, image: np.ndarray, target: int | None = None) -> dict:
+    """Every number the figures show, for one uint8 image (S, S, 3); one compiled program per model and size."""
+    from hcnet.data.augment import normalize
+    graphdef, state = nnx.split(model)
+    wanted = jnp.full((1,), -1 if target is None else target, jnp.int32)
+    t, logits, target, cams = jax.device_get(_device_part(graphdef, state, normalize(jnp.asarray(image)[None]), wanted))
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1))[0]
+    target = int(target[0])
+    feats = [t["stem"], *t["blocks"]]
+    return {
+        "target": target, "probability": float(probs[target]),
+        "stage_of_block": [s for s, stage in enumerate(model.stages) for _ in stage.blocks],
+        "k": [np.asarray(k[0]) for k in t["k"]],  # per block: (C,)
+        "temperature": [temperature(f)[0] for f in t["stages"]],
+        "spectrum_depth": ["stem", *[f"block {i + 1}" for i in range(len(t["blocks"]))]],
+        "spectrum": [radial_spectrum(f) for f in feats],
+        "high_frequency_share": [high_frequency_share(f) for f in feats],
+        "grad_cam": [np.asarray(m[0]) for m in cams],
+    }
+
+
+def jsonable(numbers: dict) -> dict:
+    out = dict(numbers)
+    out["k"] = [k.tolist() for k in numbers["k"]]
+    out["temperature"] = [m.tolist() for m in numbers["temperature"]]
+    out["spectrum"] = [{"cycles_per_pixel": f.tolist(), "power": p.tolist()} for f, p in numbers["spectrum"]]
+    out["grad_cam"] = [m.tolist() for m in numbers["grad_cam"]]
+    return out
+
+
+# ---------------------------------------------------------------- the figures
+def _upsample(m: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+    m = np.asarray(m, np.float32)
+    return np.asarray(Image.fromarray(m).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def _stage_spans(stage_of_block):
+    spans, start = [], 0
+    for s in sorted(set(stage_of_block)):
+        n = stage_of_block.count(s)
+        spans.append((s, start + 1, start + n))
+        start += n
+    return spans
+
+
+def plot_k(numbers: dict, path):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(8, 4), dpi=120)
+    ax = fig.add_subplot()
+    ks = numbers["k"]
+    x = np.arange(1, len(ks) + 1)
+    q = np.array([np.percentile(k, [0, 10, 50, 90, 100]) for k in ks])
+    ax.fill_between(x, q[:, 0], q[:, 4], color="tab:orange", alpha=0.15, label="min-max over channels")
+    ax.fill_between(x, q[:, 1], q[:, 3], color="tab:orange", alpha=0.35, label="10th-90th percentile")
+    ax.plot(x, q[:, 2], "o-", color="tab:red", label="median")
+    for s, a, b in _stage_spans(numbers["stage_of_block"]):
+        ax.axvspan(a - 0.5, b + 0.5, color="grey", alpha=0.08 * (s % 2))
+        ax.text((a + b) / 2, 1.02, f"stage {s + 1}", ha="center", va="bottom", fontsize=8)
+    ax.set(xlabel="block (depth)", ylabel="heat conduction coefficient k", ylim=(0, 1.08), xlim=(0.5, len(ks) + 0.5))
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_temperature(image: np.ndarray, numbers: dict, path):
+    from matplotlib.figure import Figure
+    maps = numbers["temperature"]
+    fig = Figure(figsize=(3 * (len(maps) + 1), 3.2), dpi=120)
+    axes = fig.subplots(1, len(maps) + 1)
+    axes[0].imshow(image)
+    axes[0].set_title("input")
+    for i, m in enumerate(maps):
+        axes[i + 1].imshow(_upsample(m, image.shape[0]), cmap="inferno")
+        axes[i + 1].set_title(f"stage {i + 1} ({m.shape[0]}x{m.shape[1]})")
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle("temperature: channel mean of each stage's output")
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    fig.savefig(path)
+
+
+def plot_spectrum(numbers: dict, path):
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(11, 4), dpi=120)
+    left, right = fig.subplots(1, 2)
+    spectra = numbers["spectrum"]
+    colors = colormaps["viridis"](np.linspace(0, 1, len(spectra)))
+    for (f, p), c, name in zip(spectra, colors, numbers["spectrum_depth"]):
+        left.semilogy(f, p / p.sum(), color=c, lw=1.2, label=name if name in ("stem", numbers["spectrum_depth"][-1]) else None)
+    left.set(xlabel="radial frequency (cycles / pixel)", ylabel="share of power", title="feature spectrum by depth")
+    left.legend(fontsize=8)
+    share = numbers["high_frequency_share"]
+    right.plot(np.arange(len(share)), share, "o-", color="tab:blue")
+    right.set_xticks(np.arange(len(share)), ["stem", *[str(i) for i in range(1, len(share))]], fontsize=7)
+    for s, a, b in _stage_spans(numbers["stage_of_block"]):
+        right.axvspan(a - 0.5, b + 0.5, color="grey", alpha=0.08 * (s % 2))
+    right.set(xlabel="block (depth)", ylabel=f"energy share above {HIGH} cycles/pixel", ylim=(0, None),
+              title="high-frequency share")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_grad_cam(image: np.ndarray, numbers: dict, label: str, path):
+    from matplotlib.figure import Figure
+    maps = numbers["grad_cam"]
+    fig = Figure(figsize=(3 * (len(maps) + 1), 3.2), dpi=120)
+    axes = fig.subplots(1, len(maps) + 1)
+    axes[0].imshow(image)
+    axes[0].set_title("input")
+    for i, m in enumerate(maps):
+        axes[i + 1].imshow(image)
+        axes[i + 1].imshow(_upsample(m, image.shape[0]), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        axes[i + 1].set_title(f"stage {i + 1} ({m.shape[0]}x{m.shape[1]})")
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"Grad-CAM of '{label}' (p = {numbers['probability']:.2f})")
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    fig.savefig(path)
+
+
+def visualize(checkpoint, files, out, *, ema: bool = False, target: int | None = None,
+              image_size: int | None = None, crop_pct: float | None = None) -> tuple[dict, list]:
+    """({file: {figure name: path}}, [(file, reason) skipped]); the numbers go to <stem>.json."""
+    import hcnet
+    from hcnet import predict
+    model = hcnet.load(checkpoint, ema=ema)
+    classes = int(model.head.out_features) if model.head is not None else 0
+    if target is not None and not 0 <= target < classes:
+        raise ValueError(f"--class={target}: the model has {classes} classes; give 0 to {classes - 1}")
+    size, crop = predict.preprocessing(checkpoint, image_size, crop_pct)
+    images, ok, failed = predict.read_images(files, size, crop)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names, written = None, {}
+    for image, f in zip(images, ok):
+        numbers = analyse(model, image, target)
+        if names is None:
+            names = predict.class_names(checkpoint, classes)
+        stem = pathlib.Path(f).stem
+        paths = {k: out / f"{stem}_{k}.png" for k in ("k", "temperature", "spectrum", "gradcam")}
+        plot_k(numbers, paths["k"])
+        plot_temperature(image, numbers, paths["temperature"])
+        plot_spectrum(numbers, paths["spectrum"])
+        plot_grad_cam(image, numbers, names[numbers["target"]], paths["gradcam"])
+        paths["numbers"] = out / f"{stem}.json"
+        paths["numbers"].write_text(json.dumps({"image": f, "class": names[numbers["target"]], **jsonable(numbers)}))
+        written[f] = {k: str(v) for k, v in paths.items()}
+    return written, failed
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m hcnet.visualize", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint directory or a training workdir")
+    p.add_argument("--out", required=True, help="directory for the PNGs and their numbers")
+    p.add_argument("--ema", action="store_true")
+    p.add_argument("--class", dest="target", type=int, default=None, help="Grad-CAM class (default: the predicted one)")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--crop-pct", type=float, default=None)
+    args = p.parse_args(argv)
+    try:
+        written, failed = visualize(args.checkpoint, args.images, args.out, ema=args.ema, target=args.target,
+                                    image_size=args.image_size, crop_pct=args.crop_pct)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    for f, reason in failed:
+        print(f"skipped {f}: {reason}", file=sys.stderr)
+    for f, paths in written.items():
+        print(f"{f}: " + ", ".join(pathlib.Path(v).name for v in paths.values()))
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
