@@ -192,21 +192,29 @@ def plot_k(numbers: dict, path):
     fig.savefig(path)
 
 
-def plot_temperature(image: np.ndarray, numbers: dict, path):
+def _map_row(image: np.ndarray, maps: list, title: str, path, overlay: bool, cmap: str):
+    """The input, then one panel per stage map upsampled to the input (over it when `overlay`)."""
     from matplotlib.figure import Figure
-    maps = numbers["temperature"]
     fig = Figure(figsize=(3 * (len(maps) + 1), 3.2), dpi=120)
     axes = fig.subplots(1, len(maps) + 1)
     axes[0].imshow(image)
     axes[0].set_title("input")
     for i, m in enumerate(maps):
-        axes[i + 1].imshow(_upsample(m, image.shape[0]), cmap="inferno")
+        if overlay:
+            axes[i + 1].imshow(image)
+        axes[i + 1].imshow(_upsample(m, image.shape[0]), cmap=cmap, alpha=0.5 if overlay else None,
+                           **(dict(vmin=0, vmax=1) if overlay else {}))
         axes[i + 1].set_title(f"stage {i + 1} ({m.shape[0]}x{m.shape[1]})")
     for ax in axes:
         ax.axis("off")
-    fig.suptitle("temperature: channel mean of each stage's output")
+    fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(path)
+
+
+def plot_temperature(image: np.ndarray, numbers: dict, path):
+    _map_row(image, numbers["temperature"], "temperature: channel mean of each stage's output", path,
+             overlay=False, cmap="inferno")
 
 
 def plot_spectrum(numbers: dict, path):
@@ -232,21 +240,8 @@ def plot_spectrum(numbers: dict, path):
 
 
 def plot_grad_cam(image: np.ndarray, numbers: dict, label: str, path):
-    from matplotlib.figure import Figure
-    maps = numbers["grad_cam"]
-    fig = Figure(figsize=(3 * (len(maps) + 1), 3.2), dpi=120)
-    axes = fig.subplots(1, len(maps) + 1)
-    axes[0].imshow(image)
-    axes[0].set_title("input")
-    for i, m in enumerate(maps):
-        axes[i + 1].imshow(image)
-        axes[i + 1].imshow(_upsample(m, image.shape[0]), cmap="jet", alpha=0.5, vmin=0, vmax=1)
-        axes[i + 1].set_title(f"stage {i + 1} ({m.shape[0]}x{m.shape[1]})")
-    for ax in axes:
-        ax.axis("off")
-    fig.suptitle(f"Grad-CAM of '{label}' (p = {numbers['probability']:.2f})")
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
-    fig.savefig(path)
+    _map_row(image, numbers["grad_cam"], f"Grad-CAM of '{label}' (p = {numbers['probability']:.2f})", path,
+             overlay=True, cmap="jet")
 
 
 def visualize(checkpoint, files, out, *, ema: bool = False, target: int | None = None,
