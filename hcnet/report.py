@@ -1,33 +1,26 @@
 """Seeing a run: metric writers (TensorBoard and JSON lines) and the console line with speed and ETA."""
 import datetime
 import json
+import os
 import pathlib
+import socket
 import sys
 import time
 
 import jax
-from clu import metric_writers
 
 METRICS_FILE = "metrics.jsonl"
 
 
-class JsonLinesWriter(metric_writers.MetricWriter):
+class JsonLinesWriter:
     """One JSON object per write_scalars call: {"step": N, "train/loss": ..., ...}, appended."""
 
     def __init__(self, path):
         self._file = open(path, "a")
 
-    def write_scalars(self, step, scalars):
+    def write_scalars(self, step: int, scalars: dict):
         self._file.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
         self._file.flush()
-
-    def write_summaries(self, step, values, metadata=None): ...
-    def write_images(self, step, images): ...
-    def write_videos(self, step, videos): ...
-    def write_audios(self, step, audios, *, sample_rate): ...
-    def write_texts(self, step, texts): ...
-    def write_histograms(self, step, arrays, num_buckets=None): ...
-    def write_hparams(self, hparams): ...
 
     def flush(self):
         self._file.flush()
@@ -36,14 +29,61 @@ class JsonLinesWriter(metric_writers.MetricWriter):
         self._file.close()
 
 
-def create_writer(workdir) -> metric_writers.MetricWriter:
+class TensorBoardWriter:
+    """Scalars as TensorBoard events (events.out.tfevents.*) in TensorBoard's record format, written
+    without TensorFlow (clu's SummaryWriter and TensorBoard's own file writer import it: seconds per
+    process, for a few numbers)."""
+
+    def __init__(self, logdir):
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.record_writer import RecordWriter
+        self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+        name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}.0.v2"
+        self._file = open(pathlib.Path(logdir) / name, "wb")
+        self._records = RecordWriter(self._file)
+        self._write(self._event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event):
+        self._records.write(event.SerializeToString())
+
+    def write_scalars(self, step: int, scalars: dict):
+        values = [self._summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+        self._write(self._event(wall_time=time.time(), step=int(step), summary=self._summary(value=values)))
+        self._file.flush()
+
+    def flush(self):
+        self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+
+class Writers:
+    """Every write goes to each writer (none on processes other than 0)."""
+
+    def __init__(self, writers: list):
+        self.writers = writers
+
+    def write_scalars(self, step: int, scalars: dict):
+        for w in self.writers:
+            w.write_scalars(step, scalars)
+
+    def flush(self):
+        for w in self.writers:
+            w.flush()
+
+    def close(self):
+        for w in self.writers:
+            w.close()
+
+
+def create_writer(workdir) -> Writers:
     """TensorBoard events and metrics.jsonl in the workdir, from process 0; nothing from the others."""
     if jax.process_index() != 0:
-        return metric_writers.MultiWriter([])
+        return Writers([])
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(str(workdir)),
-                                            JsonLinesWriter(workdir / METRICS_FILE)])
+    return Writers([TensorBoardWriter(workdir), JsonLinesWriter(workdir / METRICS_FILE)])
 
 
 def read_metrics(workdir) -> list[dict]:

@@ -290,7 +290,7 @@ def train_and_evaluate(c, workdir) -> dict:
         return {"step": step, "preempted": False, **last}
     finally:
         stop.restore()
-        writer.flush()
+        writer.close()
         checkpoints.close()
 
 

@@ -1,0 +1,119 @@
+"""FLOPs and the fewest bytes an HcNet training step moves per image, by hand, and the floor they set.
+
+    python -m hcnet.roofline --variant=T --image-size=224 [--batch=128] [--act-bytes=2] [--json]
+
+FLOPs: the paper's convention (conv + linear MACs) x 2, x 3 for forward + backward.
+
+Bytes: a tally of the tensors a training step must read or write in memory, per image, if every
+elementwise op is fused into its neighbours and only the global reductions (GroupNorm's statistics, the
+conductivity's average pool, the weight gradients) and the matmuls force a tensor through memory.
+Per Hc-Ra block, in units of C x H x W activation elements (hidden width 4C counts 4):
+
+    forward    x: GAP read 1, heat+residual read 1 write 1; GroupNorm stats read 1;
+               fc1 (norm applied on load) read 1 write 4; GELU+depthwise read 4 write 4;
+               fc2+residual read 4 + 1 write 1                                              = 23
+    backward   fc2: read g 1, write dU 4, read u 4 (weight grad, same pass)                = 9
+               depthwise+GELU: read dU 4, read h 4 (GELU recomputed), write dh 4           = 12
+               fc1: read dh 4, write dy 1, read x1 1 (normalised again for the weight grad) = 6
+               GroupNorm: reductions read dy 1 + x1 1, apply read dy 1 + x1 1 + g 1, write 1 = 6
+               heat: dk reduction read g 1 + x 1, apply read g 1 write 1                   = 4
+                                                                                     total = 60
+
+Stem and downsampling layers are counted the same way (conv: read input, write output; GroupNorm
+as above); the head is negligible. Parameters: the step reads the fp32 weights and writes fp32
+gradients, AdamW reads weights, gradients and both moments and writes weights and moments
+(36 bytes per parameter, bf16 copies included), shared by the batch. This is a floor for a fused
+implementation, not what any framework achieves; it is what the "within 2x of the floor" goal means.
+"""
+import argparse
+import json
+
+from hcnet.model import conv_out_size, model_spec
+
+# per device: dense bf16 TFLOP/s and HBM GB/s (vendor figures)
+DEVICES = {
+    "H100 SXM": (989.0, 3350.0),
+    "H200": (989.0, 4800.0),
+    "A100 80GB": (312.0, 2039.0),
+    "TPU v4": (275.0, 1228.0),
+    "TPU v5e": (197.0, 819.0),
+    "TPU v5p": (459.0, 2765.0),
+    "TPU v6e": (918.0, 1640.0),
+}
+PARAM_BYTES = 36
+
+
+def block_units(mlp_ratio: float = 4.0) -> tuple[float, float]:
+    """(forward, backward) elements moved per block in units of C x H x W; r = mlp_ratio (23, 37 at 4)."""
+    r = mlp_ratio
+    return 7 + 4 * r, 13 + 6 * r
+
+
+def _sizes(image_size: int) -> list[int]:
+    """H (= W) of the stem's two outputs and of the four stages."""
+    s1 = conv_out_size(image_size)
+    s2 = conv_out_size(s1)
+    out = [s1, s2]
+    for _ in range(3):
+        out.append(conv_out_size(out[-1]))
+    return out  # [stem conv1, stage 1, stage 2, stage 3, stage 4]
+
+
+def training_bytes(spec: dict, image_size: int = 224, act_bytes: int = 2) -> dict:
+    """Bytes per image of activations (by layer kind), and per step of parameters and optimizer state."""
+    depths, dims = spec["depths"], spec["dims"]
+    s = _sizes(image_size)
+    mlp = spec.get("mlp_ratio", 4.0)
+    units = block_units(mlp)
+    blocks = sum(d * dims[i] * s[i + 1] ** 2 for i, d in enumerate(depths)) * (units[0] + units[1])
+    # a conv + GroupNorm(+GELU): forward read in 1 write out 1, stats read 1; backward read dout 1 +
+    # out 1 twice (norm), write d(pre-norm) 1, read it and the input for the conv grads 2, write din 1
+    conv_gn = lambda cin, hin, cout, hout: 3 * cin * hin ** 2 + 10 * cout * hout ** 2
+    stem = conv_gn(3, image_size, dims[0] // 2, s[0]) + conv_gn(dims[0] // 2, s[0], dims[0], s[1])
+    down = sum(conv_gn(dims[i], s[i + 1], dims[i + 1], s[i + 2]) for i in range(3))
+    return {"blocks": blocks * act_bytes, "stem": stem * act_bytes, "downsample": down * act_bytes}
+
+
+def summary(variant: str = "T", image_size: int = 224, batch: int = 128, act_bytes: int = 2) -> dict:
+    from hcnet.count import abstract_model, count_macs, count_params
+    spec = model_spec(variant)
+    macs = count_macs(spec, image_size)
+    params = count_params(abstract_model(spec))
+    acts = training_bytes(spec, image_size, act_bytes)
+    per_image = sum(acts.values()) + PARAM_BYTES * params / batch
+    flops = 6.0 * macs
+    floors = {name: {"compute_img_s": peak * 1e12 / flops, "memory_img_s": bw * 1e9 / per_image,
+                     "floor_img_s": min(peak * 1e12 / flops, bw * 1e9 / per_image),
+                     "bound": "memory" if bw * 1e9 / per_image < peak * 1e12 / flops else "compute"}
+              for name, (peak, bw) in DEVICES.items()}
+    return {"variant": variant, "image_size": image_size, "batch": batch, "act_bytes": act_bytes,
+            "params": params, "macs": macs, "train_flops_per_image": flops, "bytes_per_image": per_image,
+            "activation_bytes": acts, "param_bytes_per_step": PARAM_BYTES * params,
+            "arithmetic_intensity": flops / per_image, "devices": floors}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m hcnet.roofline", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", default="T")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=128, help="shares the parameter and optimizer traffic")
+    p.add_argument("--act-bytes", type=int, default=2, help="2 for bf16 activations, 4 for fp32")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    out = summary(args.variant, args.image_size, args.batch, args.act_bytes)
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(f"HcNet-{out['variant']} at {out['image_size']}, batch {out['batch']}, {out['act_bytes']}-byte activations: "
+          f"{out['train_flops_per_image'] / 1e9:.2f} GFLOP and {out['bytes_per_image'] / 1e6:.0f} MB per image "
+          f"(blocks {out['activation_bytes']['blocks'] / 1e6:.0f}, stem {out['activation_bytes']['stem'] / 1e6:.0f}, "
+          f"downsampling {out['activation_bytes']['downsample'] / 1e6:.0f}, parameters and AdamW "
+          f"{out['param_bytes_per_step'] / out['batch'] / 1e6:.0f}); {out['arithmetic_intensity']:.0f} FLOP/byte")
+    print(f"{'device':12s} {'compute floor':>14s} {'memory floor':>13s}  bound    (training images/s per device)")
+    for name, d in out["devices"].items():
+        print(f"{name:12s} {d['compute_img_s']:14,.0f} {d['memory_img_s']:13,.0f}  {d['bound']}")
+
+
+if __name__ == "__main__":
+    main()
