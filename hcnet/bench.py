@@ -9,6 +9,8 @@ over a data-parallel mesh of N devices, state donated); for `infer`, the eval-mo
 Compile time is reported apart from the step time (median of --repeats after one warm-up step).
 
     flops/img   XLA's FLOP count of the compiled step (per device, times devices, over the batch)
+    XLA MB/img  XLA's "bytes accessed" the same way: summed over ops as compiled; on a CPU not a floor
+                (see `python -m hcnet.roofline` for the fewest bytes a fused step must move)
     model flops/img   the paper's convention: 2 x conv+linear MACs, x3 for a training step
     MFU         XLA flops per second over the device's dense peak for the dtype (table below or
                 --peak-tflops); printed only where the peak is known
@@ -21,6 +23,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import resource
 import statistics
 import sys
 import time
@@ -68,24 +71,32 @@ class Result:
     images_per_s: float
     images_per_s_per_device: float
     flops_per_image: float | None = None
+    bytes_per_image: float | None = None
     model_flops_per_image: float | None = None
     mfu: float | None = None
     peak_bytes: int | None = None
     peak_source: str = ""
+    page_faults: float | None = None  # host minor page faults per step (this process)
+    system_s: float | None = None     # host kernel seconds per step
     note: str = ""
 
 
-def _median_run(fn, args, repeats: int, update=None) -> float:
-    """Median wall seconds of fn(*args) after one warm-up call; `update` threads donated state through."""
+def _median_run(fn, args, repeats: int, update=None) -> tuple[float, dict]:
+    """(median wall seconds of fn(*args) after one warm-up call, host page faults and system seconds per
+    call); `update` threads donated state through."""
     out = jax.block_until_ready(fn(*args))
     times = []
+    before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(repeats):
         if update is not None:
             args = update(args, out)
         start = time.perf_counter()
         out = jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    host = {"page_faults": (after.ru_minflt - before.ru_minflt) / max(repeats, 1),
+            "system_s": (after.ru_stime - before.ru_stime) / max(repeats, 1)}
+    return statistics.median(times), host
 
 
 def _peak_memory(device, compiled) -> tuple[int | None, str]:
@@ -152,18 +163,20 @@ def measure(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode:
     start = time.perf_counter()
     compiled = step.lower(*args).compile()
     compile_s = time.perf_counter() - start
-    step_s = _median_run(compiled, args, repeats, update)
+    step_s, host = _median_run(compiled, args, repeats, update)
 
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost["flops"]) * len(devs) / batch if cost and cost.get("flops") else None
+    moved = float(cost["bytes accessed"]) * len(devs) / batch if cost and cost.get("bytes accessed") else None
     macs = count.count_macs(spec, image_size) if model_flops else None
     peak = peak if peak is not None else peak_tflops(devs[0].device_kind, dtype)
     mfu = flops * batch / step_s / (peak * 1e12 * len(devs)) if flops and peak else None
     peak_bytes, source = _peak_memory(devs[0], compiled)
     return Result("jax", mode, variant, batch, image_size, dtype, len(devs), devs[0].device_kind, compile_s, step_s,
-                  batch / step_s, batch / step_s / len(devs), flops,
-                  None if macs is None else 2.0 * macs * (3 if mode == "train" else 1), mfu, peak_bytes, source)
+                  batch / step_s, batch / step_s / len(devs), flops, moved,
+                  None if macs is None else 2.0 * macs * (3 if mode == "train" else 1), mfu, peak_bytes, source,
+                  host["page_faults"], host["system_s"])
 
 
 def train_step_seconds(variant: str, batch: int, image_size: int, repeats: int = 3, **kwargs) -> float:
@@ -216,31 +229,29 @@ def measure_torch(variant: str = "T", batch: int = 64, image_size: int = 224, *,
     fn()
     sync()
     first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    step_s = statistics.median(times)
+    step_s, host = _median_run(lambda: (fn(), sync()), (), repeats)
     peak_bytes = int(torch.cuda.max_memory_allocated()) if device.type == "cuda" else None
     kind = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     note = ", ".join(n for n, on in (("torch.compile", compile), ("channels_last", channels_last),
                                      ("autocast", autocast)) if on)
     return Result("torch", mode, variant, batch, image_size, dtype, 1, kind, max(first - step_s, 0.0), step_s,
                   batch / step_s, batch / step_s, peak_bytes=peak_bytes, peak_source="device" if peak_bytes else "",
-                  note=note)
+                  page_faults=host["page_faults"], system_s=host["system_s"], note=note)
 
 
 def table(results: list[Result]) -> str:
     head = ("framework", "mode", "model", "batch", "size", "dtype", "devices", "compile s", "step ms", "img/s",
-            "img/s/dev", "GFLOP/img", "model GFLOP/img", "MFU", "peak mem", "notes")
+            "img/s/dev", "GFLOP/img", "model GFLOP/img", "XLA MB/img", "MFU", "peak mem", "faults/step",
+            "sys s/step", "notes")
     fmt_mem = lambda r: "-" if r.peak_bytes is None else f"{r.peak_bytes / 2 ** 30:.2f} GiB ({r.peak_source})"
     rows = [(r.framework, r.mode, r.variant, str(r.batch), str(r.image_size), r.dtype, str(r.devices),
              f"{r.compile_s:.1f}", f"{1e3 * r.step_s:.1f}", f"{r.images_per_s:.1f}", f"{r.images_per_s_per_device:.1f}",
              "-" if r.flops_per_image is None else f"{r.flops_per_image / 1e9:.4g}",
              "-" if r.model_flops_per_image is None else f"{r.model_flops_per_image / 1e9:.4g}",
-             "-" if r.mfu is None else f"{100 * r.mfu:.1f}%", fmt_mem(r), r.note) for r in results]
+             "-" if r.bytes_per_image is None else f"{r.bytes_per_image / 1e6:.0f}",
+             "-" if r.mfu is None else f"{100 * r.mfu:.1f}%", fmt_mem(r),
+             "-" if r.page_faults is None else f"{r.page_faults:,.0f}", "-" if r.system_s is None else f"{r.system_s:.2f}",
+             r.note) for r in results]
     widths = [max(len(row[i]) for row in (head, *rows)) for i in range(len(head))]
     return "\n".join("  ".join(v.ljust(n) for v, n in zip(row, widths)).rstrip() for row in (head, *rows))
 

@@ -1,4 +1,6 @@
 """The Heat Conduction layer against the physics it discretises."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,3 +96,22 @@ def test_conductivity_modes():
     learned = heat_layer("mean8", "learned", k_value=0.7)
     assert isinstance(learned.k, nnx.Param) and float(learned.conductivity(x)) == pytest.approx(0.7)
     np.testing.assert_allclose(heat_layer("mean8", "fixed", k_value=0.3)(x), 0.3 * mean8_laplacian(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["mean8", "learned3", "learned5"])
+@pytest.mark.parametrize("k_mode", ["input", "fixed"])
+def test_the_heat_step_compiles_to_one_stencil_pass(form, k_mode):
+    """x + k L(x) is one fused loop over the map (after the zero padding it reads), with no convolution,
+    the learned stencil folded into one kernel and mean8's neighbour count a compile-time constant."""
+    layer = heat_layer(form, k_mode, dim=8)
+    graphdef, state = nnx.split(layer)
+    step = jax.jit(lambda s, x: x + nnx.merge(graphdef, s)(x))
+    x = jax.ShapeDtypeStruct((2, 16, 16, 8), jnp.float32)
+    hlo = step.lower(state, x).compile().as_text()
+    entry = hlo[hlo.index("ENTRY"):]
+    maps = [line for line in entry.splitlines() if re.search(r"= f32\[2,\d+,\d+,8\]", line) and " parameter(" not in line]
+    assert len(maps) == 2 and "pad" in maps[0] and maps[1].lstrip().startswith("ROOT"), maps  # pad, update
+    assert all(" fusion(" in line and "kind=kLoop" in line for line in maps)
+    assert "convolution(" not in hlo and "iota(" not in entry
+    if form == "mean8":  # the neighbour count is baked in as a (16, 16) constant
+        assert "f32[16,16]{1,0} constant(" in entry

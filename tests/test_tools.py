@@ -246,3 +246,15 @@ def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     assert len(namespace["predictions"]) == 3 and len(namespace["skipped"]) == 1
     assert all(pathlib.Path(p).is_file() for p in namespace["figures"][namespace["files"][0]].values())
     assert namespace["logits"].shape == (1, 10)
+
+
+def test_roofline_tally_for_hcnet_t():
+    from hcnet import roofline
+    assert roofline.block_units(4.0) == (23, 37)
+    out = roofline.summary("T", 224, batch=128)
+    assert out["train_flops_per_image"] == 6 * 4_153_917_440 and out["params"] == 28_416_936
+    elements = 5 * 64 * 56 ** 2 + 5 * 128 * 28 ** 2 + 14 * 320 * 14 ** 2 + 5 * 512 * 7 ** 2  # sum of C H W per block
+    assert out["activation_bytes"]["blocks"] == 2 * 60 * elements
+    assert out["bytes_per_image"] == pytest.approx(sum(out["activation_bytes"].values()) + 36 * 28_416_936 / 128)
+    h100 = out["devices"]["H100 SXM"]
+    assert h100["bound"] == "memory" and h100["floor_img_s"] == pytest.approx(3350e9 / out["bytes_per_image"])
