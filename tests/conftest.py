@@ -38,3 +38,21 @@ def smoke_run(tmp_path_factory, worker_id):
             done.write_text(json.dumps({"result": result, "console": out.getvalue()}))
     saved = json.loads(done.read_text())
     return run_dir, saved["result"], saved["console"]
+
+
+# The longest tests first, so neither worker is left with one at the end; the first test that needs the
+# smoke run goes first of all, so it trains while the other worker takes tests that do not need it.
+HEAVY = ("test_two_processes", "test_the_quickstart_notebook", "test_accumulated", "test_sigkill", "test_sigterm",
+         "test_restore_onto", "test_nonfinite_loss_stops", "test_ema_and_bf16", "test_train_inputs_on_a_sharded",
+         "test_load_and_export", "test_bench_device_part", "test_same_config")
+
+
+def _heavy_first(items):
+    rank = lambda item: next((k for k, name in enumerate(HEAVY) if item.name.startswith(name)), len(HEAVY))
+    return sorted(items, key=rank)  # stable: the rest keep their order
+
+
+def pytest_collection_modifyitems(config, items):
+    smoke = [item for item in items if "smoke_run" in getattr(item, "fixturenames", ())]
+    rest = [item for item in items if "smoke_run" not in getattr(item, "fixturenames", ())]
+    items[:] = smoke[:1] + _heavy_first(rest) + _heavy_first(smoke[1:])

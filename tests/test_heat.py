@@ -75,7 +75,7 @@ def test_folded_stencil_kernel_equals_the_reference_formula(form):
                                depthwise_conv(x, stencil_kernel(w, form), "conv"), rtol=1e-5, atol=1e-5)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(x=hnp.arrays(np.float32, st.tuples(st.just(1), st.integers(1, 6), st.integers(1, 6), st.just(3)),
                     elements=st.floats(-1e3, 1e3, width=32)),
        k=st.floats(0.0, 1.0), k_mode=st.sampled_from(["fixed", "input"]))

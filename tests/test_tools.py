@@ -230,8 +230,9 @@ def test_peak_table_and_the_table_printout():
 
 
 # ---------------------------------------------------------------- notebook
-def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
-    """Every code cell in order in one namespace, as a kernel would; `%pip` lines are for Colab and skipped."""
+def test_the_quickstart_notebook_runs_top_to_bottom(smoke_run, tmp_path, monkeypatch):
+    """Every code cell in order in one namespace, as a kernel would; `%pip` lines are for Colab and skipped.
+    (After the smoke run: the notebook's tiny setting trains the smoke recipe, so its step is compiled.)"""
     monkeypatch.setenv("HCNET_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("HCNET_NOTEBOOK_WORKDIR", str(tmp_path / "run"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -242,7 +243,7 @@ def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     for cell in cells:
         source = "".join(line for line in cell["source"] if not line.lstrip().startswith(("%", "!")))
         exec(compile(source, f"quickstart.ipynb:{cell['id']}", "exec"), namespace)
-    assert namespace["result"]["step"] == 16 and namespace["report_"]["results"]["raw"]["count"] == 360
+    assert namespace["result"]["step"] == 8 and namespace["report_"]["results"]["raw"]["count"] == 360
     assert len(namespace["predictions"]) == 3 and len(namespace["skipped"]) == 1
     assert all(pathlib.Path(p).is_file() for p in namespace["figures"][namespace["files"][0]].values())
     assert namespace["logits"].shape == (1, 10)
