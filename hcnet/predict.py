@@ -83,12 +83,11 @@ def _reason(e: Exception) -> str:
 
 
 def probabilities(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    """Softmax over classes of uint8 images (N, S, S, 3), in batches, on the default device."""
+    """Softmax over classes of uint8 images (N >= 1, S, S, 3), in batches, on the default device."""
     from hcnet.data.augment import normalize
     graphdef, state = nnx.split(model)
     forward = jax.jit(lambda s, x: jax.nn.softmax(nnx.merge(graphdef, s)(normalize(x)), axis=-1))
-    return np.concatenate([np.asarray(forward(state, images[i:i + batch]))
-                           for i in range(0, len(images), batch)] or [np.zeros((0, 1), np.float32)])
+    return np.concatenate([np.asarray(forward(state, images[i:i + batch])) for i in range(0, len(images), batch)])
 
 
 def top_k(probs: np.ndarray, names: list[str], k: int = 5) -> list[list[dict]]:

@@ -50,19 +50,22 @@ def trace(model, x) -> dict:
     return out
 
 
-def radial_spectrum(features) -> tuple[np.ndarray, np.ndarray]:
-    """(bin centres in cycles/pixel, mean power in each bin) of features (B, H, W, C).
+def power_spectrum(features) -> tuple[np.ndarray, np.ndarray]:
+    """(power (H, W), radial frequency (H, W) in cycles/pixel) of features (B, H, W, C).
 
-    The per-channel mean is removed first (no DC term); the power |FFT|^2 / (H W) is averaged over
-    batch and channels, then over the frequencies in each radial bin of width 1 / max(H, W) up to
-    Nyquist (0.5); the corners beyond 0.5 fall in the last bin.
+    The per-channel mean is removed first (no DC term); |FFT|^2 / (H W) is averaged over batch and channels.
     """
     f = np.asarray(features, np.float64)
     h, w = f.shape[1:3]
     f = f - f.mean(axis=(1, 2), keepdims=True)
     power = (np.abs(np.fft.fft2(f, axes=(1, 2))) ** 2).mean(axis=(0, 3)) / (h * w)
-    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij"))
-    n = max(h, w) // 2
+    return power, np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij"))
+
+
+def radial_bins(power: np.ndarray, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bin centres, mean power in each bin): bins of width 1 / max(H, W) up to Nyquist (0.5), the corners
+    beyond 0.5 in the last bin, DC left out."""
+    n = max(power.shape) // 2
     index = np.minimum((radius * 2 * n).round().astype(int), n)  # 0 is DC, n is Nyquist
     sums = np.bincount(index.ravel(), power.ravel(), n + 1)
     counts = np.bincount(index.ravel(), minlength=n + 1)
@@ -70,14 +73,20 @@ def radial_spectrum(features) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(n + 1)[keep] / (2 * n), sums[keep] / counts[keep]
 
 
-def high_frequency_share(features, cutoff: float = HIGH) -> float:
-    """Share of the (non-DC) spectral energy of features (B, H, W, C) above `cutoff` cycles/pixel."""
-    f = np.asarray(features, np.float64)
-    f = f - f.mean(axis=(1, 2), keepdims=True)
-    power = (np.abs(np.fft.fft2(f, axes=(1, 2))) ** 2).sum(axis=(0, 3))
-    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(f.shape[1]), np.fft.fftfreq(f.shape[2]), indexing="ij"))
+def share_above(power: np.ndarray, radius: np.ndarray, cutoff: float = HIGH) -> float:
+    """Share of the spectral energy above `cutoff` cycles/pixel (0 for a field with no energy)."""
     total = power.sum()
     return float(power[radius > cutoff].sum() / total) if total > 0 else 0.0
+
+
+def radial_spectrum(features) -> tuple[np.ndarray, np.ndarray]:
+    """(bin centres in cycles/pixel, mean power in each bin) of features (B, H, W, C)."""
+    return radial_bins(*power_spectrum(features))
+
+
+def high_frequency_share(features, cutoff: float = HIGH) -> float:
+    """Share of the (non-DC) spectral energy of features (B, H, W, C) above `cutoff` cycles/pixel."""
+    return share_above(*power_spectrum(features), cutoff)
 
 
 def temperature(features) -> np.ndarray:
@@ -135,15 +144,15 @@ def analyse(model, image: np.ndarray, target: int | None = None) -> dict:
     t, logits, target, cams = jax.device_get(_device_part(graphdef, state, normalize(jnp.asarray(image)[None]), wanted))
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))[0]
     target = int(target[0])
-    feats = [t["stem"], *t["blocks"]]
+    spectra = [power_spectrum(f) for f in [t["stem"], *t["blocks"]]]  # one FFT per feature map
     return {
         "target": target, "probability": float(probs[target]),
         "stage_of_block": [s for s, stage in enumerate(model.stages) for _ in stage.blocks],
         "k": [np.asarray(k[0]) for k in t["k"]],  # per block: (C,)
         "temperature": [temperature(f)[0] for f in t["stages"]],
         "spectrum_depth": ["stem", *[f"block {i + 1}" for i in range(len(t["blocks"]))]],
-        "spectrum": [radial_spectrum(f) for f in feats],
-        "high_frequency_share": [high_frequency_share(f) for f in feats],
+        "spectrum": [radial_bins(*s) for s in spectra],
+        "high_frequency_share": [share_above(*s) for s in spectra],
         "grad_cam": [np.asarray(m[0]) for m in cams],
     }
 

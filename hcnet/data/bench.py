@@ -46,30 +46,19 @@ def host_rate(fn, jpegs, seconds: float) -> float:
     return n / (time.perf_counter() - start)
 
 
-def _median_seconds(f, *args, repeats: int = 5) -> float:
-    import jax
-    jax.block_until_ready(f(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def device_costs(batch: int, image_size: int, model: str, repeats: int) -> dict:
     """Seconds per batch of the device augmentation and of one HcNet training step, on one device."""
     import jax
     import jax.numpy as jnp
 
-    from hcnet.bench import train_step_seconds
+    from hcnet.bench import _median_run, train_step_seconds
     from hcnet.data import augment
 
     rng = np.random.default_rng(0)
     data = {"image": jnp.asarray(rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)),
             "label": jnp.asarray(rng.integers(0, 1000, batch)), "mask": jnp.ones(batch, bool)}
     aug = jax.jit(lambda key, b: augment.train_inputs(key, b, 1000))
-    aug_s = _median_seconds(aug, jax.random.key(0), data, repeats=repeats)
+    aug_s, _ = _median_run(aug, (jax.random.key(0), data), repeats)
 
     step_s = train_step_seconds(model, batch, image_size, repeats, devices=1)
     return {"augment_s": aug_s, "step_s": step_s, "augment_share": aug_s / step_s,
