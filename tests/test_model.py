@@ -6,7 +6,8 @@ import pytest
 from flax import nnx
 
 from hcnet.count import abstract_model
-from hcnet.model import VARIANTS, conv_out_size, create_model, drop_path_rates, model_spec
+from hcnet.model import (VARIANTS, _shifted_sum, conv_out_size, create_model, depthwise_conv, drop_path_rates,
+                         gelu, gelu_filter, model_spec)
 
 
 def forward(model, x):
@@ -140,6 +141,52 @@ def test_depthwise_shift_and_grouped_conv_forms_agree(form):
     a = create_model("mu", heat_operator=form, rngs=rngs())
     b = create_model("mu", heat_operator=form, depthwise_impl="conv", rngs=rngs())
     np.testing.assert_allclose(forward(a, x), forward(b, x), rtol=1e-4, atol=1e-5)
+
+
+def test_gelu_is_the_exact_gelu():
+    x = jnp.linspace(-8.0, 8.0, 1001)
+    np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [3, 5, None])
+def test_hand_written_backward_passes_equal_autodiff(size):
+    """gelu_filter and depthwise_conv ('shift') against autodiff of jax.nn.gelu and XLA's grouped conv."""
+    kh, kk, kg = jax.random.split(jax.random.key(size or 0), 3)
+    h = 2.0 * jax.random.normal(kh, (2, 7, 9, 6))
+    kernel = jax.random.normal(kk, (size, size, 1, 6)) if size else None
+    cot = jax.random.normal(kg, h.shape)
+
+    def grads(f):
+        return jax.grad(lambda *a: jnp.sum(f(*a) * cot), argnums=tuple(range(1 + (size is not None))))
+
+    def reference(h, k=None):
+        x = jax.nn.gelu(h, approximate=False)
+        return depthwise_conv(x, k, "conv") if k is not None else x
+
+    args = (h, kernel) if size else (h,)
+    for got, want in zip(grads(lambda *a: gelu_filter(*a, "shift") if size else gelu_filter(a[0], None))(*args),
+                         grads(reference)(*args)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+    if size:
+        for got, want in zip(grads(lambda x, k: depthwise_conv(x, k, "shift"))(h, kernel),
+                             grads(lambda x, k: depthwise_conv(x, k, "conv"))(h, kernel)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+
+
+def test_the_filter_backward_keeps_h_and_gelu_h_only():
+    """Residuals the backward pass holds: h and GELU(h) (plus the kernel), where autodiff of the same
+    forward keeps the nine shifted copies and the erfc terms as well."""
+    h, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 1, 4))
+    size = lambda f: sum(r.size for r in jax.tree.leaves(jax.vjp(f, h, kernel)[1]) if r.shape[:1] == (2,))
+    assert size(lambda h, k: gelu_filter(h, k, "shift")) == 2 * h.size
+    assert size(lambda h, k: _shifted_sum(jax.nn.gelu(h, approximate=False), k)) >= 9 * h.size
+
+
+def test_shift_and_grouped_conv_forms_give_the_same_gradients():
+    x = jax.random.normal(jax.random.key(0), (2, 40, 36, 3))
+    a, b = (create_model("mu", heat_operator="learned5", depthwise_impl=impl, rngs=rngs()) for impl in ("shift", "conv"))
+    grad = nnx.jit(lambda m, x: nnx.grad(lambda m: jnp.mean(m(x) ** 2))(m))
+    jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-3, atol=1e-6), grad(a, x), grad(b, x))
 
 
 def test_ablation_switches_change_the_parameters():
