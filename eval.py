@@ -58,4 +58,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from hcnet import hostenv
+    hostenv.reexec_on_cpu()  # before JAX starts; see hcnet/hostenv.py
     app.run(main)

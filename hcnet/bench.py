@@ -297,4 +297,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from hcnet import hostenv
+    hostenv.reexec_on_cpu()  # huge pages for XLA:CPU's buffers; see hcnet/hostenv.py
     main()

@@ -6,6 +6,9 @@ os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
      "--xla_backend_optimization_level=0"]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# what hcnet.hostenv would restart train.py and eval.py with; set here, their subprocesses start once
+if "glibc.malloc.hugetlb=" not in os.environ.get("GLIBC_TUNABLES", ""):
+    os.environ["GLIBC_TUNABLES"] = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1"]))
 
 # One compilation cache for this session's workers and the processes the tests start: training
 # tests compile the same smoke program many times. Fresh per session, so timings stay honest.

@@ -1,0 +1,63 @@
+"""The process setting XLA:CPU needs before it starts: huge pages for malloc on Linux.
+
+XLA:CPU takes every intermediate of a jitted step from one fresh allocation per execution (2.7 GiB
+for an HcNet-T training step at batch 16). glibc serves it with a new mmap, and the kernel then
+faults it in 4 KiB at a time: 0.7 million faults and 1.7 s of system time per step on the machine in
+BENCHMARKS.md. With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` glibc asks for transparent huge pages
+and the same step takes about 5,000 faults. glibc reads its tunables only at process start, so
+`reexec_on_cpu()` starts the process again with the tunable set, before JAX is imported.
+
+It changes nothing where an accelerator is installed or JAX_PLATFORMS names another platform,
+off Linux or before glibc 2.35, where the tunable is already set, or when HCNET_KEEP_MALLOC=1.
+"""
+import importlib.metadata
+import os
+import sys
+
+TUNABLE = "glibc.malloc.hugetlb=1"
+OPT_OUT = "HCNET_KEEP_MALLOC"
+ACCELERATOR_DISTRIBUTIONS = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu")
+
+
+def glibc_version() -> tuple[int, int] | None:
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+        return tuple(int(v) for v in version.split(".")[:2]) if name == "glibc" else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def accelerator_installed() -> bool:
+    """True where a JAX GPU or TPU plugin is installed (its distribution name, not its import)."""
+    names = (d.metadata["Name"] or "" for d in importlib.metadata.distributions())
+    return any(n.lower().startswith(ACCELERATOR_DISTRIBUTIONS) for n in names)
+
+
+def cpu_malloc_env(environ, *, platform: str = sys.platform, glibc: tuple[int, int] | None = None,
+                   accelerator: bool | None = None) -> dict | None:
+    """The environment to restart with, or None where there is nothing to change."""
+    if environ.get(OPT_OUT, "") not in ("", "0") or platform != "linux":
+        return None
+    glibc = glibc if glibc is not None else glibc_version()
+    if glibc is None or glibc < (2, 35):
+        return None
+    platforms = environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        if platforms.split(",")[0].strip() != "cpu":
+            return None
+    elif accelerator if accelerator is not None else accelerator_installed():
+        return None
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb=" in tunables:
+        return None
+    return {**environ, "GLIBC_TUNABLES": f"{tunables}:{TUNABLE}" if tunables else TUNABLE}
+
+
+def reexec_on_cpu() -> None:
+    """Restarts this command with the tunable set (see the module's docstring), or returns."""
+    env = cpu_malloc_env(os.environ)
+    if env is None:
+        return
+    print(f"hcnet: restarting with GLIBC_TUNABLES={env['GLIBC_TUNABLES']} for XLA:CPU's buffers "
+          f"(see BENCHMARKS.md; {OPT_OUT}=1 skips this)", file=sys.stderr, flush=True)
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
