@@ -104,4 +104,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from hcnet import hostenv
+    hostenv.reexec_on_cpu()  # the training step it times runs as train.py would; see hcnet/hostenv.py
     main()
