@@ -14,7 +14,8 @@ from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from hcnet.checkpoint import abstract, assemble, save
-from hcnet.model import HEAT_OPERATORS, VARIANTS, model_spec, neighbour_count
+from hcnet.model import HEAT_OPERATORS, VARIANTS, model_spec
+from hcnet.stencils import neighbour_count
 
 
 class ConversionError(ValueError):

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hcnet.model import HEAT_OPERATORS, VARIANTS, drop_path_rates, neighbour_count
+from hcnet.model import HEAT_OPERATORS, VARIANTS, drop_path_rates
+from hcnet.stencils import neighbour_count
 
 
 def drop_path(x, rate, training):

@@ -7,8 +7,8 @@ os.environ["XLA_FLAGS"] = " ".join(
      "--xla_backend_optimization_level=0"]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # what hcnet.hostenv would restart train.py and eval.py with; set here, their subprocesses start once
-if "glibc.malloc.hugetlb=" not in os.environ.get("GLIBC_TUNABLES", ""):
-    os.environ["GLIBC_TUNABLES"] = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1"]))
+from hcnet import hostenv  # noqa: E402  (imports no JAX)
+os.environ.update(hostenv.cpu_malloc_env(os.environ) or {})
 
 # One compilation cache for this session's workers and the processes the tests start: training
 # tests compile the same smoke program many times. Fresh per session, so timings stay honest.

@@ -9,7 +9,8 @@ from flax import nnx
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hcnet.model import HeatConduction, depthwise_conv, mean8_laplacian, neighbour_count, stencil_kernel
+from hcnet.model import HeatConduction
+from hcnet.stencils import depthwise_conv, mean8_laplacian, neighbour_count, stencil_kernel
 
 
 def heat_layer(form, k_mode="input", k_value=0.5, dim=4, seed=0):

@@ -6,8 +6,8 @@ import pytest
 from flax import nnx
 
 from hcnet.count import abstract_model
-from hcnet.model import (VARIANTS, _shifted_sum, conv_out_size, create_model, depthwise_conv, drop_path_rates,
-                         gelu, gelu_filter, model_spec)
+from hcnet.model import VARIANTS, conv_out_size, create_model, drop_path_rates, model_spec
+from hcnet.stencils import _shifted_sum, depthwise_conv, gelu, gelu_filter
 
 
 def forward(model, x):
