@@ -36,11 +36,10 @@ def main(argv):
     path = FLAGS.checkpoint or FLAGS.workdir
     if not path or (FLAGS.checkpoint and FLAGS.workdir and FLAGS.checkpoint != FLAGS.workdir):
         sys.exit("error: give one of --checkpoint=DIR or --workdir=DIR")
-    from hcnet import evaluation
-    from hcnet.config import ConfigError
-    from hcnet.data.sources import DataError
+    from hcnet import evaluation, run_files
+    from hcnet.errors import UserError
     try:
-        c = FLAGS.config if FLAGS.config is not None else evaluation.config_of_workdir(path)
+        c = FLAGS.config if FLAGS.config is not None else run_files.read_config(path)
         for field, value in (("eval_split", FLAGS.split), ("image_size", FLAGS.image_size),
                              ("crop_pct", FLAGS.crop_pct)):
             if value is not None:
@@ -48,7 +47,7 @@ def main(argv):
         if FLAGS.batch_size:
             c.eval_batch_size = FLAGS.batch_size
         report = evaluation.evaluate_checkpoint(c, path, step=FLAGS.step, weights=FLAGS.weights)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     print(evaluation.table(report))
     out = pathlib.Path(FLAGS.out) if FLAGS.out else evaluation.default_out(report)

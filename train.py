@@ -18,8 +18,6 @@ flags.DEFINE_integer("process_id", None, "with --coordinator: this process's ind
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
-CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
-
 
 def _cluster() -> bool:
     """True where JAX's runtime can find its peers alone (a multi-host TPU slice, SLURM, Open MPI)."""
@@ -40,14 +38,12 @@ def main(argv):
     elif _cluster():
         jax.distributed.initialize()
 
-    from hcnet.workdir import configure_orbax
-    configure_orbax()
-    from hcnet.config import ConfigError
-    from hcnet.data.sources import DataError
-    from hcnet.trainer import train_and_evaluate
+    from hcnet import checkpoint, trainer
+    from hcnet.errors import UserError
+    checkpoint.configure_orbax()
     try:
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ConfigError, DataError, FloatingPointError) as e:
+        trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (UserError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
 
 

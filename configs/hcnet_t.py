@@ -4,7 +4,7 @@
 
 Hardware: a TPU v4-32 or v5e-64 slice, or 8 GPUs with 80 GB (batch 1024 global; on fewer devices keep
 batch_size and raise optim.accum_steps). 300 epochs = 375,300 steps. Expected top-1: 83.0 (paper
-Table 2). ImageNet must be prepared first: python -m hcnet.data.prepare --dataset=imagenet2012
+Table 2). ImageNet must be prepared first: python -m hcnet.tools.prepare --dataset=imagenet2012
 --manual_dir=DIR_WITH_THE_TARS --data_dir=DIR.
 
 Sources: [paper] arXiv 2408.05901 section 4.1; [yaml] the reference HcNet-T.yaml training config;

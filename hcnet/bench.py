@@ -1,7 +1,7 @@
 """Training and inference throughput of HcNet, optionally beside the project's PyTorch statement of it.
 
-    python -m hcnet.bench --variant=T --batch=128 --image-size=224 --dtype=bfloat16 [--devices=N]
-        [--mode=train,infer] [--repeats=10] [--torch] [--torch-compile] [--channels-last] [--json]
+    python -m hcnet.tools.bench --variant=T --batch=128 --image_size=224 --dtype=bfloat16 [--devices=N]
+        [--mode=train,infer] [--repeats=10] [--torch] [--torch_compile] [--channels_last] [--json]
 
 Synthetic uint8 batches already on the devices, so only the device's work is timed: for `train`, the
 project's whole jitted training step (normalisation, forward, backward, AdamW with clipping, sharded
@@ -10,50 +10,31 @@ Compile time is reported apart from the step time (median of --repeats after one
 
     flops/img   XLA's FLOP count of the compiled step (per device, times devices, over the batch)
     XLA MB/img  XLA's "bytes accessed" the same way: summed over ops as compiled; on a CPU not a floor
-                (see `python -m hcnet.roofline` for the fewest bytes a fused step must move)
+                (see `python -m hcnet.tools.roofline` for the fewest bytes a fused step must move)
     model flops/img   the paper's convention: 2 x conv+linear MACs, x3 for a training step
-    MFU         XLA flops per second over the device's dense peak for the dtype (table below or
-                --peak-tflops); printed only where the peak is known
+    MFU         XLA flops per second over the device's dense peak for the dtype (hcnet.roofline.DEVICES
+                or --peak_tflops); printed only where the peak is known
     peak mem    peak bytes in use on device 0 where the backend reports it (GPU, TPU), else XLA's
                 temporary buffer size of the program
 
 For scripts: `train_step_seconds(variant, batch, image_size, repeats)` is the step's wall seconds.
 """
-import argparse
 import dataclasses
-import functools
-import json
 import resource
 import statistics
-import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-# dense TFLOP/s per chip; first match of device_kind (lower case) wins
-PEAK_TFLOPS = (
-    ("h200", {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0}),
-    ("h100", {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0}),  # SXM
-    ("a100", {"bfloat16": 312.0, "float16": 312.0, "float32": 19.5}),
-    ("l4", {"bfloat16": 121.0, "float16": 121.0, "float32": 30.3}),
-    ("v6 lite", {"bfloat16": 918.0}),  # TPU v6e
-    ("v5 lite", {"bfloat16": 197.0}),  # TPU v5e
-    ("v5p", {"bfloat16": 459.0}),
-    ("v5", {"bfloat16": 459.0}),  # TPU v5p reports "TPU v5"
-    ("v4", {"bfloat16": 275.0}),
-)
+from hcnet import config as config_lib
+from hcnet import count, monitor, optim, roofline, sharding, tasks, trainer
+from hcnet.data import augment
+from hcnet.errors import UserError
+from hcnet.model import ModelDef
+
 MODES = ("train", "infer")
-
-
-def peak_tflops(device_kind: str, dtype: str) -> float | None:
-    kind = device_kind.lower()
-    for name, peaks in PEAK_TFLOPS:
-        if name in kind:
-            return peaks.get(dtype)
-    return None
 
 
 @dataclasses.dataclass
@@ -81,7 +62,7 @@ class Result:
     note: str = ""
 
 
-def _median_run(fn, args, repeats: int, update=None) -> tuple[float, dict]:
+def median_seconds(fn, args, repeats: int, update=None) -> tuple[float, dict]:
     """(median wall seconds of fn(*args) after one warm-up call, host page faults and system seconds per
     call); `update` threads donated state through."""
     out = jax.block_until_ready(fn(*args))
@@ -109,10 +90,36 @@ def _peak_memory(device, compiled) -> tuple[int | None, str]:
     return None, ""
 
 
-def _spec(variant, dtype, heat_operator, remat, drop_path, num_classes):
-    from hcnet.model import model_spec
-    return model_spec(variant, num_classes=num_classes, dtype=dtype, heat_operator=heat_operator, remat=remat,
-                      drop_path=drop_path)
+def bench_config(variant: str, batch: int, image_size: int, *, dtype: str = "float32", heat_operator: str = "mean8",
+                 remat: bool = False, drop_path: float = 0.0, num_classes: int = 1000):
+    """A classification config on synthetic data with no augmentation (label smoothing 0.1): what is timed."""
+    c = config_lib.defaults()
+    c.batch_size = batch
+    c.model.update(variant=variant, dtype=dtype, heat_operator=heat_operator, remat=remat, drop_path=drop_path)
+    c.dataset.update(name="synthetic", image_size=image_size, num_classes=num_classes)
+    c.augment.update(randaugment="", reprob=0.0, mixup=0.0, cutmix=0.0, smoothing=0.1)
+    c.optim.update(scale_by_batch=0, warmup_steps=10)
+    return c
+
+
+def _train_program(c, mesh, data):
+    """(jitted step, its arguments, how to thread the donated state) of the project's training step."""
+    task = tasks.create(c)
+    tx, schedule = optim.from_config(c.optim, c.batch_size, total_steps=1000, warmup_steps=10)
+    program = trainer.Program.build(task, tx, schedule, mesh, seed=0)
+    key = jax.device_put(jax.random.key(0), sharding.replicated(mesh))
+    return program.step, (program.init(), data, key), lambda a, out: (out[0], a[1], a[2])
+
+
+def _infer_program(c, mesh, data):
+    """(jitted eval-mode forward to logits, its arguments, None)."""
+    task = tasks.create(c)
+    model_def, _ = ModelDef.from_spec(task.spec, task.build)
+    params = jax.device_put(nnx.to_pure_dict(nnx.state(task.build(task.spec, rngs=nnx.Rngs(0)), nnx.Param)),
+                            sharding.replicated(mesh))
+    forward = jax.jit(lambda p, b: nnx.view(model_def.bind(p), deterministic=True)(augment.normalize(b["image"])),
+                      out_shardings=sharding.batch_sharding(mesh))
+    return forward, (params, data), None
 
 
 def measure(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode: str = "train",
@@ -120,57 +127,33 @@ def measure(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode:
             remat: bool = False, drop_path: float = 0.0, num_classes: int = 1000,
             peak: float | None = None, model_flops: bool = True) -> Result:
     """Times one jitted training step or forward pass of HcNet on synthetic data."""
-    from hcnet import count, sharding, trainer
-    from hcnet.data import augment
-    from hcnet.model import build
-    from hcnet.optim import lr_schedule, make_optimizer
-
     if mode not in MODES:
-        raise ValueError(f"--mode={mode!r}: one of {', '.join(MODES)}")
-    devs = jax.devices()[:devices] if devices else jax.devices()
+        raise UserError(f"--mode={mode!r}: one of {', '.join(MODES)}")
     if devices and devices > len(jax.devices()):
-        raise ValueError(f"--devices={devices}: only {len(jax.devices())} {jax.devices()[0].platform} devices here")
+        raise UserError(f"--devices={devices}: only {len(jax.devices())} {jax.devices()[0].platform} devices here")
+    devs = jax.devices()[:devices] if devices else jax.devices()
     if batch % len(devs):
-        raise ValueError(f"--batch={batch} must be a multiple of the {len(devs)} devices")
+        raise UserError(f"--batch={batch} must be a multiple of the {len(devs)} devices")
     mesh = sharding.make_mesh(-1, 1, devices=devs)
-    batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    spec = _spec(variant, dtype, heat_operator, remat, drop_path, num_classes)
-    model, _ = trainer.Model.abstract(spec)
+    c = bench_config(variant, batch, image_size, dtype=dtype, heat_operator=heat_operator, remat=remat,
+                     drop_path=drop_path, num_classes=num_classes)
     rng = np.random.default_rng(0)
     data = {"image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
             "label": rng.integers(0, num_classes, batch).astype(np.int32), "mask": np.ones(batch, bool)}
-    data = jax.device_put(data, batch_sh)
-
-    if mode == "train":
-        kw = dict(warmup_lr=1e-6, min_lr=1e-5, warmup_steps=10, total_steps=1000)
-        tx = make_optimizer(lr=1e-3, **kw, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8, clip_norm=5.0)
-        recipe = augment.Recipe(randaugment=None, reprob=0.0, mixup=0.0, cutmix=0.0, smoothing=0.1)
-        init = functools.partial(trainer.init_state, model, tx, 0, spec, False)
-        state_sh = sharding.state_shardings(mesh, jax.eval_shape(init))
-        state = jax.jit(init, out_shardings=state_sh)()
-        step = jax.jit(functools.partial(trainer.train_step, model=model, tx=tx, schedule=lr_schedule(base_lr=1e-3, **kw),
-                                         recipe=recipe, num_classes=num_classes, accum=1, ema_decay=0.0),
-                       in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl), donate_argnums=0)
-        key = jax.device_put(jax.random.key(0), repl)
-        args = (state, data, key)
-        update = lambda a, out: (out[0], a[1], a[2])
-    else:
-        params = jax.device_put(nnx.to_pure_dict(nnx.state(build(spec, rngs=nnx.Rngs(0)), nnx.Param)), repl)
-        step = jax.jit(lambda p, b: nnx.view(model(p), deterministic=True)(augment.normalize(b["image"])),
-                       in_shardings=(repl, batch_sh), out_shardings=batch_sh)
-        args, update = (params, data), None
+    data = jax.device_put(data, sharding.batch_sharding(mesh))
+    step, args, update = (_train_program if mode == "train" else _infer_program)(c, mesh, data)
 
     start = time.perf_counter()
     compiled = step.lower(*args).compile()
     compile_s = time.perf_counter() - start
-    step_s, host = _median_run(compiled, args, repeats, update)
+    step_s, host = median_seconds(compiled, args, repeats, update)
 
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost["flops"]) * len(devs) / batch if cost and cost.get("flops") else None
     moved = float(cost["bytes accessed"]) * len(devs) / batch if cost and cost.get("bytes accessed") else None
-    macs = count.count_macs(spec, image_size) if model_flops else None
-    peak = peak if peak is not None else peak_tflops(devs[0].device_kind, dtype)
+    macs = count.count_macs(tasks.create(c).spec, image_size) if model_flops else None
+    peak = peak if peak is not None else roofline.peak_tflops(devs[0].device_kind, dtype)
     mfu = flops * batch / step_s / (peak * 1e12 * len(devs)) if flops and peak else None
     peak_bytes, source = _peak_memory(devs[0], compiled)
     return Result("jax", mode, variant, batch, image_size, dtype, len(devs), devs[0].device_kind, compile_s, step_s,
@@ -191,7 +174,7 @@ def measure_torch(variant: str = "T", batch: int = 64, image_size: int = 224, *,
     try:
         import torch
     except ImportError:
-        raise ValueError("--torch needs PyTorch: pip install torch (it is not in requirements.txt)") from None
+        raise UserError("--torch needs PyTorch: pip install torch (it is not in requirements.txt)") from None
     from hcnet.model import VARIANTS
     from hcnet.torch_model import TorchHcNet
 
@@ -229,7 +212,7 @@ def measure_torch(variant: str = "T", batch: int = 64, image_size: int = 224, *,
     fn()
     sync()
     first = time.perf_counter() - start
-    step_s, host = _median_run(lambda: (fn(), sync()), (), repeats)
+    step_s, host = median_seconds(lambda: (fn(), sync()), (), repeats)
     peak_bytes = int(torch.cuda.max_memory_allocated()) if device.type == "cuda" else None
     kind = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     note = ", ".join(n for n, on in (("torch.compile", compile), ("channels_last", channels_last),
@@ -252,51 +235,4 @@ def table(results: list[Result]) -> str:
              "-" if r.mfu is None else f"{100 * r.mfu:.1f}%", fmt_mem(r),
              "-" if r.page_faults is None else f"{r.page_faults:,.0f}", "-" if r.system_s is None else f"{r.system_s:.2f}",
              r.note) for r in results]
-    widths = [max(len(row[i]) for row in (head, *rows)) for i in range(len(head))]
-    return "\n".join("  ".join(v.ljust(n) for v, n in zip(row, widths)).rstrip() for row in (head, *rows))
-
-
-def main(argv=None):
-    from hcnet.model import HEAT_OPERATORS, VARIANTS
-    p = argparse.ArgumentParser(prog="python -m hcnet.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variant", default="T", choices=sorted(VARIANTS))
-    p.add_argument("--batch", type=int, default=64, help="global batch")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--devices", type=int, default=None, help="the first N devices (default: all)")
-    p.add_argument("--mode", default="train,infer", help="train, infer or both (comma-separated)")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--heat-operator", default="mean8", choices=HEAT_OPERATORS)
-    p.add_argument("--remat", action="store_true", help="recompute each block in the backward pass")
-    p.add_argument("--drop-path", type=float, default=0.0)
-    p.add_argument("--peak-tflops", type=float, default=None, help="per-device dense peak, for MFU")
-    p.add_argument("--torch", action="store_true", help="also time hcnet.torch_model in the same run")
-    p.add_argument("--torch-compile", action="store_true")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-    modes = [m.strip() for m in args.mode.split(",") if m.strip()]
-    results = []
-    try:
-        for mode in modes:
-            results.append(measure(args.variant, args.batch, args.image_size, mode=mode, dtype=args.dtype,
-                                   devices=args.devices, repeats=args.repeats, heat_operator=args.heat_operator,
-                                   remat=args.remat, drop_path=args.drop_path, peak=args.peak_tflops))
-            if args.torch:
-                results.append(measure_torch(args.variant, args.batch, args.image_size, mode=mode, dtype=args.dtype,
-                                             repeats=args.repeats, heat_operator=args.heat_operator,
-                                             drop_path=args.drop_path, compile=args.torch_compile,
-                                             channels_last=args.channels_last))
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    if args.json:
-        print(json.dumps([dataclasses.asdict(r) for r in results]))
-    else:
-        print(table(results))
-
-
-if __name__ == "__main__":
-    from hcnet import hostenv
-    hostenv.reexec_on_cpu()  # huge pages for XLA:CPU's buffers; see hcnet/hostenv.py
-    main()
+    return monitor.text_table(head, rows)

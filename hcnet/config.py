@@ -5,23 +5,21 @@ stops a bad config before anything is built or compiled, with one line naming th
 and what would be accepted.
 """
 import importlib.util
+import json
 import pathlib
 
 import ml_collections
 
-from hcnet.model import HEAT_OPERATORS, K_MODES, VARIANTS
-from hcnet.model import CONV_INITS, DEPTHWISE_IMPLS
-
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """A config field with a value that cannot work, in one line."""
+from hcnet import model as model_lib
+from hcnet import sharding
+from hcnet.data.augment import RandAugment
+from hcnet.errors import ConfigError
 
 
 def defaults() -> ml_collections.ConfigDict:
     """Every field a config may set. The values are HcNet-T's reference recipe (see configs/hcnet_t.py)."""
     c = ml_collections.ConfigDict()
+    c.task = "classification"     # what is trained and evaluated: hcnet.tasks.TASKS
     c.seed = 0
     c.batch_size = 1024           # global, per optimizer update (micro-batches: optim.accum_steps)
     c.eval_batch_size = 0         # 0: batch_size
@@ -30,7 +28,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.log_every_steps = 100
     c.eval_every_steps = 0        # 0: evaluate at the end only
     c.checkpoint_every_steps = 1000
-    c.keep_checkpoints = 3        # the latest N, plus the one with the best eval/top1
+    c.keep_checkpoints = 3        # the latest N, plus the one with the best `best_metric`
+    c.best_metric = "eval/top1"   # an evaluator's metric, "<name>/<metric>"; higher is better, *loss lower
     c.checkpoint_async = True
     c.profile_steps = (0, 0)      # (first, last): a jax.profiler trace of steps [first, last) in workdir/profile
 
@@ -74,76 +73,69 @@ def _unknown(config, schema, prefix=""):
             _unknown(value, schema[key], f"{name}.")
 
 
-def _check(ok: bool, field: str, value, accepted: str):
+def require(ok: bool, field: str, value, accepted: str) -> None:
+    """Raises ConfigError 'config.<field>=<value>: <accepted>' unless ok."""
     if not ok:
         raise ConfigError(f"config.{field}={value!r}: {accepted}")
 
 
-def validate(c, num_devices: int) -> None:
-    """Raises ConfigError on the first field that cannot work with `num_devices` devices."""
+def model_kwargs(c) -> dict:
+    """config.model as hcnet.model.model_spec's arguments (empty depths / dims: the variant's)."""
+    m = dict(c.model)
+    return {**m, "variant": m["variant"] or None, "depths": tuple(m["depths"]) or None,
+            "dims": tuple(m["dims"]) or None}
+
+
+def validate(c, num_devices: int, *, training: bool = True) -> None:
+    """Raises ConfigError on the first field that cannot work with `num_devices` devices; training=False
+    checks only what evaluation reads."""
     _unknown(c, defaults())
-    m, d, o, a = c.model, c.dataset, c.optim, c.augment
-    _check(m.variant in VARIANTS or (len(m.depths) == 4 and len(m.dims) == 4), "model.variant", m.variant,
-           f"one of {', '.join(VARIANTS)} (or set model.depths and model.dims, four each)")
-    for field, value, allowed in (("heat_operator", m.heat_operator, HEAT_OPERATORS), ("k_mode", m.k_mode, K_MODES),
-                                  ("dtype", m.dtype, DTYPES), ("conv_init", m.conv_init, CONV_INITS),
-                                  ("depthwise_impl", m.depthwise_impl, DEPTHWISE_IMPLS)):
-        _check(value in allowed, f"model.{field}", value, f"one of {', '.join(allowed)}")
-    for field in ("drop_path", "dropout"):
-        _check(0 <= m[field] < 1, f"model.{field}", m[field], "must be in [0, 1)")
-    _check(m.k_mode != "fixed" or 0 <= m.k_value <= 1, "model.k_value", m.k_value,
-           "a fixed conductivity must be in [0, 1] (the stable range of the explicit step)")
-    _check(d.image_size >= 32, "dataset.image_size", d.image_size, "must be at least 32")
-    _check(d.num_classes >= 1, "dataset.num_classes", d.num_classes, "must be at least 1")
-    _check(0 < d.crop_pct <= 1, "dataset.crop_pct", d.crop_pct, "must be in (0, 1]")
-    _check(0 < d.scale[0] <= d.scale[1] <= 1, "dataset.scale", d.scale, "(min, max) with 0 < min <= max <= 1")
+    try:  # the model's and the mesh's own checks, named as config fields
+        model_lib.check_args(**model_lib.model_spec(**model_kwargs(c)))
+        sharding.check_mesh(c.mesh.data, c.mesh.fsdp, num_devices)
+    except ConfigError as e:
+        raise ConfigError(f"config.{e}") from None
+    d, a, o = c.dataset, c.augment, c.optim
+    require(d.image_size >= 32, "dataset.image_size", d.image_size, "must be at least 32")
+    require(d.num_classes >= 1, "dataset.num_classes", d.num_classes, "must be at least 1")
+    require(0 < d.crop_pct <= 1, "dataset.crop_pct", d.crop_pct, "must be in (0, 1]")
+    if training:
+        _validate_training(c, num_devices)
+    eval_batch = c.eval_batch_size or c.batch_size
+    require(eval_batch > 0 and eval_batch % num_devices == 0, "eval_batch_size", eval_batch,
+            f"0 (batch_size) or a positive multiple of the {num_devices} devices")
+
+
+def _validate_training(c, num_devices: int) -> None:
+    d, a, o = c.dataset, c.augment, c.optim
+    require(0 < d.scale[0] <= d.scale[1] <= 1, "dataset.scale", d.scale, "(min, max) with 0 < min <= max <= 1")
     for field in ("reprob", "mix_prob", "switch_prob", "smoothing"):
-        _check(0 <= a[field] <= 1, f"augment.{field}", a[field], "must be in [0, 1]")
+        require(0 <= a[field] <= 1, f"augment.{field}", a[field], "must be in [0, 1]")
     for field in ("mixup", "cutmix"):
-        _check(a[field] >= 0, f"augment.{field}", a[field], "a Beta alpha >= 0 (0 switches it off)")
+        require(a[field] >= 0, f"augment.{field}", a[field], "a Beta alpha >= 0 (0 switches it off)")
     if a.randaugment:
-        from hcnet.data.augment import RandAugment
         try:
             RandAugment.parse(a.randaugment)
         except ValueError as e:
-            raise ConfigError(f"config.augment.randaugment={a.randaugment!r}: {e}") from None
-    mesh_devices = (num_devices // c.mesh.fsdp if c.mesh.data == -1 and c.mesh.fsdp > 0 else c.mesh.data) * c.mesh.fsdp
-    _check(c.mesh.fsdp >= 1 and num_devices % c.mesh.fsdp == 0, "mesh.fsdp", c.mesh.fsdp,
-           f"a positive divisor of the {num_devices} devices")
-    _check(mesh_devices == num_devices, "mesh.data", c.mesh.data,
-           f"data x fsdp must equal the {num_devices} devices (-1 fills in the rest)")
-    _check(o.accum_steps >= 1, "optim.accum_steps", o.accum_steps, "must be at least 1")
+            raise ConfigError(f"config.{e}") from None
+    require(o.accum_steps >= 1, "optim.accum_steps", o.accum_steps, "must be at least 1")
     micro = num_devices * o.accum_steps
-    _check(c.batch_size > 0 and c.batch_size % micro == 0, "batch_size", c.batch_size,
-           f"must be a positive multiple of {num_devices} devices x {o.accum_steps} accumulation steps = {micro}")
-    eval_batch = c.eval_batch_size or c.batch_size
-    _check(eval_batch > 0 and eval_batch % num_devices == 0, "eval_batch_size", c.eval_batch_size,
-           f"0 (batch_size) or a positive multiple of the {num_devices} devices")
+    require(c.batch_size > 0 and c.batch_size % micro == 0, "batch_size", c.batch_size,
+            f"must be a positive multiple of {num_devices} devices x {o.accum_steps} accumulation steps = {micro}")
     for field in ("lr", "warmup_lr", "min_lr", "weight_decay", "clip_norm", "eps"):
-        _check(o[field] >= 0, f"optim.{field}", o[field], "must be >= 0")
-    _check(o.scale_by_batch >= 0, "optim.scale_by_batch", o.scale_by_batch,
-           "the reference batch of the linear scaling rule (512), or 0 to use optim.lr as given")
+        require(o[field] >= 0, f"optim.{field}", o[field], "must be >= 0")
+    require(o.scale_by_batch >= 0, "optim.scale_by_batch", o.scale_by_batch,
+            "the reference batch of the linear scaling rule (512), or 0 to use optim.lr as given")
     for field in ("b1", "b2"):
-        _check(0 <= o[field] < 1, f"optim.{field}", o[field], "must be in [0, 1)")
-    _check(0 <= o.ema_decay < 1, "optim.ema_decay", o.ema_decay, "must be in [0, 1) (0: no EMA)")
-    _check(c.total_steps > 0 or c.epochs > 0, "total_steps", c.total_steps,
-           "must be > 0, or 0 with config.epochs > 0")
-    for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
-        _check(c[field] >= 0, field, c[field], "must be >= 0 (0: off, or only at the end)")
-    _check(c.log_every_steps > 0, "log_every_steps", c.log_every_steps, "must be at least 1")
-    _check(len(c.profile_steps) == 2 and 0 <= c.profile_steps[0] <= c.profile_steps[1], "profile_steps",
-           c.profile_steps, "(first, last) with 0 <= first <= last; (0, 0) for no trace")
-
-
-def model_spec(c) -> dict:
-    """HcNet keyword arguments from config.model and config.dataset.num_classes."""
-    from hcnet.model import model_spec as spec
-    m = c.model
-    extra = {k: m[k] for k in ("heat_operator", "k_mode", "k_value", "ra_filter", "mlp_ratio", "drop_path",
-                               "dropout", "dtype", "remat", "conv_init", "depthwise_impl")}
-    if len(m.depths) == 4 and len(m.dims) == 4:
-        return spec(None, depths=tuple(m.depths), dims=tuple(m.dims), num_classes=c.dataset.num_classes, **extra)
-    return spec(m.variant, num_classes=c.dataset.num_classes, **extra)
+        require(0 <= o[field] < 1, f"optim.{field}", o[field], "must be in [0, 1)")
+    require(0 <= o.ema_decay < 1, "optim.ema_decay", o.ema_decay, "must be in [0, 1) (0: no EMA)")
+    require(c.total_steps > 0 or c.epochs > 0, "total_steps", c.total_steps,
+            "must be > 0, or 0 with config.epochs > 0")
+    for field in ("eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        require(c[field] >= 0, field, c[field], "must be >= 0 (0: off, or only at the end)")
+    require(c.log_every_steps > 0, "log_every_steps", c.log_every_steps, "must be at least 1")
+    require(len(c.profile_steps) == 2 and 0 <= c.profile_steps[0] <= c.profile_steps[1], "profile_steps",
+            c.profile_steps, "(first, last) with 0 <= first <= last; (0, 0) for no trace")
 
 
 def steps(c, train_examples: int) -> tuple[int, int, float]:
@@ -155,3 +147,20 @@ def steps(c, train_examples: int) -> tuple[int, int, float]:
         raise ConfigError(f"config.optim.warmup_steps={warmup} (from warmup_epochs={c.optim.warmup_epochs}) must be "
                           f"below the {total} total steps")
     return total, warmup, per_epoch
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    """A config written as JSON (a run's config.json) over today's defaults."""
+    c = defaults()
+    c.update_from_flattened_dict(_flatten(json.loads(text)))
+    return c
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out

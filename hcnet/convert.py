@@ -1,25 +1,20 @@
 """Imports a reference (PyTorch) HcNet state_dict into an Orbax checkpoint that `hcnet.load` reads.
 
-  python -m hcnet.convert --from-torch PATH --model=T --out DIR [--heat-operator=...] [--depths=3,8,18,3]
+  python -m hcnet.tools.convert --from_torch=PATH --variant=T --out=DIR [--heat_operator=...] [--depths=3,8,18,3]
 
 PATH is a `.pth`/`.pt` (needs torch), `.safetensors` or `.npz` file. The operator form is read off
-the key names unless given. Every key must be used and every shape must match.
+the key names unless given. Every key must be used and every shape must match; the model comes back
+in eval mode.
 """
-import argparse
 import pathlib
-import sys
 
 import numpy as np
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from hcnet.checkpoint import abstract, assemble, save
-from hcnet.model import HEAT_OPERATORS, VARIANTS, model_spec
+from hcnet.errors import ConversionError
+from hcnet.model import ModelDef, model_spec
 from hcnet.stencils import neighbour_count
-
-
-class ConversionError(ValueError):
-    """A state_dict that does not fit the model; the message names the keys."""
 
 
 def read_state_dict(path) -> dict[str, np.ndarray]:
@@ -134,7 +129,7 @@ def torch_params(state: dict, shapes: dict, heat_operator: str) -> dict:
                                      ("wrong shapes", mismatched)) if items]
     if problems:
         raise ConversionError("state_dict does not fit the model; " + "; ".join(problems)
-                              + " (check --model, --depths and --heat-operator)")
+                              + " (check --variant, --depths and --heat_operator)")
     return values
 
 
@@ -145,30 +140,6 @@ def convert(path, *, variant: str | None = "T", heat_operator: str | None = None
     head = state.get("head.weight")
     overrides.setdefault("num_classes", head.shape[0] if head is not None else 1000)
     spec = model_spec(variant, heat_operator=heat_operator, k_mode="input", **overrides)
-    graphdef, abstract_state = abstract(spec)
-    wanted = flatten_dict(nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, abstract_state), nnx.Param)))
-    params = unflatten_dict(torch_params(state, wanted, heat_operator))
-    return assemble(graphdef, abstract_state, params), spec
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m hcnet.convert", description=__doc__.splitlines()[0])
-    parser.add_argument("--from-torch", required=True, type=pathlib.Path, metavar="PATH")
-    parser.add_argument("--model", default="T", choices=sorted(VARIANTS))
-    parser.add_argument("--heat-operator", choices=HEAT_OPERATORS, help="default: read off the key names")
-    parser.add_argument("--depths", help="comma-separated, e.g. 3,8,18,3 (the reference training config)")
-    parser.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR")
-    args = parser.parse_args(argv)
-    depths = tuple(int(d) for d in args.depths.split(",")) if args.depths else None
-    try:
-        model, spec = convert(args.from_torch, variant=args.model, heat_operator=args.heat_operator,
-                              depths=depths)
-        save(args.out, model, spec)
-    except (ConversionError, FileExistsError) as err:
-        sys.exit(f"hcnet.convert: {err}")
-    print(f"wrote {args.out} (HcNet-{args.model}, {spec['heat_operator']}, depths {list(spec['depths'])}, "
-          f"{spec['num_classes']} classes)")
-
-
-if __name__ == "__main__":
-    main()
+    model_def, wanted = ModelDef.from_spec(spec)
+    params = unflatten_dict(torch_params(state, flatten_dict(wanted), heat_operator))
+    return nnx.view(model_def.bind(params), deterministic=True), spec

@@ -10,6 +10,7 @@ combination (no new extrema), and with Table 1's depths it gives the paper's 28M
 the count nearest its 4.1G MACs (4.154G; learned3 4.177G, learned5 4.217G). `learned5` is the
 form the released training code trains (with depths 3,8,18,3); a config picks it by name.
 """
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -18,12 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hcnet.errors import ConfigError
 from hcnet.stencils import depthwise_conv, gelu, gelu_filter, mean8_laplacian, stencil_kernel
 
 HEAT_OPERATORS = ("mean8", "learned3", "learned5")
 K_MODES = ("input", "learned", "fixed")
 CONV_INITS = ("trunc_normal", "torch_default")
 DEPTHWISE_IMPLS = ("shift", "conv")
+DTYPES = ("float32", "bfloat16", "float16")  # compute; parameters stay float32
 
 VARIANTS = {
     "mu": dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64)),  # tiny, for tests
@@ -203,7 +206,8 @@ class HcNet(nnx.Module):
                  drop_path: float = 0.0, dropout: float = 0.0, dtype=jnp.float32,
                  param_dtype=jnp.float32, remat: bool = False, depthwise_impl: str = "shift",
                  conv_init: str = "trunc_normal", rngs: nnx.Rngs):
-        check_args(depths, dims, heat_operator, k_mode, conv_init, depthwise_impl, drop_path, dropout)
+        check_args(depths, dims, heat_operator=heat_operator, k_mode=k_mode, k_value=k_value, conv_init=conv_init,
+                   depthwise_impl=depthwise_impl, drop_path=drop_path, dropout=dropout, dtype=dtype)
         dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
         self.dtype = dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -224,47 +228,69 @@ class HcNet(nnx.Module):
 
     def features(self, x) -> list[jax.Array]:
         """The four stage outputs, at strides 4, 8, 16 and 32. x (B, H, W, C_in)."""
-        x = self.stem_drop(self.stem(jnp.asarray(x, self.dtype)))
+        return self.stage_outputs(self.stem_drop(self.stem(jnp.asarray(x, self.dtype))))
+
+    def stage_outputs(self, x, first: int = 0) -> list[jax.Array]:
+        """The outputs of stages first, first + 1, ..., x being stage `first`'s input."""
         outs = []
-        for stage in self.stages:
+        for stage in self.stages[first:]:
             feat, x = stage(x)
             outs.append(feat)
         return outs
 
-    def embed(self, x):
-        """The pooled, normalised features the head reads: (B, dims[-1])."""
-        return self.norm(self.features(x)[-1]).mean(axis=(1, 2))
-
-    def __call__(self, x):
-        z = self.embed(x)
+    def classify(self, last):
+        """Logits (or, with num_classes=0, pooled features) from the last stage's output."""
+        z = self.norm(last).mean(axis=(1, 2))
         return (self.head(z) if self.head is not None else z).astype(jnp.float32)
 
+    def logits_from_stage(self, i: int, feat):
+        """The network's output as a function of stage i's output (Grad-CAM differentiates it)."""
+        if i + 1 < len(self.stages):
+            feat = self.stage_outputs(self.stages[i].downsample(feat), i + 1)[-1]
+        return self.classify(feat)
 
-def check_args(depths, dims, heat_operator, k_mode, conv_init, depthwise_impl, drop_path, dropout):
-    """Stops on a bad model argument with one line naming it and what is accepted."""
+    def __call__(self, x):
+        return self.classify(self.features(x)[-1])
+
+
+def check_args(depths, dims, *, heat_operator="mean8", k_mode="input", k_value=0.5, conv_init="trunc_normal",
+               depthwise_impl="shift", drop_path=0.0, dropout=0.0, dtype=jnp.float32, **_) -> None:
+    """Stops on a bad model argument with one line naming it, its value and what is accepted."""
     choices = dict(heat_operator=(heat_operator, HEAT_OPERATORS), k_mode=(k_mode, K_MODES),
-                   conv_init=(conv_init, CONV_INITS), depthwise_impl=(depthwise_impl, DEPTHWISE_IMPLS))
+                   conv_init=(conv_init, CONV_INITS), depthwise_impl=(depthwise_impl, DEPTHWISE_IMPLS),
+                   dtype=(jnp.dtype(dtype).name if _is_dtype(dtype) else dtype, DTYPES))
     for name, (value, allowed) in choices.items():
         if value not in allowed:
-            raise ValueError(f"model.{name}={value!r} is not one of {', '.join(allowed)}")
+            raise ConfigError(f"model.{name}={value!r}: one of {', '.join(allowed)}")
     if len(depths) != 4 or len(dims) != 4 or min(depths) < 1 or min(dims) < 2:
-        raise ValueError(f"model.depths={tuple(depths)} and model.dims={tuple(dims)} must be four "
-                         "positive depths and four widths >= 2")
+        raise ConfigError(f"model.depths={tuple(depths)} and model.dims={tuple(dims)}: four positive depths "
+                          "and four widths >= 2")
     if dims[0] % 2:
-        raise ValueError(f"model.dims[0]={dims[0]} must be even (the stem's first conv has dims[0] // 2)")
+        raise ConfigError(f"model.dims[0]={dims[0]}: must be even (the stem's first conv has dims[0] // 2)")
     for name, rate in (("drop_path", drop_path), ("dropout", dropout)):
         if not 0.0 <= rate < 1.0:
-            raise ValueError(f"model.{name}={rate} must be in [0, 1)")
+            raise ConfigError(f"model.{name}={rate}: must be in [0, 1)")
+    if k_mode == "fixed" and not 0.0 <= k_value <= 1.0:
+        raise ConfigError(f"model.k_value={k_value}: a fixed conductivity must be in [0, 1] (the stable range "
+                          "of the explicit step)")
+
+
+def _is_dtype(value) -> bool:
+    try:
+        jnp.dtype(value)
+        return True
+    except TypeError:
+        return False
 
 
 def model_spec(variant: str | None = None, **overrides) -> dict:
     """The full keyword arguments of HcNet for a variant name, with overrides (depths/dims too)."""
     if variant is not None and variant not in VARIANTS:
-        raise ValueError(f"model.variant={variant!r} is not one of {', '.join(VARIANTS)}")
+        raise ConfigError(f"model.variant={variant!r}: one of {', '.join(VARIANTS)} (or give depths and dims, four each)")
     spec = dict(VARIANTS[variant]) if variant is not None else {}
     spec.update({k: v for k, v in overrides.items() if v is not None})
     if "depths" not in spec or "dims" not in spec:
-        raise ValueError("model: give a variant (one of " + ", ".join(VARIANTS) + ") or both depths and dims")
+        raise ConfigError("model: give a variant (one of " + ", ".join(VARIANTS) + ") or both depths and dims")
     spec["depths"], spec["dims"] = tuple(spec["depths"]), tuple(spec["dims"])
     return spec
 
@@ -278,3 +304,41 @@ def build(spec: dict, *, rngs: nnx.Rngs) -> HcNet:
 def create_model(variant: str | None = "T", *, rngs: nnx.Rngs, **overrides) -> HcNet:
     """HcNet for a variant name ('mu', 'T', 'S', 'B'); depths, dims and any HcNet argument override."""
     return build(model_spec(variant, **overrides), rngs=rngs)
+
+
+def abstract(spec: dict) -> HcNet:
+    """The model of a spec with shapes only: no parameter memory, no random draws."""
+    return nnx.eval_shape(lambda: build(spec, rngs=nnx.Rngs(0)))
+
+
+def spec_json(spec: dict) -> dict:
+    """A spec as JSON can hold it (dtypes by name, tuples as lists); `build` takes it back as it is."""
+    return {k: (jnp.dtype(v).name if k.endswith("dtype") else list(v) if isinstance(v, tuple) else v)
+            for k, v in spec.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDef:
+    """A network without its parameters: the graph and the template of its dropout / drop-path RNG
+    streams. Hashable, so a jitted step can take it as a static argument."""
+    graphdef: nnx.GraphDef
+    rngs: object  # abstract RNG-stream state (keys and counts)
+
+    @classmethod
+    def from_spec(cls, spec: dict, build_fn=None) -> tuple["ModelDef", dict]:
+        """(definition, abstract parameters as a pure dict) of the network `build_fn(spec)` (HcNet's by default)."""
+        build_fn = build_fn or build
+        graphdef, params, rngs = nnx.split(nnx.eval_shape(lambda: build_fn(spec, rngs=nnx.Rngs(0))), nnx.Param, ...)
+        return cls(graphdef, rngs), nnx.to_pure_dict(params)
+
+    def __hash__(self):
+        return hash(self.graphdef)
+
+    def bind(self, params: dict, key=None) -> nnx.Module:
+        """The network with `params`; its RNG streams start from `key` (None: a fixed key, for eval mode)."""
+        leaves, tree = jax.tree.flatten(self.rngs)
+        key = jax.random.key(0) if key is None else key
+        fresh = [jax.random.fold_in(key, i) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+                 else jnp.zeros(x.shape, x.dtype) for i, x in enumerate(leaves)]
+        return nnx.merge(self.graphdef, params, jax.tree.unflatten(tree, fresh))
+

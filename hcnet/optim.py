@@ -33,18 +33,23 @@ def decay_mask(params):
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def make_optimizer(*, lr: float, warmup_lr: float, min_lr: float, warmup_steps: int, total_steps: int,
-                   weight_decay: float = 0.05, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   clip_norm: float | None = 5.0) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW on the schedule.
+def make_optimizer(schedule: optax.Schedule, *, weight_decay: float = 0.05, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8, clip_norm: float | None = 5.0) -> optax.GradientTransformation:
+    """Clip by global norm, then AdamW on `schedule` (steps count optimizer updates).
 
-    Learning rates are the already-scaled ones (see scale_lr); steps count optimizer updates.
     Gradient accumulation happens inside the training step (hcnet.trainer.train_step), so one
     update always sees one whole global batch.
     """
-    schedule = lr_schedule(base_lr=lr, warmup_lr=warmup_lr, min_lr=min_lr, warmup_steps=warmup_steps,
-                           total_steps=total_steps)
     return optax.chain(
         optax.clip_by_global_norm(clip_norm) if clip_norm else optax.identity(),
         optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask),
     )
+
+
+def from_config(o, batch_size: int, total_steps: int, warmup_steps: int):
+    """(optimizer, its learning-rate schedule) from config.optim, the lrs scaled by batch_size / o.scale_by_batch."""
+    scale = (lambda lr: scale_lr(lr, batch_size, o.scale_by_batch)) if o.scale_by_batch else (lambda lr: lr)
+    schedule = lr_schedule(base_lr=scale(o.lr), warmup_lr=scale(o.warmup_lr), min_lr=scale(o.min_lr),
+                           warmup_steps=warmup_steps, total_steps=total_steps)
+    tx = make_optimizer(schedule, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, clip_norm=o.clip_norm or None)
+    return tx, schedule

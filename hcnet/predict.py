@@ -1,6 +1,6 @@
 """Top-5 labels of image files from a checkpoint or a training workdir.
 
-    python -m hcnet.predict --checkpoint=/tmp/hcnet-quickstart digit.png photo.jpg [--ema] [--top=5] [--json]
+    python -m hcnet.tools.predict --checkpoint=/tmp/hcnet-quickstart digit.png photo.jpg [--ema] [--top=5] [--json]
 
 Images get the evaluation preprocessing (shorter side to size / crop_pct, bicubic, centre crop). The
 size and crop_pct come from the run's config.json when the checkpoint has one, else 224 and 0.875;
@@ -8,14 +8,13 @@ flags override both. Class names: ImageNet's (WordNet lemmas) for a 1000-class h
 own when its TFDS metadata is prepared, else "class N". A file that cannot be read is reported in
 one line and skipped; the others are still predicted, and the exit code is 1 if any was skipped.
 """
-import argparse
-import json
 import pathlib
-import sys
 
 import jax
 import numpy as np
 from flax import nnx
+
+from hcnet import checkpoint, run_files
 
 IMAGENET_CLASSES = pathlib.Path(__file__).with_name("imagenet_classes.tsv")
 
@@ -26,23 +25,22 @@ def imagenet_names() -> list[str]:
     return [l.split("\t")[1] for l in lines]
 
 
-def run_config(path) -> dict:
-    """The config.json a training run wrote (and export copies), or {}."""
-    file = pathlib.Path(path) / "config.json"
-    return json.loads(file.read_text()) if file.is_file() else {}
+def run_dataset(path):
+    """The dataset section of the config.json a training run wrote (and export copies), or None."""
+    return run_files.read_config(path).dataset if (pathlib.Path(path) / run_files.CONFIG_FILE).is_file() else None
 
 
 def class_names(path, num_classes: int) -> list[str]:
     """Names for the head's classes: ImageNet, the run's TFDS dataset, or 'class N'."""
     if num_classes == 1000:
         return imagenet_names()
-    dataset = run_config(path).get("dataset", {})
-    if dataset.get("name") and dataset["name"] != "synthetic":
+    dataset = run_dataset(path)
+    if dataset is not None and dataset.name != "synthetic":
         try:
             import tensorflow_datasets as tfds
 
             from hcnet.data import builders  # noqa: F401  registers the project's datasets
-            builder = tfds.builder(dataset["name"], data_dir=dataset.get("data_dir") or None)
+            builder = tfds.builder(dataset.name, data_dir=dataset.data_dir or None)
             names = list(builder.info.features["label"].names) if builder.is_prepared() else []
             if len(names) == num_classes:
                 return names
@@ -52,9 +50,9 @@ def class_names(path, num_classes: int) -> list[str]:
 
 
 def preprocessing(path, image_size: int | None = None, crop_pct: float | None = None) -> tuple[int, float]:
-    dataset = run_config(path).get("dataset", {})
-    return (image_size or dataset.get("image_size", 224),
-            crop_pct or dataset.get("crop_pct", 0.875))
+    dataset = run_dataset(path)
+    return (image_size or (dataset.image_size if dataset is not None else 224),
+            crop_pct or (dataset.crop_pct if dataset is not None else 0.875))
 
 
 def read_images(files, image_size: int, crop_pct: float):
@@ -96,48 +94,14 @@ def top_k(probs: np.ndarray, names: list[str], k: int = 5) -> list[list[dict]]:
             for p, row in zip(probs, order)]
 
 
-def predict(checkpoint, files, *, ema: bool = False, top: int = 5, image_size: int | None = None,
+def predict(path, files, *, ema: bool = False, top: int = 5, image_size: int | None = None,
             crop_pct: float | None = None) -> tuple[dict, list]:
     """({file: top-k list}, [(file, reason) skipped])."""
-    import hcnet
-    model = hcnet.load(checkpoint, ema=ema)
-    size, crop = preprocessing(checkpoint, image_size, crop_pct)
+    model = checkpoint.load(path, ema=ema)
+    size, crop = preprocessing(path, image_size, crop_pct)
     images, ok, failed = read_images(files, size, crop)
     if not ok:
         return {}, failed
     probs = probabilities(model, images)
-    names = class_names(checkpoint, probs.shape[-1])
+    names = class_names(path, probs.shape[-1])
     return dict(zip(ok, top_k(probs, names, top))), failed
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m hcnet.predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint directory or a training workdir")
-    p.add_argument("--ema", action="store_true", help="a workdir's EMA weights")
-    p.add_argument("--top", type=int, default=5)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--crop-pct", type=float, default=None)
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    args = p.parse_args(argv)
-    try:
-        results, failed = predict(args.checkpoint, args.images, ema=args.ema, top=args.top,
-                                  image_size=args.image_size, crop_pct=args.crop_pct)
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
-    for f, reason in failed:
-        print(f"skipped {f}: {reason}", file=sys.stderr)
-    if args.json:
-        print(json.dumps({"predictions": results, "skipped": dict(failed)}))
-    else:
-        for f, rows in results.items():
-            print(f)
-            for r in rows:
-                print(f"  {r['probability']:7.2%}  {r['name']}  ({r['class']})")
-    if failed:
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """FLOPs and the fewest bytes an HcNet training step moves per image, by hand, and the floor they set.
 
-    python -m hcnet.roofline --variant=T --image-size=224 [--batch=128] [--act-bytes=2] [--json]
+    python -m hcnet.tools.roofline --variant=T --image_size=224 [--batch=128] [--act_bytes=2] [--json]
 
 FLOPs: the paper's convention (conv + linear MACs) x 2, x 3 for forward + backward.
 
@@ -25,21 +25,31 @@ gradients, AdamW reads weights, gradients and both moments and writes weights an
 (36 bytes per parameter, bf16 copies included), shared by the batch. This is a floor for a fused
 implementation, not what any framework achieves; it is what the "within 2x of the floor" goal means.
 """
-import argparse
-import json
-
 from hcnet.model import conv_out_size, model_spec
 
-# per device: dense bf16 TFLOP/s and HBM GB/s (vendor figures)
+# per accelerator (vendor figures): the substrings of jax's device_kind that name it (first match wins, in
+# this order), dense TFLOP/s by compute dtype, HBM GB/s
 DEVICES = {
-    "H100 SXM": (989.0, 3350.0),
-    "H200": (989.0, 4800.0),
-    "A100 80GB": (312.0, 2039.0),
-    "TPU v4": (275.0, 1228.0),
-    "TPU v5e": (197.0, 819.0),
-    "TPU v5p": (459.0, 2765.0),
-    "TPU v6e": (918.0, 1640.0),
+    "H200": (("h200",), {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0}, 4800.0),
+    "H100 SXM": (("h100",), {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0}, 3350.0),
+    "A100 80GB": (("a100",), {"bfloat16": 312.0, "float16": 312.0, "float32": 19.5}, 2039.0),
+    "L4": (("l4",), {"bfloat16": 121.0, "float16": 121.0, "float32": 30.3}, 300.0),
+    "TPU v6e": (("v6 lite",), {"bfloat16": 918.0}, 1640.0),
+    "TPU v5e": (("v5 lite",), {"bfloat16": 197.0}, 819.0),
+    "TPU v5p": (("v5p", "v5"), {"bfloat16": 459.0}, 2765.0),  # a v5p reports "TPU v5"
+    "TPU v4": (("v4",), {"bfloat16": 275.0}, 1228.0),
 }
+
+
+def peak_tflops(device_kind: str, dtype: str) -> float | None:
+    """The dense peak of a device (jax's device_kind) for a compute dtype, where the table knows it."""
+    kind = device_kind.lower()
+    for names, peaks, _ in DEVICES.values():
+        if any(n in kind for n in names):
+            return peaks.get(dtype)
+    return None
+
+
 PARAM_BYTES = 36
 
 
@@ -85,35 +95,8 @@ def summary(variant: str = "T", image_size: int = 224, batch: int = 128, act_byt
     floors = {name: {"compute_img_s": peak * 1e12 / flops, "memory_img_s": bw * 1e9 / per_image,
                      "floor_img_s": min(peak * 1e12 / flops, bw * 1e9 / per_image),
                      "bound": "memory" if bw * 1e9 / per_image < peak * 1e12 / flops else "compute"}
-              for name, (peak, bw) in DEVICES.items()}
+              for name, (_, peaks, bw) in DEVICES.items() for peak in [peaks['bfloat16']]}
     return {"variant": variant, "image_size": image_size, "batch": batch, "act_bytes": act_bytes,
             "params": params, "macs": macs, "train_flops_per_image": flops, "bytes_per_image": per_image,
             "activation_bytes": acts, "param_bytes_per_step": PARAM_BYTES * params,
             "arithmetic_intensity": flops / per_image, "devices": floors}
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m hcnet.roofline", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variant", default="T")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=128, help="shares the parameter and optimizer traffic")
-    p.add_argument("--act-bytes", type=int, default=2, help="2 for bf16 activations, 4 for fp32")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-    out = summary(args.variant, args.image_size, args.batch, args.act_bytes)
-    if args.json:
-        print(json.dumps(out))
-        return
-    print(f"HcNet-{out['variant']} at {out['image_size']}, batch {out['batch']}, {out['act_bytes']}-byte activations: "
-          f"{out['train_flops_per_image'] / 1e9:.2f} GFLOP and {out['bytes_per_image'] / 1e6:.0f} MB per image "
-          f"(blocks {out['activation_bytes']['blocks'] / 1e6:.0f}, stem {out['activation_bytes']['stem'] / 1e6:.0f}, "
-          f"downsampling {out['activation_bytes']['downsample'] / 1e6:.0f}, parameters and AdamW "
-          f"{out['param_bytes_per_step'] / out['batch'] / 1e6:.0f}); {out['arithmetic_intensity']:.0f} FLOP/byte")
-    print(f"{'device':12s} {'compute floor':>14s} {'memory floor':>13s}  bound    (training images/s per device)")
-    for name, d in out["devices"].items():
-        print(f"{name:12s} {d['compute_img_s']:14,.0f} {d['memory_img_s']:13,.0f}  {d['bound']}")
-
-
-if __name__ == "__main__":
-    main()

@@ -8,19 +8,26 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from hcnet.errors import ConfigError
+
 DATA, FSDP = "data", "fsdp"
+
+
+def check_mesh(data: int, fsdp: int, num_devices: int) -> int:
+    """The data axis size (data=-1 takes what fsdp leaves); one line if (data, fsdp) cannot cover the devices."""
+    if fsdp < 1 or num_devices % fsdp:
+        raise ConfigError(f"mesh.fsdp={fsdp}: a positive divisor of the {num_devices} devices")
+    size = num_devices // fsdp if data == -1 else data
+    if size < 1 or size * fsdp != num_devices:
+        raise ConfigError(f"mesh.data={data}: data x fsdp must equal the {num_devices} devices "
+                          "(-1 fills in the rest)")
+    return size
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> jax.sharding.Mesh:
     """A (data, fsdp) mesh over `devices` (all by default); data=-1 takes what fsdp leaves."""
     devices = list(devices if devices is not None else jax.devices())
-    n = len(devices)
-    if fsdp < 1 or n % fsdp:
-        raise ValueError(f"config.mesh.fsdp={fsdp} must be a positive divisor of the {n} devices")
-    data = n // fsdp if data == -1 else data
-    if data < 1 or data * fsdp != n:
-        raise ValueError(f"config.mesh.data={data} x config.mesh.fsdp={fsdp} must equal the {n} devices "
-                         "(data=-1 fills in the rest)")
+    data = check_mesh(data, fsdp, len(devices))
     return jax.make_mesh((data, fsdp), (DATA, FSDP), (AxisType.Auto, AxisType.Auto), devices=devices)
 
 
@@ -49,3 +56,8 @@ def param_sharding(mesh, shape, fsdp_min_size: int = 2 ** 18) -> NamedSharding:
 def state_shardings(mesh, abstract_state, fsdp_min_size: int = 2 ** 18):
     """param_sharding for every array leaf of a (possibly abstract) state pytree."""
     return jax.tree.map(lambda x: param_sharding(mesh, np.shape(x), fsdp_min_size), abstract_state)
+
+
+def to_host(tree):
+    """Replicated device values (and pytrees of them, e.g. clu metrics) as numpy, on any number of processes."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)

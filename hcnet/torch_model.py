@@ -4,9 +4,8 @@ Only for making parity fixtures and for side-by-side benchmarks: the suite never
 Any input size works (the mean8 neighbour count is computed from the input's shape); a
 `mean_num` buffer sized for `img_size` is still registered, as the reference's checkpoints hold one.
 
-  python -m hcnet.torch_model --write-fixtures tests/fixtures
+  python -m hcnet.tools.torch_fixtures --out=tests/fixtures
 """
-import argparse
 import pathlib
 
 import numpy as np
@@ -165,9 +164,3 @@ def write_fixtures(out_dir: pathlib.Path):
                       for h, w in FIXTURE_SIZES}
         np.savez(out_dir / f"parity_{form}_logits.npz", **logits)
         print(f"wrote {form}: {len(state)} tensors, logits at {', '.join(logits)}")
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="PyTorch statement of HcNet; writes parity fixtures.")
-    parser.add_argument("--write-fixtures", type=pathlib.Path, required=True, metavar="DIR")
-    write_fixtures(parser.parse_args().write_fixtures)

@@ -1,6 +1,6 @@
 """See what the heat conduction does inside a trained HcNet, for one image at a time.
 
-    python -m hcnet.visualize --checkpoint=/tmp/hcnet-quickstart digit.png --out=/tmp/hcnet-figures [--ema]
+    python -m hcnet.tools.visualize --checkpoint=/tmp/hcnet-quickstart digit.png --out=/tmp/hcnet-figures [--ema]
 
 For each image it writes four PNGs and the numbers behind them (<stem>.json):
 - <stem>_k.png: the heat-conduction coefficient k of every Hc-Ra block across depth. With the
@@ -14,16 +14,18 @@ For each image it writes four PNGs and the numbers behind them (<stem>.json):
 - <stem>_gradcam.png: Grad-CAM of the predicted (or --class) class at each stage's output (the paper's
   Figure 5): ReLU(sum_c alpha_c A_c), alpha_c the spatial mean of d logit / d A_c, scaled to [0, 1].
 """
-import argparse
 import functools
 import json
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from hcnet import checkpoint as checkpoint_lib
+from hcnet import predict
+from hcnet.errors import UserError
 
 HIGH = 0.25  # cycles per pixel: "high frequency" is the upper half of the band up to Nyquist
 
@@ -32,22 +34,24 @@ HIGH = 0.25  # cycles per pixel: "high frequency" is the upper half of the band 
 def trace(model, x) -> dict:
     """The forward pass kept block by block. x: normalised images (B, H, W, 3); model in eval mode.
 
-    k: per block (B, C) (a scalar k broadcast); blocks: each block's output; stage_of_block: its stage;
-    stem: the stem's output; stages: each stage's output (what model.features returns).
+    The values are the model's own method outputs, captured (nnx.capture): k per block (B, C) (a
+    scalar k broadcast); blocks: each block's output; stage_of_block: its stage; stem: the stem's output
+    (after its dropout); stages: each stage's output (what model.features returns); logits.
     """
-    x = model.stem_drop(model.stem(jnp.asarray(x, model.dtype)))
-    out = {"stem": x, "k": [], "blocks": [], "stage_of_block": [], "stages": []}
-    for s, stage in enumerate(model.stages):
-        for block in stage.blocks:
-            k = jnp.asarray(block.heat.conductivity(x), jnp.float32)
-            out["k"].append(jnp.broadcast_to(k.reshape(k.shape[0], -1) if k.ndim == 4 else k, (x.shape[0], x.shape[-1])))
-            x = block(x)
-            out["blocks"].append(x)
-            out["stage_of_block"].append(s)
-        out["stages"].append(x)
-        if stage.downsample is not None:
-            x = stage.downsample(x)
-    return out
+    logits, seen = nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)(x)
+    out = nnx.to_pure_dict(seen)
+    stem = out["stem_drop"]["__call__"][0]
+    k, blocks, stage_of_block = [], [], []
+    for s, stage in sorted(out["stages"].items()):
+        for _, block in sorted(stage["blocks"].items()):
+            conductivity = jnp.asarray(block["heat"]["conductivity"][0], jnp.float32)
+            width = block["__call__"][0].shape[-1]
+            k.append(jnp.broadcast_to(conductivity.reshape(conductivity.shape[0], -1) if conductivity.ndim == 4
+                                      else conductivity, (x.shape[0], width)))
+            blocks.append(block["__call__"][0])
+            stage_of_block.append(s)
+    return {"stem": stem, "k": k, "blocks": blocks, "stage_of_block": stage_of_block,
+            "stages": out["features"][0], "logits": logits}
 
 
 def power_spectrum(features) -> tuple[np.ndarray, np.ndarray]:
@@ -94,16 +98,6 @@ def temperature(features) -> np.ndarray:
     return np.asarray(jnp.asarray(features, jnp.float32).mean(axis=-1))
 
 
-def logits_from_stage(model, i: int, features):
-    """The network's logits computed from stage i's output onward (downsample, later stages, head)."""
-    if model.head is None:
-        raise ValueError("Grad-CAM needs a classifier head; this model has num_classes=0")
-    last = features
-    for j in range(i + 1, len(model.stages)):
-        last, _ = model.stages[j](model.stages[j - 1].downsample(last))
-    return model.head(model.norm(last).mean(axis=(1, 2))).astype(jnp.float32)
-
-
 def grad_cam_map(features, tail, target):
     """Grad-CAM of classes `target` (B,) at features (B, H, W, C), `tail` mapping them to logits: (B, H, W).
 
@@ -121,19 +115,20 @@ def grad_cam_map(features, tail, target):
 
 def grad_cam(model, features: list, target) -> list[jax.Array]:
     """Grad-CAM maps (B, H_i, W_i) at every stage output in `features` for classes `target` (B,)."""
+    if model.head is None:
+        raise UserError("Grad-CAM needs a classifier head; this model has num_classes=0")
     return [grad_cam_map(jnp.asarray(f, jnp.float32),
-                         lambda a, i=i: logits_from_stage(model, i, a.astype(model.dtype)), target)
+                         lambda a, i=i: model.logits_from_stage(i, a.astype(model.dtype)), target)
             for i, f in enumerate(features)]
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _device_part(graphdef, state, x, target):
-    """trace, logits, the class (target, or the prediction where target < 0) and its Grad-CAM maps."""
+    """trace, the class (target, or the prediction where target < 0) and its Grad-CAM maps."""
     model = nnx.merge(graphdef, state)
     t = trace(model, x)
-    logits = logits_from_stage(model, len(t["stages"]) - 1, t["stages"][-1])
-    target = jnp.where(target < 0, jnp.argmax(logits, axis=-1), target)
-    return t, logits, target, grad_cam(model, t["stages"], target)
+    target = jnp.where(target < 0, jnp.argmax(t["logits"], axis=-1), target)
+    return t, target, grad_cam(model, t["stages"], target)
 
 
 def analyse(model, image: np.ndarray, target: int | None = None) -> dict:
@@ -141,8 +136,8 @@ def analyse(model, image: np.ndarray, target: int | None = None) -> dict:
     from hcnet.data.augment import normalize
     graphdef, state = nnx.split(model)
     wanted = jnp.full((1,), -1 if target is None else target, jnp.int32)
-    t, logits, target, cams = jax.device_get(_device_part(graphdef, state, normalize(jnp.asarray(image)[None]), wanted))
-    probs = np.asarray(jax.nn.softmax(logits, axis=-1))[0]
+    t, target, cams = jax.device_get(_device_part(graphdef, state, normalize(jnp.asarray(image)[None]), wanted))
+    probs = np.asarray(jax.nn.softmax(t["logits"], axis=-1))[0]
     target = int(target[0])
     spectra = [power_spectrum(f) for f in [t["stem"], *t["blocks"]]]  # one FFT per feature map
     return {
@@ -256,12 +251,10 @@ def plot_grad_cam(image: np.ndarray, numbers: dict, label: str, path):
 def visualize(checkpoint, files, out, *, ema: bool = False, target: int | None = None,
               image_size: int | None = None, crop_pct: float | None = None) -> tuple[dict, list]:
     """({file: {figure name: path}}, [(file, reason) skipped]); the numbers go to <stem>.json."""
-    import hcnet
-    from hcnet import predict
-    model = hcnet.load(checkpoint, ema=ema)
+    model = checkpoint_lib.load(checkpoint, ema=ema)
     classes = int(model.head.out_features) if model.head is not None else 0
     if target is not None and not 0 <= target < classes:
-        raise ValueError(f"--class={target}: the model has {classes} classes; give 0 to {classes - 1}")
+        raise UserError(f"--target_class={target}: the model has {classes} classes; give 0 to {classes - 1}")
     size, crop = predict.preprocessing(checkpoint, image_size, crop_pct)
     images, ok, failed = predict.read_images(files, size, crop)
     out = pathlib.Path(out)
@@ -281,31 +274,3 @@ def visualize(checkpoint, files, out, *, ema: bool = False, target: int | None =
         paths["numbers"].write_text(json.dumps({"image": f, "class": names[numbers["target"]], **jsonable(numbers)}))
         written[f] = {k: str(v) for k, v in paths.items()}
     return written, failed
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m hcnet.visualize", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="+")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint directory or a training workdir")
-    p.add_argument("--out", required=True, help="directory for the PNGs and their numbers")
-    p.add_argument("--ema", action="store_true")
-    p.add_argument("--class", dest="target", type=int, default=None, help="Grad-CAM class (default: the predicted one)")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--crop-pct", type=float, default=None)
-    args = p.parse_args(argv)
-    try:
-        written, failed = visualize(args.checkpoint, args.images, args.out, ema=args.ema, target=args.target,
-                                    image_size=args.image_size, crop_pct=args.crop_pct)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    for f, reason in failed:
-        print(f"skipped {f}: {reason}", file=sys.stderr)
-    for f, paths in written.items():
-        print(f"{f}: " + ", ".join(pathlib.Path(v).name for v in paths.values()))
-    if failed:
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

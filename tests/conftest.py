@@ -27,9 +27,9 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, worker_id):
     """One uninterrupted smoke run per session, shared by the xdist workers: (workdir, metrics, console)."""
-    from hcnet import trainer, workdir
+    from hcnet import checkpoint, trainer
     from runs import smoke
-    workdir.configure_orbax()
+    checkpoint.configure_orbax()
     shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
     run_dir, done = shared / "smoke-run", shared / "smoke-run.json"
     with open(shared / "smoke-run.lock", "w") as lock:
@@ -43,19 +43,10 @@ def smoke_run(tmp_path_factory, worker_id):
     return run_dir, saved["result"], saved["console"]
 
 
-# The longest tests first, so neither worker is left with one at the end; the first test that needs the
-# smoke run goes first of all, so it trains while the other worker takes tests that do not need it.
-HEAVY = ("test_two_processes", "test_the_quickstart_notebook", "test_accumulated", "test_sigkill", "test_sigterm",
-         "test_restore_onto", "test_nonfinite_loss_stops", "test_ema_and_bf16", "test_train_inputs_on_a_sharded",
-         "test_load_and_export", "test_bench_device_part", "test_same_config")
-
-
-def _heavy_first(items):
-    rank = lambda item: next((k for k, name in enumerate(HEAVY) if item.name.startswith(name)), len(HEAVY))
-    return sorted(items, key=rank)  # stable: the rest keep their order
-
-
+# The longest tests (marked heavy) first, so neither worker is left with one at the end; the first test that
+# needs the smoke run goes first of all, so it trains while the other worker takes tests that do not need it.
 def pytest_collection_modifyitems(config, items):
+    heavy_first = lambda group: sorted(group, key=lambda item: item.get_closest_marker("heavy") is None)  # stable
     smoke = [item for item in items if "smoke_run" in getattr(item, "fixturenames", ())]
     rest = [item for item in items if "smoke_run" not in getattr(item, "fixturenames", ())]
-    items[:] = smoke[:1] + _heavy_first(rest) + _heavy_first(smoke[1:])
+    items[:] = smoke[:1] + heavy_first(rest) + heavy_first(smoke[1:])

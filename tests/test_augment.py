@@ -160,6 +160,7 @@ def test_switches_turn_each_part_off():
     np.testing.assert_array_equal(np.asarray(y), np.eye(4))
 
 
+@pytest.mark.heavy
 def test_train_inputs_on_a_sharded_batch_match_one_device():
     mesh = sharding.make_mesh()
     s = sharding.batch_sharding(mesh)

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from hcnet import config as config_lib
+from hcnet import tasks
 from hcnet.model import VARIANTS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -19,7 +20,7 @@ def test_shipped_configs_validate_and_document_their_command(name):
     config_lib.validate(c, num_devices=8)
     doc = (ROOT / "configs" / name.split(":")[0]).read_text()
     assert f"python train.py --config=configs/{name.split(':')[0]}" in doc and "Hardware" in doc
-    assert config_lib.model_spec(c)["num_classes"] == c.dataset.num_classes
+    assert tasks.create(c).spec["num_classes"] == c.dataset.num_classes
 
 
 def test_the_reference_recipe_in_hcnet_t():

@@ -10,7 +10,10 @@ import pytest
 from flax import nnx
 
 import hcnet
-from hcnet.convert import ConversionError, convert, infer_heat_operator, main, read_state_dict
+from hcnet import tools
+from hcnet.convert import convert, infer_heat_operator, read_state_dict
+from hcnet.errors import ConversionError
+from hcnet.tools import convert as convert_tool
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 FORMS = ("mean8", "learned3", "learned5")
@@ -46,13 +49,14 @@ def test_converted_model_matches_the_pytorch_logits(form):
 
 def test_command_line_writes_a_checkpoint_that_load_reads(tmp_path, capsys):
     out = tmp_path / "ckpt"
-    main(["--from-torch", str(FIXTURES / "parity_learned5.npz"), "--model=mu", "--out", str(out)])
+    tools.invoke(convert_tool.main, [f"--from_torch={FIXTURES / 'parity_learned5.npz'}", "--variant=mu", f"--out={out}"])
     assert "learned5" in capsys.readouterr().out
     model = hcnet.load(out)
     expected = np.load(FIXTURES / "parity_learned5_logits.npz")["160x96"]
     assert rel_err(logits(model, fixture_input(160, 96)), expected) < 1e-5
-    with pytest.raises(SystemExit, match="is not empty"):
-        main(["--from-torch", str(FIXTURES / "parity_learned5.npz"), "--model=mu", "--out", str(out)])
+    with pytest.raises(SystemExit, match="^error: .*is not empty"):
+        tools.invoke(convert_tool.main, [f"--from_torch={FIXTURES / 'parity_learned5.npz'}", "--variant=mu",
+                                         f"--out={out}"])
 
 
 def test_load_returns_the_model_in_eval_mode(tmp_path):
@@ -113,7 +117,7 @@ def test_weights_of_another_model_do_not_fit(tmp_path):
         convert(FIXTURES / "parity_mean8.npz", variant="mu", dims=(16, 32, 48, 96))
     assert "wrong shapes: head.weight (10, 64) (expected (10, 96))" in str(err.value)
     assert "layers.3.blocks.0.mlp.fc1.weight (256, 64, 1, 1) (expected (384, 96, 1, 1))" in str(err.value)
-    assert str(err.value).endswith("(check --model, --depths and --heat-operator)")
+    assert str(err.value).endswith("(check --variant, --depths and --heat_operator)")
 
 
 def test_a_wrong_mean_num_buffer_is_refused(tmp_path):

@@ -5,8 +5,10 @@ import sys
 
 import pytest
 
-from hcnet.count import abstract_model, count_macs, count_params, main, summary
-from hcnet.model import VARIANTS, conv_out_size, model_spec
+from hcnet import tools
+from hcnet.count import count_macs, count_params, summary
+from hcnet.model import VARIANTS, abstract, conv_out_size, model_spec
+from hcnet.tools import count as count_tool
 
 # variant, operator -> (params, exact conv+linear MACs at 224, REFERENCE.md's GMACs)
 TABLE = {
@@ -85,15 +87,17 @@ def test_macs_at_a_non_square_size(form):
 
 
 def test_command_line_json(capsys):
-    main(["--model=mu", "--heat-operator=learned5", "--image-size=64x96", "--json"])
+    tools.invoke(count_tool.main, ["--variant=mu", "--heat_operator=learned5", "--image_size=64", "--image_width=96",
+                                   "--json"])
     out = json.loads(capsys.readouterr().out)
     spec = model_spec("mu", heat_operator="learned5")
-    assert out["params"] == count_params(abstract_model(spec))
+    assert out["params"] == count_params(abstract(spec))
     assert out["macs"] == count_macs(spec, 64, 96)
     assert 2 * out["macs"] < out["xla_flops"] < 4 * out["macs"]  # 2 per MAC plus the elementwise work
 
 
 def test_command_line_rejects_a_bad_image_size():
-    proc = subprocess.run([sys.executable, "-m", "hcnet.count", "--model=mu", "--image-size=16", "--no-xla"],
+    proc = subprocess.run([sys.executable, "-m", "hcnet.tools.count", "--variant=mu", "--image_size=16", "--noxla"],
                           capture_output=True, text=True)
-    assert proc.returncode == 2 and "each side must be at least 32" in proc.stderr
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == \
+        "error: --image_size=16 --image_width=16: each side must be at least 32"

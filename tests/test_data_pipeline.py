@@ -15,6 +15,9 @@ def photo_source(n: int, bad_at=()) -> sources.Source:
     return sources.Source(records, "photos", "train", 5)
 
 
+TRAIN16, EVAL16 = transforms.TrainTransform(16), transforms.EvalTransform(16)
+
+
 def local_batches(ds, count):
     it = iter(ds)
     return [next(it) for _ in range(count)]
@@ -22,10 +25,10 @@ def local_batches(ds, count):
 
 def test_train_order_is_fixed_by_the_seed_and_each_epoch_is_a_permutation():
     src = photo_source(12)
-    kw = dict(global_batch=4, row0=0, rows=4, image_size=16, threads=2)
-    a = local_batches(pipeline.train_dataset(src, seed=1, **kw), 6)
-    b = local_batches(pipeline.train_dataset(src, seed=1, **kw), 6)
-    c = local_batches(pipeline.train_dataset(src, seed=2, **kw), 3)
+    kw = dict(global_batch=4, row0=0, rows=4, threads=2)
+    a = local_batches(pipeline.train_dataset(src, TRAIN16, seed=1, **kw), 6)
+    b = local_batches(pipeline.train_dataset(src, TRAIN16, seed=1, **kw), 6)
+    c = local_batches(pipeline.train_dataset(src, TRAIN16, seed=2, **kw), 3)
     index = np.concatenate([x["index"] for x in a])
     assert all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, b))
     assert not np.array_equal(index[:12], np.concatenate([x["index"] for x in c]))
@@ -35,10 +38,10 @@ def test_train_order_is_fixed_by_the_seed_and_each_epoch_is_a_permutation():
 
 def test_hosts_read_disjoint_rows_and_together_make_the_one_host_batch():
     src = photo_source(20)
-    kw = dict(global_batch=8, image_size=16, seed=3, threads=2)
-    one = local_batches(pipeline.train_dataset(src, row0=0, rows=8, **kw), 3)
+    kw = dict(global_batch=8, seed=3, threads=2)
+    one = local_batches(pipeline.train_dataset(src, TRAIN16, row0=0, rows=8, **kw), 3)
     for hosts in (2, 4):
-        parts = [local_batches(pipeline.train_dataset(src, row0=h * 8 // hosts, rows=8 // hosts, **kw), 3)
+        parts = [local_batches(pipeline.train_dataset(src, TRAIN16, row0=h * 8 // hosts, rows=8 // hosts, **kw), 3)
                  for h in range(hosts)]
         for k in range(3):
             joined = {f: np.concatenate([p[k][f] for p in parts]) for f in one[k]}
@@ -46,9 +49,9 @@ def test_hosts_read_disjoint_rows_and_together_make_the_one_host_batch():
 
 
 def test_a_bad_example_is_masked_and_shifts_nothing_else():
-    kw = dict(global_batch=4, row0=0, rows=4, image_size=16, seed=0, threads=2)
-    good = local_batches(pipeline.train_dataset(photo_source(12), **kw), 3)
-    bad = local_batches(pipeline.train_dataset(photo_source(12, bad_at={5}), **kw), 3)
+    kw = dict(global_batch=4, row0=0, rows=4, seed=0, threads=2)
+    good = local_batches(pipeline.train_dataset(photo_source(12), TRAIN16, **kw), 3)
+    bad = local_batches(pipeline.train_dataset(photo_source(12, bad_at={5}), TRAIN16, **kw), 3)
     for g, b in zip(good, bad):
         np.testing.assert_array_equal(g["index"], b["index"])
         hit = b["index"] == 5
@@ -60,14 +63,14 @@ def test_loader_gives_sharded_global_arrays_and_resumes_from_its_state():
     mesh = sharding.make_mesh()
     s = sharding.batch_sharding(mesh)
     src = photo_source(30)
-    loader = pipeline.train_loader(src, s, 16, image_size=16, seed=5, threads=2, prefetch=3)
+    loader = pipeline.train_loader(src, s, 16, TRAIN16, seed=5, threads=2, prefetch=3)
     first = next(loader)
     assert first["image"].shape == (16, 16, 16, 3) and first["image"].sharding.is_equivalent_to(s, 4)
     assert len(first["image"].addressable_shards) == 8 and first["image"].addressable_shards[0].data.shape[0] == 2
     state = loader.get_state()
     assert state == {"next_index": 1}  # batches returned, not batches prefetched
     rest = [next(loader) for _ in range(3)]
-    resumed = pipeline.train_loader(src, s, 16, image_size=16, seed=5, threads=2, state=state)
+    resumed = pipeline.train_loader(src, s, 16, TRAIN16, seed=5, threads=2, state=state)
     for want in rest:
         got = next(resumed)
         assert all(np.array_equal(np.asarray(want[k]), np.asarray(got[k])) for k in want)
@@ -80,7 +83,7 @@ def test_evaluation_counts_every_example_exactly_once(devices):
     s = sharding.batch_sharding(mesh)
     global_batch = 3 * devices
     seen, valid, padding = [], 0, 0
-    for batch in pipeline.eval_loader(src, s, global_batch, image_size=16, threads=2):
+    for batch in pipeline.eval_loader(src, s, global_batch, EVAL16, threads=2):
         index, mask = np.asarray(batch["index"]), np.asarray(batch["mask"])
         seen += index[index >= 0].tolist()
         valid += int(mask.sum())
@@ -97,7 +100,7 @@ def test_evaluation_over_hosts_covers_the_split_once(hosts):
     seen = []
     for h in range(hosts):
         rows = global_batch // hosts
-        ds = pipeline.eval_dataset(src, global_batch=global_batch, row0=h * rows, rows=rows, image_size=16)
+        ds = pipeline.eval_dataset(src, EVAL16, global_batch=global_batch, row0=h * rows, rows=rows)
         batches = list(ds)
         assert len(batches) == pipeline.eval_batches(37, global_batch)  # every host steps the same count
         seen += [i for b in batches for i in b["index"].tolist() if i >= 0]
@@ -114,12 +117,12 @@ def test_worker_processes_change_speed_not_content():
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; train.py parses them in main()
         flags.FLAGS.mark_as_parsed()
     src = photo_source(24)
-    kw = dict(global_batch=4, row0=0, rows=4, image_size=16, seed=9, threads=1)
-    want = local_batches(pipeline.train_dataset(src, **kw), 5)
-    it = iter(pipeline.train_dataset(src, workers=2, **kw))
+    kw = dict(global_batch=4, row0=0, rows=4, seed=9, threads=1)
+    want = local_batches(pipeline.train_dataset(src, TRAIN16, **kw), 5)
+    it = iter(pipeline.train_dataset(src, TRAIN16, workers=2, **kw))
     got = [next(it) for _ in range(3)]
     state = it.get_state()
-    it2 = iter(pipeline.train_dataset(src, workers=2, **kw))
+    it2 = iter(pipeline.train_dataset(src, TRAIN16, workers=2, **kw))
     it2.set_state(state)
     got += [next(it2) for _ in range(2)]
     for w, g in zip(want, got):

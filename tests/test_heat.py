@@ -1,5 +1,4 @@
 """The Heat Conduction layer against the physics it discretises."""
-import re
 
 import jax
 import jax.numpy as jnp
@@ -101,18 +100,15 @@ def test_conductivity_modes():
 
 @pytest.mark.parametrize("form", ["mean8", "learned3", "learned5"])
 @pytest.mark.parametrize("k_mode", ["input", "fixed"])
-def test_the_heat_step_compiles_to_one_stencil_pass(form, k_mode):
-    """x + k L(x) is one fused loop over the map (after the zero padding it reads), with no convolution,
-    the learned stencil folded into one kernel and mean8's neighbour count a compile-time constant."""
+def test_the_heat_step_holds_only_the_padded_map(form, k_mode):
+    """A performance check (not behaviour): XLA compiles x + k L(x) into one pass over the zero-padded map.
+    Its temporaries are that padded map and a few small arrays (k, the folded kernel), where a program
+    that kept the k*k shifted maps would hold at least nine maps."""
     layer = heat_layer(form, k_mode, dim=8)
     graphdef, state = nnx.split(layer)
     step = jax.jit(lambda s, x: x + nnx.merge(graphdef, s)(x))
-    x = jax.ShapeDtypeStruct((2, 16, 16, 8), jnp.float32)
-    hlo = step.lower(state, x).compile().as_text()
-    entry = hlo[hlo.index("ENTRY"):]
-    maps = [line for line in entry.splitlines() if re.search(r"= f32\[2,\d+,\d+,8\]", line) and " parameter(" not in line]
-    assert len(maps) == 2 and "pad" in maps[0] and maps[1].lstrip().startswith("ROOT"), maps  # pad, update
-    assert all(" fusion(" in line and "kind=kLoop" in line for line in maps)
-    assert "convolution(" not in hlo and "iota(" not in entry
-    if form == "mean8":  # the neighbour count is baked in as a (16, 16) constant
-        assert "f32[16,16]{1,0} constant(" in entry
+    memory = step.lower(state, jax.ShapeDtypeStruct((2, 16, 16, 8), jnp.float32)).compile().memory_analysis()
+    r = 2 if form == "learned5" else 1
+    padded = 2 * (16 + 2 * r) ** 2 * 8 * 4
+    assert padded <= memory.temp_size_in_bytes <= padded + 4096
+    assert memory.output_size_in_bytes == 2 * 16 * 16 * 8 * 4

@@ -34,7 +34,7 @@ def test_linear_scaling_rule():
 def test_no_weight_decay_on_norms_biases_and_scalars():
     params = {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3), "scale": jnp.ones(3), "k": jnp.ones(())}
     assert decay_mask(params) == {"kernel": True, "bias": False, "scale": False, "k": False}
-    tx = make_optimizer(lr=0.0, warmup_lr=0.0, min_lr=0.0, warmup_steps=0, total_steps=10, weight_decay=0.5)
+    tx = make_optimizer(optax.constant_schedule(0.0), weight_decay=0.5)
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)
     assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates))  # lr 0: nothing moves
@@ -56,7 +56,7 @@ def test_gradients_are_clipped_to_global_norm_5():
             out.append(u["w"])
         return out
 
-    ours = run(make_optimizer(lr=1.0, warmup_lr=1.0, min_lr=1.0, warmup_steps=0, total_steps=10, **kw))
+    ours = run(make_optimizer(optax.constant_schedule(1.0), **kw))
     clipped = run(optax.chain(optax.clip_by_global_norm(5.0), optax.adamw(1.0, **kw)))
     unclipped = run(optax.adamw(1.0, **kw))
     np.testing.assert_allclose(ours[1], clipped[1], rtol=1e-5)

@@ -19,8 +19,8 @@ def test_mesh_shapes(data, fsdp, shape):
 
 
 @pytest.mark.parametrize("data, fsdp, message", [
-    (3, 1, "config.mesh.data=3 x config.mesh.fsdp=1 must equal the 8 devices"),
-    (-1, 3, "config.mesh.fsdp=3 must be a positive divisor of the 8 devices"),
+    (3, 1, "mesh.data=3: data x fsdp must equal the 8 devices"),
+    (-1, 3, "mesh.fsdp=3: a positive divisor of the 8 devices"),
 ])
 def test_bad_meshes_stop_with_one_line(data, fsdp, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):

@@ -16,11 +16,13 @@ import pytest
 from flax import nnx
 
 import hcnet
-from hcnet import export, report, trainer, workdir
+from hcnet import checkpoint, monitor, tools, trainer
+from hcnet.export import export
+from hcnet.tools import export as export_tool
 from runs import smoke
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-workdir.configure_orbax()
+checkpoint.configure_orbax()
 
 
 def params_of(run_dir, **kw) -> dict:
@@ -53,7 +55,7 @@ def env_with(devices: int = 8) -> dict:
 def test_smoke_run_writes_metrics_checkpoints_and_run_files(smoke_run):
     run_dir, result, console = smoke_run
     assert result["step"] == 8 and not result["preempted"]
-    rows = report.read_metrics(run_dir)
+    rows = monitor.read_metrics(run_dir)
     train_rows = [r for r in rows if "train/loss" in r]
     eval_rows = [r for r in rows if "eval/top1" in r]
     assert [r["step"] for r in train_rows] == [2, 4, 6, 8] and [r["step"] for r in eval_rows] == [4, 8]
@@ -69,7 +71,7 @@ def test_smoke_run_writes_metrics_checkpoints_and_run_files(smoke_run):
         assert part in line, (part, line)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(run_dir))
-    events.Reload()  # TensorBoard reads what report.TensorBoardWriter wrote, without TensorFlow in the run
+    events.Reload()  # TensorBoard reads what monitor.TensorBoardWriter wrote, without TensorFlow in the run
     assert [(e.step, e.value) for e in events.Scalars("eval/top1")] == \
         [(r["step"], pytest.approx(r["eval/top1"])) for r in eval_rows]
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6, 8]
@@ -82,20 +84,22 @@ def test_smoke_run_writes_metrics_checkpoints_and_run_files(smoke_run):
     assert data["next_index"] > 0  # the iterator state travels with the weights
 
 
+@pytest.mark.heavy
 def test_load_and_export_give_the_trained_model(smoke_run, tmp_path):
     run_dir, _, _ = smoke_run
     raw, ema = params_of(run_dir), params_of(run_dir, ema=True)
     old = params_of(run_dir, step=4)
     leaf = lambda p: jax.tree.leaves(p)[0]
     assert not np.array_equal(leaf(raw), leaf(ema)) and not np.array_equal(leaf(raw), leaf(old))
-    out = export.export(run_dir, tmp_path / "exported", ema=True)
+    out = export(run_dir, tmp_path / "exported", ema=True)
     assert_same(params_of(out), ema)
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_array_equal(hcnet.load(out)(x), hcnet.load(run_dir, ema=True)(x))
     with pytest.raises(SystemExit, match="error: .*not a training workdir"):
-        export.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "x")])
+        tools.invoke(export_tool.main, [f"--workdir={tmp_path}", f"--out={tmp_path / 'x'}"])
 
 
+@pytest.mark.heavy
 def test_same_config_and_seed_give_bitwise_identical_parameters(smoke_run, tmp_path):
     run_dir, _, _ = smoke_run
     with open(os.devnull, "w") as null:
@@ -118,6 +122,7 @@ def _run_until(cmd, env, marker: str, sig) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines) + out, err)
 
 
+@pytest.mark.heavy
 def test_sigkill_then_rerun_ends_bitwise_identical(smoke_run, tmp_path):
     """Killed while the step-4 checkpoint is being written (right after its eval line) and mid-training."""
     run_dir, _, _ = smoke_run
@@ -130,6 +135,7 @@ def test_sigkill_then_rerun_ends_bitwise_identical(smoke_run, tmp_path):
     assert_same(params_of(tmp_path, ema=True), params_of(run_dir, ema=True))
 
 
+@pytest.mark.heavy
 def test_sigterm_saves_exits_cleanly_and_resumes(smoke_run, tmp_path):
     run_dir, _, _ = smoke_run
     env = env_with(8)
@@ -149,6 +155,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.heavy
 def test_two_processes_of_four_devices_match_one_of_eight(smoke_run, tmp_path):
     run_dir, _, _ = smoke_run
     address = f"localhost:{_free_port()}"
@@ -159,11 +166,12 @@ def test_two_processes_of_four_devices_match_one_of_eight(smoke_run, tmp_path):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     assert "step 8 eval" in outs[0][0] and "step" not in outs[1][0]  # process 1 prints no progress
-    eval_rows = [r for r in report.read_metrics(tmp_path) if "eval/top1" in r]
+    eval_rows = [r for r in monitor.read_metrics(tmp_path) if "eval/top1" in r]
     assert eval_rows[-1]["eval/count"] == 40
     assert_same(params_of(tmp_path), params_of(run_dir), rtol=1e-5)
 
 
+@pytest.mark.heavy
 def test_restore_onto_another_mesh_shape(smoke_run, tmp_path):
     """A checkpoint of data=8 continues as data=2 x fsdp=4 with split parameters, to the same weights."""
     run_dir, _, _ = smoke_run
@@ -180,6 +188,7 @@ def test_restore_onto_another_mesh_shape(smoke_run, tmp_path):
     assert any(sharding.param_sharding(mesh, np.shape(p), 1024).spec != () for p in jax.tree.leaves(params_of(run_dir)))
 
 
+@pytest.mark.heavy
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     c = smoke(**{"optim.lr": 1e30, "optim.warmup_steps": 0, "checkpoint_every_steps": 1, "log_every_steps": 1,
                  "optim.ema_decay": 0.0, "augment.randaugment": ""})

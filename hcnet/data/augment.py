@@ -136,10 +136,10 @@ def _luts(x, gray, level, sign, increasing: bool):
     solarize = jnp.where(i < threshold, i, 255 - i)
     solarize_add = jnp.where(i < 128, jnp.minimum(i + jnp.minimum(128, jnp.floor(level * 110)), 255), i)
     mean = jnp.floor(gray.mean() + 0.5)
-    contrast = _blend(mean, i, factor)
-    brightness = _blend(0.0, i, factor)
-    return jnp.stack([autocontrast_lut(hist), equalize_lut(hist), 255 - i, i, posterize, solarize, solarize_add,
-                      i, contrast, brightness, i, i, i, i, i]), factor
+    tables = {"AutoContrast": autocontrast_lut(hist), "Equalize": equalize_lut(hist), "Invert": 255 - i,
+              "PosterizeIncreasing": posterize, "SolarizeIncreasing": solarize, "SolarizeAdd": solarize_add,
+              "ContrastIncreasing": _blend(mean, i, factor), "BrightnessIncreasing": _blend(0.0, i, factor)}
+    return jnp.stack([tables.get(op, i) for op in INCREASING_OPS]), factor  # identity: blends and geometry
 
 
 def _geometry(op, level, sign, height, width, translate_pct):

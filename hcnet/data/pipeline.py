@@ -5,6 +5,10 @@ own crop randomness from (seed, position), and global batch k holds positions [k
 host reads only its rows of each global batch (contiguous, in the mesh's device order), so the
 examples, their crops and their place in the global batch are the same whatever the number of hosts.
 The iterator state is one integer per host pipeline (`{"next_index": n}`), saved with checkpoints.
+
+A transform (hcnet.data.transforms, or a task's own) maps a record, with its `index` in the split, to
+one example: a dict of arrays with at least `mask` (False for an example to leave out). Evaluation
+transforms also get the padding records `{"index": -1}` that fill the last batch.
 """
 import collections
 import math
@@ -14,7 +18,7 @@ import jax
 import numpy as np
 
 from hcnet.data.sources import Source
-from hcnet.data.transforms import PAD_INDEX, EvalTransform, TrainTransform
+from hcnet.data.transforms import PAD_INDEX
 
 
 class _Indexed:
@@ -79,13 +83,12 @@ def _finish(ds: grain.MapDataset, rows: int, threads: int, workers: int) -> grai
     return it
 
 
-def train_dataset(source: Source, *, global_batch: int, row0: int, rows: int, image_size: int, seed: int,
-                  scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5, draft: bool = True,
+def train_dataset(source: Source, transform, *, global_batch: int, row0: int, rows: int, seed: int,
                   threads: int = 8, workers: int = 0) -> grain.IterDataset:
-    """Endless shuffled training batches of this host's `rows` rows of each global batch."""
+    """Endless shuffled training batches of this host's `rows` rows of each global batch;
+    `transform(record, rng)` makes each example (a grain random map)."""
     ds = grain.MapDataset.source(_Indexed(source.records)).seed(seed)
-    ds = ds.shuffle().repeat(None)
-    ds = ds.random_map(TrainTransform(image_size, tuple(scale), tuple(ratio), hflip, draft))
+    ds = ds.shuffle().repeat(None).random_map(transform)
     return _finish(HostRows(ds, global_batch, row0, rows), rows, threads, workers)
 
 
@@ -93,11 +96,12 @@ def eval_batches(num_examples: int, global_batch: int) -> int:
     return math.ceil(num_examples / global_batch)
 
 
-def eval_dataset(source: Source, *, global_batch: int, row0: int, rows: int, image_size: int,
-                 crop_pct: float = 0.875, threads: int = 8, workers: int = 0) -> grain.IterDataset:
-    """One pass over the split in order, padded to whole global batches; padding has mask False."""
+def eval_dataset(source: Source, transform, *, global_batch: int, row0: int, rows: int, threads: int = 8,
+                 workers: int = 0) -> grain.IterDataset:
+    """One pass over the split in order, padded to whole global batches; `transform(record)` makes each
+    example, padding included."""
     padded = eval_batches(len(source), global_batch) * global_batch
-    ds = grain.MapDataset.source(_Indexed(source.records, padded)).map(EvalTransform(image_size, crop_pct))
+    ds = grain.MapDataset.source(_Indexed(source.records, padded)).map(transform)
     return _finish(HostRows(ds, global_batch, row0, rows), rows, threads, workers)
 
 
@@ -146,22 +150,20 @@ class Loader:
     def get_state(self) -> dict:
         return self._state
 
-    def set_state(self, state: dict) -> None:
-        self._queue.clear()
-        self._iter.set_state(state)
-        self._state = self._iter.get_state()
 
-
-def train_loader(source: Source, sharding, global_batch: int, *, state: dict | None = None, prefetch: int = 2,
-                 **kwargs) -> Loader:
-    """Loader of train_dataset for this process's rows under `sharding`; kwargs go to train_dataset."""
+def train_loader(source: Source, sharding, global_batch: int, transform, *, seed: int, state: dict | None = None,
+                 prefetch: int = 2, threads: int = 8, workers: int = 0) -> Loader:
+    """Loader of train_dataset for this process's rows under `sharding`."""
     row0, rows = host_rows(sharding, global_batch)
-    ds = train_dataset(source, global_batch=global_batch, row0=row0, rows=rows, **kwargs)
+    ds = train_dataset(source, transform, global_batch=global_batch, row0=row0, rows=rows, seed=seed,
+                       threads=threads, workers=workers)
     return Loader(ds, sharding, global_batch, prefetch, state)
 
 
-def eval_loader(source: Source, sharding, global_batch: int, *, prefetch: int = 2, **kwargs) -> Loader:
+def eval_loader(source: Source, sharding, global_batch: int, transform, *, prefetch: int = 2, threads: int = 8,
+                workers: int = 0) -> Loader:
     """Loader of eval_dataset (one exact pass) for this process's rows under `sharding`."""
     row0, rows = host_rows(sharding, global_batch)
-    ds = eval_dataset(source, global_batch=global_batch, row0=row0, rows=rows, **kwargs)
+    ds = eval_dataset(source, transform, global_batch=global_batch, row0=row0, rows=rows, threads=threads,
+                      workers=workers)
     return Loader(ds, sharding, global_batch, prefetch)

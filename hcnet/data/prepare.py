@@ -1,18 +1,16 @@
 """Builds TFDS datasets in ArrayRecord format (random access), once, before training.
 
-    python -m hcnet.data.prepare --dataset=imagenet2012 --manual_dir=TARS --data_dir=DIR
-    python -m hcnet.data.prepare --dataset=image_folder --manual_dir=ROOT --name=flowers --data_dir=DIR
-    python -m hcnet.data.prepare --dataset=hcnet_digits --data_dir=DIR
-    python -m hcnet.data.prepare --dataset=imagenet2012 --data_dir=DIR --convert   # a TFRecord build
-    python -m hcnet.data.prepare --dataset=cifar10 --data_dir=DIR   # any TFDS dataset (downloads)
+    python -m hcnet.tools.prepare --dataset=imagenet2012 --manual_dir=TARS --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=image_folder --manual_dir=ROOT --name=flowers --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=hcnet_digits --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=imagenet2012 --data_dir=DIR --convert   # a TFRecord build
+    python -m hcnet.tools.prepare --dataset=cifar10 --data_dir=DIR   # any TFDS dataset (downloads)
 """
-import argparse
 import pathlib
 import re
-import sys
 import tarfile
 
-from hcnet.data.sources import DataError
+from hcnet.errors import DataError
 
 IMAGENET_TARS = {  # file -> (what its first member must look like, what it holds)
     "ILSVRC2012_img_train.tar": (r"n\d{8}\.tar", "one n########.tar per class"),
@@ -95,23 +93,3 @@ def convert(dataset: str, data_dir=None) -> pathlib.Path:
         info["fileFormat"], info["alternativeFileFormats"] = "array_record", formats
         info_path.write_text(json.dumps(info, indent=2))
     return dataset_dir
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="imagenet2012, image_folder, hcnet_digits or a TFDS name")
-    p.add_argument("--data_dir", default=None, help="where TFDS datasets live (default ~/tensorflow_datasets)")
-    p.add_argument("--manual_dir", default=None, help="the ImageNet tars, or the image folder's root")
-    p.add_argument("--name", default=None, help="image_folder: the dataset name (default: the root's name)")
-    p.add_argument("--convert", action="store_true", help="convert an existing TFRecord build to ArrayRecord")
-    args = p.parse_args(argv)
-    try:
-        out = convert(args.dataset, args.data_dir) if args.convert else prepare(
-            args.dataset, args.data_dir, args.manual_dir, args.name)
-    except DataError as e:
-        sys.exit(f"error: {e}")
-    print(f"{args.dataset}: ready in {out}")
-
-
-if __name__ == "__main__":
-    main()

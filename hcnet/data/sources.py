@@ -1,7 +1,7 @@
 """Where examples come from: any prepared TFDS dataset by name and split string, or synthetic data.
 
 A source is random access (`len`, `[i]`) over records `{"image": encoded bytes or uint8 (H, W, C),
-"label": int}`. Nothing downloads here: TFDS datasets must be prepared first (`hcnet.data.prepare`),
+"label": int}`. Nothing downloads here: TFDS datasets must be prepared first (`hcnet.tools.prepare`),
 except the embedded digits, which are built from scikit-learn on first use. Synthetic data needs no
 TensorFlow or TFDS at all.
 """
@@ -10,12 +10,10 @@ import re
 
 import numpy as np
 
+from hcnet.errors import DataError
+
 SYNTHETIC = "synthetic"
 SYNTHETIC_SPLITS = {"train": 1_281_167, "validation": 50_000}  # ImageNet-1K's sizes
-
-
-class DataError(ValueError):
-    """A dataset, split or file problem, said in one line with what would be accepted."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +75,7 @@ def open_split(name: str, split: str, *, data_dir=None, num_classes: int = 1000,
 def _prepare_hint(name: str, data_dir) -> str:
     where = f"--data_dir={data_dir}" if data_dir else "(default --data_dir ~/tensorflow_datasets)"
     manual = " --manual_dir=DIR_WITH_THE_TWO_TARS" if name == "imagenet2012" else ""
-    return f"python -m hcnet.data.prepare --dataset={name}{manual} {where}"
+    return f"python -m hcnet.tools.prepare --dataset={name}{manual} {where}"
 
 
 def _tfds_split(name: str, split: str, data_dir, field: str) -> Source:
@@ -90,7 +88,7 @@ def _tfds_split(name: str, split: str, data_dir, field: str) -> Source:
     except tfds.core.registered.DatasetNotFoundError:
         raise DataError(f"dataset.name={name!r} is neither a TFDS dataset nor one prepared in data_dir="
                         f"{data_dir or '~/tensorflow_datasets'}; use a TFDS name, '{builders.DIGITS}', "
-                        f"'{SYNTHETIC}', or prepare an image folder with python -m hcnet.data.prepare "
+                        f"'{SYNTHETIC}', or prepare an image folder with python -m hcnet.tools.prepare "
                         "--dataset=image_folder") from None
     if not builder.is_prepared():
         if name == builders.DIGITS:  # embedded: building it reads nothing from the network

@@ -1,4 +1,4 @@
-"""Seeing a run: metric writers (TensorBoard and JSON lines) and the console line with speed and ETA."""
+"""Seeing a run: metric writers (TensorBoard and JSON lines), the console line with speed and ETA, text tables."""
 import datetime
 import json
 import os
@@ -136,3 +136,9 @@ class Console:
         if jax.process_index() == 0:
             self.stream.write(("\n" if self.interactive else "") + text + "\n")
             self.stream.flush()
+
+
+def text_table(head: tuple, rows: list) -> str:
+    """Rows of strings as aligned columns under `head` (two spaces apart)."""
+    widths = [max(len(row[i]) for row in (head, *rows)) for i in range(len(head))]
+    return "\n".join("  ".join(v.ljust(n) for v, n in zip(row, widths)).rstrip() for row in (head, *rows))

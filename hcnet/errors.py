@@ -1,0 +1,20 @@
+"""The errors a user can act on: each says, in one line, what was wrong and what would be accepted.
+
+Commands (train.py, eval.py, hcnet.tools.*) print them as `error: ...` and exit with status 1.
+"""
+
+
+class UserError(ValueError):
+    """A problem with what the user gave (a config, a file, a dataset), said in one line."""
+
+
+class ConfigError(UserError):
+    """A config field with a value that cannot work."""
+
+
+class DataError(UserError):
+    """A dataset, split or file problem."""
+
+
+class ConversionError(UserError):
+    """A state_dict that does not fit the model; the message names the keys."""

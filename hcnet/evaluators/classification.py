@@ -1,0 +1,55 @@
+"""Exact classification metrics over a whole split: top-1, top-5, loss and the number of examples.
+
+The last global batch is padded and the padding masked out, so every example counts exactly once
+on any number of devices and hosts; `count` says how many were scored.
+"""
+import functools
+
+import flax
+import jax
+import optax
+from clu import metrics as clu_metrics
+from flax import nnx
+
+from hcnet import sharding
+from hcnet.data import augment, pipeline, transforms
+
+
+@flax.struct.dataclass
+class Metrics(clu_metrics.Collection):
+    loss: clu_metrics.Average.from_output("loss")
+    top1: clu_metrics.Average.from_output("top1")
+    top5: clu_metrics.Average.from_output("top5")
+
+
+def eval_step(params, batch, *, model_def):
+    """Masked top-1, top-5 and loss of one global batch (padding rows have mask False)."""
+    logits = nnx.view(model_def.bind(params), deterministic=True)(augment.normalize(batch["image"]))
+    labels = batch["label"]
+    top = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    hits = top == labels[:, None]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return Metrics.single_from_model_output(loss=loss, top1=hits[:, 0], top5=hits.any(-1), mask=batch["mask"])
+
+
+class Evaluator:
+    """Classification of `source` (hcnet.data.sources.Source) at one resolution and centre crop."""
+    metrics = ("top1", "top5", "loss", "count")
+    headline = ("top1", "top5")
+
+    def __init__(self, name: str, source, *, model_def, mesh, batch_size: int, image_size: int,
+                 crop_pct: float = 0.875, threads: int = 8, workers: int = 0, prefetch: int = 2):
+        self.name, self.source = name, source
+        self._step = jax.jit(functools.partial(eval_step, model_def=model_def),
+                             out_shardings=sharding.replicated(mesh))
+        transform = transforms.EvalTransform(image_size, crop_pct)
+        self._loader = functools.partial(pipeline.eval_loader, source, sharding.batch_sharding(mesh), batch_size,
+                                         transform, threads=threads, workers=workers, prefetch=prefetch)
+
+    def __call__(self, params) -> dict[str, float]:
+        total = None
+        for batch in self._loader():
+            m = self._step(params, batch)
+            total = m if total is None else total.merge(m)
+        total = sharding.to_host(total)
+        return {**{k: float(v) for k, v in total.compute().items()}, "count": int(round(float(total.top1.count)))}

@@ -1,0 +1,65 @@
+"""Image classification: HcNet with a linear head, trained with the Swin recipe (RandAugment, erasing,
+mixup / cutmix, label smoothing), evaluated exactly on `dataset.eval_split`."""
+import optax
+
+from hcnet import config as config_lib
+from hcnet import model
+from hcnet.data import augment, pipeline, sources, transforms
+from hcnet.errors import ConfigError
+from hcnet.evaluators import classification
+
+
+class Task:
+    """config.model, config.dataset and config.augment as a classification task."""
+
+    def __init__(self, c):
+        self.config = c
+        self.spec = model.model_spec(**config_lib.model_kwargs(c), num_classes=c.dataset.num_classes)
+        self.recipe = augment.Recipe(**c.augment)
+        self._train = None
+
+    build = staticmethod(model.build)
+
+    def check_spec(self, spec: dict) -> None:
+        d = self.config.dataset
+        if spec["num_classes"] != d.num_classes:
+            raise ConfigError(f"the checkpoint's head has {spec['num_classes']} classes but config.dataset.num_classes="
+                              f"{d.num_classes} ({d.name}); evaluate it on the dataset it was trained for")
+
+    def open(self, split: str, field: str) -> sources.Source:
+        """A split of the config's dataset; stops with one line if its classes differ from the config's."""
+        d = self.config.dataset
+        source = sources.open_split(d.name, split, data_dir=d.data_dir or None, num_classes=d.num_classes,
+                                    image_size=d.image_size, field=field)
+        if source.num_classes != d.num_classes:
+            raise ConfigError(f"config.dataset.num_classes={d.num_classes}: {d.name} has {source.num_classes} "
+                              f"classes; set it to {source.num_classes}")
+        return source
+
+    def train_source(self) -> sources.Source:
+        if self._train is None:
+            self._train = self.open(self.config.dataset.train_split, "dataset.train_split")
+        return self._train
+
+    def train_examples(self) -> int:
+        return len(self.train_source())
+
+    def train_loader(self, sharding, *, state=None) -> pipeline.Loader:
+        c, d = self.config, self.config.dataset
+        transform = transforms.TrainTransform(d.image_size, tuple(d.scale), tuple(d.ratio), d.hflip, d.draft)
+        return pipeline.train_loader(self.train_source(), sharding, c.batch_size, transform, seed=c.seed,
+                                     state=state, prefetch=d.prefetch, threads=d.threads, workers=d.workers)
+
+    def train_inputs(self, key, batch):
+        return augment.train_inputs(key, batch, self.spec["num_classes"], self.recipe)
+
+    def loss(self, logits, targets):
+        return optax.softmax_cross_entropy(logits, targets)
+
+    def evaluators(self, mesh, model_def) -> list:
+        c, d = self.config, self.config.dataset
+        source = self.open(d.eval_split, "dataset.eval_split")
+        return [classification.Evaluator("eval", source, model_def=model_def, mesh=mesh,
+                                         batch_size=c.eval_batch_size or c.batch_size, image_size=d.image_size,
+                                         crop_pct=d.crop_pct, threads=d.threads, workers=d.workers,
+                                         prefetch=d.prefetch)]

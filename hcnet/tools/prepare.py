@@ -1,0 +1,32 @@
+"""Builds a TFDS dataset in ArrayRecord format (random access), once, before training.
+
+    python -m hcnet.tools.prepare --dataset=imagenet2012 --manual_dir=TARS --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=image_folder --manual_dir=ROOT --name=flowers --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=hcnet_digits --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=imagenet2012 --data_dir=DIR --convert   # a TFRecord build
+    python -m hcnet.tools.prepare --dataset=cifar10 --data_dir=DIR   # any TFDS dataset (downloads)
+"""
+from absl import flags
+
+from hcnet import tools
+
+flags.DEFINE_string("dataset", None, "imagenet2012, image_folder, hcnet_digits or a TFDS name")
+flags.DEFINE_string("data_dir", None, "where TFDS datasets live (default ~/tensorflow_datasets)")
+flags.DEFINE_string("manual_dir", None, "the ImageNet tars, or the image folder's root")
+flags.DEFINE_string("name", None, "image_folder: the dataset name (default: the root's name)")
+flags.DEFINE_bool("convert", False, "convert an existing TFRecord build to ArrayRecord in place")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    from hcnet.data import prepare
+    tools.require(dataset=FLAGS.dataset)
+    if FLAGS.convert:
+        out = prepare.convert(FLAGS.dataset, FLAGS.data_dir)
+    else:
+        out = prepare.prepare(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.name)
+    print(f"{FLAGS.dataset}: ready in {out}")
+
+
+if __name__ == "__main__":
+    tools.run(main)

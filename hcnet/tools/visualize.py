@@ -1,0 +1,36 @@
+"""Figures of what the heat conduction does inside a trained HcNet, per image (see hcnet.visualize).
+
+    python -m hcnet.tools.visualize --checkpoint=/tmp/hcnet-quickstart digit.png --out=/tmp/hcnet-figures [--ema]
+        [--target_class=N]
+"""
+import pathlib
+import sys
+
+from absl import flags
+
+from hcnet import tools
+from hcnet.errors import UserError
+
+flags.DEFINE_integer("target_class", None, "the class Grad-CAM explains (default: the predicted one)")
+for _name in ("checkpoint", "out", "ema", "image_size", "crop_pct"):
+    flags.declare_key_flag(_name)
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    from hcnet.visualize import visualize
+    tools.require(checkpoint=FLAGS.checkpoint, out=FLAGS.out)
+    if len(argv) < 2:
+        raise UserError("give one or more image files after the flags")
+    written, failed = visualize(FLAGS.checkpoint, argv[1:], FLAGS.out, ema=FLAGS.ema, target=FLAGS.target_class,
+                                image_size=FLAGS.image_size, crop_pct=FLAGS.crop_pct)
+    for f, reason in failed:
+        print(f"skipped {f}: {reason}", file=sys.stderr)
+    for f, paths in written.items():
+        print(f"{f}: " + ", ".join(pathlib.Path(v).name for v in paths.values()))
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    tools.run(main)
