@@ -5,7 +5,7 @@
     python train.py --config=configs/ablate_k.py:0.3     --workdir=DIR   # k fixed at 0.3 (any value in [0, 1])
 
 Hardware and time as configs/hcnet_t.py. The paper reports input-dependent k best; the fixed values
-of its table are not recorded in ../shared/REFERENCE.md, so we sweep 0.1, 0.3, 0.5, 0.7 and 0.9.
+of its table are not given in the paper's text we work from, so we sweep 0.1, 0.3, 0.5, 0.7 and 0.9.
 """
 from configs import hcnet_t
 

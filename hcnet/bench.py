@@ -107,7 +107,7 @@ def _train_program(c, mesh, data):
     task = tasks.create(c)
     tx, schedule = optim.from_config(c.optim, c.batch_size, total_steps=1000, warmup_steps=10)
     program = trainer.Program.build(task, tx, schedule, mesh, seed=0)
-    key = jax.device_put(jax.random.key(0), sharding.replicated(mesh))
+    key = sharding.replicated_key(0, mesh)
     return program.step, (program.init(), data, key), lambda a, out: (out[0], a[1], a[2])
 
 

@@ -25,7 +25,8 @@ gradients, AdamW reads weights, gradients and both moments and writes weights an
 (36 bytes per parameter, bf16 copies included), shared by the batch. This is a floor for a fused
 implementation, not what any framework achieves; it is what the "within 2x of the floor" goal means.
 """
-from hcnet.model import conv_out_size, model_spec
+from hcnet.count import count_macs, count_params
+from hcnet.model import abstract, conv_out_size, model_spec
 
 # per accelerator (vendor figures): the substrings of jax's device_kind that name it (first match wins, in
 # this order), dense TFLOP/s by compute dtype, HBM GB/s
@@ -85,10 +86,9 @@ def training_bytes(spec: dict, image_size: int = 224, act_bytes: int = 2) -> dic
 
 
 def summary(variant: str = "T", image_size: int = 224, batch: int = 128, act_bytes: int = 2) -> dict:
-    from hcnet.count import abstract_model, count_macs, count_params
     spec = model_spec(variant)
     macs = count_macs(spec, image_size)
-    params = count_params(abstract_model(spec))
+    params = count_params(abstract(spec))
     acts = training_bytes(spec, image_size, act_bytes)
     per_image = sum(acts.values()) + PARAM_BYTES * params / batch
     flops = 6.0 * macs

@@ -40,6 +40,11 @@ def replicated(mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def replicated_key(seed: int, mesh) -> jax.Array:
+    """A PRNG key replicated over the mesh, on any number of processes (device_put needs addressable devices)."""
+    return jax.jit(lambda: jax.random.key(seed), out_shardings=replicated(mesh))()
+
+
 def param_sharding(mesh, shape, fsdp_min_size: int = 2 ** 18) -> NamedSharding:
     """The rule for one array: replicated, or split over fsdp along its largest divisible dimension."""
     ways = mesh.shape[FSDP]

@@ -195,7 +195,7 @@ def train_and_evaluate(c, workdir) -> dict:
     try:
         first, state, data_state = restore_or_init(program, checkpoints, console, total)
         loader = task.train_loader(program.batch_sharding, state=data_state)
-        key = jax.device_put(jax.random.key(c.seed), sharding.replicated(mesh))
+        key = sharding.replicated_key(c.seed, mesh)
         return _loop(c, workdir, program, state, loader, key, range(first, total + 1), evaluators, checkpoints,
                      console, writer, stop, per_epoch)
     finally:

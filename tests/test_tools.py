@@ -75,7 +75,7 @@ def test_evaluation_refuses_what_it_cannot_do_in_one_line(smoke_run, tmp_path):
     with pytest.raises(ConfigError, match=r"head has 10 classes but config.dataset.num_classes=1000 \(synthetic\)"):
         evaluation.evaluate_checkpoint(c, run_dir)
     c.eval_batch_size = 12
-    with pytest.raises(ConfigError, match="eval_batch_size=12: a positive multiple of the 8 devices"):
+    with pytest.raises(ConfigError, match=r"eval_batch_size=12: 0 \(batch_size\) or a positive multiple of the 8 devices"):
         evaluation.evaluate_checkpoint(c, run_dir)
     c.eval_batch_size = 0
     with pytest.raises(ConfigError, match="weights=raw,best: each must be raw or ema"):
