@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 
 import hcnet
+import hcnet.errors
 from hcnet import checkpoint, monitor, tools, trainer
 from hcnet.export import export
 from hcnet.tools import export as export_tool
@@ -195,3 +196,24 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
     with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step 2 .*last good checkpoint is step 1"):
         trainer.train_and_evaluate(c, tmp_path)
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [1]
+
+
+@pytest.mark.heavy
+def test_a_task_defined_outside_hcnet_trains_with_its_own_loss_evaluator_and_best_metric(tmp_path, monkeypatch):
+    """The seam: the loop runs a task it was never told about (tests/toy_task.py), registered by name."""
+    from hcnet import tasks
+    import toy_task
+    monkeypatch.setitem(tasks.TASKS, "toy", "toy_task")
+    c = smoke(**{"task": "toy", "total_steps": 4, "best_metric": "probe/first_logit", "optim.ema_decay": 0.0})
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        result = trainer.train_and_evaluate(c, tmp_path)
+    rows = monitor.read_metrics(tmp_path)
+    assert [r["step"] for r in rows if "probe/first_logit" in r] == [4]
+    assert not any("eval/top1" in r for r in rows)
+    # squared error on probabilities is at most 2 per example; cross-entropy at chance would be log(10)
+    assert 0 < result["train/loss"] <= 2 * toy_task.LOSS_SCALE and result["train/loss"] > 10
+    with pytest.raises(hcnet.errors.ConfigError, match=r"config.best_metric='eval/top1': one of the evaluators' "
+                                                       r"metrics \(probe/first_logit"):
+        trainer.train_and_evaluate(smoke(task="toy", best_metric="eval/top1"), tmp_path / "other")
+    with pytest.raises(hcnet.errors.ConfigError, match="config.task='nope': one of classification, toy"):
+        trainer.train_and_evaluate(smoke(task="nope"), tmp_path / "other")
