@@ -10,21 +10,20 @@ the JSON report to --out (default CHECKPOINT/eval/<dataset>_<split>_<size>_<crop
 """
 import json
 import pathlib
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hcnet import tools
+from hcnet.errors import UserError
+
 config_flags.DEFINE_config_file("config", None, "configs/*.py[:arg] for the dataset (default: the workdir's run)")
-flags.DEFINE_string("checkpoint", None, "a checkpoint directory or a training workdir")
 flags.DEFINE_string("workdir", None, "a training workdir (same as --checkpoint; its config.json is the default)")
 flags.DEFINE_string("split", None, "TFDS split string, e.g. validation or 'validation[:1000]' (default: eval_split)")
-flags.DEFINE_integer("image_size", None, "evaluation resolution (default: dataset.image_size)")
-flags.DEFINE_float("crop_pct", None, "centre crop fraction (default: dataset.crop_pct)")
 flags.DEFINE_integer("batch_size", None, "global evaluation batch (default: eval_batch_size or batch_size)")
 flags.DEFINE_list("weights", None, "raw, ema or both (default: all the checkpoint has)")
-flags.DEFINE_integer("step", None, "a workdir's checkpoint step (default: the latest)")
-flags.DEFINE_string("out", None, "where to write the JSON report")
+for _name in ("checkpoint", "image_size", "crop_pct", "step", "out"):  # hcnet.tools' shared flags
+    flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
 
 
@@ -35,20 +34,15 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     path = FLAGS.checkpoint or FLAGS.workdir
     if not path or (FLAGS.checkpoint and FLAGS.workdir and FLAGS.checkpoint != FLAGS.workdir):
-        sys.exit("error: give one of --checkpoint=DIR or --workdir=DIR")
+        raise UserError("give one of --checkpoint=DIR or --workdir=DIR")
     from hcnet import evaluation, run_files
-    from hcnet.errors import UserError
-    try:
-        c = FLAGS.config if FLAGS.config is not None else run_files.read_config(path)
-        for field, value in (("eval_split", FLAGS.split), ("image_size", FLAGS.image_size),
-                             ("crop_pct", FLAGS.crop_pct)):
-            if value is not None:
-                c.dataset[field] = value
-        if FLAGS.batch_size:
-            c.eval_batch_size = FLAGS.batch_size
-        report = evaluation.evaluate_checkpoint(c, path, step=FLAGS.step, weights=FLAGS.weights)
-    except (UserError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    c = FLAGS.config if FLAGS.config is not None else run_files.read_config(path)
+    for field, value in (("eval_split", FLAGS.split), ("image_size", FLAGS.image_size), ("crop_pct", FLAGS.crop_pct)):
+        if value is not None:
+            c.dataset[field] = value
+    if FLAGS.batch_size:
+        c.eval_batch_size = FLAGS.batch_size
+    report = evaluation.evaluate_checkpoint(c, path, step=FLAGS.step, weights=FLAGS.weights)
     print(evaluation.table(report))
     out = pathlib.Path(FLAGS.out) if FLAGS.out else evaluation.default_out(report)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -59,4 +53,4 @@ def main(argv):
 if __name__ == "__main__":
     from hcnet import hostenv
     hostenv.reexec_on_cpu()  # before JAX starts; see hcnet/hostenv.py
-    app.run(main)
+    tools.run(main)

@@ -102,18 +102,16 @@ def bench_config(variant: str, batch: int, image_size: int, *, dtype: str = "flo
     return c
 
 
-def _train_program(c, mesh, data):
+def _train_program(task, c, mesh, data):
     """(jitted step, its arguments, how to thread the donated state) of the project's training step."""
-    task = tasks.create(c)
     tx, schedule = optim.from_config(c.optim, c.batch_size, total_steps=1000, warmup_steps=10)
     program = trainer.Program.build(task, tx, schedule, mesh, seed=0)
     key = sharding.replicated_key(0, mesh)
     return program.step, (program.init(), data, key), lambda a, out: (out[0], a[1], a[2])
 
 
-def _infer_program(c, mesh, data):
+def _infer_program(task, c, mesh, data):
     """(jitted eval-mode forward to logits, its arguments, None)."""
-    task = tasks.create(c)
     model_def, _ = ModelDef.from_spec(task.spec, task.build)
     params = jax.device_put(nnx.to_pure_dict(nnx.state(task.build(task.spec, rngs=nnx.Rngs(0)), nnx.Param)),
                             sharding.replicated(mesh))
@@ -141,7 +139,8 @@ def measure(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode:
     data = {"image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
             "label": rng.integers(0, num_classes, batch).astype(np.int32), "mask": np.ones(batch, bool)}
     data = jax.device_put(data, sharding.batch_sharding(mesh))
-    step, args, update = (_train_program if mode == "train" else _infer_program)(c, mesh, data)
+    task = tasks.create(c)
+    step, args, update = (_train_program if mode == "train" else _infer_program)(task, c, mesh, data)
 
     start = time.perf_counter()
     compiled = step.lower(*args).compile()
@@ -152,7 +151,7 @@ def measure(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode:
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost["flops"]) * len(devs) / batch if cost and cost.get("flops") else None
     moved = float(cost["bytes accessed"]) * len(devs) / batch if cost and cost.get("bytes accessed") else None
-    macs = count.count_macs(tasks.create(c).spec, image_size) if model_flops else None
+    macs = count.count_macs(task.spec, image_size) if model_flops else None
     peak = peak if peak is not None else roofline.peak_tflops(devs[0].device_kind, dtype)
     mfu = flops * batch / step_s / (peak * 1e12 * len(devs)) if flops and peak else None
     peak_bytes, source = _peak_memory(devs[0], compiled)

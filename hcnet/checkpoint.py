@@ -85,6 +85,21 @@ def weights_of(path, step: int | None = None) -> tuple[int | None, list[str]]:
     return step, ["raw", "ema"] if has_ema else ["raw"]
 
 
+def restore_params(path, target: dict, *, ema: bool = False, step: int | None = None) -> dict:
+    """The parameters (a pure dict) of a checkpoint directory or of a run's checkpoint (`step`, default the
+    latest; `ema` its EMA weights), restored onto `target`'s shapes, dtypes and shardings."""
+    path = pathlib.Path(path).absolute()
+    if not is_run_dir(path):
+        with ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore(path / PARAMS_DIR, target)
+    item, step = "ema" if ema else "params", choose_step(path, step)
+    if not (path / CHECKPOINTS / str(step) / item).is_dir():
+        raise FileNotFoundError(f"{path / CHECKPOINTS / str(step)} has no {item!r} weights"
+                                + (" (the run had optim.ema_decay=0)" if ema else ""))
+    with _reader(path) as manager:
+        return manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))[item]
+
+
 def load(path, *, ema: bool = False, step: int | None = None, **overrides) -> nnx.Module:
     """The model of a checkpoint directory, or of a training run's latest checkpoint, in eval mode.
 
@@ -92,25 +107,14 @@ def load(path, *, ema: bool = False, step: int | None = None, **overrides) -> nn
     HcNet arguments that do not touch the parameters, e.g. dtype=jnp.bfloat16.
     """
     path = pathlib.Path(path).absolute()
-    run = is_run_dir(path)
-    if not run and not ((path / SPEC_FILE).is_file() and (path / PARAMS_DIR).is_dir()):
+    if not is_run_dir(path) and not ((path / SPEC_FILE).is_file() and (path / PARAMS_DIR).is_dir()):
         raise FileNotFoundError(f"{path}: not an hcnet checkpoint (expected {SPEC_FILE} and {PARAMS_DIR}/ "
                                 "as written by hcnet.tools.convert or hcnet.tools.export) nor a "
                                 "training workdir (model.json and checkpoints/)")
     model_def, params = ModelDef.from_spec({**read_spec(path), **overrides})
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=device), params)
-    if run:
-        item, step = "ema" if ema else "params", choose_step(path, step)
-        if not (path / CHECKPOINTS / str(step) / item).is_dir():
-            raise FileNotFoundError(f"{path / CHECKPOINTS / str(step)} has no {item!r} weights"
-                                    + (" (the run had optim.ema_decay=0)" if ema else ""))
-        with _reader(path) as manager:
-            params = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))[item]
-    else:
-        with ocp.StandardCheckpointer() as ckptr:
-            params = ckptr.restore(path / PARAMS_DIR, target)
-    return nnx.view(model_def.bind(params), deterministic=True)
+    return nnx.view(model_def.bind(restore_params(path, target, ema=ema, step=step)), deterministic=True)
 
 
 class Checkpoints:

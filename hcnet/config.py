@@ -95,7 +95,7 @@ def validate(c, num_devices: int, *, training: bool = True) -> None:
         sharding.check_mesh(c.mesh.data, c.mesh.fsdp, num_devices)
     except ConfigError as e:
         raise ConfigError(f"config.{e}") from None
-    d, a, o = c.dataset, c.augment, c.optim
+    d = c.dataset
     require(d.image_size >= 32, "dataset.image_size", d.image_size, "must be at least 32")
     require(d.num_classes >= 1, "dataset.num_classes", d.num_classes, "must be at least 1")
     require(0 < d.crop_pct <= 1, "dataset.crop_pct", d.crop_pct, "must be in (0, 1]")

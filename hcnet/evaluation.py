@@ -7,7 +7,6 @@ the same for scripts and notebooks.
 import pathlib
 
 import jax
-from flax import nnx
 
 from hcnet import checkpoint, monitor, sharding, tasks, trainer
 from hcnet import config as config_lib
@@ -34,11 +33,12 @@ def evaluate_checkpoint(c, path, *, step: int | None = None, weights=None) -> di
     spec = checkpoint.read_spec(path)
     task.check_spec(spec)
     mesh = sharding.make_mesh()
-    evaluators = task.evaluators(mesh, ModelDef.from_spec(spec, task.build)[0])
+    model_def, shapes = ModelDef.from_spec(spec, task.build)
+    evaluators = task.evaluators(mesh, model_def)
+    target = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=sharding.replicated(mesh)), shapes)
     results = {}
     for w in weights:
-        net = checkpoint.load(path, ema=w == "ema", step=step)
-        params = jax.device_put(nnx.to_pure_dict(nnx.state(net, nnx.Param)), sharding.replicated(mesh))
+        params = checkpoint.restore_params(path, target, ema=w == "ema", step=step)
         scalars = trainer.evaluate(evaluators, {"params": params})
         results[w] = {k.removeprefix("eval/"): v for k, v in scalars.items()}  # the task's main evaluator: bare
     d = c.dataset

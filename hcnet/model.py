@@ -306,9 +306,9 @@ def create_model(variant: str | None = "T", *, rngs: nnx.Rngs, **overrides) -> H
     return build(model_spec(variant, **overrides), rngs=rngs)
 
 
-def abstract(spec: dict) -> HcNet:
-    """The model of a spec with shapes only: no parameter memory, no random draws."""
-    return nnx.eval_shape(lambda: build(spec, rngs=nnx.Rngs(0)))
+def abstract(spec: dict, build_fn=None) -> nnx.Module:
+    """The network `build_fn(spec)` (HcNet's by default) with shapes only: no parameter memory, no random draws."""
+    return nnx.eval_shape(lambda: (build_fn or build)(spec, rngs=nnx.Rngs(0)))
 
 
 def spec_json(spec: dict) -> dict:
@@ -327,8 +327,7 @@ class ModelDef:
     @classmethod
     def from_spec(cls, spec: dict, build_fn=None) -> tuple["ModelDef", dict]:
         """(definition, abstract parameters as a pure dict) of the network `build_fn(spec)` (HcNet's by default)."""
-        build_fn = build_fn or build
-        graphdef, params, rngs = nnx.split(nnx.eval_shape(lambda: build_fn(spec, rngs=nnx.Rngs(0))), nnx.Param, ...)
+        graphdef, params, rngs = nnx.split(abstract(spec, build_fn), nnx.Param, ...)
         return cls(graphdef, rngs), nnx.to_pure_dict(params)
 
     def __hash__(self):

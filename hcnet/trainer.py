@@ -90,8 +90,8 @@ def train_step(state, batch, key, *, task, model_def: ModelDef, tx, schedule, ac
 class Program:
     """What a run compiles for a task on a mesh: the state's layout, its initialisation and the step."""
     model_def: ModelDef
-    init: object             # () -> state, jitted onto state_shardings
-    state_shardings: dict
+    init: object             # () -> state, jitted onto the state's shardings
+    abstract_state: dict     # the state's shapes, dtypes and shardings (what a checkpoint is restored onto)
     batch_sharding: object
     step: object             # jitted (state, batch, key) -> (state, TrainMetrics), state donated
 
@@ -100,17 +100,14 @@ class Program:
               fsdp_min_size: int = 2 ** 18) -> "Program":
         model_def, _ = ModelDef.from_spec(task.spec, task.build)
         init = functools.partial(init_state, task, tx, seed, ema_decay > 0)
-        state_sh = sharding.state_shardings(mesh, jax.eval_shape(init), fsdp_min_size)
+        shapes = jax.eval_shape(init)
+        state_sh = sharding.state_shardings(mesh, shapes, fsdp_min_size)
+        abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, state_sh)
         batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
         step = jax.jit(functools.partial(train_step, task=task, model_def=model_def, tx=tx, schedule=schedule,
                                          accum=accum, ema_decay=ema_decay),
                        in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl), donate_argnums=0)
-        return cls(model_def, jax.jit(init, out_shardings=state_sh), state_sh, batch_sh, step)
-
-    def abstract_state(self) -> dict:
-        """The state's shapes, dtypes and shardings (what a checkpoint is restored onto)."""
-        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            jax.eval_shape(self.init), self.state_shardings)
+        return cls(model_def, jax.jit(init, out_shardings=state_sh), abstract_state, batch_sh, step)
 
 
 def evaluate(evaluators, state) -> dict:
@@ -165,7 +162,7 @@ def check_finite(state, step: int, checkpoints: checkpoint.Checkpoints) -> None:
 
 def restore_or_init(program: Program, checkpoints: checkpoint.Checkpoints, console: monitor.Console, total: int):
     """(first step to run, state, loader state): the newest readable checkpoint's, or fresh ones."""
-    restored = checkpoints.restore(program.abstract_state())
+    restored = checkpoints.restore(program.abstract_state)
     if restored is None:
         return 1, program.init(), None
     step, state, data_state = restored
