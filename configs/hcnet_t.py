@@ -8,7 +8,8 @@ Table 2). ImageNet must be prepared first: python -m hcnet.tools.prepare --datas
 --manual_dir=DIR_WITH_THE_TARS --data_dir=DIR.
 
 Sources: [paper] arXiv 2408.05901 section 4.1; [yaml] the reference HcNet-T.yaml training config;
-[swin] Swin's config.py defaults that the reference inherits (the README's recipe table).
+[swin] Swin's config.py defaults that the reference inherits; [ref] the reference's model and
+training code (the README's audit table lists every training default beside the reference's).
 """
 from hcnet.config import defaults
 
@@ -27,6 +28,7 @@ def get_config():
     c.model.heat_operator = "mean8"     # [paper] the isotropic FDM step; see the README's operator table
     c.model.k_mode = "input"            # [paper] k = sigmoid(W GAP(x)) (Table 5's best)
     c.model.drop_path = 0.2             # [yaml] DROP_PATH_RATE 0.2, linear over blocks
+    c.model.conv_init = "torch_default"  # [ref] stem/downsample convs keep nn.Conv2d's init (README: init)
     c.model.dtype = "bfloat16"          # [swin] AMP; bf16 compute, fp32 parameters and optimizer state
 
     c.dataset.name = "imagenet2012"

@@ -36,7 +36,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         variant="T", depths=(), dims=(),  # depths/dims, when given, replace the variant's
         heat_operator="mean8", k_mode="input", k_value=0.5, ra_filter=True, mlp_ratio=4.0,
-        drop_path=0.2, dropout=0.0, dtype="bfloat16", remat=False, conv_init="trunc_normal",
+        drop_path=0.2, dropout=0.0, dtype="bfloat16", remat=False, conv_init="torch_default",
         depthwise_impl="shift"))
     c.dataset = ml_collections.ConfigDict(dict(
         name="imagenet2012", data_dir="", train_split="train", eval_split="validation", image_size=224,
@@ -138,11 +138,15 @@ def _validate_training(c, num_devices: int) -> None:
             c.profile_steps, "(first, last) with 0 <= first <= last; (0, 0) for no trace")
 
 
-def steps(c, train_examples: int) -> tuple[int, int, float]:
-    """(total optimizer steps, warmup steps, steps per epoch) for a train split of `train_examples`."""
-    per_epoch = train_examples / c.batch_size
-    total = c.total_steps or max(1, round(c.epochs * per_epoch))
-    warmup = c.optim.warmup_steps if c.optim.warmup_steps >= 0 else round(c.optim.warmup_epochs * per_epoch)
+def steps(c, train_examples: int) -> tuple[int, int, int]:
+    """(total optimizer steps, warmup steps, steps per epoch) for a train split of `train_examples`.
+
+    As the reference counts them: an epoch is floor(examples / batch) updates (its loader drops the
+    last partial batch), total = int(epochs x that), warmup = int(warmup_epochs x that).
+    """
+    per_epoch = max(1, train_examples // c.batch_size)
+    total = c.total_steps or max(1, int(c.epochs * per_epoch))
+    warmup = c.optim.warmup_steps if c.optim.warmup_steps >= 0 else int(c.optim.warmup_epochs * per_epoch)
     if warmup >= total:
         raise ConfigError(f"config.optim.warmup_steps={warmup} (from warmup_epochs={c.optim.warmup_epochs}) must be "
                           f"below the {total} total steps")

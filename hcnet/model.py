@@ -24,7 +24,7 @@ from hcnet.stencils import depthwise_conv, gelu, gelu_filter, mean8_laplacian, s
 
 HEAT_OPERATORS = ("mean8", "learned3", "learned5")
 K_MODES = ("input", "learned", "fixed")
-CONV_INITS = ("trunc_normal", "torch_default")
+CONV_INITS = ("torch_default", "trunc_normal")  # stem and downsampling convolutions
 DEPTHWISE_IMPLS = ("shift", "conv")
 DTYPES = ("float32", "bfloat16", "float16")  # compute; parameters stay float32
 
@@ -66,7 +66,12 @@ def group_norm(dim, dtype, param_dtype, rngs):
 
 
 def conv3x3(cin, cout, *, use_bias, init, dtype, param_dtype, rngs):
-    """3x3 stride-2 convolution with PyTorch's padding of 1."""
+    """3x3 stride-2 convolution with PyTorch's padding of 1.
+
+    init "torch_default" is nn.Conv2d's own (kaiming-uniform with a = sqrt(5), i.e. U(+-1/sqrt(fan_in)),
+    bias the same): the reference never re-initialises its stem and downsampling convolutions.
+    "trunc_normal" gives them the blocks' trunc_normal(0.02) and zero bias instead.
+    """
     if init == "trunc_normal":
         inits = dict(kernel_init=trunc_normal, bias_init=nnx.initializers.zeros)
     else:
@@ -205,7 +210,7 @@ class HcNet(nnx.Module):
                  k_value: float = 0.5, ra_filter: bool = True, mlp_ratio: float = 4.0,
                  drop_path: float = 0.0, dropout: float = 0.0, dtype=jnp.float32,
                  param_dtype=jnp.float32, remat: bool = False, depthwise_impl: str = "shift",
-                 conv_init: str = "trunc_normal", rngs: nnx.Rngs):
+                 conv_init: str = "torch_default", rngs: nnx.Rngs):
         check_args(depths, dims, heat_operator=heat_operator, k_mode=k_mode, k_value=k_value, conv_init=conv_init,
                    depthwise_impl=depthwise_impl, drop_path=drop_path, dropout=dropout, dtype=dtype)
         dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
@@ -253,7 +258,7 @@ class HcNet(nnx.Module):
         return self.classify(self.features(x)[-1])
 
 
-def check_args(depths, dims, *, heat_operator="mean8", k_mode="input", k_value=0.5, conv_init="trunc_normal",
+def check_args(depths, dims, *, heat_operator="mean8", k_mode="input", k_value=0.5, conv_init="torch_default",
                depthwise_impl="shift", drop_path=0.0, dropout=0.0, dtype=jnp.float32, **_) -> None:
     """Stops on a bad model argument with one line naming it, its value and what is accepted."""
     choices = dict(heat_operator=(heat_operator, HEAT_OPERATORS), k_mode=(k_mode, K_MODES),

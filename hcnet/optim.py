@@ -2,8 +2,11 @@
 
 The schedule is timm's CosineLRScheduler as the reference builds it (t_initial = all steps, no
 warmup prefix): lr(t) = min + (base - min) (1 + cos(pi t / T)) / 2, and for t < warmup
-warmup_lr + t (base - warmup_lr) / warmup. Learning rates scale linearly with the global batch
-over 512, as the reference's main.py does (its batch counts accumulated micro-batches too).
+warmup_lr + t (base - warmup_lr) / warmup. The reference sets lr(t) after update t (its
+`step_update(t)` follows `optimizer.step()`), so update n runs at lr(n - 1): updates 0 and 1 both at
+warmup_lr, the last (n = T - 1) at lr(T - 2). `lr_schedule` gives exactly that. Learning rates scale
+linearly with the global batch over 512, as the reference's main.py does (its batch counts
+accumulated micro-batches too).
 """
 import jax
 import jax.numpy as jnp
@@ -17,10 +20,11 @@ def scale_lr(lr: float, global_batch: int, base_batch: int = 512) -> float:
 
 def lr_schedule(*, base_lr: float, warmup_lr: float, min_lr: float, warmup_steps: int,
                 total_steps: int) -> optax.Schedule:
-    """Linear warmup from warmup_lr, then cosine to min_lr at total_steps (steps are updates)."""
+    """The lr of update `step` (0, 1, ...): timm's lr(max(step - 1, 0)), as the reference applies it."""
     def schedule(step):
-        t = jnp.asarray(step, jnp.float32)
-        cosine = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + jnp.cos(jnp.pi * jnp.minimum(t, total_steps) / total_steps))
+        t = jnp.maximum(jnp.asarray(step, jnp.float32) - 1.0, 0.0)  # set after the previous update
+        # (1 + cos a) / 2 as cos(a / 2)^2: no cancellation in float32 near the end
+        cosine = min_lr + (base_lr - min_lr) * jnp.cos(0.5 * jnp.pi * jnp.minimum(t, total_steps) / total_steps) ** 2
         if warmup_steps == 0:
             return cosine
         warm = warmup_lr + t * (base_lr - warmup_lr) / warmup_steps

@@ -19,10 +19,19 @@ from hcnet import checkpoint, run_files
 IMAGENET_CLASSES = pathlib.Path(__file__).with_name("imagenet_classes.tsv")
 
 
+def _imagenet_rows() -> list[list[str]]:
+    lines = [l for l in IMAGENET_CLASSES.read_text().splitlines() if l and not l.startswith("#")]
+    return [l.split("\t") for l in lines]
+
+
 def imagenet_names() -> list[str]:
     """The 1000 ImageNet-1K class names in TFDS label order: each synset's WordNet lemmas, e.g. 'tench, Tinca tinca'."""
-    lines = [l for l in IMAGENET_CLASSES.read_text().splitlines() if l and not l.startswith("#")]
-    return [l.split("\t")[1] for l in lines]
+    return [row[1] for row in _imagenet_rows()]
+
+
+def imagenet_synsets() -> list[str]:
+    """The 1000 ImageNet-1K WordNet synsets in TFDS label order, e.g. 'n01440764'."""
+    return [row[0] for row in _imagenet_rows()]
 
 
 def run_dataset(path):

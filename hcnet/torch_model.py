@@ -1,11 +1,18 @@
-"""A PyTorch statement of HcNet (NCHW), named as the reference's state_dicts are.
+"""A PyTorch statement of HcNet (NCHW) and of the reference's training step, named as its state_dicts are.
 
 Only for making parity fixtures and for side-by-side benchmarks: the suite never imports torch.
 Any input size works (the mean8 neighbour count is computed from the input's shape); a
 `mean_num` buffer sized for `img_size` is still registered, as the reference's checkpoints hold one.
+The network starts as the reference's does: trunc_normal(0.02) and zero biases on the head and on
+every convolution inside a block, nn.Conv2d's own init on the stem and downsampling convolutions.
+The training step (`train_steps`) is the reference's main.py loop: Swin's weight-decay groups, timm's
+label-smoothing loss, global-norm clipping, torch's AdamW and timm's cosine scheduler stepped after
+each update.
 
   python -m hcnet.tools.torch_fixtures --out=tests/fixtures
 """
+import copy
+import math
 import pathlib
 
 import numpy as np
@@ -13,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hcnet.data.augment import MEAN as IMAGENET_MEAN
+from hcnet.data.augment import STD as IMAGENET_STD
 from hcnet.model import HEAT_OPERATORS, VARIANTS, drop_path_rates
 from hcnet.stencils import neighbour_count
 
@@ -110,6 +119,14 @@ class Stem(nn.Module):
         return self.norm2(self.conv2(F.gelu(self.norm1(self.conv1(x)))))
 
 
+def trunc_normal_init(module: nn.Module):
+    """The reference's _init_weights: trunc_normal(std 0.02, cut at +-2) weights, zero biases."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.trunc_normal_(module.weight, std=0.02, a=-2.0, b=2.0)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 class TorchHcNet(nn.Module):
     def __init__(self, depths, dims, *, num_classes=1000, in_chans=3, heat_operator="mean8",
                  drop_path=0.0, dropout=0.0, img_size=224):
@@ -124,6 +141,9 @@ class TorchHcNet(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.norm = group_norm(dims[-1])
         self.head = nn.Linear(dims[-1], num_classes)
+        for layer in self.layers:  # the reference's blocks re-initialise every conv inside them, its
+            layer.blocks.apply(trunc_normal_init)  # network the Linear head; stem and downsample keep torch's
+        trunc_normal_init(self.head)
 
     def forward(self, x):
         x = self.stem_drop(self.patch_embed(x))
@@ -164,3 +184,122 @@ def write_fixtures(out_dir: pathlib.Path):
                       for h, w in FIXTURE_SIZES}
         np.savez(out_dir / f"parity_{form}_logits.npz", **logits)
         print(f"wrote {form}: {len(state)} tensors, logits at {', '.join(logits)}")
+
+
+# ---------------------------------------------------------------- the reference's training step
+def reference_lr(t, *, lr, warmup_lr, min_lr, warmup_steps, total_steps):
+    """timm's CosineLRScheduler(t_initial=total, warmup_t=warmup, cycle_limit=1, t_in_epochs=False) at t."""
+    if t < warmup_steps:
+        return warmup_lr + t * (lr - warmup_lr) / warmup_steps
+    if t >= total_steps:
+        return min_lr
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * t / total_steps))
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Swin's set_weight_decay: no decay on 1-D parameters and on names ending in .bias."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def label_smoothing_loss(logits, labels, smoothing: float):
+    """timm's LabelSmoothingCrossEntropy (what the reference uses when mixup is off)."""
+    logp = F.log_softmax(logits, dim=-1)
+    nll = -logp.gather(-1, labels[:, None])[:, 0]
+    return ((1.0 - smoothing) * nll - smoothing * logp.mean(dim=-1)).mean()
+
+
+def normalize(images: np.ndarray, dtype=torch.float64):
+    """uint8 NHWC -> (x / 255 - mean) / std, NCHW (torchvision's ToTensor then Normalize)."""
+    x = torch.from_numpy(images).to(dtype).permute(0, 3, 1, 2) / 255.0
+    mean, std = (torch.tensor(v, dtype=dtype).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    return (x - mean) / std
+
+
+def train_steps(model: nn.Module, batches, *, steps: int, lr: float, warmup_lr: float, min_lr: float,
+                warmup_steps: int, weight_decay: float, clip_norm: float, smoothing: float,
+                b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> dict:
+    """The reference's loop for `steps` updates over `batches` [(uint8 NHWC images, labels)], cycled.
+
+    Per update: loss, backward, clip_grad_norm_ over all parameters, AdamW step, then the scheduler's
+    step_update(n) sets the next update's lr (so update 0 runs at warmup_lr, update n at lr(n - 1)).
+    Returns each update's loss, gradient norm before clipping and lr.
+    """
+    dtype = next(model.parameters()).dtype
+    schedule = dict(lr=lr, warmup_lr=warmup_lr, min_lr=min_lr, warmup_steps=warmup_steps, total_steps=steps)
+    opt = torch.optim.AdamW(weight_decay_groups(model, weight_decay), lr=lr, betas=(b1, b2), eps=eps)
+    for group in opt.param_groups:  # timm's scheduler starts the optimizer at warmup_lr_init
+        group["lr"] = warmup_lr if warmup_steps else lr
+    model.train()
+    out = {"loss": [], "grad_norm": [], "lr": []}
+    for n in range(steps):
+        images, labels = batches[n % len(batches)]
+        out["lr"].append(opt.param_groups[0]["lr"])
+        opt.zero_grad()
+        loss = label_smoothing_loss(model(normalize(images, dtype)), torch.from_numpy(labels).long(), smoothing)
+        loss.backward()
+        out["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)))
+        opt.step()
+        for group in opt.param_groups:  # lr_scheduler.step_update(n)
+            group["lr"] = reference_lr(n, **schedule)
+        out["loss"].append(float(loss.detach()))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+# The step-parity fixture: mu on real photo crops, every part of the recipe switched on, clipping at a
+# norm between the gradients' norms so that some updates clip and some do not.
+STEP_RECIPE = dict(steps=24, lr=2e-3, warmup_lr=1e-5, min_lr=1e-5, warmup_steps=4, weight_decay=0.05,
+                   clip_norm=0.0, smoothing=0.1, b1=0.9, b2=0.999, eps=1e-8)
+STEP_DATA = dict(batches=3, batch=8, image_size=64, seed=0)
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+
+
+def photo_crops(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` random square crops (a quarter to all of the short side) of scikit-image's sample
+    photographs, resized to `size` (bicubic), labelled by photograph: (uint8 NHWC, int labels)."""
+    import skimage.data
+    from PIL import Image
+    rng = np.random.RandomState(seed)
+    photos = [getattr(skimage.data, name)() for name in PHOTOS]
+    images, labels = [], []
+    for i in range(count):
+        label = i % len(photos)
+        a = photos[label]
+        if a.ndim == 2:
+            a = np.stack([a] * 3, -1)
+        side = rng.randint(min(a.shape[:2]) // 4, min(a.shape[:2]) + 1)
+        y, x = rng.randint(0, a.shape[0] - side + 1), rng.randint(0, a.shape[1] - side + 1)
+        crop = Image.fromarray(a[y:y + side, x:x + side, :3]).resize((size, size), Image.Resampling.BICUBIC)
+        images.append(np.asarray(crop))
+        labels.append(label)
+    return np.stack(images), np.asarray(labels, np.int32)
+
+
+def write_step_fixtures(out_dir: pathlib.Path, forms=("mean8", "learned5")):
+    """For each form: the reference-initialised mu weights, STEP_RECIPE's updates of them in float64
+    on fixed photo batches, and the trajectory (loss, gradient norm, lr per update)."""
+    torch.set_default_dtype(torch.float32)  # the initial weights are float32 draws, as a run's are
+    d = STEP_DATA
+    images, labels = photo_crops(d["batches"] * d["batch"], d["image_size"], d["seed"])
+    images = images.reshape(d["batches"], d["batch"], *images.shape[1:])
+    labels = labels.reshape(d["batches"], d["batch"])
+    batches = list(zip(images, labels))
+    for seed, form in enumerate(forms):
+        torch.manual_seed(seed)
+        model = TorchHcNet(**VARIANTS["mu"], heat_operator=form, num_classes=len(PHOTOS), img_size=d["image_size"])
+        init = {k: v.numpy().copy() for k, v in model.state_dict().items()}  # float32 draws
+        recipe = dict(STEP_RECIPE)
+        if not recipe["clip_norm"]:  # between the smallest and largest unclipped norms: some updates clip
+            probe = train_steps(copy.deepcopy(model).double(), batches, **{**recipe, "clip_norm": math.inf})
+            recipe["clip_norm"] = float(np.round(np.median(probe["grad_norm"]), 3))
+        trajectory = train_steps(model.double(), batches, **recipe)
+        final = {k: v.float().numpy() for k, v in model.state_dict().items()}
+        np.savez_compressed(out_dir / f"steps_{form}.npz", images=images, labels=labels,
+                            **{f"recipe.{k}": v for k, v in recipe.items()},
+                            **{f"torch.{k}": v for k, v in trajectory.items()},
+                            **{f"init.{k}": v for k, v in init.items()}, **{f"final.{k}": v for k, v in final.items()})
+        clipped = int((trajectory["grad_norm"] > recipe["clip_norm"]).sum())
+        print(f"wrote steps_{form}: {recipe['steps']} updates, {clipped} clipped at {recipe['clip_norm']}, "
+              f"loss {trajectory['loss'][0]:.4f} -> {trajectory['loss'][-1]:.4f}")

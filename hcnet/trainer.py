@@ -171,15 +171,36 @@ def restore_or_init(program: Program, checkpoints: checkpoint.Checkpoints, conso
     return step + 1, state, data_state
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A validated config made concrete: its task, step counts, optimizer, mesh and compiled program."""
+    task: object
+    total: int
+    warmup: int
+    per_epoch: int
+    tx: object
+    schedule: object
+    mesh: object
+    program: Program
+
+    @classmethod
+    def create(cls, c, train_examples: int | None = None) -> "Run":
+        """What train_and_evaluate runs for config c (train_examples: the task's own count unless given)."""
+        config_lib.validate(c, jax.device_count())
+        task = tasks.create(c)
+        total, warmup, per_epoch = config_lib.steps(c, task.train_examples() if train_examples is None
+                                                    else train_examples)
+        tx, schedule = optim.from_config(c.optim, c.batch_size, total, warmup)
+        mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp)
+        program = Program.build(task, tx, schedule, mesh, seed=c.seed, accum=c.optim.accum_steps,
+                                ema_decay=c.optim.ema_decay, fsdp_min_size=c.mesh.fsdp_min_size)
+        return cls(task, total, warmup, per_epoch, tx, schedule, mesh, program)
+
+
 def train_and_evaluate(c, workdir) -> dict:
     """Trains (resuming from workdir's newest checkpoint), evaluates, checkpoints; returns the last metrics."""
-    config_lib.validate(c, jax.device_count())
-    task = tasks.create(c)
-    total, warmup, per_epoch = config_lib.steps(c, task.train_examples())
-    tx, schedule = optim.from_config(c.optim, c.batch_size, total, warmup)
-    mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp)
-    program = Program.build(task, tx, schedule, mesh, seed=c.seed, accum=c.optim.accum_steps,
-                            ema_decay=c.optim.ema_decay, fsdp_min_size=c.mesh.fsdp_min_size)
+    run = Run.create(c)
+    task, total, per_epoch, mesh, program = run.task, run.total, run.per_epoch, run.mesh, run.program
     evaluators = task.evaluators(mesh, program.model_def)
     check_best_metric(c.best_metric, evaluators)
 

@@ -30,7 +30,7 @@ def test_the_reference_recipe_in_hcnet_t():
     assert (c.optim.weight_decay, c.optim.clip_norm, c.augment.smoothing) == (0.05, 5.0, 0.1)
     assert (c.augment.mixup, c.augment.cutmix, c.augment.reprob) == (0.8, 1.0, 0.25)
     total, warmup, per_epoch = config_lib.steps(c, 1_281_167)
-    assert (total, warmup) == (round(300 * 1_281_167 / 1024), round(20 * 1_281_167 / 1024))
+    assert (total, warmup, per_epoch) == (375_300, 25_020, 1251)  # the reference: 1251 updates an epoch
     assert VARIANTS[config_lib.load(str(ROOT / "configs/hcnet_b.py")).model.variant]["depths"] == (10, 10, 28, 10)
     ablation = config_lib.load(str(ROOT / "configs/ablate_k.py") + ":0.7")
     assert (ablation.model.k_mode, ablation.model.k_value) == ("fixed", 0.7)

@@ -70,9 +70,15 @@ def test_init_follows_the_reference():
     assert abs(float(fc1.kernel[...].std()) - 0.02) < 0.001 and float(jnp.abs(fc1.bias[...]).max()) == 0
     norm = model.stages[3].blocks[0].norm
     assert float(norm.scale[...].min()) == float(norm.scale[...].max()) == 1.0 and norm.epsilon == 1e-5
-    torchish = create_model("mu", conv_init="torch_default", rngs=rngs())
-    k = torchish.stem.conv1.kernel[...]  # U(-1/sqrt(27), 1/sqrt(27))
-    assert float(jnp.abs(k).max()) <= 27 ** -0.5 and float(jnp.abs(k).max()) > 0.1
+    # stem and downsampling convolutions keep nn.Conv2d's init: U(+-1/sqrt(fan_in)), bias too
+    for conv, fan_in in ((model.stem.conv1, 27), (model.stages[0].downsample.conv, 9 * 16)):
+        k = np.asarray(conv.kernel[...])
+        assert np.abs(k).max() <= fan_in ** -0.5 and abs(k.std() - fan_in ** -0.5 / 3 ** 0.5) < 0.1 * fan_in ** -0.5
+    b = np.asarray(model.stem.conv1.bias[...])
+    assert 0 < np.abs(b).max() <= 27 ** -0.5
+    blocks_style = create_model("mu", conv_init="trunc_normal", rngs=rngs())
+    assert abs(float(blocks_style.stem.conv1.kernel[...].std()) - 0.02) < 0.005
+    assert float(jnp.abs(blocks_style.stem.conv1.bias[...]).max()) == 0
 
 
 def test_drop_path_rates_follow_the_linear_rule():

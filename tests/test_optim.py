@@ -18,12 +18,16 @@ def timm_cosine(t, base, warmup_lr, min_lr, warmup, total):
 
 
 def test_schedule_follows_the_reference_semantics():
+    """Update n runs at timm's lr(n - 1): the reference steps its scheduler after each update."""
     kw = dict(base_lr=2e-3, warmup_lr=1e-6, min_lr=1e-5, warmup_steps=20, total_steps=300)
     schedule = lr_schedule(**kw)
-    for t in [0, 1, 10, 19, 20, 21, 150, 299, 300, 400]:
-        want = timm_cosine(min(t, 300), kw["base_lr"], kw["warmup_lr"], kw["min_lr"], 20, 300)
-        assert float(schedule(t)) == pytest.approx(want, rel=1e-5), t
-    assert float(schedule(20)) < kw["base_lr"]  # the cosine runs from step 0, as in the reference
+    for n in [0, 1, 2, 10, 20, 21, 22, 150, 299, 300, 400]:
+        want = timm_cosine(min(max(n - 1, 0), 300), kw["base_lr"], kw["warmup_lr"], kw["min_lr"], 20, 300)
+        assert float(schedule(n)) == pytest.approx(want, rel=1e-5), n
+    assert float(schedule(0)) == float(schedule(1)) == pytest.approx(kw["warmup_lr"])  # two updates at warmup_lr
+    assert float(schedule(21)) == pytest.approx(timm_cosine(20, 2e-3, 1e-6, 1e-5, 20, 300))
+    assert float(schedule(21)) < kw["base_lr"]  # the cosine runs from step 0, as in the reference
+    assert float(schedule(299)) == pytest.approx(timm_cosine(298, 2e-3, 1e-6, 1e-5, 20, 300))  # the last update
 
 
 def test_linear_scaling_rule():

@@ -1,21 +1,35 @@
-"""Writes the PyTorch parity fixtures the suite checks the converter against (needs torch).
+"""Writes the PyTorch parity fixtures the suite checks against (needs torch).
 
-    python -m hcnet.tools.torch_fixtures --out=tests/fixtures
+    python -m hcnet.tools.torch_fixtures --out=tests/fixtures [--kinds=logits,steps]
+
+logits: a randomised mu per operator form and its logits (tests/test_convert.py). steps: the
+reference-initialised mu, mean8 and learned5, trained STEP_RECIPE's updates by the reference's loop on
+fixed photo batches (tests/test_step_parity.py).
 """
 import pathlib
 
 from absl import flags
 
 from hcnet import tools
+from hcnet.errors import UserError
 
 flags.declare_key_flag("out")
+KINDS = flags.DEFINE_list("kinds", ["logits", "steps"], "which fixtures to write: logits, steps")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    from hcnet.torch_model import write_fixtures
+    from hcnet import torch_model
     tools.require(out=FLAGS.out)
-    write_fixtures(pathlib.Path(FLAGS.out))
+    unknown = set(KINDS.value) - {"logits", "steps"}
+    if unknown:
+        raise UserError(f"--kinds={','.join(KINDS.value)}: each one of logits, steps")
+    out = pathlib.Path(FLAGS.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if "logits" in KINDS.value:
+        torch_model.write_fixtures(out)
+    if "steps" in KINDS.value:
+        torch_model.write_step_fixtures(out)
 
 
 if __name__ == "__main__":
