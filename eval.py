@@ -18,11 +18,11 @@ from hcnet import tools
 from hcnet.errors import UserError
 
 config_flags.DEFINE_config_file("config", None, "configs/*.py[:arg] for the dataset (default: the workdir's run)")
-flags.DEFINE_string("workdir", None, "a training workdir (same as --checkpoint; its config.json is the default)")
 flags.DEFINE_string("split", None, "TFDS split string, e.g. validation or 'validation[:1000]' (default: eval_split)")
 flags.DEFINE_integer("batch_size", None, "global evaluation batch (default: eval_batch_size or batch_size)")
 flags.DEFINE_list("weights", None, "raw, ema or both (default: all the checkpoint has)")
-for _name in ("checkpoint", "image_size", "crop_pct", "step", "out"):  # hcnet.tools' shared flags
+# hcnet.tools' shared flags; --workdir is a training workdir (same as --checkpoint; its config.json is the default)
+for _name in ("checkpoint", "workdir", "image_size", "crop_pct", "step", "out"):
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
 

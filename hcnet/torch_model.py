@@ -256,9 +256,9 @@ STEP_DATA = dict(batches=3, batch=8, image_size=64, seed=0)
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
 
 
-def photo_crops(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`count` random square crops (a quarter to all of the short side) of scikit-image's sample
-    photographs, resized to `size` (bicubic), labelled by photograph: (uint8 NHWC, int labels)."""
+def photo_crops(count: int, size: int, seed: int, sides=(0.25, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+    """`count` random square crops (sides a fraction in `sides` of the short side) of scikit-image's
+    sample photographs, resized to `size` (bicubic), labelled by photograph: (uint8 NHWC, int labels)."""
     import skimage.data
     from PIL import Image
     rng = np.random.RandomState(seed)
@@ -269,7 +269,8 @@ def photo_crops(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarra
         a = photos[label]
         if a.ndim == 2:
             a = np.stack([a] * 3, -1)
-        side = rng.randint(min(a.shape[:2]) // 4, min(a.shape[:2]) + 1)
+        short = min(a.shape[:2])
+        side = rng.randint(int(sides[0] * short), int(sides[1] * short) + 1)
         y, x = rng.randint(0, a.shape[0] - side + 1), rng.randint(0, a.shape[1] - side + 1)
         crop = Image.fromarray(a[y:y + side, x:x + side, :3]).resize((size, size), Image.Resampling.BICUBIC)
         images.append(np.asarray(crop))

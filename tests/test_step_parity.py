@@ -21,9 +21,10 @@ FORMS = ("mean8", "learned5")
 
 # float32 against float64, compared as a fraction of the distance each array travelled (Adam moves
 # every element ~lr an update, so the distance grows like N lr, and so does a per-update error). The
-# longest float32 sums here run over one image's 32 x 32 stem map (GroupNorm's statistics, the weight
-# gradients): at worst (n - 1) 2^-24 relative for n = 1024, which Adam's m / sqrt(v) passes on at most
-# 1.5-fold, twice over (forward and backward): TOL = 3 (n - 1) 2^-24 = 1.8e-4. Measured on an AMD EPYC:
+# longest float32 sums here run over the 32 x 32 stem map of an image, one image per device (GroupNorm's
+# statistics, the weight gradients): at worst (n - 1) 2^-24 relative for n = 1024, which Adam's
+# m / sqrt(v) passes on at most 1.5-fold, twice over (forward and backward): TOL = 3 (n - 1) 2^-24 =
+# 1.8e-4, set from the arithmetic, not fitted to one machine. Measured on an AMD EPYC:
 # 3.1e-5 (mean8) and 3.3e-5 (learned5) at worst over all arrays, losses within 3.6e-6 and gradient
 # norms within 8.8e-6; each single change of the recipe below moves some array by 0.13 to 0.40.
 TOL = 3 * 1023 * 2.0 ** -24

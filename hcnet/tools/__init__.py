@@ -21,6 +21,7 @@ flags.DEFINE_list("depths", None, "four block counts replacing the variant's, e.
 flags.DEFINE_integer("image_size", None, "image side in pixels")
 flags.DEFINE_float("crop_pct", None, "evaluation centre crop fraction")
 flags.DEFINE_string("checkpoint", None, "a checkpoint directory or a training workdir")
+flags.DEFINE_string("workdir", None, "a training run's --workdir, or the folder a tool works in")
 flags.DEFINE_bool("ema", False, "a training run's EMA weights (runs with optim.ema_decay > 0)")
 flags.DEFINE_integer("step", None, "a training run's checkpoint step (default: the latest)")
 flags.DEFINE_string("out", None, "where the output goes")

@@ -6,8 +6,7 @@ from absl import flags
 
 from hcnet import tools
 
-flags.DEFINE_string("workdir", None, "the training run's --workdir")
-for _name in ("out", "ema", "step"):
+for _name in ("workdir", "out", "ema", "step"):
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
 

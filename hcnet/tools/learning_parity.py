@@ -3,10 +3,11 @@
     python -m hcnet.tools.learning_parity --workdir=/tmp/hcnet-learning-parity [--seeds=0,1,2]
         [--inits=torch_default,trunc_normal] [--sides=jax,torch]
 
-Data: 48 random crops of each of five of scikit-image's sample photographs, written as ILSVRC2012 tars
-and prepared by the real imagenet2012 builder (once, under WORKDIR/tfds). Recipe: configs/
-learning_parity.py (mu, 64 px, 400 updates of 16, AdamW 1e-3, label smoothing 0.1; no RandAugment,
-erasing, mixup, cutmix or drop path), trained on train[:80%] and scored on train[80%:].
+Data: 48 random square crops (an eighth to a third of the short side) of each of five of scikit-image's
+sample photographs, written as ILSVRC2012 tars and prepared by the real imagenet2012 builder (once,
+under WORKDIR/tfds). Recipe: configs/learning_parity.py (mu, 64 px, 400 updates of 16, AdamW 1e-3,
+label smoothing 0.1; no RandAugment, erasing, mixup, cutmix or drop path), trained on train[:80%] and
+scored on train[80%:].
 
 jax: `python train.py` with that config, seed s, `model.conv_init` set to each init.
 torch: hcnet.torch_model's statement of the network, initialised as the reference is (torch seed s;
@@ -25,12 +26,12 @@ import sys
 import tarfile
 
 import numpy as np
-from absl import flags
+from absl import flags, logging
 
 from hcnet import tools
 from hcnet.errors import UserError
 
-flags.DEFINE_string("workdir", None, "data, runs and results.json go here")
+flags.declare_key_flag("workdir")  # data, runs and results.json go here
 SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds of both sides (init and data order)")
 INITS = flags.DEFINE_list("inits", ["torch_default", "trunc_normal"], "model.conv_init values to run")
 SIDES = flags.DEFINE_list("sides", ["jax", "torch"], "jax (train.py), torch (the reference's loop)")
@@ -39,6 +40,7 @@ FLAGS = flags.FLAGS
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "learning_parity.py"
 PER_CLASS, CROP_SIZE, LAST = 48, 160, 40
+CROP_SIDES = (0.125, 0.33)  # small crops: some show little of what tells the photographs apart
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes):
@@ -59,7 +61,7 @@ def make_tars(directory: pathlib.Path) -> pathlib.Path:
     from hcnet.predict import imagenet_synsets
     from hcnet.torch_model import PHOTOS, photo_crops
     directory.mkdir(parents=True, exist_ok=True)
-    images, labels = photo_crops(PER_CLASS * len(PHOTOS), CROP_SIZE, seed=1)
+    images, labels = photo_crops(PER_CLASS * len(PHOTOS), CROP_SIZE, seed=1, sides=CROP_SIDES)
     synsets = imagenet_synsets()[:len(PHOTOS)]
     with tarfile.open(directory / "ILSVRC2012_img_train.tar", "w") as train:
         for c, synset in enumerate(synsets):
@@ -108,7 +110,7 @@ def run_torch(data_dir, seed: int, init: str) -> dict:
     batches = []
     for _ in range(c.total_steps):
         b = jax.device_get(next(loader))
-        batches.append((np.asarray(b["image"]), np.asarray(b["label"])))
+        batches.append((np.array(b["image"]), np.array(b["label"])))
     torch.manual_seed(seed)
     spec = task.spec
     model = torch_model.TorchHcNet(spec["depths"], spec["dims"], num_classes=spec["num_classes"],
@@ -135,6 +137,7 @@ def run_torch(data_dir, seed: int, init: str) -> dict:
 
 def main(argv):
     tools.require(workdir=FLAGS.workdir)
+    logging.set_verbosity(logging.WARNING)
     bad = [s for s in SIDES.value if s not in ("jax", "torch")] + \
           [i for i in INITS.value if i not in ("torch_default", "trunc_normal")]
     if bad:
