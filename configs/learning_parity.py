@@ -9,9 +9,9 @@ or one run by hand, once the tool has prepared the data:
 
 Hardware: any CPU (about a minute a run on 2 cores). Data: 48 small random crops of each of five of
 scikit-image's sample photographs, as ILSVRC2012 tars through the real imagenet2012 builder; trained
-on train[:80%], scored on train[80%:]. Expected (BENCHMARKS.md, learning parity; 5 seeds on a
-2-core AMD EPYC): held-out top-1 0.925 (0.875-0.979), mean training loss over the last 40 updates 1.300;
-the PyTorch statement of the reference on the same batches: 0.946 and 1.274.
+on train[:80%], scored on train[80%:]. Expected (BENCHMARKS.md, learning parity; 10 seeds on a
+2-core AMD EPYC): held-out top-1 0.921 (0.875-0.979), mean training loss over the last 40 updates 1.310;
+the PyTorch statement of the reference on the same batches: 0.935 and 1.300.
 """
 from hcnet.config import defaults
 
