@@ -28,6 +28,9 @@ FORMS = ("mean8", "learned5")
 # 3.1e-5 (mean8) and 3.3e-5 (learned5) at worst over all arrays, losses within 3.6e-6 and gradient
 # norms within 8.8e-6; each single change of the recipe below moves some array by 0.13 to 0.40.
 TOL = 3 * 1023 * 2.0 ** -24
+# The lr is cos^2 of a float32 angle: near the cosine's end (angle 0.92 pi/2 at update 22 of 24, tan 7.6)
+# a 2-ulp error in the angle becomes 2 tan(angle) angle x 2 ulps = 44 ulps of the lr (measured 13).
+LR_TOL = 64 * 2.0 ** -24
 
 
 def fixture(form):
@@ -106,7 +109,7 @@ def test_the_fixture_exercises_the_whole_recipe(parity):
 @pytest.mark.heavy
 def test_every_update_matches_the_reference(parity):
     ref = parity["ref"]
-    np.testing.assert_allclose(parity["lrs"], ref["lr"], rtol=1e-6)  # float32 lr against float64
+    np.testing.assert_allclose(parity["lrs"], ref["lr"], rtol=LR_TOL)  # float32 lr against float64
     np.testing.assert_allclose(parity["losses"], ref["loss"], rtol=TOL)
     np.testing.assert_allclose(parity["norms"], ref["grad_norm"], rtol=TOL)
     errors = distance_errors(parity["ours"], parity["final"], parity["init"])
