@@ -176,10 +176,8 @@ class Run:
     """A validated config made concrete: its task, step counts, optimizer, mesh and compiled program."""
     task: object
     total: int
-    warmup: int
     per_epoch: int
     tx: object
-    schedule: object
     mesh: object
     program: Program
 
@@ -194,7 +192,7 @@ class Run:
         mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp)
         program = Program.build(task, tx, schedule, mesh, seed=c.seed, accum=c.optim.accum_steps,
                                 ema_decay=c.optim.ema_decay, fsdp_min_size=c.mesh.fsdp_min_size)
-        return cls(task, total, warmup, per_epoch, tx, schedule, mesh, program)
+        return cls(task, total, per_epoch, tx, mesh, program)
 
 
 def train_and_evaluate(c, workdir) -> dict:

@@ -76,10 +76,15 @@ def make_tars(directory: pathlib.Path) -> pathlib.Path:
     return directory
 
 
+def overrides(data_dir, seed: int, init: str) -> dict:
+    """What one run changes in CONFIG: the same for train.py's flags and the PyTorch side's config."""
+    return {"dataset.data_dir": str(data_dir), "seed": seed, "model.conv_init": init}
+
+
 def config(data_dir, seed: int, init: str):
     from hcnet import config as config_lib
     c = config_lib.load(str(CONFIG))
-    c.dataset.data_dir, c.seed, c.model.conv_init = str(data_dir), seed, init
+    c.update_from_flattened_dict(overrides(data_dir, seed, init))
     return c
 
 
@@ -87,9 +92,9 @@ def run_jax(workdir: pathlib.Path, data_dir, seed: int, init: str) -> dict:
     from hcnet import monitor
     run_dir = workdir / "runs" / f"jax-{init}-{seed}"
     if not monitor.read_metrics(run_dir):
+        flags_ = [f"--config.{k}={v}" for k, v in overrides(data_dir, seed, init).items()]
         subprocess.run([sys.executable, str(ROOT / "train.py"), f"--config={CONFIG}", f"--workdir={run_dir}",
-                        f"--config.dataset.data_dir={data_dir}", f"--config.seed={seed}",
-                        f"--config.model.conv_init={init}"], check=True, cwd=ROOT)
+                        *flags_], check=True, cwd=ROOT)
     rows = monitor.read_metrics(run_dir)
     last = lambda key: [r[key] for r in rows if key in r][-1]
     return {"top1": last("eval/top1"), "loss": last("train/loss")}
@@ -114,12 +119,8 @@ def run_torch(data_dir, seed: int, init: str) -> dict:
     torch.manual_seed(seed)
     spec = task.spec
     model = torch_model.TorchHcNet(spec["depths"], spec["dims"], num_classes=spec["num_classes"],
-                                   heat_operator=spec["heat_operator"], img_size=c.dataset.image_size)
-    if init == "trunc_normal":
-        model.patch_embed.apply(torch_model.trunc_normal_init)
-        for layer in model.layers:
-            if layer.downsample is not None:
-                layer.downsample.apply(torch_model.trunc_normal_init)
+                                   heat_operator=spec["heat_operator"], img_size=c.dataset.image_size,
+                                   conv_init=init)
     w0 = model.patch_embed.conv1.weight.detach().clone()
     o = c.optim
     trajectory = torch_model.train_steps(model, batches, steps=c.total_steps, lr=o.lr, warmup_lr=o.warmup_lr,
