@@ -9,7 +9,6 @@ workdir and, without --config, reads the dataset from the run's config.json. Pri
 the JSON report to --out (default CHECKPOINT/eval/<dataset>_<split>_<size>_<crop>[_step<N>].json).
 """
 import json
-import pathlib
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -35,7 +34,7 @@ def main(argv):
     path = FLAGS.checkpoint or FLAGS.workdir
     if not path or (FLAGS.checkpoint and FLAGS.workdir and FLAGS.checkpoint != FLAGS.workdir):
         raise UserError("give one of --checkpoint=DIR or --workdir=DIR")
-    from hcnet import evaluation, run_files
+    from hcnet import evaluation, paths, run_files
     c = FLAGS.config if FLAGS.config is not None else run_files.read_config(path)
     for field, value in (("eval_split", FLAGS.split), ("image_size", FLAGS.image_size), ("crop_pct", FLAGS.crop_pct)):
         if value is not None:
@@ -44,8 +43,9 @@ def main(argv):
         c.eval_batch_size = FLAGS.batch_size
     report = evaluation.evaluate_checkpoint(c, path, step=FLAGS.step, weights=FLAGS.weights)
     print(evaluation.table(report))
-    out = pathlib.Path(FLAGS.out) if FLAGS.out else evaluation.default_out(report)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = paths.path(FLAGS.out) if FLAGS.out else evaluation.default_out(report)
+    if not paths.is_remote(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -5,12 +5,12 @@
 
 In a run's checkpoint, `params`, `ema` and `train` (optimizer state, step, first non-finite step) are
 Orbax pytrees restored onto whatever mesh the caller gives; `data` is the grain iterator state as
-JSON. Orbax writes each step into a temporary directory and renames it when complete, so a save cut
-short by a kill is never listed; a step that lists but does not read is skipped with a warning and
-the one before used.
+JSON. Locally Orbax writes each step into a temporary directory and renames it when complete; on
+gs:// (no renames there) it writes in place and marks the step complete with a last file
+(commit_success.txt). Either way a save cut short by a kill is never listed; a step that lists but
+does not read is skipped with a warning and the one before used. Every directory may be gs://.
 """
 import json
-import pathlib
 
 import jax
 import orbax.checkpoint as ocp
@@ -18,6 +18,7 @@ from absl import logging
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
+from hcnet import paths
 from hcnet.model import ModelDef, spec_json
 
 SPEC_FILE, PARAMS_DIR, CHECKPOINTS = "model.json", "params", "checkpoints"
@@ -37,21 +38,23 @@ def configure_orbax(min_replica_slice_bytes: int = 2 ** 24) -> None:
 
 
 def write_spec(directory, spec: dict) -> None:
-    (pathlib.Path(directory) / SPEC_FILE).write_text(json.dumps(spec_json(spec), indent=2) + "\n")
+    (paths.path(directory) / SPEC_FILE).write_text(json.dumps(spec_json(spec), indent=2) + "\n")
 
 
 def read_spec(directory) -> dict:
-    return json.loads((pathlib.Path(directory) / SPEC_FILE).read_text())
+    return json.loads((paths.path(directory) / SPEC_FILE).read_text())
 
 
 def is_run_dir(path) -> bool:
     """A training run's directory: model.json and checkpoints/."""
-    return (pathlib.Path(path) / CHECKPOINTS).is_dir() and (pathlib.Path(path) / SPEC_FILE).is_file()
+    path = paths.path(path)
+    return (path / CHECKPOINTS).is_dir() and (path / SPEC_FILE).is_file()
 
 
-def save(directory, model: nnx.Module, spec: dict) -> pathlib.Path:
+def save(directory, model: nnx.Module, spec: dict) -> paths.Path:
     """Writes spec and parameters to a new directory; refuses to overwrite one."""
-    directory = pathlib.Path(directory).absolute()
+    directory = paths.path(directory)
+    paths.check(directory, write=True)
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"{directory} exists and is not empty; choose a new --out directory")
     directory.mkdir(parents=True, exist_ok=True)
@@ -62,7 +65,7 @@ def save(directory, model: nnx.Module, spec: dict) -> pathlib.Path:
 
 
 def _reader(directory) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(pathlib.Path(directory).absolute() / CHECKPOINTS,
+    return ocp.CheckpointManager(paths.path(directory) / CHECKPOINTS,
                                  options=ocp.CheckpointManagerOptions(create=False))  # read_only=True logs warnings
 
 
@@ -71,7 +74,7 @@ def choose_step(run_dir, step: int | None = None) -> int:
     with _reader(run_dir) as manager:
         steps = sorted(manager.all_steps())
     if not steps or (step is not None and step not in steps):
-        raise FileNotFoundError(f"{pathlib.Path(run_dir) / CHECKPOINTS}: no checkpoint "
+        raise FileNotFoundError(f"{paths.path(run_dir) / CHECKPOINTS}: no checkpoint "
                                 f"{'at step %d ' % step if step is not None else ''}(steps there: {steps or 'none'})")
     return steps[-1] if step is None else step
 
@@ -81,14 +84,14 @@ def weights_of(path, step: int | None = None) -> tuple[int | None, list[str]]:
     if not is_run_dir(path):
         return None, ["raw"]
     step = choose_step(path, step)
-    has_ema = (pathlib.Path(path) / CHECKPOINTS / str(step) / "ema").is_dir()
+    has_ema = (paths.path(path) / CHECKPOINTS / str(step) / "ema").is_dir()
     return step, ["raw", "ema"] if has_ema else ["raw"]
 
 
 def restore_params(path, target: dict, *, ema: bool = False, step: int | None = None) -> dict:
     """The parameters (a pure dict) of a checkpoint directory or of a run's checkpoint (`step`, default the
     latest; `ema` its EMA weights), restored onto `target`'s shapes, dtypes and shardings."""
-    path = pathlib.Path(path).absolute()
+    path = paths.path(path)
     if not is_run_dir(path):
         with ocp.StandardCheckpointer() as ckptr:
             return ckptr.restore(path / PARAMS_DIR, target)
@@ -104,9 +107,10 @@ def load(path, *, ema: bool = False, step: int | None = None, **overrides) -> nn
     """The model of a checkpoint directory, or of a training run's latest checkpoint, in eval mode.
 
     For a run, `ema=True` gives the EMA weights and `step` an older checkpoint. Overrides change
-    HcNet arguments that do not touch the parameters, e.g. dtype=jnp.bfloat16.
+    HcNet arguments that do not touch the parameters, e.g. dtype=jnp.bfloat16. `path` may be gs://.
     """
-    path = pathlib.Path(path).absolute()
+    path = paths.path(path)
+    paths.check(path)
     if not is_run_dir(path) and not ((path / SPEC_FILE).is_file() and (path / PARAMS_DIR).is_dir()):
         raise FileNotFoundError(f"{path}: not an hcnet checkpoint (expected {SPEC_FILE} and {PARAMS_DIR}/ "
                                 "as written by hcnet.tools.convert or hcnet.tools.export) nor a "
@@ -129,7 +133,7 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy([keep_last, keep_best]),
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
-        self.directory = pathlib.Path(workdir).absolute() / CHECKPOINTS
+        self.directory = paths.path(workdir) / CHECKPOINTS
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def _items(self, state: dict, wrap) -> dict:

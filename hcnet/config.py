@@ -6,11 +6,12 @@ and what would be accepted.
 """
 import importlib.util
 import json
-import pathlib
+import os
 
 import ml_collections
 
 from hcnet import model as model_lib
+from hcnet import paths
 from hcnet import sharding
 from hcnet.data.augment import RandAugment
 from hcnet.errors import ConfigError
@@ -55,10 +56,10 @@ def defaults() -> ml_collections.ConfigDict:
 def load(spec: str) -> ml_collections.ConfigDict:
     """The config of 'configs/x.py' or 'configs/x.py:arg' (get_config(arg)), as --config reads it."""
     path, _, arg = spec.partition(":")
-    file = pathlib.Path(path)
+    file = paths.local(path, "--config", "a config is a Python file on this machine; copy it here")
     if not file.is_file():
         raise ConfigError(f"--config={spec}: no such file; the configs are in configs/*.py")
-    module_spec = importlib.util.spec_from_file_location(f"hcnet_config_{file.stem}", file)
+    module_spec = importlib.util.spec_from_file_location(f"hcnet_config_{file.stem}", os.fspath(file))
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(arg) if arg else module.get_config()

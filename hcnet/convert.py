@@ -6,38 +6,42 @@ PATH is a `.pth`/`.pt` (needs torch), `.safetensors` or `.npz` file. The operato
 the key names unless given. Every key must be used and every shape must match; the model comes back
 in eval mode.
 """
-import pathlib
+import io
 
 import numpy as np
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from hcnet import paths
 from hcnet.errors import ConversionError
 from hcnet.model import ModelDef, model_spec
 from hcnet.stencils import neighbour_count
 
 
 def read_state_dict(path) -> dict[str, np.ndarray]:
-    """Tensors by name from .pth/.pt, .safetensors or .npz; unwraps {'model': ...}, strips 'module.'."""
-    path = pathlib.Path(path)
+    """Tensors by name from .pth/.pt, .safetensors or .npz (local or gs://); unwraps {'model': ...},
+    strips 'module.'."""
+    path = paths.path(path)
+    paths.check(path)
     if not path.is_file():
         raise ConversionError(f"{path}: no such file (expected a .pth, .pt, .safetensors or .npz state_dict)")
     suffix = path.suffix.lower()
+    if suffix not in (".npz", ".safetensors", ".pth", ".pt", ".bin"):
+        raise ConversionError(f"{path}: unknown suffix {suffix!r} (expected .pth, .pt, .safetensors or .npz)")
+    data = path.read_bytes()
     if suffix == ".npz":
-        with np.load(path) as f:
+        with np.load(io.BytesIO(data)) as f:
             state = {k: f[k] for k in f.files}
     elif suffix == ".safetensors":
-        from safetensors.numpy import load_file
-        state = load_file(str(path))
-    elif suffix in (".pth", ".pt", ".bin"):
+        from safetensors.numpy import load
+        state = load(data)
+    else:
         try:
             import torch
         except ImportError:
             raise ConversionError(f"{path}: reading {suffix} needs torch (pip install torch), or give "
                                   "the weights as .safetensors or .npz") from None
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        raise ConversionError(f"{path}: unknown suffix {suffix!r} (expected .pth, .pt, .safetensors or .npz)")
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     for wrapper in ("model", "state_dict", "model_ema"):
         if isinstance(state.get(wrapper), dict):
             state = state[wrapper]

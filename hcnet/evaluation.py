@@ -4,11 +4,9 @@ It runs the evaluators the config's task gives (the ones training runs), on the 
 when the run kept an EMA, the EMA weights. `eval.py` is the command line; `evaluate_checkpoint` is
 the same for scripts and notebooks.
 """
-import pathlib
-
 import jax
 
-from hcnet import checkpoint, monitor, sharding, tasks, trainer
+from hcnet import checkpoint, monitor, paths, sharding, tasks, trainer
 from hcnet import config as config_lib
 from hcnet.errors import ConfigError
 from hcnet.model import ModelDef
@@ -18,8 +16,11 @@ WEIGHTS = ("raw", "ema")
 
 def evaluate_checkpoint(c, path, *, step: int | None = None, weights=None) -> dict:
     """{"results": {"raw": metrics, "ema": metrics}} (those available or asked) and what was run."""
-    path = pathlib.Path(path).absolute()
+    path = paths.path(path)
     config_lib.validate(c, jax.device_count(), training=False)
+    paths.check(path)
+    if c.dataset.get("data_dir"):
+        paths.check(c.dataset.data_dir)
     if not (path / checkpoint.SPEC_FILE).is_file():
         raise FileNotFoundError(f"{path}: not an hcnet checkpoint or training workdir (no {checkpoint.SPEC_FILE})")
     if any(w not in WEIGHTS for w in weights or ()):
@@ -56,9 +57,9 @@ def table(report: dict) -> str:
     return monitor.text_table(head, rows)
 
 
-def default_out(report: dict) -> pathlib.Path:
+def default_out(report: dict) -> paths.Path:
     """CHECKPOINT/eval/<dataset>_<split>_<size>_<crop>[_step<N>].json, the split's brackets and colons made safe."""
     split = "".join(ch if ch.isalnum() or ch in "-_%" else "_" for ch in report["split"]).strip("_")
     step = "" if report["step"] is None else f"_step{report['step']}"
-    return (pathlib.Path(report["checkpoint"]) / "eval"
+    return (paths.path(report["checkpoint"]) / "eval"
             / f"{report['dataset']}_{split}_{report['image_size']}_{report['crop_pct']:g}{step}.json")

@@ -1,25 +1,34 @@
 """Seeing a run: metric writers (TensorBoard and JSON lines), the console line with speed and ETA, text tables."""
 import datetime
+import itertools
 import json
 import os
-import pathlib
 import socket
 import sys
 import time
 
 import jax
 
+from hcnet import paths
+
 METRICS_FILE = "metrics.jsonl"
+_FILES = itertools.count()  # event files this process opened: part of each one's name
 
 
 class JsonLinesWriter:
-    """One JSON object per write_scalars call: {"step": N, "train/loss": ..., ...}, appended."""
+    """One JSON object per write_scalars call: {"step": N, "train/loss": ..., ...}, appended.
 
-    def __init__(self, path):
-        self._file = open(path, "a")
+    A run that starts at `first_step` (a resume, or a restart with no checkpoint) keeps the rows of
+    earlier steps and drops those a killed run wrote past its checkpoint: they are written again."""
+
+    def __init__(self, path, first_step: int = 1):
+        path = paths.path(path)
+        kept = [line for line in (path.read_text().splitlines() if path.exists() else [])
+                if line.strip() and json.loads(line)["step"] < first_step]
+        self._file = paths.LogFile(path, "".join(line + "\n" for line in kept).encode())
 
     def write_scalars(self, step: int, scalars: dict):
-        self._file.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+        self._file.write((json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n").encode())
         self._file.flush()
 
     def flush(self):
@@ -32,16 +41,22 @@ class JsonLinesWriter:
 class TensorBoardWriter:
     """Scalars as TensorBoard events (events.out.tfevents.*) in TensorBoard's record format, written
     without TensorFlow (clu's SummaryWriter and TensorBoard's own file writer import it: seconds per
-    process, for a few numbers)."""
+    process, for a few numbers).
 
-    def __init__(self, logdir):
+    Each process start writes its own file, opening with a SessionLog START at `first_step`: TensorBoard
+    then drops what earlier files hold from that step on (what a killed run wrote past its checkpoint)."""
+
+    def __init__(self, logdir, first_step: int = 1):
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.summary.writer.record_writer import RecordWriter
         self._event, self._summary = event_pb2.Event, summary_pb2.Summary
-        name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}.0.v2"
-        self._file = open(pathlib.Path(logdir) / name, "wb")
+        name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}.{next(_FILES)}.v2"
+        self._file = paths.LogFile(paths.path(logdir) / name)
         self._records = RecordWriter(self._file)
         self._write(self._event(wall_time=time.time(), file_version="brain.Event:2"))
+        self._write(self._event(wall_time=time.time(), step=first_step,
+                                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+        self._file.flush()
 
     def _write(self, event):
         self._records.write(event.SerializeToString())
@@ -77,17 +92,17 @@ class Writers:
             w.close()
 
 
-def create_writer(workdir) -> Writers:
-    """TensorBoard events and metrics.jsonl in the workdir, from process 0; nothing from the others."""
+def create_writer(workdir, first_step: int = 1) -> Writers:
+    """TensorBoard events and metrics.jsonl in the workdir, from process 0; nothing from the others.
+    `first_step`: the step the run starts at (rows and events from it on are a killed run's, replaced)."""
     if jax.process_index() != 0:
         return Writers([])
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    return Writers([TensorBoardWriter(workdir), JsonLinesWriter(workdir / METRICS_FILE)])
+    workdir = paths.path(workdir)
+    return Writers([TensorBoardWriter(workdir, first_step), JsonLinesWriter(workdir / METRICS_FILE, first_step)])
 
 
 def read_metrics(workdir) -> list[dict]:
-    path = pathlib.Path(workdir) / METRICS_FILE
+    path = paths.path(workdir) / METRICS_FILE
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 

@@ -8,15 +8,14 @@ flags override both. Class names: ImageNet's (WordNet lemmas) for a 1000-class h
 own when its TFDS metadata is prepared, else "class N". A file that cannot be read is reported in
 one line and skipped; the others are still predicted, and the exit code is 1 if any was skipped.
 """
-import pathlib
 
 import jax
 import numpy as np
 from flax import nnx
 
-from hcnet import checkpoint, run_files
+from hcnet import checkpoint, paths, run_files
 
-IMAGENET_CLASSES = pathlib.Path(__file__).with_name("imagenet_classes.tsv")
+IMAGENET_CLASSES = paths.PACKAGE / "imagenet_classes.tsv"
 
 
 def _imagenet_rows() -> list[list[str]]:
@@ -36,7 +35,7 @@ def imagenet_synsets() -> list[str]:
 
 def run_dataset(path):
     """The dataset section of the config.json a training run wrote (and export copies), or None."""
-    return run_files.read_config(path).dataset if (pathlib.Path(path) / run_files.CONFIG_FILE).is_file() else None
+    return run_files.read_config(path).dataset if (paths.path(path) / run_files.CONFIG_FILE).is_file() else None
 
 
 def class_names(path, num_classes: int) -> list[str]:
@@ -70,7 +69,7 @@ def read_images(files, image_size: int, crop_pct: float):
     images, ok, failed = [], [], []
     for f in files:
         try:
-            images.append(eval_image(pathlib.Path(f).read_bytes(), image_size, crop_pct))
+            images.append(eval_image(paths.path(f).read_bytes(), image_size, crop_pct))
             ok.append(str(f))
         except Exception as e:  # noqa: BLE001  unreadable or not an image: say so, keep going
             failed.append((str(f), _reason(e)))

@@ -13,13 +13,13 @@ each update.
 """
 import copy
 import math
-import pathlib
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hcnet import paths
 from hcnet.data.augment import MEAN as IMAGENET_MEAN
 from hcnet.data.augment import STD as IMAGENET_STD
 from hcnet.model import HEAT_OPERATORS, VARIANTS, drop_path_rates
@@ -175,7 +175,7 @@ def fixture_input(height, width, batch=2):
     return np.random.RandomState(height * 1000 + width).standard_normal((batch, 3, height, width)).astype(np.float32)
 
 
-def write_fixtures(out_dir: pathlib.Path):
+def write_fixtures(out_dir: paths.Path):
     """For each operator form: a randomised mu state_dict and its logits at FIXTURE_SIZES."""
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_default_dtype(torch.float64)  # the expected logits carry no float32 rounding
@@ -283,7 +283,7 @@ def photo_crops(count: int, size: int, seed: int, sides=(0.25, 1.0)) -> tuple[np
     return np.stack(images), np.asarray(labels, np.int32)
 
 
-def write_step_fixtures(out_dir: pathlib.Path, forms=("mean8", "learned5")):
+def write_step_fixtures(out_dir: paths.Path, forms=("mean8", "learned5")):
     """For each form: the reference-initialised mu weights, STEP_RECIPE's updates of them in float64
     on fixed photo batches, and the trajectory (loss, gradient norm, lr per update)."""
     torch.set_default_dtype(torch.float32)  # the initial weights are float32 draws, as a run's are

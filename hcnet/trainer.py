@@ -10,8 +10,10 @@ they were, so the state is never broken; the loop stops at the next log or check
 the step. Randomness is a function of (seed, step) alone, so a resumed run repeats an uninterrupted
 one bit for bit on the same devices.
 """
+import contextlib
 import dataclasses
 import functools
+import os
 import signal
 import time
 
@@ -22,7 +24,7 @@ import optax
 from clu import metrics as clu_metrics
 from flax import nnx
 
-from hcnet import checkpoint, monitor, optim, run_files, sharding, tasks
+from hcnet import checkpoint, monitor, optim, paths, run_files, sharding, tasks
 from hcnet import config as config_lib
 from hcnet.errors import ConfigError
 from hcnet.model import ModelDef
@@ -196,7 +198,12 @@ class Run:
 
 
 def train_and_evaluate(c, workdir) -> dict:
-    """Trains (resuming from workdir's newest checkpoint), evaluates, checkpoints; returns the last metrics."""
+    """Trains (resuming from workdir's newest checkpoint), evaluates, checkpoints; returns the last metrics.
+    `workdir` (and config.dataset.data_dir) may be local or gs://."""
+    workdir = paths.path(workdir)
+    paths.check(workdir, write=True)
+    if c.dataset.get("data_dir"):
+        paths.check(c.dataset.data_dir)
     run = Run.create(c)
     task, total, per_epoch, mesh, program = run.task, run.total, run.per_epoch, run.mesh, run.program
     evaluators = task.evaluators(mesh, program.model_def)
@@ -206,10 +213,11 @@ def train_and_evaluate(c, workdir) -> dict:
     checkpoints = checkpoint.Checkpoints(workdir, keep=c.keep_checkpoints, async_save=c.checkpoint_async,
                                          best_metric=c.best_metric)
     console = monitor.Console(total, per_epoch, c.batch_size)
-    writer = monitor.create_writer(workdir)
+    writer = monitor.Writers([])
     stop = Stop(checkpoints)
     try:
         first, state, data_state = restore_or_init(program, checkpoints, console, total)
+        writer = monitor.create_writer(workdir, first)
         loader = task.train_loader(program.batch_sharding, state=data_state)
         key = sharding.replicated_key(c.seed, mesh)
         return _loop(c, workdir, program, state, loader, key, range(first, total + 1), evaluators, checkpoints,
@@ -227,9 +235,10 @@ def _loop(c, workdir, program, state, loader, key, steps, evaluators, checkpoint
     tracing = profile[1] > profile[0]
     every = lambda n, step: (n and step % n == 0) or step == total
     acc, last = None, {}
+    trace = contextlib.ExitStack()
     for step in steps:
-        if tracing and step == profile[0] + 1:
-            jax.profiler.start_trace(f"{workdir}/profile")
+        if tracing and step == profile[0] + 1:  # the profiler writes local files: staged, then copied
+            jax.profiler.start_trace(os.fspath(trace.enter_context(paths.staged(workdir / "profile"))))
         t = time.perf_counter()
         batch = next(loader)
         console.waited(time.perf_counter() - t)
@@ -238,6 +247,7 @@ def _loop(c, workdir, program, state, loader, key, steps, evaluators, checkpoint
         if tracing and step == profile[1]:
             jax.block_until_ready(state)
             jax.profiler.stop_trace()
+            trace.close()
         console.progress(step)
         if step == steps.start:
             jax.block_until_ready(state)

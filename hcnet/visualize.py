@@ -16,7 +16,6 @@ For each image it writes four PNGs and the numbers behind them (<stem>.json):
 """
 import functools
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from hcnet import checkpoint as checkpoint_lib
-from hcnet import predict
+from hcnet import paths, predict
 from hcnet.errors import UserError
 
 HIGH = 0.25  # cycles per pixel: "high frequency" is the upper half of the band up to Nyquist
@@ -177,6 +176,12 @@ def _stage_spans(stage_of_block):
     return spans
 
 
+def _save(fig, path) -> None:
+    """The figure as a PNG at `path` (local or gs://)."""
+    with paths.path(path).open("wb") as f:
+        fig.savefig(f, format="png")
+
+
 def plot_k(numbers: dict, path):
     from matplotlib.figure import Figure
     fig = Figure(figsize=(8, 4), dpi=120)
@@ -193,7 +198,7 @@ def plot_k(numbers: dict, path):
     ax.set(xlabel="block (depth)", ylabel="heat conduction coefficient k", ylim=(0, 1.08), xlim=(0.5, len(ks) + 0.5))
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
 
 
 def _map_row(image: np.ndarray, maps: list, title: str, path, overlay: bool, cmap: str):
@@ -213,7 +218,7 @@ def _map_row(image: np.ndarray, maps: list, title: str, path, overlay: bool, cma
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1, 0.92))
-    fig.savefig(path)
+    _save(fig, path)
 
 
 def plot_temperature(image: np.ndarray, numbers: dict, path):
@@ -240,7 +245,7 @@ def plot_spectrum(numbers: dict, path):
     right.set(xlabel="block (depth)", ylabel=f"energy share above {HIGH} cycles/pixel", ylim=(0, None),
               title="high-frequency share")
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
 
 
 def plot_grad_cam(image: np.ndarray, numbers: dict, label: str, path):
@@ -257,20 +262,21 @@ def visualize(checkpoint, files, out, *, ema: bool = False, target: int | None =
         raise UserError(f"--target_class={target}: the model has {classes} classes; give 0 to {classes - 1}")
     size, crop = predict.preprocessing(checkpoint, image_size, crop_pct)
     images, ok, failed = predict.read_images(files, size, crop)
-    out = pathlib.Path(out)
+    out = paths.path(out)
+    paths.check(out, write=True)
     out.mkdir(parents=True, exist_ok=True)
     names, written = None, {}
     for image, f in zip(images, ok):
         numbers = analyse(model, image, target)
         if names is None:
             names = predict.class_names(checkpoint, classes)
-        stem = pathlib.Path(f).stem
-        paths = {k: out / f"{stem}_{k}.png" for k in ("k", "temperature", "spectrum", "gradcam")}
-        plot_k(numbers, paths["k"])
-        plot_temperature(image, numbers, paths["temperature"])
-        plot_spectrum(numbers, paths["spectrum"])
-        plot_grad_cam(image, numbers, names[numbers["target"]], paths["gradcam"])
-        paths["numbers"] = out / f"{stem}.json"
-        paths["numbers"].write_text(json.dumps({"image": f, "class": names[numbers["target"]], **jsonable(numbers)}))
-        written[f] = {k: str(v) for k, v in paths.items()}
+        stem = paths.path(f).stem
+        files = {k: out / f"{stem}_{k}.png" for k in ("k", "temperature", "spectrum", "gradcam")}
+        plot_k(numbers, files["k"])
+        plot_temperature(image, numbers, files["temperature"])
+        plot_spectrum(numbers, files["spectrum"])
+        plot_grad_cam(image, numbers, names[numbers["target"]], files["gradcam"])
+        files["numbers"] = out / f"{stem}.json"
+        files["numbers"].write_text(json.dumps({"image": f, "class": names[numbers["target"]], **jsonable(numbers)}))
+        written[f] = {k: str(v) for k, v in files.items()}
     return written, failed

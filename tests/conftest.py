@@ -1,6 +1,10 @@
-"""Every test sees 8 fake CPU devices; set before jax is imported anywhere."""
+"""Every test sees 8 fake CPU devices and, for gs:// paths, a local Cloud Storage emulator (tests/gcs.py);
+both set before jax or any storage client is imported anywhere."""
 import os
+import sys
 import tempfile
+
+import gcs
 
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
@@ -16,10 +20,19 @@ if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not i
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="hcnet-test-jax-cache-")
 
 
+# Cloud Storage: each pytest process (xdist worker) has its own emulator port, started on first use; the
+# processes the tests start inherit the settings and the offline guard (a PYTHONPATH entry).
+GCS_PORT = gcs.free_port()
+os.environ.update(gcs.environment(GCS_PORT, closed_port=gcs.free_port()))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (gcs.OFFLINE, os.environ.get("PYTHONPATH")) if p)
+sys.path.insert(0, gcs.OFFLINE)
+import sitecustomize  # noqa: E402,F401  (the offline guard, in this process too)
+
 import contextlib  # noqa: E402  (after the environment above)
 import fcntl  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
+import uuid  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -41,6 +54,20 @@ def smoke_run(tmp_path_factory, worker_id):
             done.write_text(json.dumps({"result": result, "console": out.getvalue()}))
     saved = json.loads(done.read_text())
     return run_dir, saved["result"], saved["console"]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """This process's Cloud Storage emulator (gcs.Emulator), stopped at the end of the session."""
+    emulator = gcs.Emulator(GCS_PORT, str(tmp_path_factory.getbasetemp() / "fake-gcs-server.log"))
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def bucket(gcs_emulator):
+    """A new, empty bucket on the emulator: 'gs://NAME'."""
+    return gcs_emulator.bucket(f"hcnet-{uuid.uuid4().hex[:12]}")
 
 
 # The longest tests (marked heavy) first, so neither worker is left with one at the end; the first test that

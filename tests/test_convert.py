@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import hcnet
-from hcnet import tools
+from hcnet import paths, tools
 from hcnet.convert import convert, infer_heat_operator, read_state_dict
 from hcnet.errors import ConversionError
 from hcnet.tools import convert as convert_tool
@@ -47,16 +47,18 @@ def test_converted_model_matches_the_pytorch_logits(form):
         assert rel_err(logits(model, fixture_input(h, w)), expected[f"{h}x{w}"]) < 1e-5
 
 
-def test_command_line_writes_a_checkpoint_that_load_reads(tmp_path, capsys):
-    out = tmp_path / "ckpt"
-    tools.invoke(convert_tool.main, [f"--from_torch={FIXTURES / 'parity_learned5.npz'}", "--variant=mu", f"--out={out}"])
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_command_line_writes_a_checkpoint_that_load_reads(where, tmp_path, capsys, request):
+    root = paths.path(tmp_path if where == "local" else request.getfixturevalue("bucket"))
+    source, out = root / "parity_learned5.npz", root / "ckpt"  # both in the bucket for gcs
+    paths.copy_file(FIXTURES / "parity_learned5.npz", source)
+    tools.invoke(convert_tool.main, [f"--from_torch={source}", "--variant=mu", f"--out={out}"])
     assert "learned5" in capsys.readouterr().out
     model = hcnet.load(out)
     expected = np.load(FIXTURES / "parity_learned5_logits.npz")["160x96"]
     assert rel_err(logits(model, fixture_input(160, 96)), expected) < 1e-5
     with pytest.raises(SystemExit, match="^error: .*is not empty"):
-        tools.invoke(convert_tool.main, [f"--from_torch={FIXTURES / 'parity_learned5.npz'}", "--variant=mu",
-                                         f"--out={out}"])
+        tools.invoke(convert_tool.main, [f"--from_torch={source}", "--variant=mu", f"--out={out}"])
 
 
 def test_load_returns_the_model_in_eval_mode(tmp_path):

@@ -85,7 +85,7 @@ def test_evaluation_refuses_what_it_cannot_do_in_one_line(smoke_run, tmp_path):
 def test_eval_py_prints_the_table_and_writes_json(smoke_run, tmp_path):
     run_dir, _, _ = smoke_run
     out = tmp_path / "report.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"--workdir={run_dir}", "--split=validation[:10]",
                            f"--out={out}"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -3,10 +3,10 @@
 Both write ArrayRecord files that `tfds.data_source` reads like any other TFDS dataset. Importing this
 module registers `hcnet_digits`; image folders get a builder class per dataset name (see `image_folder`).
 """
-import pathlib
-
 import numpy as np
 import tensorflow_datasets as tfds
+
+from hcnet import paths
 
 DIGITS = "hcnet_digits"
 DIGITS_TRAIN = 1437  # the first 80% of scikit-learn's 1,797 digits; the rest is `test`
@@ -43,7 +43,7 @@ class HcnetDigits(tfds.core.GeneratorBasedBuilder):
 
 def folder_files(root) -> dict:
     """{split: [(path, class name), ...]} of `root/<split>/<class>/<image>`, sorted."""
-    root = pathlib.Path(root)
+    root = paths.path(root)
     splits = {}
     for split_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = [(f, c.name) for c in sorted(split_dir.iterdir()) if c.is_dir() and not c.name.startswith(".")
@@ -58,7 +58,7 @@ class _ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Images of `root/<split>/<class>/*` stored as they are (bytes), labels from sorted class names."""
 
     VERSION = tfds.core.Version("1.0.0")
-    ROOT: pathlib.Path
+    ROOT: paths.Path
 
     def _info(self):
         classes = sorted({c for files in folder_files(self.ROOT).values() for _, c in files})
@@ -83,6 +83,6 @@ class _ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 def image_folder(name: str, root) -> type:
     """A builder class named `name` for the folder `root`; reading it later needs only the files."""
-    root = pathlib.Path(root).absolute()
+    root = paths.path(root)
     return type(name, (_ImageFolder,), {"name": name, "ROOT": root, "__module__": __name__},
                 skip_registration=True)

@@ -5,11 +5,17 @@
     python -m hcnet.tools.prepare --dataset=hcnet_digits --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=imagenet2012 --data_dir=DIR --convert   # a TFRecord build
     python -m hcnet.tools.prepare --dataset=cifar10 --data_dir=DIR   # any TFDS dataset (downloads)
+
+DIR may be gs://bucket/folder: the ArrayRecord writer writes local files only, so the dataset is
+built in a local staging folder (a temporary one, or --staging_dir with room for the whole build)
+and uploaded, shards first and dataset_info.json (which marks a build complete to TFDS) last.
 """
-import pathlib
+import os
 import re
 import tarfile
+import tempfile
 
+from hcnet import paths
 from hcnet.errors import DataError
 
 IMAGENET_TARS = {  # file -> (what its first member must look like, what it holds)
@@ -20,36 +26,56 @@ IMAGENET_TARS = {  # file -> (what its first member must look like, what it hold
 
 def check_imagenet_tars(manual_dir) -> None:
     """Both official tars present, readable as tar archives, each holding what it should."""
-    manual_dir = pathlib.Path(manual_dir)
+    manual_dir = paths.local(manual_dir, "--manual_dir", "the ImageNet tars must be on this machine's disk "
+                             "(gcloud storage cp gs://BUCKET/ILSVRC2012_img_*.tar DIR)")
     for fname, (pattern, holds) in IMAGENET_TARS.items():
         path = manual_dir / fname
         if not path.is_file():
             raise DataError(f"{path} is missing: imagenet2012 needs ILSVRC2012_img_train.tar and "
                             "ILSVRC2012_img_val.tar from image-net.org in --manual_dir")
         try:
-            with tarfile.open(path, mode="r:") as tar:
+            with tarfile.open(os.fspath(path), mode="r:") as tar:
                 first = tar.next()
         except (tarfile.TarError, OSError) as e:
             raise DataError(f"{path} is not a readable tar archive ({e}); download it again") from None
-        if first is None or not re.fullmatch(pattern, pathlib.PurePath(first.name).name):
+        if first is None or not re.fullmatch(pattern, os.path.basename(first.name)):
             got = first.name if first else "nothing"
             raise DataError(f"{path} starts with {got!r}, but it should hold {holds}; is it the right file?")
 
 
-def prepare(dataset: str, data_dir=None, manual_dir=None, name=None) -> pathlib.Path:
-    """Builds `dataset` under data_dir and returns the version directory."""
+def prepare(dataset: str, data_dir=None, manual_dir=None, name=None, staging_dir=None) -> paths.Path:
+    """Builds `dataset` under data_dir (local or gs://) unless it is there already; returns the version
+    directory."""
+    builder, download_config = _builder(dataset, data_dir, manual_dir, name)
+    if builder.is_prepared():
+        return paths.path(builder.data_dir)
+    if not paths.is_remote(data_dir or ""):
+        builder.download_and_prepare(download_config=download_config)
+        return paths.path(builder.data_dir)
+    paths.check(data_dir, write=True)
+    if staging_dir:
+        os.makedirs(staging_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hcnet-prepare-", dir=staging_dir) as tmp:
+        local = paths.path(prepare(dataset, tmp, manual_dir, name))
+        out = paths.path(data_dir) / os.path.relpath(local, tmp)
+        paths.copy_tree(local, out, last="dataset_info.json")
+    return out
+
+
+def _builder(dataset: str, data_dir, manual_dir, name):
+    """(TFDS builder writing ArrayRecord into data_dir, its download config)."""
     import tensorflow_datasets as tfds
 
     from hcnet.data import builders
     download_config = None
     if dataset == "image_folder":
-        if not manual_dir or not pathlib.Path(manual_dir).is_dir():
+        if not manual_dir or not paths.path(manual_dir).is_dir():
             raise DataError(f"--manual_dir={manual_dir} must be a folder laid out as ROOT/<split>/<class>/<image>")
         files = builders.folder_files(manual_dir)
         if not files:
             raise DataError(f"--manual_dir={manual_dir} has no images in <split>/<class>/ subfolders "
                             f"(suffixes {', '.join(builders.IMAGE_SUFFIXES)})")
-        name = name or pathlib.Path(manual_dir).absolute().name
+        name = name or paths.path(manual_dir).name
         if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
             raise DataError(f"--name={name!r} must be snake_case (lower-case letters, digits, _) as TFDS requires")
         builder = builders.image_folder(name, manual_dir)(data_dir=data_dir, file_format="array_record")
@@ -57,17 +83,16 @@ def prepare(dataset: str, data_dir=None, manual_dir=None, name=None) -> pathlib.
         if dataset == "imagenet2012":
             check_imagenet_tars(manual_dir or "")
         if manual_dir:
-            download_config = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+            download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
         try:
             builder = tfds.builder(dataset, data_dir=data_dir, file_format="array_record")
         except tfds.core.registered.DatasetNotFoundError:
             raise DataError(f"--dataset={dataset!r} is not a TFDS dataset; use a TFDS name, "
                             f"{builders.DIGITS} or image_folder") from None
-    builder.download_and_prepare(download_config=download_config)
-    return pathlib.Path(builder.data_dir)
+    return builder, download_config
 
 
-def convert(dataset: str, data_dir=None) -> pathlib.Path:
+def convert(dataset: str, data_dir=None) -> paths.Path:
     """Writes ArrayRecord shards beside an existing TFRecord build of `dataset`, in place: the same
     serialized examples, shard for shard; dataset_info.json then lists array_record first."""
     import json
@@ -76,8 +101,12 @@ def convert(dataset: str, data_dir=None) -> pathlib.Path:
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core import file_adapters
 
-    dataset_dir = pathlib.Path(data_dir or tfds.core.constants.DATA_DIR).expanduser() / dataset
-    infos = sorted(dataset_dir.glob("**/dataset_info.json"))
+    where = paths.local(data_dir or tfds.core.constants.DATA_DIR, "--data_dir",
+                        "converting writes ArrayRecord files, which only a local folder takes: copy the build "
+                        "here (gcloud storage cp -r), convert it, and upload it (gcloud storage cp -r)")
+    dataset_dir = where / dataset
+    infos = sorted(root / "dataset_info.json" for root, _, files in paths.walk(dataset_dir)
+                   if "dataset_info.json" in files)
     if not infos:
         raise DataError(f"{dataset_dir} holds no TFDS build: --data_dir must hold the {dataset} build to convert")
     for info_path in infos:
@@ -87,9 +116,10 @@ def convert(dataset: str, data_dir=None) -> pathlib.Path:
             continue
         for shard in sorted(info_path.parent.glob("*.tfrecord-*")):
             out = shard.with_name(shard.name.replace(".tfrecord-", ".array_record-"))
-            records = ((None, r.numpy()) for r in tf.data.TFRecordDataset(str(shard)))
-            file_adapters.ArrayRecordFileAdapter.write_examples(str(out) + ".tmp", records)
-            pathlib.Path(str(out) + ".tmp").rename(out)
+            tmp = shard.with_name(out.name + ".tmp")
+            records = ((None, r.numpy()) for r in tf.data.TFRecordDataset(os.fspath(shard)))
+            file_adapters.ArrayRecordFileAdapter.write_examples(os.fspath(tmp), records)
+            tmp.rename(out)
         info["fileFormat"], info["alternativeFileFormats"] = "array_record", formats
         info_path.write_text(json.dumps(info, indent=2))
     return dataset_dir

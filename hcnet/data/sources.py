@@ -92,8 +92,9 @@ def _tfds_split(name: str, split: str, data_dir, field: str) -> Source:
                         "--dataset=image_folder") from None
     if not builder.is_prepared():
         if name == builders.DIGITS:  # embedded: building it reads nothing from the network
-            builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-            builder.download_and_prepare()
+            from hcnet.data import prepare
+            prepare.prepare(name, data_dir)
+            builder = tfds.builder(name, data_dir=data_dir)
         else:
             raise DataError(f"dataset {name!r} is not prepared in {builder.data_dir}; run "
                             f"{_prepare_hint(name, data_dir)}")

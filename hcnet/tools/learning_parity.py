@@ -20,7 +20,6 @@ stem's first convolution moved relative to its initial norm) and the means; writ
 """
 import io
 import json
-import pathlib
 import subprocess
 import sys
 import tarfile
@@ -28,7 +27,7 @@ import tarfile
 import numpy as np
 from absl import flags, logging
 
-from hcnet import tools
+from hcnet import paths, tools
 from hcnet.errors import UserError
 
 flags.declare_key_flag("workdir")  # data, runs and results.json go here
@@ -37,7 +36,7 @@ INITS = flags.DEFINE_list("inits", ["torch_default", "trunc_normal"], "model.con
 SIDES = flags.DEFINE_list("sides", ["jax", "torch"], "jax (train.py), torch (the reference's loop)")
 FLAGS = flags.FLAGS
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = paths.REPO
 CONFIG = ROOT / "configs" / "learning_parity.py"
 PER_CLASS, CROP_SIZE, LAST = 48, 160, 40
 CROP_SIDES = (0.125, 0.33)  # small crops: some show little of what tells the photographs apart
@@ -56,7 +55,7 @@ def _jpeg(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def make_tars(directory: pathlib.Path) -> pathlib.Path:
+def make_tars(directory: paths.Path) -> paths.Path:
     """ILSVRC2012_img_{train,val}.tar: PER_CLASS crops of each photograph under the first five synsets."""
     from hcnet.predict import imagenet_synsets
     from hcnet.torch_model import PHOTOS, photo_crops
@@ -88,7 +87,7 @@ def config(data_dir, seed: int, init: str):
     return c
 
 
-def run_jax(workdir: pathlib.Path, data_dir, seed: int, init: str) -> dict:
+def run_jax(workdir: paths.Path, data_dir, seed: int, init: str) -> dict:
     from hcnet import monitor
     run_dir = workdir / "runs" / f"jax-{init}-{seed}"
     if not monitor.read_metrics(run_dir):
@@ -144,7 +143,7 @@ def main(argv):
     if bad:
         raise UserError(f"{bad[0]!r}: --sides takes jax, torch and --inits torch_default, trunc_normal")
     from hcnet.data import prepare
-    workdir = pathlib.Path(FLAGS.workdir).absolute()
+    workdir = paths.local(FLAGS.workdir, "--workdir", "the benchmark writes ImageNet-style tars and runs PyTorch on local files")
     data_dir = workdir / "tfds"
     if not (data_dir / "imagenet2012").is_dir():
         prepare.prepare("imagenet2012", data_dir, make_tars(workdir / "tars"))

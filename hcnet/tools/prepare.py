@@ -5,6 +5,9 @@
     python -m hcnet.tools.prepare --dataset=hcnet_digits --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=imagenet2012 --data_dir=DIR --convert   # a TFRecord build
     python -m hcnet.tools.prepare --dataset=cifar10 --data_dir=DIR   # any TFDS dataset (downloads)
+
+--data_dir may be gs://BUCKET/FOLDER: the build is made in a local staging folder (--staging_dir, or a
+temporary one) and uploaded, dataset_info.json last.
 """
 from absl import flags
 
@@ -15,6 +18,8 @@ flags.DEFINE_string("data_dir", None, "where TFDS datasets live (default ~/tenso
 flags.DEFINE_string("manual_dir", None, "the ImageNet tars, or the image folder's root")
 flags.DEFINE_string("name", None, "image_folder: the dataset name (default: the root's name)")
 flags.DEFINE_bool("convert", False, "convert an existing TFRecord build to ArrayRecord in place")
+flags.DEFINE_string("staging_dir", None, "with a gs:// --data_dir: the local folder the build is made in "
+                    "before the upload (room for the whole dataset; default a temporary folder)")
 FLAGS = flags.FLAGS
 
 
@@ -24,7 +29,7 @@ def main(argv):
     if FLAGS.convert:
         out = prepare.convert(FLAGS.dataset, FLAGS.data_dir)
     else:
-        out = prepare.prepare(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.name)
+        out = prepare.prepare(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.name, FLAGS.staging_dir)
     print(f"{FLAGS.dataset}: ready in {out}")
 
 

@@ -6,11 +6,10 @@ logits: a randomised mu per operator form and its logits (tests/test_convert.py)
 reference-initialised mu, mean8 and learned5, trained STEP_RECIPE's updates by the reference's loop on
 fixed photo batches (tests/test_step_parity.py).
 """
-import pathlib
 
 from absl import flags
 
-from hcnet import tools
+from hcnet import paths, tools
 from hcnet.errors import UserError
 
 flags.declare_key_flag("out")
@@ -24,7 +23,7 @@ def main(argv):
     unknown = set(KINDS.value) - {"logits", "steps"}
     if unknown:
         raise UserError(f"--kinds={','.join(KINDS.value)}: each one of logits, steps")
-    out = pathlib.Path(FLAGS.out)
+    out = paths.local(FLAGS.out, "--out", "fixtures are written to a folder of this checkout (tests/fixtures)")
     out.mkdir(parents=True, exist_ok=True)
     if "logits" in KINDS.value:
         torch_model.write_fixtures(out)

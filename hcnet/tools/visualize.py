@@ -3,7 +3,7 @@
     python -m hcnet.tools.visualize --checkpoint=/tmp/hcnet-quickstart digit.png --out=/tmp/hcnet-figures [--ema]
         [--target_class=N]
 """
-import pathlib
+import os
 import sys
 
 from absl import flags
@@ -26,8 +26,8 @@ def main(argv):
                                 image_size=FLAGS.image_size, crop_pct=FLAGS.crop_pct)
     for f, reason in failed:
         print(f"skipped {f}: {reason}", file=sys.stderr)
-    for f, paths in written.items():
-        print(f"{f}: " + ", ".join(pathlib.Path(v).name for v in paths.values()))
+    for f, files in written.items():
+        print(f"{f}: " + ", ".join(os.path.basename(v) for v in files.values()))
     if failed:
         sys.exit(1)
 
