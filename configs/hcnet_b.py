@@ -1,6 +1,7 @@
 """HcNet-B on ImageNet-1K at 224: HcNet-T's recipe with the B variant and drop path 0.5.
 
-    python train.py --config=configs/hcnet_b.py --workdir=/shared/hcnet_b
+    python train.py --config=configs/hcnet_b.py --workdir=gs://BUCKET/runs/hcnet_b \\
+        --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets      # on every worker of the slice
 
 Hardware: a TPU v4-64 slice or 16 GPUs with 80 GB (or 8 with optim.accum_steps=2). Expected top-1:
 84.3 (paper Table 2). Drop path 0.5 is Swin-B's (the reference released only HcNet-T's config).

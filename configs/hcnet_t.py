@@ -1,11 +1,13 @@
 """HcNet-T on ImageNet-1K at 224, the reference recipe (paper: "mostly follows Swin").
 
-    python train.py --config=configs/hcnet_t.py --workdir=/shared/hcnet_t
+    python train.py --config=configs/hcnet_t.py --workdir=gs://BUCKET/runs/hcnet_t \\
+        --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets      # on every worker of the slice
 
 Hardware: a TPU v4-32 or v5e-64 slice, or 8 GPUs with 80 GB (batch 1024 global; on fewer devices keep
 batch_size and raise optim.accum_steps). 300 epochs = 375,300 steps (1,251 an epoch). Expected top-1:
 83.0 (paper Table 2). ImageNet must be prepared first: python -m hcnet.tools.prepare
---dataset=imagenet2012 --manual_dir=DIR_WITH_THE_TARS --data_dir=DIR.
+--dataset=imagenet2012 --manual_dir=DIR_WITH_THE_TARS --data_dir=gs://BUCKET/tensorflow_datasets
+(built locally, then uploaded; README "Cloud TPU, with the data and the run in a bucket").
 
 Sources: [paper] arXiv 2408.05901 section 4.1; [yaml] the reference HcNet-T.yaml training config;
 [swin] Swin's config.py defaults that the reference inherits; [ref] the reference's model and

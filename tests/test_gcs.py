@@ -246,6 +246,19 @@ def test_sigkill_during_a_gcs_save_then_rerun_ends_bitwise_identical_with_whole_
 
 
 @pytest.mark.heavy
+def test_sigterm_saves_to_the_bucket_exits_cleanly_and_resumes(smoke_run, bucket):
+    run_dir, _, _ = smoke_run
+    workdir = paths.path(bucket) / "run"
+    stopped = _run_until(train_cmd(workdir), env_with(8), "step 2/8", signal.SIGTERM)
+    assert stopped.returncode == 0 and "stopping at step" in stopped.stdout, stopped.stderr[-2000:]
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and saved[-1] < 8
+    rerun = subprocess.run(train_cmd(workdir), env=env_with(8), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and f"resumed from {workdir}/checkpoints/{saved[-1]}\n" in rerun.stdout
+    assert_same(params_of(workdir), params_of(run_dir))
+
+
+@pytest.mark.heavy
 def test_two_processes_of_four_devices_train_into_one_gcs_workdir_like_one_of_eight(smoke_run, bucket):
     run_dir, _, _ = smoke_run
     workdir = paths.path(bucket) / "run"
