@@ -19,12 +19,13 @@ class JsonLinesWriter:
     """One JSON object per write_scalars call: {"step": N, "train/loss": ..., ...}, appended.
 
     A run that starts at `first_step` (a resume, or a restart with no checkpoint) keeps the rows of
-    earlier steps and drops those a killed run wrote past its checkpoint: they are written again."""
+    earlier steps and drops those a killed run wrote past its checkpoint (they are written again), and
+    a last line the kill cut short."""
 
     def __init__(self, path, first_step: int = 1):
         path = paths.path(path)
         kept = [line for line in (path.read_text().splitlines() if path.exists() else [])
-                if line.strip() and json.loads(line)["step"] < first_step]
+                if _step(line) < first_step]
         self._file = paths.LogFile(path, "".join(line + "\n" for line in kept).encode())
 
     def write_scalars(self, step: int, scalars: dict):
@@ -36,6 +37,14 @@ class JsonLinesWriter:
 
     def close(self):
         self._file.close()
+
+
+def _step(line: str) -> float:
+    """A metrics row's step; infinite for a line a kill cut short (it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 class TensorBoardWriter:

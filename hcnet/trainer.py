@@ -235,49 +235,49 @@ def _loop(c, workdir, program, state, loader, key, steps, evaluators, checkpoint
     tracing = profile[1] > profile[0]
     every = lambda n, step: (n and step % n == 0) or step == total
     acc, last = None, {}
-    trace = contextlib.ExitStack()
-    for step in steps:
-        if tracing and step == profile[0] + 1:  # the profiler writes local files: staged, then copied
-            jax.profiler.start_trace(os.fspath(trace.enter_context(paths.staged(workdir / "profile"))))
-        t = time.perf_counter()
-        batch = next(loader)
-        console.waited(time.perf_counter() - t)
-        state, metrics = program.step(state, batch, key)
-        acc = metrics if acc is None else acc.merge(metrics)
-        if tracing and step == profile[1]:
-            jax.block_until_ready(state)
-            jax.profiler.stop_trace()
-            trace.close()
-        console.progress(step)
-        if step == steps.start:
-            jax.block_until_ready(state)
-            console.say(f"step {step}: compiled and ran in {time.perf_counter() - t:.1f} s")
-            console.mark(step)  # the first step's time is compilation
-        if stop(step):
-            check_finite(state, step, checkpoints)
-            checkpoints.save(step, state, loader.get_state())
-            checkpoints.wait()
-            console.say(f"stopping at step {step} on SIGTERM / preemption: checkpoint saved in "
-                        f"{checkpoints.directory}/{step}; the same command resumes")
-            return {"step": step, "preempted": True, **last}
-        if every(c.log_every_steps, step):
-            check_finite(state, step, checkpoints)
-            scalars = {f"train/{k}": float(v) for k, v in sharding.to_host(acc).compute().items()}
-            scalars.update(console.line(step, scalars), **{"train/epoch": step / per_epoch})
-            writer.write_scalars(step, scalars)
-            acc, last = None, {**last, **scalars}
-        evaluated = every(c.eval_every_steps, step)
-        if evaluated:
-            scalars = evaluate(evaluators, state)
-            writer.write_scalars(step, scalars)
-            console.say(f"step {step} eval: " + ", ".join(
-                f"{ev.name}{s}/{m} {scalars[f'{ev.name}{s}/{m}']:.4f}" for s in ("", "_ema") for ev in evaluators
-                for m in ev.headline if f"{ev.name}{s}/{m}" in scalars))
-            last.update(scalars)
-            console.mark(step)
-        if every(c.checkpoint_every_steps, step):
-            check_finite(state, step, checkpoints)
-            checkpoints.save(step, state, loader.get_state(), last if evaluated else None)
-            console.mark(step)
+    with contextlib.ExitStack() as trace:  # removes the staging folder of a trace the loop leaves unfinished
+        for step in steps:
+            if tracing and step == profile[0] + 1:  # the profiler writes local files: staged, then copied
+                jax.profiler.start_trace(os.fspath(trace.enter_context(paths.staged(workdir / "profile"))))
+            t = time.perf_counter()
+            batch = next(loader)
+            console.waited(time.perf_counter() - t)
+            state, metrics = program.step(state, batch, key)
+            acc = metrics if acc is None else acc.merge(metrics)
+            if tracing and step == profile[1]:
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
+                trace.close()
+            console.progress(step)
+            if step == steps.start:
+                jax.block_until_ready(state)
+                console.say(f"step {step}: compiled and ran in {time.perf_counter() - t:.1f} s")
+                console.mark(step)  # the first step's time is compilation
+            if stop(step):
+                check_finite(state, step, checkpoints)
+                checkpoints.save(step, state, loader.get_state())
+                checkpoints.wait()
+                console.say(f"stopping at step {step} on SIGTERM / preemption: checkpoint saved in "
+                            f"{checkpoints.directory}/{step}; the same command resumes")
+                return {"step": step, "preempted": True, **last}
+            if every(c.log_every_steps, step):
+                check_finite(state, step, checkpoints)
+                scalars = {f"train/{k}": float(v) for k, v in sharding.to_host(acc).compute().items()}
+                scalars.update(console.line(step, scalars), **{"train/epoch": step / per_epoch})
+                writer.write_scalars(step, scalars)
+                acc, last = None, {**last, **scalars}
+            evaluated = every(c.eval_every_steps, step)
+            if evaluated:
+                scalars = evaluate(evaluators, state)
+                writer.write_scalars(step, scalars)
+                console.say(f"step {step} eval: " + ", ".join(
+                    f"{ev.name}{s}/{m} {scalars[f'{ev.name}{s}/{m}']:.4f}" for s in ("", "_ema") for ev in evaluators
+                    for m in ev.headline if f"{ev.name}{s}/{m}" in scalars))
+                last.update(scalars)
+                console.mark(step)
+            if every(c.checkpoint_every_steps, step):
+                check_finite(state, step, checkpoints)
+                checkpoints.save(step, state, loader.get_state(), last if evaluated else None)
+                console.mark(step)
     checkpoints.wait()  # the last step always logs, so it was checked for non-finite values there
     return {"step": steps.stop - 1 if len(steps) else steps.start - 1, "preempted": False, **last}

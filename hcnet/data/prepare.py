@@ -54,6 +54,7 @@ def prepare(dataset: str, data_dir=None, manual_dir=None, name=None, staging_dir
         return paths.path(builder.data_dir)
     paths.check(data_dir, write=True)
     if staging_dir:
+        staging_dir = os.fspath(paths.local(staging_dir, "--staging_dir", "the build is made on this machine's disk"))
         os.makedirs(staging_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hcnet-prepare-", dir=staging_dir) as tmp:
         local = paths.path(prepare(dataset, tmp, manual_dir, name))
