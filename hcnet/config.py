@@ -7,6 +7,7 @@ and what would be accepted.
 import importlib.util
 import json
 import os
+import re
 
 import ml_collections
 
@@ -48,7 +49,15 @@ def defaults() -> ml_collections.ConfigDict:
         switch_prob=0.5, smoothing=0.1))
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-3, warmup_lr=5e-7, min_lr=5e-6, scale_by_batch=512, warmup_epochs=20.0, warmup_steps=-1,
-        weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8, clip_norm=5.0, accum_steps=1, ema_decay=0.0))
+        weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8, clip_norm=5.0, accum_steps=1, ema_decay=0.0,
+        layer_decay=1.0,        # < 1: layer-wise lr decay for fine-tuning (hcnet.optim)
+        trainable=""))          # a regex of parameter paths that train, the rest frozen ("": all; "^head/": a probe)
+    # start from another run's or checkpoint's weights (parameters only; the run's own checkpoints win)
+    c.init_from = ""              # a checkpoint directory, a training workdir or an export; local or gs://
+    c.init_step = 0               # a workdir's checkpoint step (0: the latest)
+    c.init_ema = False            # a workdir's EMA weights
+    c.init_skip = ()              # regexes of parameter paths left at their fresh init (the head is also left
+    #                               new when its shape differs, i.e. another number of classes)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2 ** 18))
     return c
 
@@ -130,6 +139,14 @@ def _validate_training(c, num_devices: int) -> None:
     for field in ("b1", "b2"):
         require(0 <= o[field] < 1, f"optim.{field}", o[field], "must be in [0, 1)")
     require(0 <= o.ema_decay < 1, "optim.ema_decay", o.ema_decay, "must be in [0, 1) (0: no EMA)")
+    require(0 < o.layer_decay <= 1, "optim.layer_decay", o.layer_decay,
+            "must be in (0, 1] (1: off; BEiT and MAE fine-tune with 0.65-0.75)")
+    for field, value in [("optim.trainable", o.trainable), *((f"init_skip[{i}]", p) for i, p in enumerate(c.init_skip))]:
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ConfigError(f"config.{field}={value!r}: not a regular expression ({e}); e.g. '^head/'") from None
+    require(c.init_step >= 0, "init_step", c.init_step, "a checkpoint step of init_from, or 0 for its latest")
     require(c.total_steps > 0 or c.epochs > 0, "total_steps", c.total_steps,
             "must be > 0, or 0 with config.epochs > 0")
     for field in ("eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):

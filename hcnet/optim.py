@@ -7,10 +7,19 @@ warmup_lr + t (base - warmup_lr) / warmup. The reference sets lr(t) after update
 warmup_lr, the last (n = T - 1) at lr(T - 2). `lr_schedule` gives exactly that. Learning rates scale
 linearly with the global batch over 512, as the reference's main.py does (its batch counts
 accumulated micro-batches too).
+
+For fine-tuning, two options wrap the optimizer (both off by default): layer-wise lr decay (BEiT /
+ConvNeXt style: the lr of layer i of L is scaled by decay^(L + 1 - i); stem 0, blocks 1..L in order,
+a stage's downsampling counted with the block after it, final norm and head L + 1), and `trainable`, a
+pattern of parameter paths that train while the rest stay as loaded (a linear probe: "^head/").
 """
+import re
+
 import jax
 import jax.numpy as jnp
 import optax
+
+from hcnet.errors import ConfigError
 
 
 def scale_lr(lr: float, global_batch: int, base_batch: int = 512) -> float:
@@ -50,10 +59,50 @@ def make_optimizer(schedule: optax.Schedule, *, weight_decay: float = 0.05, b1: 
     )
 
 
-def from_config(o, batch_size: int, total_steps: int, warmup_steps: int):
-    """(optimizer, its learning-rate schedule) from config.optim, the lrs scaled by batch_size / o.scale_by_batch."""
+def path_name(path) -> str:
+    """'stages/2/blocks/1/ra/fc1/kernel' for a parameter's tree path."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def layer_id(name: str, depths) -> int:
+    """The layer a parameter belongs to for layer-wise lr decay: stem 0, blocks 1..sum(depths) in order,
+    a stage's downsampling with the next block, the final norm and the head sum(depths) + 1."""
+    m = re.match(r"stages/(\d+)/(blocks/(\d+)|downsample)/", name)
+    if name.startswith("stem/"):
+        return 0
+    if not m:
+        return sum(depths) + 1
+    stage = int(m[1])
+    before = sum(depths[:stage])
+    return before + int(m[3]) + 1 if m[3] is not None else before + depths[stage] + 1
+
+
+def layer_decay(decay: float, depths) -> optax.GradientTransformation:
+    """Scales each parameter's update by decay^(L + 1 - layer_id), L = sum(depths) (one optax.scale per layer)."""
+    last = sum(depths) + 1
+    labels = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: str(layer_id(path_name(p), depths)), params)
+    return optax.multi_transform({str(i): optax.scale(decay ** (last - i)) for i in range(last + 1)}, labels)
+
+
+def only_trainable(tx: optax.GradientTransformation, pattern: str) -> optax.GradientTransformation:
+    """`tx` for the parameters whose path matches `pattern` (re.search); the others never change."""
+    labels = lambda params: jax.tree_util.tree_map_with_path(
+        lambda p, _: "train" if re.search(pattern, path_name(p)) else "frozen", params)
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def from_config(o, batch_size: int, total_steps: int, warmup_steps: int, depths=None):
+    """(optimizer, its learning-rate schedule) from config.optim, the lrs scaled by batch_size / o.scale_by_batch.
+    `depths`: the network's blocks per stage, for layer-wise lr decay (o.layer_decay < 1)."""
     scale = (lambda lr: scale_lr(lr, batch_size, o.scale_by_batch)) if o.scale_by_batch else (lambda lr: lr)
     schedule = lr_schedule(base_lr=scale(o.lr), warmup_lr=scale(o.warmup_lr), min_lr=scale(o.min_lr),
                            warmup_steps=warmup_steps, total_steps=total_steps)
     tx = make_optimizer(schedule, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, clip_norm=o.clip_norm or None)
+    if o.layer_decay < 1:
+        if not depths:
+            raise ConfigError(f"config.optim.layer_decay={o.layer_decay}: needs a network of stages and blocks "
+                              "(this task's spec has no depths); set it to 1")
+        tx = optax.chain(tx, layer_decay(o.layer_decay, tuple(depths)))
+    if o.trainable:
+        tx = only_trainable(tx, o.trainable)
     return tx, schedule

@@ -24,7 +24,7 @@ import optax
 from clu import metrics as clu_metrics
 from flax import nnx
 
-from hcnet import checkpoint, monitor, optim, paths, run_files, sharding, tasks
+from hcnet import checkpoint, finetune, monitor, optim, paths, run_files, sharding, tasks
 from hcnet import config as config_lib
 from hcnet.errors import ConfigError
 from hcnet.model import ModelDef
@@ -190,7 +190,7 @@ class Run:
         task = tasks.create(c)
         total, warmup, per_epoch = config_lib.steps(c, task.train_examples() if train_examples is None
                                                     else train_examples)
-        tx, schedule = optim.from_config(c.optim, c.batch_size, total, warmup)
+        tx, schedule = optim.from_config(c.optim, c.batch_size, total, warmup, depths=task.spec.get("depths"))
         mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp)
         program = Program.build(task, tx, schedule, mesh, seed=c.seed, accum=c.optim.accum_steps,
                                 ema_decay=c.optim.ema_decay, fsdp_min_size=c.mesh.fsdp_min_size)
@@ -202,8 +202,9 @@ def train_and_evaluate(c, workdir) -> dict:
     `workdir` (and config.dataset.data_dir) may be local or gs://."""
     workdir = paths.path(workdir)
     paths.check(workdir, write=True)
-    if c.dataset.get("data_dir"):
-        paths.check(c.dataset.data_dir)
+    for where in (c.dataset.data_dir, c.init_from):
+        if where:
+            paths.check(where)
     run = Run.create(c)
     task, total, per_epoch, mesh, program = run.task, run.total, run.per_epoch, run.mesh, run.program
     evaluators = task.evaluators(mesh, program.model_def)
@@ -217,6 +218,8 @@ def train_and_evaluate(c, workdir) -> dict:
     stop = Stop(checkpoints)
     try:
         first, state, data_state = restore_or_init(program, checkpoints, console, total)
+        if first == 1 and c.init_from:  # a new run: its parameters from another run or checkpoint
+            state = finetune.start_from(c, state, console.say)
         writer = monitor.create_writer(workdir, first)
         loader = task.train_loader(program.batch_sharding, state=data_state)
         key = sharding.replicated_key(c.seed, mesh)

@@ -41,6 +41,22 @@ class HcnetDigits(tfds.core.GeneratorBasedBuilder):
             yield i, {"image": image, "label": int(digits.target[i])}
 
 
+def write_digit_folder(root, digits, splits=(("train", 0, DIGITS_TRAIN), ("test", DIGITS_TRAIN, None))) -> paths.Path:
+    """scikit-learn's digits of the classes `digits` as PNGs in `root/<split>/<digit>/<index>.png` (the
+    image-folder layout), split as hcnet_digits splits them; for transfer demonstrations and tests."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    data, root = load_digits(), paths.path(root)
+    for split, start, stop in splits:
+        for i in range(start, stop or len(data.target)):
+            if int(data.target[i]) in digits:
+                f = root / split / str(data.target[i]) / f"{i}.png"
+                f.parent.mkdir(parents=True, exist_ok=True)
+                with f.open("wb") as out:
+                    Image.fromarray(np.round(data.images[i] * (255 / 16)).astype(np.uint8)).save(out, format="PNG")
+    return root
+
+
 def folder_files(root) -> dict:
     """{split: [(path, class name), ...]} of `root/<split>/<class>/<image>`, sorted."""
     root = paths.path(root)

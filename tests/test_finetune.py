@@ -1,0 +1,102 @@
+"""Fine-tuning: a run's parameters from another checkpoint (config.init_from), layer-wise lr decay and
+training only some parameters, through optax."""
+import contextlib
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import hcnet
+from hcnet import checkpoint, finetune, optim, trainer
+from hcnet.errors import ConfigError
+from hcnet.model import ModelDef, model_spec
+from runs import smoke
+
+checkpoint.configure_orbax()
+
+
+def flat(num_classes=10) -> dict:
+    """mu's parameters as zeros, {"stages/0/blocks/0/ra/fc1/kernel": array}."""
+    _, shapes = ModelDef.from_spec(model_spec("mu", num_classes=num_classes))
+    return {optim.path_name(path): np.zeros(leaf.shape, leaf.dtype)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]}
+
+
+def test_merge_loads_same_shapes_leaves_a_head_of_other_classes_new_and_names_other_mismatches():
+    ours, theirs = flat(num_classes=5), {k: v + 1 for k, v in flat(num_classes=10).items()}
+    merged, counts = finetune.merge(ours, theirs)
+    assert counts == {"loaded": len(ours) - 2, "skipped": 2, "new": 0, "unused": 0}
+    assert merged["head/kernel"].shape == (64, 5) and not merged["head/kernel"].any()  # fresh
+    assert (merged["stem/conv1/kernel"] == 1).all()  # loaded
+    same = {k: v + 1 for k, v in flat(num_classes=5).items()}
+    _, counts = finetune.merge(ours, same, skip=(r"^stages/3/",))  # skipped on purpose, same shapes
+    assert counts["skipped"] == sum(k.startswith("stages/3/") for k in ours) and counts["loaded"] == len(ours) - counts["skipped"]
+    theirs_more = {**same, "extra/kernel": np.zeros(3)}
+    del theirs_more["norm/scale"]
+    _, counts = finetune.merge(ours, theirs_more)
+    assert counts["new"] == 1 and counts["unused"] == 1
+    wider = {**same, "stem/conv1/kernel": np.zeros((3, 3, 3, 9))}
+    with pytest.raises(ConfigError, match=r"^config.init_from: 1 arrays differ in shape from this network's: "
+                                          r"stem/conv1/kernel \(3, 3, 3, 9\) \(here \(3, 3, 3, 8\)\); .*config.init_skip"):
+        finetune.merge(ours, wider)
+
+
+def test_layer_ids_count_the_stem_each_block_and_the_head_in_order():
+    depths = (1, 1, 2, 1)
+    ids = {name: optim.layer_id(name, depths) for name in flat()}
+    assert ids["stem/conv1/kernel"] == 0
+    assert ids["stages/0/blocks/0/ra/fc1/kernel"] == 1
+    assert ids["stages/0/downsample/conv/kernel"] == ids["stages/1/blocks/0/norm/scale"] == 2
+    assert ids["stages/2/blocks/1/heat/gate/kernel"] == 4
+    assert ids["stages/2/downsample/norm/bias"] == ids["stages/3/blocks/0/ra/filter"] == 5
+    assert ids["norm/scale"] == ids["head/kernel"] == 6
+    assert sorted(set(ids.values())) == list(range(7))
+
+
+def test_layer_decay_scales_each_layers_update_by_decay_to_its_distance_from_the_top():
+    params = {"stem": {"conv1": {"kernel": jnp.ones(2)}}, "stages": {"2": {"blocks": {"1": {"w": jnp.ones(2)}}}},
+              "head": {"kernel": jnp.ones(2)}}
+    tx = optax.chain(optax.sgd(1.0), optim.layer_decay(0.5, (1, 1, 2, 1)))
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    assert float(updates["head"]["kernel"][0]) == -1.0                 # layer 6 of 6: 0.5^0
+    assert float(updates["stages"]["2"]["blocks"]["1"]["w"][0]) == -0.25   # layer 4: 0.5^2
+    assert float(updates["stem"]["conv1"]["kernel"][0]) == -(0.5 ** 6)
+
+
+def test_only_the_trainable_parameters_move_even_under_weight_decay():
+    params = {"stem": {"w": jnp.ones((2, 2))}, "head": {"kernel": jnp.ones((2, 2))}}
+    tx = optim.only_trainable(optim.make_optimizer(lambda step: 0.1, weight_decay=0.5), "^head/")
+    state = tx.init(params)
+    new = params
+    for _ in range(3):
+        updates, state = tx.update(jax.tree.map(jnp.ones_like, new), state, new)
+        new = optax.apply_updates(new, updates)
+    np.testing.assert_array_equal(new["stem"]["w"], params["stem"]["w"])
+    assert float(jnp.abs(new["head"]["kernel"] - 1).min()) > 0.1
+
+
+@pytest.mark.heavy
+def test_a_run_starts_from_another_runs_weights_once_and_its_own_checkpoints_win(smoke_run, tmp_path):
+    run_dir, _, _ = smoke_run
+    c = smoke(**{"init_from": str(run_dir), "init_ema": True, "dataset.num_classes": 7, "total_steps": 2,
+                 "log_every_steps": 1, "checkpoint_every_steps": 1, "eval_every_steps": 0,
+                 "optim.trainable": "^head/", "optim.warmup_steps": 0, "augment.randaugment": ""})
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        trainer.train_and_evaluate(c, tmp_path / "ft")
+    assert f"init_from {run_dir} (step 8, EMA): 59 arrays loaded, 2 skipped on purpose, 0 new" in said.getvalue()
+    pre = nnx.to_pure_dict(nnx.state(hcnet.load(run_dir, ema=True), nnx.Param))
+    post = nnx.to_pure_dict(nnx.state(hcnet.load(tmp_path / "ft"), nnx.Param))
+    for a, b in zip(jax.tree.leaves({k: v for k, v in pre.items() if k != "head"}),
+                    jax.tree.leaves({k: v for k, v in post.items() if k != "head"})):
+        np.testing.assert_array_equal(a, b)  # a linear probe: the backbone is the EMA weights, unchanged
+    assert post["head"]["kernel"].shape == (64, 7)
+    c.total_steps = 3
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        trainer.train_and_evaluate(c, tmp_path / "ft")
+    assert "resumed from" in said.getvalue() and "init_from" not in said.getvalue()
+    with pytest.raises(ConfigError, match=r"^config.init_from=.*: not a checkpoint \(no model.json\)"):
+        trainer.train_and_evaluate(smoke(init_from=str(tmp_path)), tmp_path / "other")
