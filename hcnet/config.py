@@ -147,6 +147,8 @@ def _validate_training(c, num_devices: int) -> None:
         except re.error as e:
             raise ConfigError(f"config.{field}={value!r}: not a regular expression ({e}); e.g. '^head/'") from None
     require(c.init_step >= 0, "init_step", c.init_step, "a checkpoint step of init_from, or 0 for its latest")
+    require(c.init_from != "required", "init_from", c.init_from,
+            "this config fine-tunes: give the checkpoint to start from, --config.init_from=WORKDIR_OR_EXPORT")
     require(c.total_steps > 0 or c.epochs > 0, "total_steps", c.total_steps,
             "must be > 0, or 0 with config.epochs > 0")
     for field in ("eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):

@@ -7,11 +7,14 @@ import pytest
 
 from hcnet import config as config_lib
 from hcnet import tasks
+from hcnet.errors import ConfigError
 from hcnet.model import VARIANTS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = ["hcnet_t.py", "hcnet_s.py", "hcnet_b.py", "quickstart.py", "smoke.py", "ablate_ra_filter.py",
-           "ablate_k.py:input", "ablate_k.py:learned", "ablate_k.py:0.3", "ablate_operator.py:learned5"]
+           "ablate_k.py:input", "ablate_k.py:learned", "ablate_k.py:0.3", "ablate_operator.py:learned5",
+           "digits_transfer.py:pretrain", "digits_transfer.py:scratch"]
+FINE_TUNES = ["finetune_t_384.py", "linear_probe.py", "transfer_folder.py", "digits_transfer.py:finetune"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -21,6 +24,17 @@ def test_shipped_configs_validate_and_document_their_command(name):
     doc = (ROOT / "configs" / name.split(":")[0]).read_text()
     assert f"python train.py --config=configs/{name.split(':')[0]}" in doc and "Hardware" in doc
     assert tasks.create(c).spec["num_classes"] == c.dataset.num_classes
+
+
+@pytest.mark.parametrize("name", FINE_TUNES)
+def test_fine_tuning_configs_stop_in_one_line_until_given_their_starting_checkpoint(name):
+    c = config_lib.load(str(ROOT / "configs" / name))
+    with pytest.raises(ConfigError, match=r"^config.init_from='required': this config fine-tunes: give the "
+                                          r"checkpoint to start from, --config.init_from="):
+        config_lib.validate(c, num_devices=8)
+    c.init_from = "/runs/pretrained"
+    config_lib.validate(c, num_devices=8)
+    assert f"python train.py --config=configs/{name.split(':')[0]}" in (ROOT / "configs" / name.split(":")[0]).read_text()
 
 
 def test_the_reference_recipe_in_hcnet_t():
