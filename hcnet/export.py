@@ -1,5 +1,26 @@
-"""A training run's weights as a parameters-only checkpoint that `hcnet.load` reads (hcnet.tools.export)."""
-from hcnet import checkpoint, paths, run_files
+"""A trained model out of the project: a parameters-only checkpoint that `hcnet.load` reads, or a model for
+serving that needs nothing of this project (hcnet.tools.export).
+
+    checkpoint  DIR/model.json DIR/params/ (+ config.json): hcnet.load(DIR)
+    stablehlo   DIR/model.stablehlo (jax.export, serialized; the batch size symbolic) and DIR/serving.json:
+                uint8 images (batch, S, S, 3), resized and centre-cropped as evaluation does, to class
+                probabilities (batch, classes); load with jax.export.deserialize(bytes).call(images)
+
+The weights are constants inside the exported program. (A TensorFlow SavedModel through jax2tf is not
+offered: with the pinned versions, TensorFlow 2.21's XlaCallModule cannot read the StableHLO that
+jax 0.10.2 writes, which targets consumers at most four weeks older than itself.)
+"""
+import json
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hcnet import checkpoint, paths, predict, run_files
+from hcnet.data.augment import normalize
+
+FORMATS = ("checkpoint", "stablehlo")
+STABLEHLO_FILE, SERVING_FILE = "model.stablehlo", "serving.json"
 
 
 def export(run_dir, out, *, ema: bool = False, step: int | None = None) -> paths.Path:
@@ -12,4 +33,38 @@ def export(run_dir, out, *, ema: bool = False, step: int | None = None) -> paths
     out = checkpoint.save(out, model, checkpoint.read_spec(run_dir))
     if (run_dir / run_files.CONFIG_FILE).is_file():  # image size, crop and dataset for predict and visualize
         paths.copy_file(run_dir / run_files.CONFIG_FILE, out / run_files.CONFIG_FILE)
+    return out
+
+
+def probabilities_fn(model):
+    """uint8 images (B, S, S, 3), already resized and cropped -> float32 class probabilities (B, classes)."""
+    graphdef, state = nnx.split(model)
+    return lambda images: jax.nn.softmax(nnx.merge(graphdef, state)(normalize(images)).astype(jnp.float32), axis=-1)
+
+
+def _new_dir(out) -> paths.Path:
+    out = paths.path(out)
+    paths.check(out, write=True)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new --out directory")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def export_stablehlo(path, out, *, ema: bool = False, step: int | None = None, image_size: int | None = None,
+                     crop_pct: float | None = None, platforms=("cpu", "cuda", "tpu")) -> paths.Path:
+    """The model of a checkpoint or workdir as serialized StableHLO for `platforms`, the batch size symbolic."""
+    model = checkpoint.load(path, ema=ema, step=step)
+    size, crop = predict.preprocessing(path, image_size, crop_pct)
+    batch, = jax.export.symbolic_shape("batch")
+    exported = jax.export.export(jax.jit(probabilities_fn(model)), platforms=tuple(platforms))(
+        jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8))
+    out = _new_dir(out)
+    (out / STABLEHLO_FILE).write_bytes(exported.serialize())
+    info = {"format": "stablehlo", "platforms": list(platforms), "image_size": size, "crop_pct": crop,
+            "classes": predict.class_names(path, exported.out_avals[0].shape[-1]),
+            "input": "uint8 (batch, S, S, 3) RGB, shorter side resized to floor(S / crop_pct) (bicubic) and "
+                     "centre-cropped to S x S (hcnet.data.transforms.eval_image)",
+            "output": "float32 class probabilities (batch, classes)"}
+    (out / SERVING_FILE).write_text(json.dumps(info, indent=1) + "\n")
     return out

@@ -217,3 +217,28 @@ def test_a_task_defined_outside_hcnet_trains_with_its_own_loss_evaluator_and_bes
         trainer.train_and_evaluate(smoke(task="toy", best_metric="eval/top1"), tmp_path / "other")
     with pytest.raises(hcnet.errors.ConfigError, match="config.task='nope': one of classification, toy"):
         trainer.train_and_evaluate(smoke(task="nope"), tmp_path / "other")
+
+
+def test_stablehlo_export_serves_the_models_probabilities_without_hcnet(smoke_run, tmp_path):
+    """The serialized program, in a process that imports only jax and numpy, on two batch sizes."""
+    run_dir, _, _ = smoke_run
+    out = tmp_path / "served"
+    with contextlib.redirect_stdout(io.StringIO()):
+        tools.invoke(export_tool.main, ["--format=stablehlo", f"--checkpoint={run_dir}", "--ema", f"--out={out}"])
+    info = json.loads((out / "serving.json").read_text())
+    assert info["image_size"] == 32 and len(info["classes"]) == 10 and info["platforms"] == ["cpu", "cuda", "tpu"]
+    rng = np.random.default_rng(0)
+    model = hcnet.load(run_dir, ema=True)
+    from hcnet.data.augment import normalize
+    for batch in (1, 5):
+        x = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+        np.save(tmp_path / "x.npy", x)
+        code = ("import sys, jax, numpy as np; "
+                f"e = jax.export.deserialize(open({str(out / 'model.stablehlo')!r}, 'rb').read()); "
+                f"np.save({str(tmp_path / 'p.npy')!r}, np.asarray(e.call(np.load({str(tmp_path / 'x.npy')!r})))); "
+                "assert 'hcnet' not in sys.modules")
+        subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": ""}, timeout=120)
+        expected = np.asarray(jax.nn.softmax(model(normalize(x)), axis=-1))
+        # the same program compiled by the same XLA (equal in practice); the tolerance allows a reassociated
+        # float32 sum in the head or the softmax, a few ulps of values at most 1
+        np.testing.assert_allclose(np.load(tmp_path / "p.npy"), expected, rtol=0, atol=16 * 2.0 ** -24)

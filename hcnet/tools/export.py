@@ -1,21 +1,38 @@
-"""Writes a training run's weights as a parameters-only checkpoint that `hcnet.load` reads.
+"""Writes a trained model out: a parameters-only checkpoint that `hcnet.load` reads, or a model for serving.
 
     python -m hcnet.tools.export --workdir=/tmp/hcnet-quickstart --out=/tmp/hcnet-mu-digits [--ema] [--step=N]
+    python -m hcnet.tools.export --format=stablehlo --checkpoint=CKPT_OR_WORKDIR --out=DIR [--image_size=N]
+
+stablehlo: DIR/model.stablehlo, serialized jax.export (batch size symbolic, for CPU, CUDA and TPU) taking
+uint8 (batch, S, S, 3) images cropped as evaluation does and returning class probabilities;
+DIR/serving.json says the size, crop and class names. Serving needs only jax:
+jax.export.deserialize(open("DIR/model.stablehlo", "rb").read()).call(images).
 """
 from absl import flags
 
 from hcnet import tools
+from hcnet.errors import UserError
 
-for _name in ("workdir", "out", "ema", "step"):
+flags.DEFINE_enum("format", "checkpoint", ["checkpoint", "stablehlo"], "what to write")
+for _name in ("workdir", "checkpoint", "out", "ema", "step", "image_size", "crop_pct"):
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    from hcnet.export import export
-    tools.require(workdir=FLAGS.workdir, out=FLAGS.out)
-    out = export(FLAGS.workdir, FLAGS.out, ema=FLAGS.ema, step=FLAGS.step)
-    print(f"wrote {out}; load it with hcnet.load({str(out)!r})")
+    from hcnet import export
+    tools.require(out=FLAGS.out)
+    if FLAGS.format == "checkpoint":
+        tools.require(workdir=FLAGS.workdir)
+        out = export.export(FLAGS.workdir, FLAGS.out, ema=FLAGS.ema, step=FLAGS.step)
+        print(f"wrote {out}; load it with hcnet.load({str(out)!r})")
+        return
+    source = FLAGS.checkpoint or FLAGS.workdir
+    if not source:
+        raise UserError(f"--format={FLAGS.format} needs --checkpoint=DIR (a checkpoint or a training workdir)")
+    out = export.export_stablehlo(source, FLAGS.out, ema=FLAGS.ema, step=FLAGS.step, image_size=FLAGS.image_size,
+                crop_pct=FLAGS.crop_pct)
+    print(f"wrote {out} ({FLAGS.format}; {out / export.SERVING_FILE} says the input and the classes)")
 
 
 if __name__ == "__main__":
