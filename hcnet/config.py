@@ -34,6 +34,10 @@ def defaults() -> ml_collections.ConfigDict:
     c.best_metric = "eval/top1"   # an evaluator's metric, "<name>/<metric>"; higher is better, *loss lower
     c.checkpoint_async = True
     c.profile_steps = (0, 0)      # (first, last): a jax.profiler trace of steps [first, last) in workdir/profile
+    # more evaluations beside `eval` (dataset.eval_split), at every eval step and in eval.py, each reported as
+    # <name>/top1 ...: dicts of name and split, and optionally dataset, data_dir, image_size, crop_pct
+    # (default: config.dataset's), e.g. (dict(name="val_288", split="validation", image_size=288, crop_pct=1.0),)
+    c.evals = ()
 
     c.model = ml_collections.ConfigDict(dict(
         variant="T", depths=(), dims=(),  # depths/dims, when given, replace the variant's
@@ -83,6 +87,33 @@ def _unknown(config, schema, prefix=""):
             _unknown(value, schema[key], f"{name}.")
 
 
+EVAL_FIELDS = ("name", "split", "dataset", "data_dir", "image_size", "crop_pct")
+
+
+def eval_entry(c, i: int) -> dict:
+    """config.evals[i] with config.dataset's values where it gives none."""
+    e, d = c.evals[i], c.dataset
+    return {"name": e["name"], "split": e["split"], "dataset": e.get("dataset") or d.name,
+            "data_dir": e.get("data_dir", d.data_dir), "image_size": e.get("image_size", d.image_size),
+            "crop_pct": e.get("crop_pct", d.crop_pct)}
+
+
+def _validate_evals(c) -> None:
+    names = ["eval"]
+    for i, e in enumerate(c.evals):
+        field = f"evals[{i}]"
+        require(isinstance(e, dict) and set(e) <= set(EVAL_FIELDS) and {"name", "split"} <= set(e), field, e,
+                f"a dict with name and split, and optionally {', '.join(EVAL_FIELDS[2:])}")
+        require(re.fullmatch(r"[a-z][a-z0-9_]*", str(e["name"])) is not None and e["name"] not in names,
+                f"{field}.name", e["name"], f"a new snake_case name (taken: {', '.join(names)})")
+        names.append(e["name"])
+        entry = eval_entry(c, i)
+        require(isinstance(entry["split"], str) and entry["split"], f"{field}.split", entry["split"],
+                "a split string, e.g. 'validation' or 'test[:1000]'")
+        require(entry["image_size"] >= 32, f"{field}.image_size", entry["image_size"], "must be at least 32")
+        require(0 < entry["crop_pct"] <= 1, f"{field}.crop_pct", entry["crop_pct"], "must be in (0, 1]")
+
+
 def require(ok: bool, field: str, value, accepted: str) -> None:
     """Raises ConfigError 'config.<field>=<value>: <accepted>' unless ok."""
     if not ok:
@@ -109,6 +140,7 @@ def validate(c, num_devices: int, *, training: bool = True) -> None:
     require(d.image_size >= 32, "dataset.image_size", d.image_size, "must be at least 32")
     require(d.num_classes >= 1, "dataset.num_classes", d.num_classes, "must be at least 1")
     require(0 < d.crop_pct <= 1, "dataset.crop_pct", d.crop_pct, "must be in (0, 1]")
+    _validate_evals(c)
     if training:
         _validate_training(c, num_devices)
     eval_batch = c.eval_batch_size or c.batch_size

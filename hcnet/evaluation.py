@@ -43,17 +43,26 @@ def evaluate_checkpoint(c, path, *, step: int | None = None, weights=None) -> di
         scalars = trainer.evaluate(evaluators, {"params": params})
         results[w] = {k.removeprefix("eval/"): v for k, v in scalars.items()}  # the task's main evaluator: bare
     d = c.dataset
-    return {"checkpoint": str(path), "step": step, "dataset": d.name, "split": d.eval_split,
-            "examples": len(evaluators[0].source), "image_size": d.image_size, "crop_pct": d.crop_pct,
-            "results": results}
+    evals = [{"name": "eval", "dataset": d.name, "split": d.eval_split, "image_size": d.image_size,
+              "crop_pct": d.crop_pct}]
+    evals += [{k: v for k, v in config_lib.eval_entry(c, i).items() if k != "data_dir"} for i in range(len(c.evals))]
+    for e, ev in zip(evals, evaluators):
+        e["examples"] = len(ev.source)
+    return {"checkpoint": str(path), "step": step, **{k: evals[0][k] for k in ("dataset", "split", "image_size",
+                                                                                "crop_pct", "examples")},
+            "evals": evals, "results": results}
 
 
 def table(report: dict) -> str:
-    """The report as an aligned text table, one row per weights."""
-    head = ("weights", "step", "dataset", "split", "size", "crop", "top1", "top5", "loss", "count")
-    rows = [(w, "-" if report["step"] is None else str(report["step"]), report["dataset"], report["split"],
-             str(report["image_size"]), f"{report['crop_pct']:.3f}", f"{m['top1']:.4f}", f"{m['top5']:.4f}",
-             f"{m['loss']:.4f}", str(m["count"])) for w, m in report["results"].items()]
+    """The report as an aligned text table, one row per weights and evaluation."""
+    head = ("weights", "step", "eval", "dataset", "split", "size", "crop", "top1", "top5", "loss", "count")
+    rows = []
+    for w, m in report["results"].items():
+        for e in report["evals"]:
+            key = lambda metric: metric if e["name"] == "eval" else f"{e['name']}/{metric}"
+            rows.append((w, "-" if report["step"] is None else str(report["step"]), e["name"], e["dataset"],
+                         e["split"], str(e["image_size"]), f"{e['crop_pct']:.3f}", f"{m[key('top1')]:.4f}",
+                         f"{m[key('top5')]:.4f}", f"{m[key('loss')]:.4f}", str(m[key("count")])))
     return monitor.text_table(head, rows)
 
 

@@ -85,3 +85,16 @@ def test_train_py_exits_with_the_one_line_before_compiling(tmp_path, flag, messa
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith(message), run.stderr[-1500:]
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("evals, message", [
+    ((dict(name="eval", split="validation"),), r"config.evals\[0\].name='eval': a new snake_case name \(taken: eval\)"),
+    ((dict(name="a", split="x"), dict(name="a", split="y")), r"config.evals\[1\].name='a': a new snake_case name"),
+    ((dict(name="b"),), r"config.evals\[0\]=\{'name': 'b'\}: a dict with name and split, and optionally dataset"),
+    ((dict(name="c", split="test", crop_pct=1.5),), r"config.evals\[0\].crop_pct=1.5: must be in \(0, 1\]"),
+])
+def test_a_bad_extra_evaluation_is_one_line(evals, message):
+    c = config_lib.load(str(ROOT / "configs/smoke.py"))
+    c.evals = evals
+    with pytest.raises(ConfigError, match="^" + message):
+        config_lib.validate(c, num_devices=8)

@@ -84,10 +84,13 @@ def test_a_run_starts_from_another_runs_weights_once_and_its_own_checkpoints_win
     run_dir, _, _ = smoke_run
     c = smoke(**{"init_from": str(run_dir), "init_ema": True, "dataset.num_classes": 7, "total_steps": 2,
                  "log_every_steps": 1, "checkpoint_every_steps": 1, "eval_every_steps": 0,
-                 "optim.trainable": "^head/", "optim.warmup_steps": 0, "augment.randaugment": ""})
+                 "optim.trainable": "^head/", "optim.warmup_steps": 0, "augment.randaugment": "",
+                 "evals": (dict(name="small", split="validation[:12]", image_size=40),), "best_metric": "small/top1"})
     with contextlib.redirect_stdout(io.StringIO()) as said:
-        trainer.train_and_evaluate(c, tmp_path / "ft")
+        result = trainer.train_and_evaluate(c, tmp_path / "ft")
     assert f"init_from {run_dir} (step 8, EMA): 59 arrays loaded, 2 skipped on purpose, 0 new" in said.getvalue()
+    assert result["small/count"] == 12 and result["eval/count"] == 40 and "small_ema/top1" in result  # config.evals
+    assert "small/top1" in said.getvalue()
     pre = nnx.to_pure_dict(nnx.state(hcnet.load(run_dir, ema=True), nnx.Param))
     post = nnx.to_pure_dict(nnx.state(hcnet.load(tmp_path / "ft"), nnx.Param))
     for a, b in zip(jax.tree.leaves({k: v for k, v in pre.items() if k != "head"}),

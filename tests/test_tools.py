@@ -55,13 +55,16 @@ def test_evaluation_counts_every_example_for_raw_and_ema_and_matches_training(sm
 
     # a slice that leaves a padded last batch, at another resolution and crop, an older step
     c.dataset.eval_split, c.dataset.image_size, c.dataset.crop_pct = "validation[:13]", 48, 1.0
+    c.evals = (dict(name="train_40", split="train[:7]", image_size=40),)  # config.evals: one more, its own rows
     report = evaluation.evaluate_checkpoint(c, run_dir, step=4, weights=["ema"])
     assert report["step"] == 4 and list(report["results"]) == ["ema"]
     assert report["results"]["ema"]["count"] == 13 and report["image_size"] == 48
-    row = table_rows(evaluation.table(report))[0]
-    assert (row["weights"], row["step"], row["split"], row["size"], row["count"]) == ("ema", "4", "validation[:13]",
-                                                                                     "48", "13")
-    assert float(row["top1"]) == pytest.approx(report["results"]["ema"]["top1"], abs=5e-5)
+    assert report["results"]["ema"]["train_40/count"] == 7
+    rows = table_rows(evaluation.table(report))
+    assert [(r["weights"], r["step"], r["eval"], r["split"], r["size"], r["crop"], r["count"]) for r in rows] == [
+        ("ema", "4", "eval", "validation[:13]", "48", "1.000", "13"), ("ema", "4", "train_40", "train[:7]", "40", "1.000", "7")]
+    assert float(rows[0]["top1"]) == pytest.approx(report["results"]["ema"]["top1"], abs=5e-5)
+    assert float(rows[1]["top1"]) == pytest.approx(report["results"]["ema"]["train_40/top1"], abs=5e-5)
 
 
 def test_evaluation_refuses_what_it_cannot_do_in_one_line(smoke_run, tmp_path):
