@@ -14,9 +14,11 @@ import hcnet
 from hcnet import checkpoint, finetune, optim, trainer
 from hcnet.errors import ConfigError
 from hcnet.model import ModelDef, model_spec
-from runs import smoke
+from runs import ROOT, smoke
 
 checkpoint.configure_orbax()
+SEEDS = 3
+LOSS_MARGIN = 0.05  # nats of held-out cross-entropy, mean over the seeds (the margin is set in the test below)
 
 
 def flat(num_classes=10) -> dict:
@@ -103,3 +105,44 @@ def test_a_run_starts_from_another_runs_weights_once_and_its_own_checkpoints_win
     assert "resumed from" in said.getvalue() and "init_from" not in said.getvalue()
     with pytest.raises(ConfigError, match=r"^config.init_from=.*: not a checkpoint \(no model.json\)"):
         trainer.train_and_evaluate(smoke(init_from=str(tmp_path)), tmp_path / "other")
+
+
+@pytest.fixture(scope="module")
+def digit_folders(tmp_path_factory):
+    """digits 0-4 and 5-9 as image folders, prepared as the TFDS datasets digits_low and digits_high."""
+    from hcnet.data import builders, prepare
+    root = tmp_path_factory.mktemp("digits")
+    for name, digits in (("low", range(5)), ("high", range(5, 10))):
+        builders.write_digit_folder(root / name, set(digits))
+        prepare.prepare("image_folder", root / "tfds", root / name, f"digits_{name}")
+    return root
+
+
+def transfer_config(run: str, data_dir, seed: int = 0, **overrides):
+    from hcnet import config as config_lib
+    c = config_lib.load(f"{ROOT / 'configs/digits_transfer.py'}:{run}")
+    c.dataset.data_dir, c.seed = str(data_dir), seed
+    for key, value in overrides.items():
+        c[key] = value
+    return c
+
+
+@pytest.mark.heavy
+def test_fine_tuning_a_pretrained_backbone_beats_training_from_scratch_on_new_digits(digit_folders, tmp_path):
+    """configs/digits_transfer.py as shipped: pretrained on digits 0-4, then a new head and the same few updates on
+    digits 5-9 from that backbone or from scratch, over SEEDS seeds (one pretraining)."""
+    data = digit_folders / "tfds"
+    quiet = lambda c, workdir: _quiet(trainer.train_and_evaluate, c, workdir)
+    pre = quiet(transfer_config("pretrain", data), tmp_path / "pre")
+    assert pre["eval/top1"] > 0.95
+    tuned = [quiet(transfer_config("finetune", data, s, init_from=str(tmp_path / "pre")), tmp_path / f"ft{s}")
+             for s in range(SEEDS)]
+    scratch = [quiet(transfer_config("scratch", data, s), tmp_path / f"scratch{s}") for s in range(SEEDS)]
+    mean = lambda runs, metric: sum(r[metric] for r in runs) / len(runs)
+    assert mean(scratch, "eval/loss") - mean(tuned, "eval/loss") > LOSS_MARGIN
+    assert mean(tuned, "eval/top1") > mean(scratch, "eval/top1")
+
+
+def _quiet(fn, *args):
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn(*args)
