@@ -245,6 +245,16 @@ def test_peak_table_and_what_the_printout_says():
 
 # ---------------------------------------------------------------- notebook
 @pytest.mark.heavy
+def run_notebook(name: str) -> dict:
+    """Every code cell in order in one namespace, as a kernel would; `%pip` lines are for Colab and skipped."""
+    notebook = json.loads((ROOT / "notebooks" / name).read_text())
+    namespace = {}
+    for cell in (c for c in notebook["cells"] if c["cell_type"] == "code"):
+        source = "".join(line for line in cell["source"] if not line.lstrip().startswith(("%", "!")))
+        exec(compile(source, f"{name}:{cell['id']}", "exec"), namespace)
+    return namespace
+
+
 def test_the_quickstart_notebook_runs_top_to_bottom(smoke_run, tmp_path, monkeypatch):
     """Every code cell in order in one namespace, as a kernel would; `%pip` lines are for Colab and skipped.
     (After the smoke run: the notebook's tiny setting trains the smoke recipe, so its step is compiled.)"""
@@ -252,16 +262,27 @@ def test_the_quickstart_notebook_runs_top_to_bottom(smoke_run, tmp_path, monkeyp
     monkeypatch.setenv("HCNET_NOTEBOOK_WORKDIR", str(tmp_path / "run"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.chdir(ROOT)
-    notebook = json.loads((ROOT / "notebooks" / "quickstart.ipynb").read_text())
-    cells = [c for c in notebook["cells"] if c["cell_type"] == "code"]
-    namespace = {}
-    for cell in cells:
-        source = "".join(line for line in cell["source"] if not line.lstrip().startswith(("%", "!")))
-        exec(compile(source, f"quickstart.ipynb:{cell['id']}", "exec"), namespace)
+    namespace = run_notebook("quickstart.ipynb")
     assert namespace["result"]["step"] == 8 and namespace["report"]["results"]["raw"]["count"] == 360
     assert len(namespace["predictions"]) == 3 and len(namespace["skipped"]) == 1
     assert all(pathlib.Path(p).is_file() for p in namespace["figures"][namespace["files"][0]].values())
     assert namespace["logits"].shape == (1, 10)
+
+
+@pytest.mark.heavy
+def test_the_finetune_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+    """Its tiny setting: 40 pretraining and 8 fine-tuning updates, then evaluation, export and serving."""
+    monkeypatch.setenv("HCNET_NOTEBOOK_TINY", "1")
+    monkeypatch.setenv("HCNET_NOTEBOOK_WORKDIR", str(tmp_path))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.chdir(ROOT)
+    ns = run_notebook("finetune.ipynb")
+    assert ns["pre_result"]["step"] == 40 and ns["result"]["step"] == 8
+    assert "init_from" in ns["said"].getvalue() and "59 arrays loaded, 2 skipped on purpose, 0 new" in ns["said"].getvalue()
+    test_images = sum(1 for _ in (tmp_path / "my_images" / "test").glob("*/*.png"))
+    assert ns["report"]["results"]["raw"]["count"] == test_images == ns["report"]["examples"]
+    assert ns["info"]["classes"] == ["5", "6", "7", "8", "9"] and ns["probabilities"].shape == (3, 5)
+    assert float(np.abs(ns["probabilities"] - ns["expected"]).max()) <= 16 * 2.0 ** -24
 
 
 def test_roofline_tally_for_hcnet_t():
