@@ -53,11 +53,7 @@ def is_run_dir(path) -> bool:
 
 def save(directory, model: nnx.Module, spec: dict) -> paths.Path:
     """Writes spec and parameters to a new directory; refuses to overwrite one."""
-    directory = paths.path(directory)
-    paths.check(directory, write=True)
-    if directory.exists() and any(directory.iterdir()):
-        raise FileExistsError(f"{directory} exists and is not empty; choose a new --out directory")
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = paths.new_dir(directory)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(directory / PARAMS_DIR, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     write_spec(directory, spec)

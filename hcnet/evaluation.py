@@ -42,12 +42,8 @@ def evaluate_checkpoint(c, path, *, step: int | None = None, weights=None) -> di
         params = checkpoint.restore_params(path, target, ema=w == "ema", step=step)
         scalars = trainer.evaluate(evaluators, {"params": params})
         results[w] = {k.removeprefix("eval/"): v for k, v in scalars.items()}  # the task's main evaluator: bare
-    d = c.dataset
-    evals = [{"name": "eval", "dataset": d.name, "split": d.eval_split, "image_size": d.image_size,
-              "crop_pct": d.crop_pct}]
-    evals += [{k: v for k, v in config_lib.eval_entry(c, i).items() if k != "data_dir"} for i in range(len(c.evals))]
-    for e, ev in zip(evals, evaluators):
-        e["examples"] = len(ev.source)
+    evals = [{"name": ev.name, "dataset": ev.source.name, "split": ev.source.split, "image_size": ev.image_size,
+              "crop_pct": ev.crop_pct, "examples": len(ev.source)} for ev in evaluators]
     return {"checkpoint": str(path), "step": step, **{k: evals[0][k] for k in ("dataset", "split", "image_size",
                                                                                 "crop_pct", "examples")},
             "evals": evals, "results": results}

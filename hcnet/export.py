@@ -42,15 +42,6 @@ def probabilities_fn(model):
     return lambda images: jax.nn.softmax(nnx.merge(graphdef, state)(normalize(images)).astype(jnp.float32), axis=-1)
 
 
-def _new_dir(out) -> paths.Path:
-    out = paths.path(out)
-    paths.check(out, write=True)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new --out directory")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def export_stablehlo(path, out, *, ema: bool = False, step: int | None = None, image_size: int | None = None,
                      crop_pct: float | None = None, platforms=("cpu", "cuda", "tpu")) -> paths.Path:
     """The model of a checkpoint or workdir as serialized StableHLO for `platforms`, the batch size symbolic."""
@@ -59,7 +50,7 @@ def export_stablehlo(path, out, *, ema: bool = False, step: int | None = None, i
     batch, = jax.export.symbolic_shape("batch")
     exported = jax.export.export(jax.jit(probabilities_fn(model)), platforms=tuple(platforms))(
         jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8))
-    out = _new_dir(out)
+    out = paths.new_dir(out)
     (out / STABLEHLO_FILE).write_bytes(exported.serialize())
     info = {"format": "stablehlo", "platforms": list(platforms), "image_size": size, "crop_pct": crop,
             "classes": predict.class_names(path, exported.out_avals[0].shape[-1]),

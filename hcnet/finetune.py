@@ -13,17 +13,12 @@ import re
 
 import jax
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
 
-from hcnet import checkpoint, paths
+from hcnet import checkpoint, optim, paths
 from hcnet.errors import ConfigError
 from hcnet.model import ModelDef
 
 HEAD = r"^head/"
-
-
-def _name(key: tuple) -> str:
-    return "/".join(str(k) for k in key)
 
 
 def merge(ours: dict, theirs: dict, skip=()) -> tuple[dict, dict]:
@@ -66,11 +61,11 @@ def start_from(c, state: dict, say=print) -> dict:
     replicated = jax.sharding.NamedSharding(leaves[0].sharding.mesh, jax.sharding.PartitionSpec())
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
     theirs = checkpoint.restore_params(path, target, ema=c.init_ema, step=step)
-    keys = {_name(k): k for k in flatten_dict(state["params"])}
-    ours = {_name(k): v for k, v in flatten_dict(state["params"]).items()}
-    merged, counts = merge(ours, {_name(k): v for k, v in flatten_dict(theirs).items()}, tuple(c.init_skip))
-    params = unflatten_dict({keys[n]: jax.device_put(v.astype(ours[n].dtype), ours[n].sharding)
-                             for n, v in merged.items()})
+    named = lambda tree: {optim.path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    ours = named(state["params"])
+    merged, counts = merge(ours, named(theirs), tuple(c.init_skip))
+    params = jax.tree_util.tree_unflatten(jax.tree.structure(state["params"]), [
+        jax.device_put(merged[n].astype(v.dtype), v.sharding) for n, v in ours.items()])
     say(f"init_from {path}" + (f" (step {step}{', EMA' if c.init_ema else ''})" if step is not None else "")
         + f": {counts['loaded']} arrays loaded, {counts['skipped']} skipped on purpose, {counts['new']} new"
         + (f", {counts['unused']} of the checkpoint's unused" if counts["unused"] else ""))

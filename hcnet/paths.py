@@ -101,6 +101,16 @@ def _first_line(text) -> str:
     return str(text).strip().splitlines()[0][:160] if str(text).strip() else ""
 
 
+def new_dir(p) -> epath.Path:
+    """`p` made ready as a new output folder (local or gs://); FileExistsError if it holds anything."""
+    p = path(p)
+    check(p, write=True)
+    if p.exists() and any(p.iterdir()):
+        raise FileExistsError(f"{p} exists and is not empty; choose a new --out directory")
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
 def walk(p):
     """(folder, subfolder names, file names) for every folder under `p`, as os.walk; the folders are
     paths of the same kind as `p` (epath's own walk drops the gs:// of the folders it yields)."""

@@ -12,7 +12,6 @@ import sys
 import tempfile
 import threading
 
-import jax
 import numpy as np
 import pytest
 
@@ -21,7 +20,8 @@ from hcnet import checkpoint, monitor, paths, tools, trainer
 from hcnet.errors import UserError
 from hcnet.export import export
 from runs import smoke
-from test_train import ROOT, _free_port, _run_until, assert_same, env_with, params_of, train_cmd
+from test_checkpoints import abstract, tiny_state
+from test_train import ROOT, _run_until, assert_same, env_with, params_of, train_cmd, train_in_two_processes
 
 checkpoint.configure_orbax()
 TIMING = ("train/images_per_s", "train/images_per_s_per_device", "train/input_wait")
@@ -76,18 +76,6 @@ def test_a_log_file_on_gcs_rewrites_the_object_on_each_flush(bucket):
     log.write(b"b\n")
     log.close()
     assert path.read_bytes() == b"kept\na\nb\n"
-
-
-def tiny_state(value: float) -> dict:
-    import jax.numpy as jnp
-    return {"params": {"w": jnp.full((4, 4), value)}, "opt": {"mu": jnp.zeros((4, 4))},
-            "step": jnp.asarray(int(value), jnp.int32), "nonfinite_step": jnp.asarray(-1, jnp.int32)}
-
-
-def abstract(state):
-    from hcnet import sharding
-    mesh = sharding.make_mesh()
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)), state)
 
 
 def test_gcs_checkpoints_keep_the_latest_n_plus_the_best_and_never_list_a_half_written_step(bucket):
@@ -265,13 +253,7 @@ def test_sigterm_saves_to_the_bucket_exits_cleanly_and_resumes(smoke_run, bucket
 def test_two_processes_of_four_devices_train_into_one_gcs_workdir_like_one_of_eight(smoke_run, bucket):
     run_dir, _, _ = smoke_run
     workdir = paths.path(bucket) / "run"
-    address = f"localhost:{_free_port()}"
-    procs = [subprocess.Popen(train_cmd(workdir, f"--coordinator={address}", "--num_processes=2",
-                                        f"--process_id={i}"), env=env_with(4), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=400) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    train_in_two_processes(workdir)
     rows = monitor.read_metrics(workdir)
     assert [r["step"] for r in rows if "train/loss" in r] == [2, 4, 6, 8] and rows[-1]["eval/count"] == 40
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 8]

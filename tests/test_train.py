@@ -157,16 +157,22 @@ def _free_port() -> int:
 
 
 @pytest.mark.heavy
-def test_two_processes_of_four_devices_match_one_of_eight(smoke_run, tmp_path):
-    run_dir, _, _ = smoke_run
+def train_in_two_processes(workdir) -> list[str]:
+    """The smoke config as two processes of 4 fake devices into `workdir`; their stdouts."""
     address = f"localhost:{_free_port()}"
-    procs = [subprocess.Popen(train_cmd(tmp_path, f"--coordinator={address}", "--num_processes=2",
+    procs = [subprocess.Popen(train_cmd(workdir, f"--coordinator={address}", "--num_processes=2",
                                         f"--process_id={i}"), env=env_with(4), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=400) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    assert "step 8 eval" in outs[0][0] and "step" not in outs[1][0]  # process 1 prints no progress
+    return [out for out, _ in outs]
+
+
+def test_two_processes_of_four_devices_match_one_of_eight(smoke_run, tmp_path):
+    run_dir, _, _ = smoke_run
+    outs = train_in_two_processes(tmp_path)
+    assert "step 8 eval" in outs[0] and "step" not in outs[1]  # process 1 prints no progress
     eval_rows = [r for r in monitor.read_metrics(tmp_path) if "eval/top1" in r]
     assert eval_rows[-1]["eval/count"] == 40
     assert_same(params_of(tmp_path), params_of(run_dir), rtol=1e-5)

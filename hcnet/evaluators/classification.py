@@ -39,7 +39,7 @@ class Evaluator:
 
     def __init__(self, name: str, source, *, model_def, mesh, batch_size: int, image_size: int,
                  crop_pct: float = 0.875, threads: int = 8, workers: int = 0, prefetch: int = 2):
-        self.name, self.source = name, source
+        self.name, self.source, self.image_size, self.crop_pct = name, source, image_size, crop_pct
         self._step = jax.jit(functools.partial(eval_step, model_def=model_def),
                              out_shardings=sharding.replicated(mesh))
         transform = transforms.EvalTransform(image_size, crop_pct)
