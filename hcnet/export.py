@@ -5,10 +5,13 @@ serving that needs nothing of this project (hcnet.tools.export).
     stablehlo   DIR/model.stablehlo (jax.export, serialized; the batch size symbolic) and DIR/serving.json:
                 uint8 images (batch, S, S, 3), resized and centre-cropped as evaluation does, to class
                 probabilities (batch, classes); load with jax.export.deserialize(bytes).call(images)
+    savedmodel  DIR/ a TensorFlow SavedModel (+ DIR/serving.json): signature serving_default takes uint8
+                images (batch, H, W, 3) of any size, resizes and crops them exactly as evaluation does
+                (hcnet.savedmodel.eval_crop) and returns {"probabilities": (batch, classes)}; signatures
+                preprocess and probabilities are its two halves
 
-The weights are constants inside the exported program. (A TensorFlow SavedModel through jax2tf is not
-offered: with the pinned versions, TensorFlow 2.21's XlaCallModule cannot read the StableHLO that
-jax 0.10.2 writes, which targets consumers at most four weeks older than itself.)
+The weights are constants inside the exported program; the SavedModel runs the same program through
+TensorFlow's XlaCallModule (hcnet.savedmodel says what it takes to make TensorFlow 2.21 read it).
 """
 import json
 
@@ -19,7 +22,7 @@ from flax import nnx
 from hcnet import checkpoint, paths, predict, run_files
 from hcnet.data.augment import normalize
 
-FORMATS = ("checkpoint", "stablehlo")
+FORMATS = ("checkpoint", "stablehlo", "savedmodel")
 STABLEHLO_FILE, SERVING_FILE = "model.stablehlo", "serving.json"
 
 
@@ -42,20 +45,47 @@ def probabilities_fn(model):
     return lambda images: jax.nn.softmax(nnx.merge(graphdef, state)(normalize(images)).astype(jnp.float32), axis=-1)
 
 
-def export_stablehlo(path, out, *, ema: bool = False, step: int | None = None, image_size: int | None = None,
-                     crop_pct: float | None = None, platforms=("cpu", "cuda", "tpu")) -> paths.Path:
-    """The model of a checkpoint or workdir as serialized StableHLO for `platforms`, the batch size symbolic."""
+def _serving(path, ema, step, image_size, crop_pct, platforms):
+    """(the jax.export program of probabilities_fn, serving.json's fields) for a checkpoint or workdir."""
     model = checkpoint.load(path, ema=ema, step=step)
     size, crop = predict.preprocessing(path, image_size, crop_pct)
     batch, = jax.export.symbolic_shape("batch")
     exported = jax.export.export(jax.jit(probabilities_fn(model)), platforms=tuple(platforms))(
         jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8))
+    info = {"platforms": list(platforms), "image_size": size, "crop_pct": crop,
+            "classes": predict.class_names(path, exported.out_avals[0].shape[-1]),
+            "output": "float32 class probabilities (batch, classes)"}
+    return exported, info
+
+
+def _write_info(out, info: dict) -> None:
+    (out / SERVING_FILE).write_text(json.dumps(info, indent=1) + "\n")
+
+
+def export_stablehlo(path, out, *, ema: bool = False, step: int | None = None, image_size: int | None = None,
+                     crop_pct: float | None = None, platforms=("cpu", "cuda", "tpu")) -> paths.Path:
+    """The model of a checkpoint or workdir as serialized StableHLO for `platforms`, the batch size symbolic."""
+    exported, info = _serving(path, ema, step, image_size, crop_pct, platforms)
     out = paths.new_dir(out)
     (out / STABLEHLO_FILE).write_bytes(exported.serialize())
-    info = {"format": "stablehlo", "platforms": list(platforms), "image_size": size, "crop_pct": crop,
-            "classes": predict.class_names(path, exported.out_avals[0].shape[-1]),
-            "input": "uint8 (batch, S, S, 3) RGB, shorter side resized to floor(S / crop_pct) (bicubic) and "
-                     "centre-cropped to S x S (hcnet.data.transforms.eval_image)",
-            "output": "float32 class probabilities (batch, classes)"}
-    (out / SERVING_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    _write_info(out, {"format": "stablehlo", **info,
+                      "input": "uint8 (batch, S, S, 3) RGB, shorter side resized to floor(S / crop_pct) (bicubic) "
+                               "and centre-cropped to S x S (hcnet.data.transforms.eval_image)"})
+    return out
+
+
+def export_savedmodel(path, out, *, ema: bool = False, step: int | None = None, image_size: int | None = None,
+                      crop_pct: float | None = None, platforms=("cpu", "cuda", "tpu")) -> paths.Path:
+    """The model of a checkpoint or workdir as a TensorFlow SavedModel, eval preprocessing included."""
+    from hcnet import savedmodel
+    exported, info = _serving(path, ema, step, image_size, crop_pct, platforms)
+    out = paths.new_dir(out)
+    with paths.staged(out) as local:
+        savedmodel.save(exported, str(local), size=info["image_size"], crop_pct=info["crop_pct"])
+        _write_info(local, {"format": "savedmodel", **info, "signatures": {
+            "serving_default": "images: uint8 (batch, H, W, 3) RGB of any size -> probabilities; the shorter side "
+                               "resized to floor(S / crop_pct) and the centre S x S kept, as "
+                               "hcnet.data.transforms.eval_image does, pixel for pixel",
+            "preprocess": "images: uint8 (batch, H, W, 3) -> images: uint8 (batch, S, S, 3)",
+            "probabilities": "images: uint8 (batch, S, S, 3), already cropped -> probabilities"}})
     return out

@@ -225,6 +225,14 @@ def test_a_task_defined_outside_hcnet_trains_with_its_own_loss_evaluator_and_bes
         trainer.train_and_evaluate(smoke(task="nope"), tmp_path / "other")
 
 
+def served_probabilities(run_dir):
+    """uint8 crops -> the EMA model's class probabilities, computed by jax here (one compiled call)."""
+    from hcnet.data.augment import normalize
+    model = hcnet.load(run_dir, ema=True)
+    step = nnx.jit(lambda m, x: jax.nn.softmax(m(normalize(x)), axis=-1))
+    return lambda images: np.asarray(step(model, images))
+
+
 def test_stablehlo_export_serves_the_models_probabilities_without_hcnet(smoke_run, tmp_path):
     """The serialized program, in a process that imports only jax and numpy, on two batch sizes."""
     run_dir, _, _ = smoke_run
@@ -234,8 +242,7 @@ def test_stablehlo_export_serves_the_models_probabilities_without_hcnet(smoke_ru
     info = json.loads((out / "serving.json").read_text())
     assert info["image_size"] == 32 and len(info["classes"]) == 10 and info["platforms"] == ["cpu", "cuda", "tpu"]
     rng = np.random.default_rng(0)
-    model = hcnet.load(run_dir, ema=True)
-    from hcnet.data.augment import normalize
+    probabilities = served_probabilities(run_dir)
     for batch in (1, 5):
         x = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
         np.save(tmp_path / "x.npy", x)
@@ -244,7 +251,44 @@ def test_stablehlo_export_serves_the_models_probabilities_without_hcnet(smoke_ru
                 f"np.save({str(tmp_path / 'p.npy')!r}, np.asarray(e.call(np.load({str(tmp_path / 'x.npy')!r})))); "
                 "assert 'hcnet' not in sys.modules")
         subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": ""}, timeout=120)
-        expected = np.asarray(jax.nn.softmax(model(normalize(x)), axis=-1))
+        expected = probabilities(x)
         # the same program compiled by the same XLA (equal in practice); the tolerance allows a reassociated
         # float32 sum in the head or the softmax, a few ulps of values at most 1
         np.testing.assert_allclose(np.load(tmp_path / "p.npy"), expected, rtol=0, atol=16 * 2.0 ** -24)
+
+
+# TensorFlow's XLA and jaxlib's are different builds compiling the same float32 program; either may
+# reassociate a sum (a convolution's 9*C products, GroupNorm's H*W*C/G means), which moves it by at most
+# n * 2^-24 of its magnitude. Through the smoke model's few layers and a softmax this stays far below
+# 2^-16 ~ 1.5e-5 in a probability (measured 1.5e-8); a wrong weight or a wrongly scaled input moves the
+# probabilities by far more.
+SAVEDMODEL_ATOL = 2.0 ** -16
+
+
+def test_savedmodel_serves_images_of_any_size_as_evaluation_preprocesses_them(smoke_run, tmp_path):
+    """serving_default on photos of two shapes (one resampled vertically first) and two batch sizes.
+
+    Loaded in this process: a SavedModel holds graphs and constants, no Python, so nothing of hcnet
+    could run in it."""
+    import tensorflow as tf
+
+    from hcnet.data.transforms import eval_image
+    from images import photo
+    run_dir, _, _ = smoke_run
+    out = tmp_path / "savedmodel"
+    with contextlib.redirect_stdout(io.StringIO()):
+        tools.invoke(export_tool.main, ["--format=savedmodel", f"--checkpoint={run_dir}", "--ema", f"--out={out}"])
+    info = json.loads((out / "serving.json").read_text())
+    assert info["format"] == "savedmodel" and info["image_size"] == 32 and len(info["classes"]) == 10
+    served = tf.saved_model.load(str(out)).signatures
+    batches = [np.stack([photo(n, (90, 60)) for n in ("coffee", "chelsea", "rocket")]),
+               photo("astronaut", (47, 71))[None]]
+    probabilities = [served["serving_default"](images=tf.constant(b))["probabilities"].numpy() for b in batches]
+    crops = [served["preprocess"](images=tf.constant(b))["images"].numpy() for b in batches]
+    for images, crop in zip(batches, crops):
+        np.testing.assert_array_equal(crop, [eval_image(im, 32, info["crop_pct"]) for im in images])
+    assert [p.shape for p in probabilities] == [(3, 10), (1, 10)]
+    expected = served_probabilities(run_dir)(np.concatenate(crops))
+    np.testing.assert_allclose(np.concatenate(probabilities), expected, rtol=0, atol=SAVEDMODEL_ATOL)
+    cropped = served["probabilities"](images=tf.constant(crops[0]))["probabilities"].numpy()
+    np.testing.assert_array_equal(cropped, probabilities[0])

@@ -75,3 +75,16 @@ def test_awkward_files_decode_to_rgb_or_are_masked():
 def test_padding_records_are_zeros_with_mask_false():
     out = transforms.EvalTransform(16)({"index": transforms.PAD_INDEX})
     assert not out["mask"] and not out["image"].any() and int(out["index"]) == -1
+
+
+@pytest.mark.parametrize("width,height", [(47, 71), (90, 60), (20, 300), (300, 20), (36, 38), (512, 512)])
+def test_the_savedmodels_tensorflow_crop_is_eval_image_pixel_for_pixel(width, height):
+    """Pillow's fixed-point weights, float32 box and pass order (vertical first for some of these shapes)."""
+    import tensorflow as tf
+
+    from hcnet.savedmodel import eval_crop
+    im = images.photo("chelsea", (width, height))
+    for size, crop_pct in ((32, 0.875), (24, 1.0), (40, 0.9)):
+        got = eval_crop(tf.constant(np.stack([im, im[::-1]])), size, crop_pct).numpy()
+        np.testing.assert_array_equal(got, np.stack([transforms.eval_image(im, size, crop_pct),
+                                                     transforms.eval_image(im[::-1].copy(), size, crop_pct)]))

@@ -2,18 +2,23 @@
 
     python -m hcnet.tools.export --workdir=/tmp/hcnet-quickstart --out=/tmp/hcnet-mu-digits [--ema] [--step=N]
     python -m hcnet.tools.export --format=stablehlo --checkpoint=CKPT_OR_WORKDIR --out=DIR [--image_size=N]
+    python -m hcnet.tools.export --format=savedmodel --checkpoint=CKPT_OR_WORKDIR --out=DIR [--image_size=N]
 
 stablehlo: DIR/model.stablehlo, serialized jax.export (batch size symbolic, for CPU, CUDA and TPU) taking
 uint8 (batch, S, S, 3) images cropped as evaluation does and returning class probabilities;
 DIR/serving.json says the size, crop and class names. Serving needs only jax:
 jax.export.deserialize(open("DIR/model.stablehlo", "rb").read()).call(images).
+
+savedmodel: DIR is a TensorFlow SavedModel whose serving_default signature takes uint8 (batch, H, W, 3)
+images of any size, resizes and crops them exactly as evaluation does, and returns {"probabilities"};
+tf.saved_model.load("DIR").signatures["serving_default"](images=images) or TensorFlow Serving.
 """
 from absl import flags
 
 from hcnet import tools
 from hcnet.errors import UserError
 
-flags.DEFINE_enum("format", "checkpoint", ["checkpoint", "stablehlo"], "what to write")
+flags.DEFINE_enum("format", "checkpoint", ["checkpoint", "stablehlo", "savedmodel"], "what to write")
 for _name in ("workdir", "checkpoint", "out", "ema", "step", "image_size", "crop_pct"):
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
@@ -30,7 +35,8 @@ def main(argv):
     source = FLAGS.checkpoint or FLAGS.workdir
     if not source:
         raise UserError(f"--format={FLAGS.format} needs --checkpoint=DIR (a checkpoint or a training workdir)")
-    out = export.export_stablehlo(source, FLAGS.out, ema=FLAGS.ema, step=FLAGS.step, image_size=FLAGS.image_size,
+    write = export.export_stablehlo if FLAGS.format == "stablehlo" else export.export_savedmodel
+    out = write(source, FLAGS.out, ema=FLAGS.ema, step=FLAGS.step, image_size=FLAGS.image_size,
                 crop_pct=FLAGS.crop_pct)
     print(f"wrote {out} ({FLAGS.format}; {out / export.SERVING_FILE} says the input and the classes)")
 
