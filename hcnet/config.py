@@ -36,7 +36,11 @@ def defaults() -> ml_collections.ConfigDict:
     c.profile_steps = (0, 0)      # (first, last): a jax.profiler trace of steps [first, last) in workdir/profile
     # more evaluations beside `eval` (dataset.eval_split), at every eval step and in eval.py, each reported as
     # <name>/top1 ...: dicts of name and split, and optionally dataset, data_dir, image_size, crop_pct
-    # (default: config.dataset's), e.g. (dict(name="val_288", split="validation", image_size=288, crop_pct=1.0),)
+    # (default: config.dataset's) and label_key (default "label"; a set of labels per image, as
+    # imagenet2012_real's "real_label", is scored as ReaL), e.g.
+    # (dict(name="val_288", split="validation", image_size=288, crop_pct=1.0),
+    #  dict(name="real", dataset="imagenet2012_real", split="validation", label_key="real_label"),
+    #  dict(name="v2", dataset="imagenet_v2/matched-frequency", split="test"))
     c.evals = ()
 
     c.model = ml_collections.ConfigDict(dict(
@@ -87,7 +91,7 @@ def _unknown(config, schema, prefix=""):
             _unknown(value, schema[key], f"{name}.")
 
 
-EVAL_FIELDS = ("name", "split", "dataset", "data_dir", "image_size", "crop_pct")
+EVAL_FIELDS = ("name", "split", "dataset", "data_dir", "image_size", "crop_pct", "label_key")
 
 
 def eval_entry(c, i: int) -> dict:
@@ -95,7 +99,7 @@ def eval_entry(c, i: int) -> dict:
     e, d = c.evals[i], c.dataset
     return {"name": e["name"], "split": e["split"], "dataset": e.get("dataset") or d.name,
             "data_dir": e.get("data_dir", d.data_dir), "image_size": e.get("image_size", d.image_size),
-            "crop_pct": e.get("crop_pct", d.crop_pct)}
+            "crop_pct": e.get("crop_pct", d.crop_pct), "label_key": e.get("label_key", "label")}
 
 
 def _validate_evals(c) -> None:
@@ -112,6 +116,8 @@ def _validate_evals(c) -> None:
                 "a split string, e.g. 'validation' or 'test[:1000]'")
         require(entry["image_size"] >= 32, f"{field}.image_size", entry["image_size"], "must be at least 32")
         require(0 < entry["crop_pct"] <= 1, f"{field}.crop_pct", entry["crop_pct"], "must be in (0, 1]")
+        require(isinstance(entry["label_key"], str) and re.fullmatch(r"[a-z][a-z0-9_]*", entry["label_key"]),
+                f"{field}.label_key", entry["label_key"], "a label feature's name, e.g. 'label' or 'real_label'")
 
 
 def require(ok: bool, field: str, value, accepted: str) -> None:

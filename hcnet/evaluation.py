@@ -43,7 +43,8 @@ def evaluate_checkpoint(c, path, *, step: int | None = None, weights=None) -> di
         scalars = trainer.evaluate(evaluators, {"params": params})
         results[w] = {k.removeprefix("eval/"): v for k, v in scalars.items()}  # the task's main evaluator: bare
     evals = [{"name": ev.name, "dataset": ev.source.name, "split": ev.source.split, "image_size": ev.image_size,
-              "crop_pct": ev.crop_pct, "examples": len(ev.source)} for ev in evaluators]
+              "crop_pct": ev.crop_pct, "examples": len(ev.source), "labels": ev.source.label_key,
+              "metrics": list(ev.metrics)} for ev in evaluators]
     return {"checkpoint": str(path), "step": step, **{k: evals[0][k] for k in ("dataset", "split", "image_size",
                                                                                 "crop_pct", "examples")},
             "evals": evals, "results": results}
@@ -56,9 +57,10 @@ def table(report: dict) -> str:
     for w, m in report["results"].items():
         for e in report["evals"]:
             key = lambda metric: metric if e["name"] == "eval" else f"{e['name']}/{metric}"
+            number = lambda metric: f"{m[key(metric)]:.4f}" if key(metric) in m else "-"  # ReaL: top1 only
             rows.append((w, "-" if report["step"] is None else str(report["step"]), e["name"], e["dataset"],
-                         e["split"], str(e["image_size"]), f"{e['crop_pct']:.3f}", f"{m[key('top1')]:.4f}",
-                         f"{m[key('top5')]:.4f}", f"{m[key('loss')]:.4f}", str(m[key("count")])))
+                         e["split"], str(e["image_size"]), f"{e['crop_pct']:.3f}", number("top1"), number("top5"),
+                         number("loss"), str(m[key("count")])))
     return monitor.text_table(head, rows)
 
 

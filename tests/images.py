@@ -1,5 +1,6 @@
 """Small real image data for tests, made from the photographs that ship with scikit-image."""
 import io
+import json
 import pathlib
 import tarfile
 
@@ -81,3 +82,24 @@ def image_folder(root, splits=("train", "val"), classes=("cat", "coffee", "rocke
     for name, (data, _) in (bad or {}).items():
         (root / splits[0] / classes[0] / name).write_bytes(data)
     return root
+
+
+def real_json(directory, labels) -> pathlib.Path:
+    """real.json beside a miniature ILSVRC2012_img_val.tar: one list of class ids per validation image."""
+    path = pathlib.Path(directory) / "real.json"
+    path.write_text(json.dumps([list(map(int, x)) for x in labels]))
+    return path
+
+
+def imagenet_v2_archive(directory, classes=(0, 1, 999), per_class: int = 2,
+                        top: str = "imagenetv2-matched-frequency-format-val",
+                        fname: str = "imagenetv2-matched-frequency.tar.gz") -> pathlib.Path:
+    """A miniature ImageNet-V2 archive in the published layout: TOP/<class id>/<n>.jpeg."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(directory / fname, "w:gz") as tar:
+        for c in classes:
+            for i in range(per_class):
+                a = photo(PHOTOS[(c + i) % len(PHOTOS)], (120 + 8 * i, 96))
+                _add(tar, f"{top}/{c}/{i}.jpeg", encode(a))
+    return directory / fname

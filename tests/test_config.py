@@ -92,6 +92,7 @@ def test_train_py_exits_with_the_one_line_before_compiling(tmp_path, flag, messa
     ((dict(name="a", split="x"), dict(name="a", split="y")), r"config.evals\[1\].name='a': a new snake_case name"),
     ((dict(name="b"),), r"config.evals\[0\]=\{'name': 'b'\}: a dict with name and split, and optionally dataset"),
     ((dict(name="c", split="test", crop_pct=1.5),), r"config.evals\[0\].crop_pct=1.5: must be in \(0, 1\]"),
+    ((dict(name="d", split="test", label_key="Real"),), r"config.evals\[0\].label_key='Real': a label feature's name"),
 ])
 def test_a_bad_extra_evaluation_is_one_line(evals, message):
     c = config_lib.load(str(ROOT / "configs/smoke.py"))

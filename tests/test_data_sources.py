@@ -4,7 +4,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 import images
-from hcnet import tools
+from hcnet import paths, tools
 from hcnet.data import builders, prepare, sources, transforms
 from hcnet.errors import DataError
 from hcnet.tools import prepare as prepare_tool
@@ -122,3 +122,93 @@ def test_prepare_cli_stops_with_one_line(tmp_path, capsys):
         tools.invoke(prepare_tool.main, ["--dataset=imagenet2012", f"--manual_dir={tmp_path}", f"--data_dir={tmp_path / 'tfds'}"])
     with pytest.raises(SystemExit, match=r"^error: .*holds no TFDS build"):
         tools.invoke(prepare_tool.main, ["--dataset=imagenet2012", f"--data_dir={tmp_path / 'tfds'}", "--convert"])
+
+
+def miniature_checksums(monkeypatch, dataset: str, files: dict) -> None:
+    """Lets TFDS's own builder take miniature files for the URLs it registers checksums for: the real
+    files' sizes and sha256 are in TFDS's checksums.tsv; these are the miniatures'."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.download import checksums
+    cls = tfds.builder_cls(dataset)
+    infos = {**cls.url_infos, **{url: checksums.compute_url_info(path) for url, path in files.items()}}
+    monkeypatch.setattr(cls, "url_infos", infos)
+
+
+REAL_URL = "https://raw.githubusercontent.com/google-research/reassessed-imagenet/master/real.json"
+V2_URL = "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/imagenetv2-matched-frequency.tar.gz"
+
+
+def test_real_labels_are_scored_as_real_does_through_the_real_tfds_builder(tmp_path, monkeypatch):
+    """imagenet2012_real from a miniature val tar and real.json; top-1 counts hits among labeled images only."""
+    import tarfile
+
+    import jax
+    from flax import nnx
+
+    from hcnet import config as config_lib
+    from hcnet import sharding, tasks
+    from hcnet.data.augment import normalize
+    from hcnet.evaluators import multilabel
+    from hcnet.model import ModelDef, model_spec
+    tars = images.imagenet_tars(tmp_path / "tars", per_class=1, val=5)
+    spec = model_spec("mu", num_classes=1000, dtype="float32")
+    model_def, shapes = ModelDef.from_spec(spec)
+    rng = np.random.default_rng(0)  # any parameters will do: this is about the scoring
+    params = jax.tree.map(lambda s: rng.normal(0, 0.5, s.shape).astype(s.dtype), shapes)
+    logits = jax.jit(lambda p, x: nnx.view(model_def.bind(p), deterministic=True)(normalize(x)))
+    with tarfile.open(tars / "ILSVRC2012_img_val.tar") as tar:
+        crops = np.stack([transforms.eval_image(tar.extractfile(m).read(), 32) for m in sorted(tar, key=lambda m: m.name)])
+    ranked = np.argsort(-np.asarray(logits(params, crops)), axis=-1)
+    # hits: the top class is in the set (sets of the top 3, so no near tie decides); misses: the bottom classes
+    labels = [ranked[0, :3], [*ranked[1, :3], ranked[1, -1]], ranked[2, -2:], [], ranked[4, -1:]]
+    images.real_json(tars, labels)
+    miniature_checksums(monkeypatch, "imagenet2012_real", {REAL_URL: tars / "real.json"})
+    tools.invoke(prepare_tool.main, ["--dataset=imagenet2012_real", f"--manual_dir={tars}",
+                                     f"--data_dir={tmp_path / 'tfds'}"])
+    real = sources.open_split("imagenet2012_real", "validation", data_dir=tmp_path / "tfds", label_key="real_label")
+    assert (len(real), real.num_classes, real.multilabel) == (5, 1000, True)
+    # through config.evals and the task, as training and eval.py build it
+    c = config_lib.load(str(paths.REPO / "configs/smoke.py"))
+    c.dataset.update(name="synthetic", num_classes=1000, eval_split="validation[:4]")
+    c.evals = (dict(name="real", dataset="imagenet2012_real", data_dir=str(tmp_path / "tfds"), split="validation",
+                    label_key="real_label", image_size=32, crop_pct=0.875),)
+    c.eval_batch_size = 4  # 5 images in 2 batches of 4 over 2 devices: 3 padding rows
+    config_lib.validate(c, num_devices=2, training=False)
+    mesh = sharding.make_mesh(devices=jax.devices()[:2])
+    _, evaluator = tasks.create(c).evaluators(mesh, model_def)
+    assert isinstance(evaluator, multilabel.Evaluator) and evaluator.metrics == ("top1", "count", "unlabeled")
+    assert evaluator(jax.device_put(params, sharding.replicated(mesh))) == {"top1": 0.5, "count": 4, "unlabeled": 1}
+
+
+def test_real_and_imagenet_v2_files_are_checked_in_one_line_before_tfds_runs(tmp_path):
+    tars = images.imagenet_tars(tmp_path, per_class=1, val=3)
+    with pytest.raises(DataError, match=r"real.json is missing: imagenet2012_real needs real.json from"):
+        prepare.check_real_labels(tmp_path)
+    images.real_json(tmp_path, [[1], [2, 3]])
+    with pytest.raises(DataError, match=r"has 2 label lists but ILSVRC2012_img_val.tar has 3 images"):
+        prepare.check_real_labels(tmp_path)
+    images.real_json(tmp_path, [[1], [2, 3], [1000]])
+    with pytest.raises(DataError, match=r"lists of class ids in \[0, 1000\)"):
+        prepare.check_real_labels(tmp_path)
+    images.real_json(tmp_path, [[1], [2, 3], []])
+    prepare.check_real_labels(tars)
+    with pytest.raises(DataError, match=r"imagenetv2-matched-frequency.tar.gz is missing: .*huggingface"):
+        prepare.check_imagenet_v2(tmp_path, "matched-frequency")
+    images.imagenet_v2_archive(tmp_path, top="imagenetv2-top-images-format-val")
+    with pytest.raises(DataError, match=r"should be under imagenetv2-matched-frequency-format-val/"):
+        prepare.check_imagenet_v2(tmp_path, "matched-frequency")
+    with pytest.raises(DataError, match=r"the variants are matched-frequency, threshold-0.7, topimages"):
+        prepare.check_imagenet_v2(tmp_path, "matched")
+
+
+def test_imagenet_v2_through_the_real_tfds_builder(tmp_path, monkeypatch):
+    archive = images.imagenet_v2_archive(tmp_path / "v2", classes=(0, 7, 999))
+    miniature_checksums(monkeypatch, "imagenet_v2", {V2_URL: archive})
+    tools.invoke(prepare_tool.main, ["--dataset=imagenet_v2/matched-frequency", f"--manual_dir={archive.parent}",
+                                     f"--data_dir={tmp_path / 'tfds'}"])
+    v2 = sources.open_split("imagenet_v2/matched-frequency", "test", data_dir=tmp_path / "tfds")
+    assert (len(v2), v2.num_classes, v2.multilabel) == (6, 1000, False)
+    by_name = {v2.records[i]["file_name"].decode(): int(v2.records[i]["label"]) for i in range(6)}
+    assert by_name == {f"{c}/{i}.jpeg": c for c in (0, 7, 999) for i in range(2)}
+    with pytest.raises(DataError, match=r"label_key='real_label' is not a label feature of .*; it has label"):
+        sources.open_split("imagenet_v2/matched-frequency", "test", data_dir=tmp_path / "tfds", label_key="real_label")

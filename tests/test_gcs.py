@@ -218,12 +218,24 @@ def test_smoke_trains_on_gcs_data_into_a_gcs_workdir_then_exports_loads_evaluate
 
 
 @pytest.mark.heavy
+def checkpoint_steps(workdir) -> list[int]:
+    """The committed checkpoint steps of a workdir, as a restarting run lists them."""
+    try:
+        with checkpoint._reader(workdir) as manager:
+            return list(manager.all_steps())
+    except FileNotFoundError:
+        return []
+
+
 def test_sigkill_during_a_gcs_save_then_rerun_ends_bitwise_identical_with_whole_metrics(smoke_run, bucket):
     """Killed while the step-8 checkpoint is being written to the bucket; the rerun resumes from step 4."""
     run_dir, _, _ = smoke_run
     workdir = paths.path(bucket) / "run"
     env = env_with(8)
-    killed = _run_until(train_cmd(workdir), env, "step 8 eval", signal.SIGKILL)
+    # on a slow machine the step-4 save (asynchronous) may still be uploading at step 8's eval line: the
+    # kill waits for it to commit, so that it lands in step 8's save, not step 4's
+    committed_4 = lambda: 4 in checkpoint_steps(workdir)
+    killed = _run_until(train_cmd(workdir), env, "step 8 eval", signal.SIGKILL, ready=committed_4)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     rerun = subprocess.run(train_cmd(workdir), env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -110,13 +111,17 @@ def test_same_config_and_seed_give_bitwise_identical_parameters(smoke_run, tmp_p
     assert_same(params_of(tmp_path, ema=True), params_of(run_dir, ema=True))
 
 
-def _run_until(cmd, env, marker: str, sig) -> subprocess.CompletedProcess:
-    """Starts cmd, sends `sig` once a stdout line starts with `marker`; returns the finished process."""
+def _run_until(cmd, env, marker: str, sig, ready=None) -> subprocess.CompletedProcess:
+    """Starts cmd, sends `sig` once a stdout line starts with `marker` (and then `ready()` holds, polled for
+    up to 2 minutes); returns the finished process."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     for line in proc.stdout:
         lines.append(line)
         if line.startswith(marker):
+            deadline = time.monotonic() + 120
+            while ready is not None and not ready() and time.monotonic() < deadline:
+                time.sleep(0.2)
             proc.send_signal(sig)
             break
     out, err = proc.communicate(timeout=300)

@@ -1,6 +1,8 @@
 """Builds TFDS datasets in ArrayRecord format (random access), once, before training.
 
     python -m hcnet.tools.prepare --dataset=imagenet2012 --manual_dir=TARS --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=imagenet2012_real --manual_dir=DIR --data_dir=DIR   # val tar, real.json
+    python -m hcnet.tools.prepare --dataset=imagenet_v2/matched-frequency --manual_dir=DIR --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=image_folder --manual_dir=ROOT --name=flowers --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=hcnet_digits --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=imagenet2012 --data_dir=DIR --convert   # a TFRecord build
@@ -24,15 +26,26 @@ IMAGENET_TARS = {  # file -> (what its first member must look like, what it hold
 }
 
 
-def check_imagenet_tars(manual_dir) -> None:
-    """Both official tars present, readable as tar archives, each holding what it should."""
+# ImageNet's companions, from files downloaded once into --manual_dir; TFDS's builders take them from there
+# (by the file names and checksums they register) instead of downloading
+REAL_JSON = "real.json"  # https://github.com/google-research/reassessed-imagenet: one label list per val image
+IMAGENET_V2 = {  # TFDS config -> (archive on huggingface.co/datasets/vaishaal/ImageNetV2, its top folder)
+    "matched-frequency": ("imagenetv2-matched-frequency.tar.gz", "imagenetv2-matched-frequency-format-val"),
+    "threshold-0.7": ("imagenetv2-threshold0.7.tar.gz", "imagenetv2-threshold0.7-format-val"),
+    "topimages": ("imagenetv2-top-images.tar.gz", "imagenetv2-top-images-format-val"),
+}
+
+
+def check_imagenet_tars(manual_dir, tars=tuple(IMAGENET_TARS), dataset: str = "imagenet2012") -> None:
+    """The official tars present, readable as tar archives, each holding what it should."""
     manual_dir = paths.local(manual_dir, "--manual_dir", "the ImageNet tars must be on this machine's disk "
                              "(gcloud storage cp gs://BUCKET/ILSVRC2012_img_*.tar DIR)")
-    for fname, (pattern, holds) in IMAGENET_TARS.items():
+    for fname in tars:
+        pattern, holds = IMAGENET_TARS[fname]
         path = manual_dir / fname
         if not path.is_file():
-            raise DataError(f"{path} is missing: imagenet2012 needs ILSVRC2012_img_train.tar and "
-                            "ILSVRC2012_img_val.tar from image-net.org in --manual_dir")
+            raise DataError(f"{path} is missing: {dataset} needs {' and '.join(tars)} from image-net.org in "
+                            "--manual_dir")
         try:
             with tarfile.open(os.fspath(path), mode="r:") as tar:
                 first = tar.next()
@@ -41,6 +54,49 @@ def check_imagenet_tars(manual_dir) -> None:
         if first is None or not re.fullmatch(pattern, os.path.basename(first.name)):
             got = first.name if first else "nothing"
             raise DataError(f"{path} starts with {got!r}, but it should hold {holds}; is it the right file?")
+
+
+def check_real_labels(manual_dir) -> None:
+    """ILSVRC2012_img_val.tar and real.json in manual_dir, one list of classes in real.json per val image."""
+    import json
+    check_imagenet_tars(manual_dir, ("ILSVRC2012_img_val.tar",), "imagenet2012_real")
+    manual_dir = paths.path(manual_dir)
+    path = manual_dir / REAL_JSON
+    if not path.is_file():
+        raise DataError(f"{path} is missing: imagenet2012_real needs real.json from "
+                        "https://github.com/google-research/reassessed-imagenet beside ILSVRC2012_img_val.tar")
+    try:
+        labels = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not JSON ({e}); download real.json again") from None
+    if not isinstance(labels, list) or not all(
+            isinstance(x, list) and all(isinstance(c, int) and 0 <= c < 1000 for c in x) for x in labels):
+        raise DataError(f"{path} should be a list of lists of class ids in [0, 1000), one per validation image")
+    with tarfile.open(os.fspath(manual_dir / "ILSVRC2012_img_val.tar"), mode="r:") as tar:
+        images = sum(1 for m in tar if m.isfile())
+    if len(labels) != images:
+        raise DataError(f"{path} has {len(labels)} label lists but ILSVRC2012_img_val.tar has {images} images; "
+                        "they must be the same set (50,000 each)")
+
+
+def check_imagenet_v2(manual_dir, variant: str) -> None:
+    """The ImageNet-V2 archive of `variant` in manual_dir, a gzipped tar of its class folders."""
+    if variant not in IMAGENET_V2:
+        raise DataError(f"--dataset=imagenet_v2/{variant}: the variants are {', '.join(IMAGENET_V2)}")
+    fname, top = IMAGENET_V2[variant]
+    manual_dir = paths.local(manual_dir, "--manual_dir", "the archive must be on this machine's disk")
+    path = manual_dir / fname
+    if not path.is_file():
+        raise DataError(f"{path} is missing: imagenet_v2/{variant} needs {fname} from "
+                        f"https://huggingface.co/datasets/vaishaal/ImageNetV2 in --manual_dir")
+    try:
+        with tarfile.open(os.fspath(path), mode="r:gz") as tar:
+            first = tar.next()
+    except (tarfile.TarError, OSError) as e:
+        raise DataError(f"{path} is not a readable .tar.gz archive ({e}); download it again") from None
+    if first is None or first.name.split("/")[0] != top:
+        raise DataError(f"{path} starts with {first.name if first else 'nothing'!r}, but everything in it should "
+                        f"be under {top}/; is it the right file?")
 
 
 def prepare(dataset: str, data_dir=None, manual_dir=None, name=None, staging_dir=None) -> paths.Path:
@@ -83,6 +139,10 @@ def _builder(dataset: str, data_dir, manual_dir, name):
     else:
         if dataset == "imagenet2012":
             check_imagenet_tars(manual_dir or "")
+        elif dataset == "imagenet2012_real":
+            check_real_labels(manual_dir or "")
+        elif dataset.split("/")[0] == "imagenet_v2":
+            check_imagenet_v2(manual_dir or "", dataset.partition("/")[2] or "matched-frequency")
         if manual_dir:
             download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
         try:

@@ -1,7 +1,8 @@
 """Where examples come from: any prepared TFDS dataset by name and split string, or synthetic data.
 
 A source is random access (`len`, `[i]`) over records `{"image": encoded bytes or uint8 (H, W, C),
-"label": int}`. Nothing downloads here: TFDS datasets must be prepared first (`hcnet.tools.prepare`),
+"label": int}`; `label_key` names another label feature (e.g. imagenet2012_real's "real_label", a set
+of classes per image: `multilabel`). Nothing downloads here: TFDS datasets must be prepared first (`hcnet.tools.prepare`),
 except the embedded digits, which are built from scikit-learn on first use. Synthetic data needs no
 TensorFlow or TFDS at all.
 """
@@ -22,6 +23,8 @@ class Source:
     name: str
     split: str
     num_classes: int
+    label_key: str = "label"
+    multilabel: bool = False  # records[i][label_key] is a (possibly empty) sequence of classes
 
     def __len__(self):
         return len(self.records)
@@ -62,23 +65,27 @@ def _slice_bounds(split: str, sizes: dict, field: str) -> tuple:
 
 
 def open_split(name: str, split: str, *, data_dir=None, num_classes: int = 1000, image_size=224,
-               field: str = "dataset.train_split") -> Source:
+               field: str = "dataset.train_split", label_key: str = "label") -> Source:
     """The records of `name`/`split`; `num_classes` and `image_size` (N or (H, W)) only shape synthetic data."""
     if name == SYNTHETIC:
+        if label_key != "label":
+            raise DataError(f"label_key={label_key!r}: {SYNTHETIC} data has only 'label'")
         start, stop = _slice_bounds(split, SYNTHETIC_SPLITS, field)
         if stop <= start:
             raise DataError(f"{field}={split!r} selects no examples of {SYNTHETIC}")
         return Source(Synthetic(start, stop, image_size, num_classes), name, split, num_classes)
-    return _tfds_split(name, split, data_dir, field)
+    return _tfds_split(name, split, data_dir, field, label_key)
 
 
 def _prepare_hint(name: str, data_dir) -> str:
     where = f"--data_dir={data_dir}" if data_dir else "(default --data_dir ~/tensorflow_datasets)"
-    manual = " --manual_dir=DIR_WITH_THE_TWO_TARS" if name == "imagenet2012" else ""
+    manual = {"imagenet2012": " --manual_dir=DIR_WITH_THE_TWO_TARS",
+              "imagenet2012_real": " --manual_dir=DIR_WITH_ILSVRC2012_img_val.tar_AND_real.json"}.get(name, "")
+    manual = " --manual_dir=DIR_WITH_THE_ARCHIVE" if name.startswith("imagenet_v2") else manual
     return f"python -m hcnet.tools.prepare --dataset={name}{manual} {where}"
 
 
-def _tfds_split(name: str, split: str, data_dir, field: str) -> Source:
+def _tfds_split(name: str, split: str, data_dir, field: str, label_key: str) -> Source:
     import tensorflow_datasets as tfds
 
     from hcnet.data import builders  # registers hcnet_digits
@@ -111,5 +118,11 @@ def _tfds_split(name: str, split: str, data_dir, field: str) -> Source:
                         f"splits: {sizes}; slices like 'train[:90%]' or 'train[100:]' work") from None
     if len(records) == 0:
         raise DataError(f"{field}={split!r} selects no examples of {name}")
-    label = builder.info.features["label"]
-    return Source(records, name, split, int(label.num_classes))
+    features = builder.info.features
+    labels = [k for k, f in features.items() if isinstance(getattr(f, "feature", f), tfds.features.ClassLabel)]
+    if label_key not in labels:
+        raise DataError(f"label_key={label_key!r} is not a label feature of {name}; it has {', '.join(labels)}")
+    label = features[label_key]
+    multilabel = isinstance(label, tfds.features.Sequence)
+    num_classes = label.feature.num_classes if multilabel else label.num_classes
+    return Source(records, name, split, int(num_classes), label_key, multilabel)

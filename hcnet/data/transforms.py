@@ -86,19 +86,20 @@ def eval_image(data, size: int, crop_pct: float = 0.875) -> np.ndarray:
 
 
 def _example(image, label, mask, index) -> dict:
-    return {"image": image, "label": np.int32(label), "mask": np.bool_(mask), "index": np.int32(index)}
+    label = np.asarray(label, np.bool_ if np.ndim(label) else np.int32)  # a class, or a multi-hot (classes,)
+    return {"image": image, "label": label, "mask": np.bool_(mask), "index": np.int32(index)}
 
 
 _warned = set()  # per process: each bad example is logged once, not once per epoch
 
 
-def _failed(record: dict, size: int, error: Exception) -> dict:
+def _failed(record: dict, size: int, error: Exception, label=0) -> dict:
     if record["index"] not in _warned:
         _warned.add(record["index"])
         name = record.get("file_name", b"")
         name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
         logging.warning("skipping example %d %s: %s (counted in the batch mask)", record["index"], name, error)
-    return _example(np.zeros((size, size, 3), np.uint8), 0, False, record["index"])
+    return _example(np.zeros((size, size, 3), np.uint8), label, False, record["index"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,15 +121,26 @@ class TrainTransform:
 
 @dataclasses.dataclass(frozen=True)
 class EvalTransform:
-    """grain map: record (with "index"; index -1 is padding) -> {image uint8, label, mask, index}."""
+    """grain map: record (with "index"; index -1 is padding) -> {image uint8, label, mask, index}; with
+    `multilabel_classes`, record[label_key] is a set of classes and label a multi-hot bool (classes,)."""
     size: int
     crop_pct: float = 0.875
+    label_key: str = "label"
+    multilabel_classes: int = 0
+
+    def _label(self, record=None):
+        if not self.multilabel_classes:
+            return 0 if record is None else record[self.label_key]
+        hot = np.zeros(self.multilabel_classes, np.bool_)
+        if record is not None:
+            hot[np.asarray(record[self.label_key], np.int64)] = True
+        return hot
 
     def __call__(self, record: dict) -> dict:
         if record["index"] == PAD_INDEX:
-            return _example(np.zeros((self.size, self.size, 3), np.uint8), 0, False, PAD_INDEX)
+            return _example(np.zeros((self.size, self.size, 3), np.uint8), self._label(), False, PAD_INDEX)
         try:
             image = eval_image(record["image"], self.size, self.crop_pct)
         except Exception as e:  # noqa: BLE001
-            return _failed(record, self.size, e)
-        return _example(image, record["label"], True, record["index"])
+            return _failed(record, self.size, e, self._label())
+        return _example(image, self._label(record), True, record["index"])

@@ -36,20 +36,26 @@ class Evaluator:
     """Classification of `source` (hcnet.data.sources.Source) at one resolution and centre crop."""
     metrics = ("top1", "top5", "loss", "count")
     headline = ("top1", "top5")
+    eval_step = staticmethod(eval_step)
 
     def __init__(self, name: str, source, *, model_def, mesh, batch_size: int, image_size: int,
                  crop_pct: float = 0.875, threads: int = 8, workers: int = 0, prefetch: int = 2):
         self.name, self.source, self.image_size, self.crop_pct = name, source, image_size, crop_pct
-        self._step = jax.jit(functools.partial(eval_step, model_def=model_def),
+        self._step = jax.jit(functools.partial(self.eval_step, model_def=model_def),
                              out_shardings=sharding.replicated(mesh))
-        transform = transforms.EvalTransform(image_size, crop_pct)
+        transform = transforms.EvalTransform(image_size, crop_pct, source.label_key,
+                                             source.num_classes if source.multilabel else 0)
         self._loader = functools.partial(pipeline.eval_loader, source, sharding.batch_sharding(mesh), batch_size,
                                          transform, threads=threads, workers=workers, prefetch=prefetch)
 
-    def __call__(self, params) -> dict[str, float]:
+    def total(self, params):
+        """The metrics collection summed over the whole split, on the host."""
         total = None
         for batch in self._loader():
             m = self._step(params, batch)
             total = m if total is None else total.merge(m)
-        total = sharding.to_host(total)
+        return sharding.to_host(total)
+
+    def __call__(self, params) -> dict[str, float]:
+        total = self.total(params)
         return {**{k: float(v) for k, v in total.compute().items()}, "count": int(round(float(total.top1.count)))}

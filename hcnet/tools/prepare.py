@@ -1,6 +1,8 @@
 """Builds a TFDS dataset in ArrayRecord format (random access), once, before training.
 
     python -m hcnet.tools.prepare --dataset=imagenet2012 --manual_dir=TARS --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=imagenet2012_real --manual_dir=DIR --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=imagenet_v2/matched-frequency --manual_dir=DIR --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=image_folder --manual_dir=ROOT --name=flowers --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=hcnet_digits --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=imagenet2012 --data_dir=DIR --convert   # a TFRecord build
@@ -8,6 +10,10 @@
 
 --data_dir may be gs://BUCKET/FOLDER: the build is made in a local staging folder (--staging_dir, or a
 temporary one) and uploaded, dataset_info.json last.
+
+imagenet2012_real reads ILSVRC2012_img_val.tar and real.json (github.com/google-research/reassessed-imagenet)
+from --manual_dir; imagenet_v2/<variant> reads the variant's .tar.gz (huggingface.co/datasets/vaishaal/
+ImageNetV2, e.g. imagenetv2-matched-frequency.tar.gz) from --manual_dir. Nothing is downloaded.
 """
 from absl import flags
 
@@ -15,7 +21,8 @@ from hcnet import tools
 
 flags.DEFINE_string("dataset", None, "imagenet2012, image_folder, hcnet_digits or a TFDS name")
 flags.DEFINE_string("data_dir", None, "where TFDS datasets live (default ~/tensorflow_datasets)")
-flags.DEFINE_string("manual_dir", None, "the ImageNet tars, or the image folder's root")
+flags.DEFINE_string("manual_dir", None, "the ImageNet tars (and real.json, the ImageNet-V2 archive), or the "
+                    "image folder's root")
 flags.DEFINE_string("name", None, "image_folder: the dataset name (default: the root's name)")
 flags.DEFINE_bool("convert", False, "convert an existing TFRecord build to ArrayRecord in place")
 flags.DEFINE_string("staging_dir", None, "with a gs:// --data_dir: the local folder the build is made in "
