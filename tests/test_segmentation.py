@@ -56,3 +56,45 @@ def test_every_pixel_counts_once_on_any_number_of_devices(devices):
         want += np.stack([inter, ap + al - inter, ap, al])
     np.testing.assert_array_equal(got.sums, want)
     assert got.metrics()["aAcc"] == want[0].sum() / want[3].sum()
+
+
+def test_upernet_output_strides_and_shapes_at_a_non_square_size():
+    """70 x 45 (neither divisible by 32): decode logits at the stem's stride-4 size, aux at stride 16, and the
+    image-size output."""
+    from flax import nnx
+
+    from hcnet import upernet
+    from hcnet.model import conv_out_size
+    net = nnx.jit(lambda: upernet.build("mu", 5, rngs=nnx.Rngs(0), channels=16, aux_channels=8, dtype="float32"))()
+    x = np.random.default_rng(0).random((2, 70, 45, 3), np.float32)
+    (decode, aux), full = nnx.jit(lambda m, x: (m.logits(x), m(x)))(
+        nnx.view(net, deterministic=True, use_running_average=True), x)
+    down = lambda n, times: n if times == 0 else down(conv_out_size(n), times - 1)
+    assert decode.shape == (2, down(70, 2), down(45, 2), 5) == (2, 18, 12, 5)  # the stem: two stride-2 convs
+    assert aux.shape == (2, down(70, 4), down(45, 4), 5) and decode.dtype == np.float32
+    assert full.shape == (2, 70, 45, 5)
+    assert len(net.decode.ppm) == 4 and net.decode.fuse.conv.in_features == 4 * 16
+
+
+def test_upernet_t_parameters_are_mmsegs_heads_on_hcnet_t():
+    """mmseg's UPerHead (512 channels) and FCNHead (256) on HcNet-T's dims, counted by hand; BN's scale and
+    bias are parameters, its running statistics are not (as mmseg counts)."""
+    from hcnet import upernet
+    d, c, k = (64, 128, 320, 512), 512, 150
+    conv_bn = lambda cin, cout, kernel: kernel * kernel * cin * cout + 2 * cout  # no conv bias beside a norm
+    decode = (4 * conv_bn(d[3], c, 1) + conv_bn(d[3] + 4 * c, c, 3) + sum(conv_bn(x, c, 1) for x in d[:3])
+              + 3 * conv_bn(c, c, 3) + conv_bn(4 * c, c, 3) + c * k + k)
+    aux = conv_bn(d[2], 256, 3) + 256 * k + k
+    t = upernet.summary("T")
+    assert (t["decode"], t["aux"]) == (decode, aux) == (29_711_510, 776_342)
+    assert t["backbone"] == 28_416_936 - (512 * 1000 + 1000)  # HcNet-T (README's count) without its head
+
+
+def test_adaptive_pool_is_torchs_on_sizes_that_do_not_divide():
+    from hcnet.upernet import adaptive_avg_pool
+    x = np.arange(2 * 7 * 5 * 3, dtype=np.float32).reshape(2, 7, 5, 3)
+    got = np.asarray(adaptive_avg_pool(x, 3))
+    # torch.nn.AdaptiveAvgPool2d(3) on 7 rows: [0, 3), [2, 5), [4, 7); on 5 columns: [0, 2), [1, 4), [3, 5)
+    rows, cols = [(0, 3), (2, 5), (4, 7)], [(0, 2), (1, 4), (3, 5)]
+    want = np.stack([np.stack([x[:, a:b, c:d].mean(axis=(1, 2)) for c, d in cols], 1) for a, b in rows], 1)
+    np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -1,0 +1,143 @@
+"""UperNet (Xiao et al. 2018) on HcNet's four stages, as mmsegmentation builds it for Swin and HcNet.
+
+    decode head  pyramid pooling on stage 4 (adaptive average pools 1, 2, 3, 6, each a 1x1 conv, upsampled,
+                 concatenated with stage 4, a 3x3 conv), an FPN over the four stages (1x1 laterals, top-down
+                 sums, 3x3 convs), the four levels upsampled to stride 4 and fused by a 3x3 conv; dropout
+                 0.1 and a 1x1 classifier. Every conv but the classifiers is conv (no bias) + BN + ReLU.
+    aux head     FCN on stage 3: one 3x3 conv + BN + ReLU (256 channels), dropout 0.1, a 1x1 classifier;
+                 trained with loss weight 0.4, not used at inference.
+
+NHWC throughout; logits at stride 4 (`__call__`), upsampled to the image by the task. The norm is
+BatchNorm: under jit over a batch sharded across devices (and hosts) its statistics are over the whole
+global batch, which is what mmseg's SyncBN computes.
+"""
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from hcnet.model import HcNet
+
+POOL_SCALES = (1, 2, 3, 6)
+
+
+def adaptive_pool_matrix(size: int, bins: int) -> np.ndarray:
+    """(bins, size) averaging weights of PyTorch's AdaptiveAvgPool: bin i covers [floor(i*n/b), ceil((i+1)*n/b))."""
+    m = np.zeros((bins, size), np.float32)
+    for i in range(bins):
+        start, stop = (i * size) // bins, -((-(i + 1) * size) // bins)
+        m[i, start:stop] = 1.0 / (stop - start)
+    return m
+
+
+def adaptive_avg_pool(x, bins: int):
+    """(B, H, W, C) -> (B, bins, bins, C), exactly as torch.nn.AdaptiveAvgPool2d(bins)."""
+    ph = jnp.asarray(adaptive_pool_matrix(x.shape[1], bins), x.dtype)
+    pw = jnp.asarray(adaptive_pool_matrix(x.shape[2], bins), x.dtype)
+    return jnp.einsum("ih,bhwc,jw->bijc", ph, x, pw)
+
+
+def resize(x, height: int, width: int):
+    """Bilinear with half-pixel centres (PyTorch's align_corners=False) to (height, width); the head only
+    enlarges, where jax.image.resize and torch agree."""
+    return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), method="bilinear")
+
+
+class ConvBNReLU(nnx.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, *, dtype, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(cin, cout, (kernel, kernel), padding="SAME", use_bias=False, dtype=dtype, rngs=rngs)
+        self.bn = nnx.BatchNorm(cout, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)  # torch momentum 0.1
+
+    def __call__(self, x):
+        return jax.nn.relu(self.bn(self.conv(x)))
+
+
+class Classifier(nnx.Module):
+    """Dropout 0.1 (whole channels, as Dropout2d) and a 1x1 conv with bias to the classes."""
+
+    def __init__(self, cin: int, num_classes: int, *, dropout: float, dtype, rngs: nnx.Rngs):
+        self.drop = nnx.Dropout(dropout, broadcast_dims=(1, 2), rngs=rngs)
+        self.conv = nnx.Conv(cin, num_classes, (1, 1), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        return self.conv(self.drop(x)).astype(jnp.float32)
+
+
+class UperHead(nnx.Module):
+    def __init__(self, in_channels: Sequence[int], num_classes: int, *, channels: int = 512,
+                 pool_scales=POOL_SCALES, dropout: float = 0.1, dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, rngs=rngs)
+        self.pool_scales = tuple(pool_scales)
+        self.ppm = nnx.List([ConvBNReLU(in_channels[-1], channels, 1, **kw) for _ in pool_scales])
+        self.bottleneck = ConvBNReLU(in_channels[-1] + len(pool_scales) * channels, channels, 3, **kw)
+        self.laterals = nnx.List([ConvBNReLU(c, channels, 1, **kw) for c in in_channels[:-1]])
+        self.fpn = nnx.List([ConvBNReLU(channels, channels, 3, **kw) for _ in in_channels[:-1]])
+        self.fuse = ConvBNReLU(len(in_channels) * channels, channels, 3, **kw)
+        self.classifier = Classifier(channels, num_classes, dropout=dropout, **kw)
+
+    def __call__(self, feats):
+        last = feats[-1]
+        h, w = last.shape[1:3]
+        pooled = [resize(conv(adaptive_avg_pool(last, s)), h, w) for s, conv in zip(self.pool_scales, self.ppm)]
+        levels = [lat(f) for lat, f in zip(self.laterals, feats[:-1])]
+        levels.append(self.bottleneck(jnp.concatenate([last, *pooled], axis=-1)))
+        for i in range(len(levels) - 1, 0, -1):  # top-down: each level adds the coarser one, enlarged
+            levels[i - 1] = levels[i - 1] + resize(levels[i], *levels[i - 1].shape[1:3])
+        outs = [conv(x) for conv, x in zip(self.fpn, levels[:-1])] + [levels[-1]]
+        h, w = outs[0].shape[1:3]
+        fused = self.fuse(jnp.concatenate([outs[0], *(resize(x, h, w) for x in outs[1:])], axis=-1))
+        return self.classifier(fused)
+
+
+class FCNHead(nnx.Module):
+    def __init__(self, cin: int, num_classes: int, *, channels: int = 256, dropout: float = 0.1,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        self.conv = ConvBNReLU(cin, channels, 3, dtype=dtype, rngs=rngs)
+        self.classifier = Classifier(channels, num_classes, dropout=dropout, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        return self.classifier(self.conv(x))
+
+
+class UperNet(nnx.Module):
+    """HcNet backbone (no classification head) + UperHead + the auxiliary FCNHead on stage 3."""
+
+    def __init__(self, backbone: HcNet, dims: Sequence[int], num_classes: int, *, channels: int = 512,
+                 aux_channels: int = 256, dropout: float = 0.1, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.backbone = backbone
+        self.decode = UperHead(dims, num_classes, channels=channels, dropout=dropout, dtype=dtype, rngs=rngs)
+        self.aux = FCNHead(dims[2], num_classes, channels=aux_channels, dropout=dropout, dtype=dtype, rngs=rngs)
+
+    def logits(self, x):
+        """(decode logits, auxiliary logits), both float32 at strides 4 and 16. x (B, H, W, 3)."""
+        feats = self.backbone.features(x)
+        return self.decode(feats), self.aux(feats[2])
+
+    def __call__(self, x):
+        """Decode logits at the image's size (bilinear from stride 4), float32 (B, H, W, classes)."""
+        return resize(self.decode(self.backbone.features(x)), *x.shape[1:3])
+
+
+def build(variant: str, num_classes: int = 150, *, rngs: nnx.Rngs, channels: int = 512, aux_channels: int = 256,
+          **overrides) -> UperNet:
+    """UperNet with the HcNet `variant` as its backbone (mmseg's head sizes by default: 512 and 256 channels)."""
+    from hcnet import model
+    spec = model.model_spec(variant, **{"num_classes": 0, **overrides})
+    return UperNet(model.build(spec, rngs=rngs), spec["dims"], num_classes, channels=channels,
+                   aux_channels=aux_channels, dtype=spec["dtype"], rngs=rngs)
+
+
+def summary(variant: str, num_classes: int = 150, height: int = 512, width: int = 2048) -> dict:
+    """Parameters (backbone, decode head, auxiliary head, all) and the MACs of one inference forward
+    (backbone and decode head, as mmseg's get_flops counts them) at height x width."""
+    from hcnet import count
+    net = nnx.eval_shape(lambda: build(variant, num_classes, rngs=nnx.Rngs(0), dtype="float32",
+                                       depthwise_impl="conv"))  # depthwise filters counted as k*k MACs
+    graphdef, state = nnx.split(net)
+    fn = lambda s, x: nnx.merge(graphdef, s).decode(nnx.merge(graphdef, s).backbone.features(x))
+    image = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
+    params = {name: count.count_params(getattr(net, name)) for name in ("backbone", "decode", "aux")}
+    return {**params, "params": sum(params.values()),
+            "macs": count.jaxpr_macs(jax.make_jaxpr(fn)(state, image).jaxpr)}
