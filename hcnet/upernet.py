@@ -136,7 +136,11 @@ def summary(variant: str, num_classes: int = 150, height: int = 512, width: int 
     net = nnx.eval_shape(lambda: build(variant, num_classes, rngs=nnx.Rngs(0), dtype="float32",
                                        depthwise_impl="conv"))  # depthwise filters counted as k*k MACs
     graphdef, state = nnx.split(net)
-    fn = lambda s, x: nnx.merge(graphdef, s).decode(nnx.merge(graphdef, s).backbone.features(x))
+
+    def fn(s, x):
+        merged = nnx.merge(graphdef, s)
+        return merged.decode(merged.backbone.features(x))
+
     image = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
     params = {name: count.count_params(getattr(net, name)) for name in ("backbone", "decode", "aux")}
     return {**params, "params": sum(params.values()),

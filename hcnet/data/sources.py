@@ -2,7 +2,8 @@
 
 A source is random access (`len`, `[i]`) over records `{"image": encoded bytes or uint8 (H, W, C),
 "label": int}`; `label_key` names another label feature (e.g. imagenet2012_real's "real_label", a set
-of classes per image: `multilabel`). Nothing downloads here: TFDS datasets must be prepared first (`hcnet.tools.prepare`),
+of classes per image: `multilabel`).
+Nothing downloads here: TFDS datasets must be prepared first (`hcnet.tools.prepare`),
 except the embedded digits, which are built from scikit-learn on first use. Synthetic data needs no
 TensorFlow or TFDS at all.
 """
@@ -80,8 +81,9 @@ def open_split(name: str, split: str, *, data_dir=None, num_classes: int = 1000,
 def _prepare_hint(name: str, data_dir) -> str:
     where = f"--data_dir={data_dir}" if data_dir else "(default --data_dir ~/tensorflow_datasets)"
     manual = {"imagenet2012": " --manual_dir=DIR_WITH_THE_TWO_TARS",
-              "imagenet2012_real": " --manual_dir=DIR_WITH_ILSVRC2012_img_val.tar_AND_real.json"}.get(name, "")
-    manual = " --manual_dir=DIR_WITH_THE_ARCHIVE" if name.startswith("imagenet_v2") else manual
+              "imagenet_v2": " --manual_dir=DIR_WITH_THE_ARCHIVE",
+              "imagenet2012_real": " --manual_dir=DIR_WITH_ILSVRC2012_img_val.tar_AND_real.json"}
+    manual = manual.get(name.split("/")[0], "")
     return f"python -m hcnet.tools.prepare --dataset={name}{manual} {where}"
 
 
