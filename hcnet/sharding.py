@@ -66,3 +66,23 @@ def state_shardings(mesh, abstract_state, fsdp_min_size: int = 2 ** 18):
 def to_host(tree):
     """Replicated device values (and pytrees of them, e.g. clu metrics) as numpy, on any number of processes."""
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+
+
+_entered: set = set()
+
+
+def enter_together(jitted, *args, name: str, timeout_s: int = 3600) -> None:
+    """On several processes, compiles `jitted` for `args` and then waits until every process has done so.
+
+    CPU collectives (gloo) set up their connections at the first collective a program runs, and give a
+    late peer 30 s; compiling takes longer than that and not equally long on every process (a busy host,
+    a slower one), so the first call of a program waits here, at a barrier of JAX's coordination
+    service, which is not a collective. The compiled program stays in `jitted`'s cache for the call that
+    follows. Once per `name`; on one process it does nothing.
+    """
+    if jax.process_count() == 1 or name in _entered:
+        return
+    jitted.lower(*args).compile()
+    from jax._src import distributed  # the coordination service's client; JAX has no public barrier
+    distributed.global_state.client.wait_at_barrier(f"hcnet-compiled-{name}", timeout_in_ms=timeout_s * 1000)
+    _entered.add(name)

@@ -245,6 +245,8 @@ def _loop(c, workdir, program, state, loader, key, steps, evaluators, checkpoint
             t = time.perf_counter()
             batch = next(loader)
             console.waited(time.perf_counter() - t)
+            if step == steps.start:
+                sharding.enter_together(program.step, state, batch, key, name="train-step")
             state, metrics = program.step(state, batch, key)
             acc = metrics if acc is None else acc.merge(metrics)
             if tracing and step == profile[1]:

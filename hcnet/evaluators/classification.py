@@ -52,6 +52,8 @@ class Evaluator:
         """The metrics collection summed over the whole split, on the host."""
         total = None
         for batch in self._loader():
+            if total is None:
+                sharding.enter_together(self._step, params, batch, name=f"eval-{self.name}")
             m = self._step(params, batch)
             total = m if total is None else total.merge(m)
         return sharding.to_host(total)
