@@ -156,6 +156,7 @@ def validate(c, num_devices: int, *, training: bool = True) -> None:
 
 def _validate_training(c, num_devices: int) -> None:
     d, a, o = c.dataset, c.augment, c.optim
+    require(0 <= c.seed < 2 ** 31, "seed", c.seed, "an integer in [0, 2**31)")
     require(0 < d.scale[0] <= d.scale[1] <= 1, "dataset.scale", d.scale, "(min, max) with 0 < min <= max <= 1")
     for field in ("reprob", "mix_prob", "switch_prob", "smoothing"):
         require(0 <= a[field] <= 1, f"augment.{field}", a[field], "must be in [0, 1]")

@@ -47,12 +47,17 @@ def merge(ours: dict, theirs: dict, skip=()) -> tuple[dict, dict]:
     return out, counts
 
 
+def check_source(init_from: str) -> None:
+    """One line unless config.init_from names a checkpoint (what train.py checks before it compiles)."""
+    if not (paths.path(init_from) / checkpoint.SPEC_FILE).is_file():
+        raise ConfigError(f"config.init_from={init_from}: not a checkpoint (no {checkpoint.SPEC_FILE}); give a "
+                          "training workdir, an export (hcnet.tools.export) or a converted checkpoint")
+
+
 def start_from(c, state: dict, say=print) -> dict:
     """`state` (a fresh train state) with its parameters, and EMA, taken from config.init_from."""
+    check_source(c.init_from)
     path = paths.path(c.init_from)
-    if not (path / checkpoint.SPEC_FILE).is_file():
-        raise ConfigError(f"config.init_from={c.init_from}: not a checkpoint (no {checkpoint.SPEC_FILE}); give a "
-                          "training workdir, an export (hcnet.tools.export) or a converted checkpoint")
     step, have = checkpoint.weights_of(path, c.init_step or None)
     if c.init_ema and "ema" not in have:
         raise ConfigError(f"config.init_ema=True: {path} has no EMA weights (available: {', '.join(have)})")

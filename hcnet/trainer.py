@@ -20,6 +20,7 @@ import time
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from clu import metrics as clu_metrics
 from flax import nnx
@@ -37,8 +38,10 @@ class TrainMetrics(clu_metrics.Collection):
     lr: clu_metrics.LastValue.from_output("lr")
 
 
-def init_state(task, tx, seed: int, ema: bool) -> dict:
-    params = nnx.to_pure_dict(nnx.state(task.build(task.spec, rngs=nnx.Rngs(params=seed, dropout=0)), nnx.Param))
+def init_state(task, tx, seed, ema: bool) -> dict:
+    """A fresh state; `seed` an int or an int32 scalar (traced, so that one program serves every seed)."""
+    rngs = nnx.Rngs(params=jax.random.key(seed), dropout=0)
+    params = nnx.to_pure_dict(nnx.state(task.build(task.spec, rngs=rngs), nnx.Param))
     state = {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32),
              "nonfinite_step": jnp.full((), -1, jnp.int32)}
     if ema:
@@ -101,15 +104,17 @@ class Program:
     def build(cls, task, tx, schedule, mesh, *, seed: int, accum: int = 1, ema_decay: float = 0.0,
               fsdp_min_size: int = 2 ** 18) -> "Program":
         model_def, _ = ModelDef.from_spec(task.spec, task.build)
-        init = functools.partial(init_state, task, tx, seed, ema_decay > 0)
-        shapes = jax.eval_shape(init)
+        init = functools.partial(init_state, task, tx, ema=ema_decay > 0)
+        shapes = jax.eval_shape(init, seed)
         state_sh = sharding.state_shardings(mesh, shapes, fsdp_min_size)
         abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, state_sh)
         batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
         step = jax.jit(functools.partial(train_step, task=task, model_def=model_def, tx=tx, schedule=schedule,
                                          accum=accum, ema_decay=ema_decay),
                        in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl), donate_argnums=0)
-        return cls(model_def, jax.jit(init, out_shardings=state_sh), abstract_state, batch_sh, step)
+        # the seed is an argument, not a constant: runs that differ only in it share the compiled program
+        init = functools.partial(jax.jit(init, out_shardings=state_sh), np.int32(seed))
+        return cls(model_def, init, abstract_state, batch_sh, step)
 
 
 def evaluate(evaluators, state) -> dict:
@@ -205,6 +210,8 @@ def train_and_evaluate(c, workdir) -> dict:
     for where in (c.dataset.data_dir, c.init_from):
         if where:
             paths.check(where)
+    if c.init_from:
+        finetune.check_source(c.init_from)
     run = Run.create(c)
     task, total, per_epoch, mesh, program = run.task, run.total, run.per_epoch, run.mesh, run.program
     evaluators = task.evaluators(mesh, program.model_def)

@@ -129,20 +129,9 @@ def _run_until(cmd, env, marker: str, sig, ready=None) -> subprocess.CompletedPr
 
 
 @pytest.mark.heavy
-def test_sigkill_then_rerun_ends_bitwise_identical(smoke_run, tmp_path):
-    """Killed while the step-4 checkpoint is being written (right after its eval line) and mid-training."""
-    run_dir, _, _ = smoke_run
-    env = env_with(8)
-    killed = _run_until(train_cmd(tmp_path), env, "step 4 eval", signal.SIGKILL)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    rerun = subprocess.run(train_cmd(tmp_path), env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert_same(params_of(tmp_path), params_of(run_dir))
-    assert_same(params_of(tmp_path, ema=True), params_of(run_dir, ema=True))
-
-
-@pytest.mark.heavy
-def test_sigterm_saves_exits_cleanly_and_resumes(smoke_run, tmp_path):
+def test_sigterm_saves_and_resumes_then_sigkill_mid_save_and_a_rerun_ends_bitwise_identical(smoke_run, tmp_path):
+    """SIGTERM after step 2 saves and exits cleanly; the resumed run is killed (SIGKILL) while its next checkpoint
+    is being written, right after its eval line; the next run resumes and ends as the uninterrupted run did."""
     run_dir, _, _ = smoke_run
     env = env_with(8)
     stopped = _run_until(train_cmd(tmp_path), env, "step 2/8", signal.SIGTERM)
@@ -150,9 +139,14 @@ def test_sigterm_saves_exits_cleanly_and_resumes(smoke_run, tmp_path):
     assert "stopping at step" in stopped.stdout
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and saved[-1] < 8
+    marker = "step 4 eval" if saved[-1] < 4 else "step 8 eval"  # (the signal can land after step 4 on a fast machine)
+    killed = _run_until(train_cmd(tmp_path), env, marker, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert f"resumed from {tmp_path / 'checkpoints'}/{saved[-1]}" in killed.stdout
     rerun = subprocess.run(train_cmd(tmp_path), env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0 and f"resumed from {tmp_path / 'checkpoints'}/{saved[-1]}" in rerun.stdout
+    assert rerun.returncode == 0 and "resumed from" in rerun.stdout, rerun.stderr[-2000:]
     assert_same(params_of(tmp_path), params_of(run_dir))
+    assert_same(params_of(tmp_path, ema=True), params_of(run_dir, ema=True))
 
 
 def _free_port() -> int:
@@ -161,7 +155,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.heavy
 def train_in_two_processes(workdir) -> list[str]:
     """The smoke config as two processes of 4 fake devices into `workdir`; their stdouts."""
     address = f"localhost:{_free_port()}"
@@ -172,15 +165,6 @@ def train_in_two_processes(workdir) -> list[str]:
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     return [out for out, _ in outs]
-
-
-def test_two_processes_of_four_devices_match_one_of_eight(smoke_run, tmp_path):
-    run_dir, _, _ = smoke_run
-    outs = train_in_two_processes(tmp_path)
-    assert "step 8 eval" in outs[0] and "step" not in outs[1]  # process 1 prints no progress
-    eval_rows = [r for r in monitor.read_metrics(tmp_path) if "eval/top1" in r]
-    assert eval_rows[-1]["eval/count"] == 40
-    assert_same(params_of(tmp_path), params_of(run_dir), rtol=1e-5)
 
 
 @pytest.mark.heavy

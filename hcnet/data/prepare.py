@@ -5,6 +5,8 @@
     python -m hcnet.tools.prepare --dataset=imagenet_v2/matched-frequency --manual_dir=DIR --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=image_folder --manual_dir=ROOT --name=flowers --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=hcnet_digits --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=hcnet_ade20k --manual_dir=DIR --data_dir=DIR   # ADEChallengeData2016.zip
+    python -m hcnet.tools.prepare --dataset=segmentation_folder --manual_dir=ROOT --name=streets --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=imagenet2012 --data_dir=DIR --convert   # a TFRecord build
     python -m hcnet.tools.prepare --dataset=cifar10 --data_dir=DIR   # any TFDS dataset (downloads)
 
@@ -123,21 +125,26 @@ def _builder(dataset: str, data_dir, manual_dir, name):
     """(TFDS builder writing ArrayRecord into data_dir, its download config)."""
     import tensorflow_datasets as tfds
 
-    from hcnet.data import builders
+    from hcnet.data import builders, segmentation
     download_config = None
-    if dataset == "image_folder":
+    if dataset == "segmentation_folder":
+        segmentation.folder_files(manual_dir or "")  # the layout, before TFDS is asked
+        name = _snake_case(name or paths.path(manual_dir).name)
+        builder = segmentation.segmentation_folder(name, manual_dir)(data_dir=data_dir, file_format="array_record")
+    elif dataset == "image_folder":
         if not manual_dir or not paths.path(manual_dir).is_dir():
             raise DataError(f"--manual_dir={manual_dir} must be a folder laid out as ROOT/<split>/<class>/<image>")
         files = builders.folder_files(manual_dir)
         if not files:
             raise DataError(f"--manual_dir={manual_dir} has no images in <split>/<class>/ subfolders "
                             f"(suffixes {', '.join(builders.IMAGE_SUFFIXES)})")
-        name = name or paths.path(manual_dir).name
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-            raise DataError(f"--name={name!r} must be snake_case (lower-case letters, digits, _) as TFDS requires")
+        name = _snake_case(name or paths.path(manual_dir).name)
         builder = builders.image_folder(name, manual_dir)(data_dir=data_dir, file_format="array_record")
     else:
-        if dataset == "imagenet2012":
+        if dataset == segmentation.ADE20K:
+            segmentation.ade_members(os.path.join(os.fspath(paths.local(
+                manual_dir or ".", "--manual_dir", "the archive must be on this machine's disk")), segmentation.ADE_ZIP))
+        elif dataset == "imagenet2012":
             check_imagenet_tars(manual_dir or "")
         elif dataset == "imagenet2012_real":
             check_real_labels(manual_dir or "")
@@ -151,6 +158,12 @@ def _builder(dataset: str, data_dir, manual_dir, name):
             raise DataError(f"--dataset={dataset!r} is not a TFDS dataset; use a TFDS name, "
                             f"{builders.DIGITS} or image_folder") from None
     return builder, download_config
+
+
+def _snake_case(name: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise DataError(f"--name={name!r} must be snake_case (lower-case letters, digits, _) as TFDS requires")
+    return name
 
 
 def convert(dataset: str, data_dir=None) -> paths.Path:

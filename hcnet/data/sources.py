@@ -82,15 +82,17 @@ def _prepare_hint(name: str, data_dir) -> str:
     where = f"--data_dir={data_dir}" if data_dir else "(default --data_dir ~/tensorflow_datasets)"
     manual = {"imagenet2012": " --manual_dir=DIR_WITH_THE_TWO_TARS",
               "imagenet_v2": " --manual_dir=DIR_WITH_THE_ARCHIVE",
-              "imagenet2012_real": " --manual_dir=DIR_WITH_ILSVRC2012_img_val.tar_AND_real.json"}
+              "imagenet2012_real": " --manual_dir=DIR_WITH_ILSVRC2012_img_val.tar_AND_real.json",
+              "hcnet_ade20k": " --manual_dir=DIR_WITH_ADEChallengeData2016.zip"}
     manual = manual.get(name.split("/")[0], "")
     return f"python -m hcnet.tools.prepare --dataset={name}{manual} {where}"
 
 
-def _tfds_split(name: str, split: str, data_dir, field: str, label_key: str) -> Source:
+def _tfds_records(name: str, split: str, data_dir, field: str, decoders: dict):
+    """(builder, random-access records) of a prepared TFDS split; one line for whatever stands in the way."""
     import tensorflow_datasets as tfds
 
-    from hcnet.data import builders  # registers hcnet_digits
+    from hcnet.data import builders, segmentation  # noqa: F401  (registers hcnet_digits, hcnet_ade20k)
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -109,8 +111,7 @@ def _tfds_split(name: str, split: str, data_dir, field: str, label_key: str) -> 
                             f"{_prepare_hint(name, data_dir)}")
     splits = builder.info.splits
     try:
-        records = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                                   decoders={"image": tfds.decode.SkipDecoding()})
+        records = tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders=decoders)
     except NotImplementedError:
         raise DataError(f"dataset {name!r} in {builder.data_dir} is in TFRecord format, which has no random "
                         f"access; convert it in place with {_prepare_hint(name, data_dir)} --convert") from None
@@ -120,6 +121,13 @@ def _tfds_split(name: str, split: str, data_dir, field: str, label_key: str) -> 
                         f"splits: {sizes}; slices like 'train[:90%]' or 'train[100:]' work") from None
     if len(records) == 0:
         raise DataError(f"{field}={split!r} selects no examples of {name}")
+    return builder, records
+
+
+def _tfds_split(name: str, split: str, data_dir, field: str, label_key: str) -> Source:
+    import tensorflow_datasets as tfds
+
+    builder, records = _tfds_records(name, split, data_dir, field, {"image": tfds.decode.SkipDecoding()})
     features = builder.info.features
     labels = [k for k, f in features.items() if isinstance(getattr(f, "feature", f), tfds.features.ClassLabel)]
     if label_key not in labels:
@@ -128,3 +136,47 @@ def _tfds_split(name: str, split: str, data_dir, field: str, label_key: str) -> 
     multilabel = isinstance(label, tfds.features.Sequence)
     num_classes = label.feature.num_classes if multilabel else label.num_classes
     return Source(records, name, split, int(num_classes), label_key, multilabel)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationSource:
+    """Records {"image": encoded bytes, "segmentation": encoded PNG of stored ids, "file_name"}; what the ids
+    mean comes from the dataset's metadata (hcnet.data.segmentation)."""
+    records: object
+    name: str
+    split: str
+    classes: tuple
+    reduce_zero_label: bool
+    ignore_index: int
+
+    def __len__(self):
+        return len(self.records)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def mask(self, record) -> np.ndarray:
+        """A record's training labels (H, W) uint8: class ids, ignore_index where nothing is to be learnt."""
+        import io
+
+        from PIL import Image
+
+        from hcnet.data import segmentation
+        with Image.open(io.BytesIO(record["segmentation"])) as im:
+            stored = np.asarray(im)
+        stored = stored[..., 0] if stored.ndim == 3 else stored
+        return segmentation.label_map(stored, self.reduce_zero_label, self.num_classes, self.ignore_index)
+
+
+def open_segmentation(name: str, split: str, *, data_dir=None, field: str = "dataset.train_split") -> SegmentationSource:
+    """A split of a prepared segmentation dataset (hcnet_ade20k or a segmentation folder)."""
+    import tensorflow_datasets as tfds
+    skip = tfds.decode.SkipDecoding()
+    builder, records = _tfds_records(name, split, data_dir, field, {"image": skip, "segmentation": skip})
+    meta = builder.info.metadata or {}
+    if "segmentation" not in builder.info.features or "classes" not in meta:
+        raise DataError(f"dataset.name={name!r} is not a segmentation dataset (no segmentation masks and class "
+                        "list); prepare one with --dataset=hcnet_ade20k or --dataset=segmentation_folder")
+    return SegmentationSource(records, name, split, tuple(meta["classes"]), bool(meta["reduce_zero_label"]),
+                              int(meta["ignore_index"]))
