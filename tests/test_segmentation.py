@@ -2,6 +2,7 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -98,3 +99,50 @@ def test_adaptive_pool_is_torchs_on_sizes_that_do_not_divide():
     rows, cols = [(0, 3), (2, 5), (4, 7)], [(0, 2), (1, 4), (3, 5)]
     want = np.stack([np.stack([x[:, a:b, c:d].mean(axis=(1, 2)) for c, d in cols], 1) for a, b in rows], 1)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- inference: whole, sliding window, scales, flip
+def test_resizing_follows_opencv_and_torch_rules():
+    from hcnet.data import seg_transforms as st
+    row = np.array([[[0.0], [10.0]]])  # (1, 2, 1): half-pixel centres, clamped at the edges
+    np.testing.assert_allclose(st.resize_bilinear(row, 1, 4)[0, :, 0], [0, 2.5, 7.5, 10])
+    np.testing.assert_allclose(st.resize_bilinear(np.arange(4.0).reshape(1, 4, 1), 1, 2)[0, :, 0], [0.5, 2.5])
+    label = np.array([[1, 2, 3]], np.uint8)  # nearest takes source floor(x * 3 / 5)
+    np.testing.assert_array_equal(st.resize_nearest(label, 1, 5), [[1, 1, 2, 2, 3]])
+
+
+def test_sliding_windows_are_mmsegs_grid():
+    from hcnet import seg_inference
+    assert seg_inference.windows(512, 683, (512, 512), (341, 341)) == [(0, 512, 0, 512), (0, 512, 171, 683)]
+    assert seg_inference.windows(300, 200, (512, 512), (341, 341)) == [(0, 300, 0, 200)]  # smaller than a crop
+    boxes = seg_inference.windows(700, 1100, (512, 512), (341, 341))
+    assert len(boxes) == 2 * 3 and boxes[-1] == (188, 700, 588, 1100)
+    covered = np.zeros((700, 1100), int)
+    for y0, y1, x0, x1 in boxes:
+        assert (y1 - y0, x1 - x0) == (512, 512)
+        covered[y0:y1, x0:x1] += 1
+    assert covered.min() >= 1
+
+
+def test_sliding_window_and_whole_image_agree_for_a_pointwise_model_and_not_for_a_spatial_one():
+    from hcnet import seg_inference
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(3, 5)).astype(np.float32)
+    pointwise = jax.jit(lambda x: x @ weights / 255)
+    context = jax.jit(lambda x: x @ weights / 255 + x.mean((1, 2), keepdims=True) @ weights / 25)  # sees the window
+    image = rng.integers(0, 256, (70, 110, 3)).astype(np.uint8)
+    kw = dict(crop=(32, 48), stride=(21, 30), pad_to=4)
+    np.testing.assert_allclose(seg_inference.slide_logits(pointwise, image, **kw),
+                               seg_inference.whole_logits(pointwise, image), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(seg_inference.slide_logits(context, image, **kw), seg_inference.whole_logits(context, image),
+                           atol=1e-3)
+    # multi-scale with flip: probabilities at the image's size; a mirror-symmetric model is unchanged by the flip
+    p = seg_inference.probabilities(pointwise, image, scale=(110, 70), ratios=(0.5, 1.0, 1.5), flip=True, **kw)
+    assert p.shape == (70, 110, 5)
+    np.testing.assert_allclose(p.sum(-1), 1, rtol=1e-5)
+    single = seg_inference.probabilities(pointwise, image, scale=(110, 70), flip=False, **kw)
+    flipped = seg_inference.probabilities(pointwise, image, scale=(110, 70), flip=True, **kw)
+    np.testing.assert_allclose(flipped, single, rtol=1e-5, atol=1e-6)
+    ramp = jax.jit(lambda x: x @ weights / 255 + jnp.linspace(0, 3, x.shape[2])[None, None, :, None] * jnp.arange(5))
+    assert not np.allclose(seg_inference.probabilities(ramp, image, scale=(110, 70), flip=True, **kw),
+                           seg_inference.probabilities(ramp, image, scale=(110, 70), flip=False, **kw), atol=1e-3)

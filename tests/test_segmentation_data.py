@@ -1,5 +1,6 @@
 """Segmentation data: ADE20K from a miniature ADEChallengeData2016.zip made here from real photographs, and a
 segmentation folder, both through their TFDS builders and back out through hcnet.data.sources."""
+import dataclasses
 import io
 import zipfile
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hcnet.data import prepare, segmentation, sources
+from hcnet.data import prepare, seg_transforms, segmentation, sources
 from hcnet.errors import DataError
 from images import encode, photo
 
@@ -122,3 +123,75 @@ def test_label_map_ignores_zero_and_ids_past_the_classes():
     stored = np.array([[0, 1, 2], [3, 200, 255]], np.uint8)
     np.testing.assert_array_equal(segmentation.label_map(stored, True, 3), [[255, 0, 1], [2, 255, 255]])
     np.testing.assert_array_equal(segmentation.label_map(stored, False, 3), [[0, 1, 2], [255, 255, 255]])
+
+
+# ---------------------------------------------------------------- the training pipeline (mmseg's, on the host)
+def blocks(h=300, w=420, size=30, classes=6, seed=0):
+    """A label of size x size blocks of random classes, and an image whose colour is its label's, exactly."""
+    rng = np.random.default_rng(seed)
+    label = np.kron(rng.integers(0, classes, (h // size, w // size)), np.ones((size, size), int)).astype(np.uint8)
+    palette = rng.integers(0, 256, (256, 3)).astype(np.uint8)
+    return palette[label], label, palette
+
+
+def interior(label, radius=3):
+    """Pixels whose (2 radius + 1)^2 neighbourhood holds one class: there a resized image keeps the block's colour."""
+    padded = np.pad(label, radius, mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * radius + 1, 2 * radius + 1))
+    return (windows.max((-1, -2)) == windows.min((-1, -2))) & (label != seg_transforms.IGNORE_INDEX)
+
+
+def test_resize_crop_flip_and_pad_keep_image_and_label_aligned_pixel_for_pixel():
+    image, label, palette = blocks(size=60)
+    transform = seg_transforms.TrainTransform(crop=(128, 160), scale=(1024, 256), photometric=False)
+    for seed in range(12):
+        out_image, out_label = transform(image, label, np.random.default_rng(seed))
+        assert out_image.shape == (128, 160, 3) and out_label.shape == (128, 160) and out_label.dtype == np.uint8
+        inside = interior(out_label)
+        assert inside.mean() > 0.2
+        np.testing.assert_array_equal(out_image[inside], palette[out_label[inside]])
+        # the same draws with and without the flip: both halves mirrored together
+        kept, mirrored = (dataclasses.replace(transform, flip=p)(image, label, np.random.default_rng(seed))
+                          for p in (0.0, 1.0))
+        np.testing.assert_array_equal(mirrored[1], kept[1][:, ::-1])
+        np.testing.assert_array_equal(mirrored[0], kept[0][:, ::-1])
+    # a small image is padded: the image with 0, the label with the ignore value
+    small_image, small_label = image[:40, :50], label[:40, :50]
+    out_image, out_label = seg_transforms.TrainTransform(crop=(64, 64), scale=(50, 40), ratio_range=(1.0, 1.0),
+                                                         flip=0.0, photometric=False)(small_image, small_label,
+                                                                                       np.random.default_rng(0))
+    np.testing.assert_array_equal(out_label[:40, :50], small_label)
+    assert (out_label[40:] == 255).all() and (out_label[:, 50:] == 255).all() and (out_image[40:] == 0).all()
+
+
+def test_rescale_size_is_mmcvs_keep_ratio_rule():
+    assert seg_transforms.rescale_size(683, 512, (2048, 512)) == (683, 512)
+    assert seg_transforms.rescale_size(1000, 250, (2048, 512)) == (2048, 512)  # the long side binds
+    assert seg_transforms.rescale_size(300, 400, (1024, 256)) == (256, 341)    # the short side binds
+
+
+def test_random_crop_rejects_crops_that_one_class_fills():
+    label = np.zeros((100, 200), np.uint8)          # the left half one class
+    label[:, 100:] = np.arange(100)[None, :] % 2 + 1  # the right half stripes of two others
+    image = np.zeros((100, 200, 3), np.uint8)
+    share = lambda lb: np.unique(lb, return_counts=True)[1].max() / lb.size
+    for ratio, most in ((1.0, None), (0.75, 0)):
+        full = sum(share(seg_transforms.random_crop(image, label, (100, 60), np.random.default_rng(s), ratio)[1])
+                   >= 0.75 for s in range(60))
+        if most is None:
+            assert full > 15  # plain random crops often fall in the left half
+        else:
+            assert full == most  # with cat_max_ratio a redraw (10 at most) always found a mixed crop here
+
+
+def test_photometric_distortion_hsv_round_trip_and_hue_units():
+    rgb = np.random.default_rng(0).integers(0, 256, (50, 3)).astype(np.float32)
+    np.testing.assert_allclose(seg_transforms._hsv_to_rgb(seg_transforms._rgb_to_hsv(rgb)), rgb, atol=1e-3)
+    red = seg_transforms._rgb_to_hsv(np.array([[255.0, 0, 0]]))
+    red[..., 0] += 60  # OpenCV's 8-bit hue: 180 units a turn, so 60 is a third
+    np.testing.assert_allclose(seg_transforms._hsv_to_rgb(red), [[0, 255, 0]], atol=1e-3)
+    image = blocks(60, 60)[0]
+    outs = [seg_transforms.photometric_distortion(image, np.random.default_rng(s)) for s in range(40)]
+    assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outs)
+    changed = sum(not np.array_equal(o, image) for o in outs)
+    assert 30 <= changed < 40  # each of 4 changes with probability 1/2: all four skipped 1 time in 16

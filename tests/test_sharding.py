@@ -51,3 +51,44 @@ def test_sharded_matmul_gives_the_unsharded_result():
     xs = jax.device_put(x, batch_sharding(mesh))
     y = jax.jit(jnp.dot, out_shardings=batch_sharding(mesh))(xs, ws)
     np.testing.assert_allclose(y, x @ w, rtol=1e-5, atol=1e-5)
+
+
+MEET = """
+import sys, time
+import jax, jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from hcnet import sharding
+pid, late = int(sys.argv[1]), float(sys.argv[3])
+jax.distributed.initialize(sys.argv[2], 2, pid)
+mesh = jax.make_mesh((4,), ("d",))
+x = jax.make_array_from_callback((4,), NamedSharding(mesh, P("d")), lambda i: jnp.ones((1,)))
+total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))
+time.sleep(late if pid == 1 else 0)  # process 1 reaches the program late (compiling longer, a busy host)
+t = time.monotonic()
+sharding.enter_together(total, x, name="sum")
+waited = time.monotonic() - t
+print("RESULT", waited, float(total(x).addressable_data(0)), flush=True)
+"""
+
+
+def test_processes_compile_then_meet_before_a_programs_first_collective():
+    """enter_together: the early process waits at the coordination service's barrier for the late one (which,
+    reaching gloo's first collective more than 30 s late, made the early one fail; reproduced by hand with a
+    45 s delay), and the call that follows runs the compiled program."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        address = f"localhost:{s.getsockname()[1]}"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, "-c", MEET, str(i), address, "4"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    results = []
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+        results.append([float(v) for v in next(ln for ln in out.splitlines() if ln.startswith("RESULT")).split()[1:]])
+    assert results[0][0] > 3.0 and results[1][0] < results[0][0]  # process 0 waited for process 1's 4 s
+    assert results[0][1] == results[1][1] == 4.0

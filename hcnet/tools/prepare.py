@@ -5,6 +5,8 @@
     python -m hcnet.tools.prepare --dataset=imagenet_v2/matched-frequency --manual_dir=DIR --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=image_folder --manual_dir=ROOT --name=flowers --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=hcnet_digits --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=hcnet_ade20k --manual_dir=DIR --data_dir=DIR   # ADEChallengeData2016.zip
+    python -m hcnet.tools.prepare --dataset=segmentation_folder --manual_dir=ROOT --name=streets --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=imagenet2012 --data_dir=DIR --convert   # a TFRecord build
     python -m hcnet.tools.prepare --dataset=cifar10 --data_dir=DIR   # any TFDS dataset (downloads)
 
@@ -19,7 +21,7 @@ from absl import flags
 
 from hcnet import tools
 
-flags.DEFINE_string("dataset", None, "imagenet2012, image_folder, hcnet_digits or a TFDS name")
+flags.DEFINE_string("dataset", None, "imagenet2012, image_folder, hcnet_digits, hcnet_ade20k, segmentation_folder or a TFDS name")
 flags.DEFINE_string("data_dir", None, "where TFDS datasets live (default ~/tensorflow_datasets)")
 flags.DEFINE_string("manual_dir", None, "the ImageNet tars (and real.json, the ImageNet-V2 archive), or the "
                     "image folder's root")
