@@ -322,6 +322,14 @@ def spec_json(spec: dict) -> dict:
             for k, v in spec.items()}
 
 
+WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)  # what a checkpoint holds of a network
+
+
+def running_statistics(module: nnx.Module) -> dict:
+    """The BatchNorm running statistics of a module as a pure dict ({} when it has none)."""
+    return nnx.to_pure_dict(nnx.state(module, nnx.BatchStat))
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelDef:
     """A network without its parameters: the graph and the template of its dropout / drop-path RNG
@@ -331,8 +339,11 @@ class ModelDef:
 
     @classmethod
     def from_spec(cls, spec: dict, build_fn=None) -> tuple["ModelDef", dict]:
-        """(definition, abstract parameters as a pure dict) of the network `build_fn(spec)` (HcNet's by default)."""
-        graphdef, params, rngs = nnx.split(abstract(spec, build_fn), nnx.Param, ...)
+        """(definition, abstract weights as a pure dict) of the network `build_fn(spec)` (HcNet's by default).
+
+        The weights are the parameters and, in a network with BatchNorm (UperNet's heads), its running
+        statistics beside them (`mean`, `var`): everything a trained network needs, in one tree."""
+        graphdef, params, rngs = nnx.split(abstract(spec, build_fn), WEIGHTS, ...)
         return cls(graphdef, rngs), nnx.to_pure_dict(params)
 
     def __hash__(self):

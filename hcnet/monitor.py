@@ -59,7 +59,9 @@ class TensorBoardWriter:
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.summary.writer.record_writer import RecordWriter
         self._event, self._summary = event_pb2.Event, summary_pb2.Summary
-        name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}.{next(_FILES)}.v2"
+        # TensorBoard reads a folder's files in name order: the counter is zero-padded, or a process's 10th file
+        # would sort before its 9th (and, written in the same second, replay a resumed run's steps first)
+        name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}.{next(_FILES):06d}.v2"
         self._file = paths.LogFile(paths.path(logdir) / name)
         self._records = RecordWriter(self._file)
         self._write(self._event(wall_time=time.time(), file_version="brain.Event:2"))

@@ -28,6 +28,7 @@ from flax import nnx
 from hcnet import checkpoint, finetune, monitor, optim, paths, run_files, sharding, tasks
 from hcnet import config as config_lib
 from hcnet.errors import ConfigError
+from hcnet import model as model_lib
 from hcnet.model import ModelDef
 
 
@@ -41,7 +42,7 @@ class TrainMetrics(clu_metrics.Collection):
 def init_state(task, tx, seed, ema: bool) -> dict:
     """A fresh state; `seed` an int or an int32 scalar (traced, so that one program serves every seed)."""
     rngs = nnx.Rngs(params=jax.random.key(seed), dropout=0)
-    params = nnx.to_pure_dict(nnx.state(task.build(task.spec, rngs=rngs), nnx.Param))
+    params = nnx.to_pure_dict(nnx.state(task.build(task.spec, rngs=rngs), model_lib.WEIGHTS))
     state = {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32),
              "nonfinite_step": jnp.full((), -1, jnp.int32)}
     if ema:
@@ -58,26 +59,30 @@ def train_step(state, batch, key, *, task, model_def: ModelDef, tx, schedule, ac
     valid = jnp.maximum(mask.sum(), 1.0)
 
     def loss_fn(params, x, t, m, k):
-        return jnp.sum(task.loss(model_def.bind(params, k)(x), t) * m) / valid
+        model = model_def.bind(params, k)
+        loss = jnp.sum(task.loss(model(x), t) * m) / valid
+        return loss, model_lib.running_statistics(model)  # BatchNorm's, updated by this forward pass
 
-    grad_fn = jax.value_and_grad(loss_fn)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     params = state["params"]
     if accum == 1:
-        loss, grads = grad_fn(params, inputs, targets, mask, k_drop)
+        (loss, stats), grads = grad_fn(params, inputs, targets, mask, k_drop)
     else:  # micro-batch i takes rows i, i + accum, ...: every device keeps its share of each
         split = lambda a: a.reshape(a.shape[0] // accum, accum, *a.shape[1:])
         parts = jax.tree.map(split, (inputs, targets, mask))
 
-        def micro(carry, i):
+        def micro(carry, i):  # running statistics go from one micro-batch to the next
             x, t, m = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, 1, keepdims=False), parts)
-            loss_i, grads_i = grad_fn(params, x, t, m, jax.random.fold_in(k_drop, i))
-            return jax.tree.map(jnp.add, carry, (loss_i, grads_i)), None
-        zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-        (loss, grads), _ = jax.lax.scan(micro, zero, jnp.arange(accum))
+            total, grads, weights = carry
+            (loss_i, stats_i), grads_i = grad_fn(weights, x, t, m, jax.random.fold_in(k_drop, i))
+            return (total + loss_i, jax.tree.map(jnp.add, grads, grads_i), with_statistics(weights, stats_i)), stats_i
+        zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params), params)
+        (loss, grads, _), stats = jax.lax.scan(micro, zero, jnp.arange(accum))
+        stats = jax.tree.map(lambda a: a[-1], stats)  # after the last micro-batch
 
-    grad_norm = optax.tree.norm(grads)
+    grad_norm = optax.tree.norm(grads)  # (running statistics have none: the loss does not depend on them)
     updates, opt = tx.update(grads, state["opt"], params)
-    new_params = optax.apply_updates(params, updates)
+    new_params = with_statistics(optax.apply_updates(params, updates), stats)
     earlier = state["nonfinite_step"] >= 0
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & ~earlier
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
@@ -89,6 +94,15 @@ def train_step(state, batch, key, *, task, model_def: ModelDef, tx, schedule, ac
         new["ema"] = keep(ema, state["ema"])
     metrics = TrainMetrics.single_from_model_output(loss=loss, grad_norm=grad_norm, lr=schedule(state["step"]))
     return new, metrics
+
+
+def with_statistics(weights: dict, stats: dict) -> dict:
+    """`weights` with its BatchNorm running statistics replaced by `stats` (a sub-tree of the same paths)."""
+    if not stats:
+        return weights
+    flat = flax.traverse_util.flatten_dict(weights)
+    flat.update(flax.traverse_util.flatten_dict(stats))
+    return flax.traverse_util.unflatten_dict(flat)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from hcnet import checkpoint, sharding, tasks, trainer
 from hcnet.optim import lr_schedule, make_optimizer
@@ -125,3 +126,58 @@ def test_a_nonfinite_step_leaves_the_state_as_it_was_and_records_the_step(batch)
     assert int(new["nonfinite_step"]) == 1 and not np.isfinite(float(m.loss.compute()))
     for a, b in zip(jax.tree.leaves((before["params"], before["opt"])), jax.tree.leaves((new["params"], new["opt"]))):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- BatchNorm's running statistics (UperNet's heads)
+class _BatchNormNet(nnx.Module):
+    def __init__(self, *, rngs):
+        self.fc = nnx.Linear(4, 8, rngs=rngs)
+        self.bn = nnx.BatchNorm(8, momentum=0.9, rngs=rngs)
+        self.head = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(jax.nn.relu(self.bn(self.fc(x))))
+
+
+class _BatchNormTask:
+    """The least a task needs for trainer.Program: a network with BatchNorm, inputs, a loss."""
+    spec = {"num_classes": 3}
+
+    @staticmethod
+    def build(spec, *, rngs):
+        return _BatchNormNet(rngs=rngs)
+
+    def train_inputs(self, key, batch):
+        return batch["image"], jax.nn.one_hot(batch["label"], 3)
+
+    def loss(self, logits, targets):
+        return optax.softmax_cross_entropy(logits, targets)
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_running_statistics_travel_in_the_weights_and_follow_batchnorms_momentum(accum):
+    """The statistics sit beside the parameters (one tree, so checkpoints, EMA and loading carry them); the step
+    updates them as BatchNorm does over the global batch (micro-batch after micro-batch when accumulating), and
+    the optimizer leaves them alone (the loss does not depend on them: no gradient, no weight decay on 1-D)."""
+    schedule = lr_schedule(base_lr=1e-2, warmup_lr=1e-2, min_lr=1e-2, warmup_steps=0, total_steps=10)
+    program = trainer.Program.build(_BatchNormTask(), make_optimizer(schedule), schedule, sharding.make_mesh(),
+                                    seed=0, accum=accum)
+    state = program.init()
+    bn = jax.device_get(state["params"]["bn"])
+    assert set(bn) == {"scale", "bias", "mean", "var"}
+    np.testing.assert_array_equal(bn["mean"], 0)
+    np.testing.assert_array_equal(bn["var"], 1)
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, (16, 4)).astype(np.float32)
+    batch = {"image": x, "label": rng.integers(0, 3, 16), "mask": np.ones(16, bool)}
+    fc = jax.device_get(state["params"]["fc"])
+    new, _ = program.step(state, jax.device_put(batch, program.batch_sharding), jax.random.key(0))
+    h = x @ fc["kernel"] + fc["bias"]
+    mean, var = np.zeros(8), np.ones(8)
+    for i in range(accum):  # micro-batch i takes rows i, i + accum, ...
+        part = h[i::accum]
+        mean, var = 0.9 * mean + 0.1 * part.mean(0), 0.9 * var + 0.1 * part.var(0)
+    got = jax.device_get(new["params"]["bn"])
+    np.testing.assert_allclose(got["mean"], mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["var"], var, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got["scale"], bn["scale"])  # the parameters did move

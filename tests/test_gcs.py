@@ -66,6 +66,15 @@ def test_metrics_and_events_arrive_whole_and_a_restart_replaces_what_a_killed_ru
     assert len([p for p in root.iterdir() if p.name.startswith("events.out.tfevents.")]) == 2
 
 
+def test_event_files_sort_in_the_order_they_were_started(tmp_path):
+    """TensorBoard reads a folder's event files in name order; a process's 10th must come after its 9th."""
+    writers = [monitor.TensorBoardWriter(tmp_path / str(i), first_step=1) for i in range(12)]
+    names = [next(p.name for p in (tmp_path / str(i)).iterdir()) for i in range(12)]
+    for w in writers:
+        w.close()
+    assert sorted(names) == names
+
+
 def test_a_log_file_on_gcs_rewrites_the_object_on_each_flush(bucket):
     path = paths.path(bucket) / "log.txt"
     log = paths.LogFile(path, b"kept\n")
