@@ -1,5 +1,5 @@
-"""A smoke test: HcNet-mu on 32 px synthetic data for 8 steps, in seconds; what the tests train (the
-recipe without RandAugment, EMA, drop path, checkpoints, evaluation).
+"""A smoke test: HcNet-mu on 32 px synthetic data for 8 steps, in seconds; what the tests train (the recipe
+on the device except RandAugment; EMA, drop path, checkpoints and evaluation).
 
     python train.py --config=configs/smoke.py --workdir=/tmp/hcnet-smoke
 

@@ -51,8 +51,9 @@ def slide_logits(logits_fn, image: np.ndarray, crop=(512, 512), stride=(341, 341
     return total / count
 
 
-def whole_logits(logits_fn, image: np.ndarray) -> np.ndarray:
-    return np.asarray(logits_fn(image[None].astype(np.float32)))[0]
+def whole_logits(logits_fn, image: np.ndarray, pad_to: int = 1) -> np.ndarray:
+    """(H, W, classes) of the image at once (repeated `pad_to` times to fill a batch over the devices)."""
+    return np.asarray(logits_fn(np.repeat(image[None].astype(np.float32), pad_to, 0)))[0]
 
 
 
@@ -70,7 +71,8 @@ def probabilities(logits_fn, image: np.ndarray, *, scale=(2048, 512), ratios=(1.
         scaled = seg_transforms.resize_image(image, sh, sw)
         for flipped in ((False, True) if flip else (False,)):
             x = np.ascontiguousarray(scaled[:, ::-1]) if flipped else scaled
-            logits = slide_logits(logits_fn, x, crop, stride, pad_to) if mode == "slide" else whole_logits(logits_fn, x)
+            logits = slide_logits(logits_fn, x, crop, stride, pad_to) if mode == "slide" \
+                else whole_logits(logits_fn, x, pad_to)
             if logits.shape[:2] != (h, w):
                 logits = seg_transforms.resize_bilinear(logits, h, w)
             p = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))

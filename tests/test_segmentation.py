@@ -146,3 +146,39 @@ def test_sliding_window_and_whole_image_agree_for_a_pointwise_model_and_not_for_
     ramp = jax.jit(lambda x: x @ weights / 255 + jnp.linspace(0, 3, x.shape[2])[None, None, :, None] * jnp.arange(5))
     assert not np.allclose(seg_inference.probabilities(ramp, image, scale=(110, 70), flip=True, **kw),
                            seg_inference.probabilities(ramp, image, scale=(110, 70), flip=False, **kw), atol=1e-3)
+
+
+def test_the_evaluator_scores_each_image_at_its_own_size_whole_or_by_window():
+    """Images whose colours name their classes, and a 'network' that reads the colour back: a perfect score,
+    whole or by sliding window, on 8 devices or 1; shifting its answer by one class scores 0."""
+    import io
+
+    from PIL import Image
+
+    from hcnet.data import sources
+    rng = np.random.default_rng(0)
+    palette = np.array([[250, 10, 10], [10, 250, 10], [10, 10, 250], [240, 240, 20]], np.uint8)
+    records, labels = [], []
+    for h, w in ((40, 56), (33, 56)):  # two sizes at scale 1 of (56, 40), neither a multiple of the window
+        label = np.kron(rng.integers(0, 4, (h // 8 + 1, w // 8 + 1)), np.ones((8, 8), int))[:h, :w].astype(np.uint8)
+        label[:3, :3] = I  # ignored pixels, whatever is predicted there
+        encoded = []
+        for a in (palette[np.minimum(label, 3)], label):
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, "PNG")
+            encoded.append(buf.getvalue())
+        records.append({"image": encoded[0], "segmentation": encoded[1]})
+        labels.append(label)
+    source = sources.SegmentationSource(records, "colours", "test", ("r", "g", "b", "y"), False, I)
+    reads_colour = lambda weights, x: -jnp.sum((x[..., None, :] - weights[None, None, None]) ** 2, -1)
+    weights = jnp.asarray(palette, jnp.float32)
+    for devices, mode in ((8, "slide"), (1, "whole"), (8, "whole")):
+        mesh = sharding.make_mesh(devices=jax.devices()[:devices])
+        ev = segmentation.Evaluator("ade", source, reads_colour, mesh=mesh, mode=mode, crop=(24, 24),
+                                    stride=(16, 16), scale=(56, 40))
+        got = ev(weights)
+        assert got == {"mIoU": 1.0, "mAcc": 1.0, "aAcc": 1.0, "count": 2}, (devices, mode, got)
+        labelled = sum(int((lb != I).sum()) for lb in labels)
+        assert ev.totals(weights).sums[3].sum() == labelled  # every labelled pixel of each image, once
+    shifted = jnp.roll(weights, 1, axis=0)  # class c now answers c + 1
+    assert ev(shifted)["mIoU"] == 0.0

@@ -56,3 +56,60 @@ class Totals:
         return {"mIoU": mean(per["IoU"]), "mAcc": mean(per["Acc"]),
                 "aAcc": float(np.sum(intersect) / np.sum(label)) if np.sum(label) else float("nan"),
                 "count": self.images}
+
+
+def host_areas(pred: np.ndarray, label: np.ndarray, *, num_classes: int, ignore_index: int = IGNORE_INDEX):
+    """`areas` of one image on the host: int64 (4, classes)."""
+    valid = label != ignore_index
+    p, l = pred[valid].astype(np.int64), label[valid].astype(np.int64)
+    count = lambda x: np.bincount(x, minlength=num_classes)[:num_classes]
+    intersect, area_pred, area_label = count(l[p == l]), count(p), count(l)
+    return np.stack([intersect, area_pred + area_label - intersect, area_pred, area_label])
+
+
+class Evaluator:
+    """mIoU, mAcc and aAcc of a segmentation split (hcnet.data.sources.SegmentationSource) as mmseg's test
+    does it: each image at its own size, rescaled to fit `scale` (times each ratio), inferred whole or by
+    sliding window (hcnet.seg_inference), probabilities back at the image's size, argmax, scored against the
+    image's own labels. The windows of an image are one batch over the mesh's devices; with several
+    processes each scores every process_count-th image and the sums are added over processes.
+
+    `logits_fn(weights, images)`: the network's logits resized to its input, (N, h, w, 3) -> (N, h, w, C)."""
+    metrics = ("mIoU", "mAcc", "aAcc", "count")
+    headline = ("mIoU", "mAcc")
+
+    def __init__(self, name: str, source, logits_fn, *, mesh, mode: str = "slide", crop=(512, 512),
+                 stride=(341, 341), scale=(2048, 512), ratios=(1.0,), flip: bool = False):
+        from hcnet import sharding
+        self.name, self.source = name, source
+        self._fn = jax.jit(logits_fn, in_shardings=(None, sharding.batch_sharding(mesh)),
+                           out_shardings=sharding.replicated(mesh))
+        self._devices = mesh.size
+        self._options = dict(mode=mode, crop=tuple(crop), stride=tuple(stride), scale=tuple(scale),
+                             ratios=tuple(ratios), flip=flip)
+
+    def totals(self, weights) -> Totals:
+        import io
+
+        from PIL import Image
+
+        from hcnet import seg_inference, sharding
+        totals = Totals(self.source.num_classes)
+        logits = lambda x: sharding.to_host(self._fn(weights, x))
+        for i in range(jax.process_index(), len(self.source), jax.process_count()):
+            record = self.source.records[i]
+            with Image.open(io.BytesIO(record["image"])) as im:
+                image = np.asarray(im.convert("RGB"))
+            p = seg_inference.probabilities(logits, image, pad_to=self._devices, **self._options)
+            totals.add(host_areas(p.argmax(-1), self.source.mask(record), num_classes=self.source.num_classes,
+                                  ignore_index=self.source.ignore_index), 1)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            sums = totals.sums if totals.sums is not None else np.zeros((4, totals.num_classes), np.int64)
+            summed = multihost_utils.process_allgather(np.concatenate([sums.ravel(), [totals.images]]))
+            flat = np.asarray(summed).reshape(jax.process_count(), -1).sum(0)
+            totals.sums, totals.images = flat[:-1].reshape(4, -1), int(flat[-1])
+        return totals
+
+    def __call__(self, weights) -> dict[str, float]:
+        return self.totals(weights).metrics()
