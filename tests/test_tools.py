@@ -211,7 +211,9 @@ def test_visualize_writes_four_figures_and_the_numbers_behind_them(smoke_run, tm
     assert all(0 < v < 1 for k in numbers["k"] for v in k)
     assert [np.shape(m) for m in numbers["temperature"]] == [(8, 8), (4, 4), (2, 2), (1, 1)]
     assert [np.shape(m) for m in numbers["grad_cam"]] == [(8, 8), (4, 4), (2, 2), (1, 1)]
-    assert all(np.min(m) >= 0 and np.max(m) in (0.0, 1.0) for m in numbers["grad_cam"])
+    # scaled to [0, 1]: the peak divided by itself, which XLA may compute as x * (1 / x), 2 roundings from 1
+    assert all(np.min(m) >= 0 and (np.max(m) == 0 or abs(np.max(m) - 1) <= 2 * 2.0 ** -23) for m in numbers["grad_cam"])
+    assert any(np.max(m) > 0 for m in numbers["grad_cam"]), [float(np.max(m)) for m in numbers["grad_cam"]]
     assert len(numbers["high_frequency_share"]) == 6 and numbers["class"] == f"class {numbers['target']}"
     with pytest.raises(UserError, match="--target_class=10: the model has 10 classes; give 0 to 9"):
         visualize.visualize(run_dir, [files["good.png"]], tmp_path / "out", target=10)
