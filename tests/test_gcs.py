@@ -221,10 +221,6 @@ def test_smoke_trains_on_gcs_data_into_a_gcs_workdir_then_exports_loads_evaluate
     assert sorted(answer["predictions"]) == files[:3] and list(answer["skipped"]) == files[3:]
     assert all(len(top) == 5 for top in answer["predictions"].values())
 
-    from hcnet.visualize import visualize
-    written, failed = visualize(out, files[:1], paths.path(bucket) / "figures")
-    assert not failed and all(paths.path(p).exists() for p in written[files[0]].values())
-
 
 def checkpoint_steps(workdir) -> list[int]:
     """The committed checkpoint steps of a workdir, as a restarting run lists them."""

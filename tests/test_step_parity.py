@@ -117,18 +117,15 @@ def test_every_update_matches_the_reference(parity):
     assert errors[worst] < TOL, f"{parity['form']}: {worst} is {errors[worst]:.2e} of its distance from the reference"
 
 
-def _decay_everything(c, mp):
-    mp.setattr(optim, "decay_mask", lambda params: jax.tree.map(lambda _: True, params))
-
-
 def _schedule_one_update_early(c, mp):
     lagged = optim.lr_schedule
     mp.setattr(optim, "lr_schedule", lambda **kw: (lambda step, s=lagged(**kw): s(step + 1)))
 
 
+# Two changes, one in the optimizer's schedule and one in the loss, each a separate compile (~25 s on a 2-core
+# machine); the weight-decay mask and the clipping are pinned by tests/test_optim.py on their own (each moved
+# some array by 0.13 to 0.40 when this test ran them too).
 MUTATIONS = {
-    "decay on every parameter": _decay_everything,
-    "no clipping": lambda c, mp: c.optim.update(clip_norm=0.0),
     "the lr one update early": _schedule_one_update_early,
     "no label smoothing": lambda c, mp: c.augment.update(smoothing=0.0),
 }
