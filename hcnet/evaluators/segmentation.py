@@ -15,6 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hcnet import seg_inference, sharding
+from hcnet.data import transforms
+
 IGNORE_INDEX = 255  # mmseg's ignore value (ADE20K's "other" after reduce_zero_label)
 
 
@@ -80,7 +83,6 @@ class Evaluator:
 
     def __init__(self, name: str, source, logits_fn, *, mesh, mode: str = "slide", crop=(512, 512),
                  stride=(341, 341), scale=(2048, 512), ratios=(1.0,), flip: bool = False):
-        from hcnet import sharding
         self.name, self.source = name, source
         self._fn = jax.jit(logits_fn, in_shardings=(None, sharding.batch_sharding(mesh)),
                            out_shardings=sharding.replicated(mesh))
@@ -89,17 +91,11 @@ class Evaluator:
                              ratios=tuple(ratios), flip=flip)
 
     def totals(self, weights) -> Totals:
-        import io
-
-        from PIL import Image
-
-        from hcnet import seg_inference, sharding
         totals = Totals(self.source.num_classes)
         logits = lambda x: sharding.to_host(self._fn(weights, x))
         for i in range(jax.process_index(), len(self.source), jax.process_count()):
             record = self.source.records[i]
-            with Image.open(io.BytesIO(record["image"])) as im:
-                image = np.asarray(im.convert("RGB"))
+            image = np.asarray(transforms.rgb(transforms.open_image(record["image"])))
             p = seg_inference.probabilities(logits, image, pad_to=self._devices, **self._options)
             totals.add(host_areas(p.argmax(-1), self.source.mask(record), num_classes=self.source.num_classes,
                                   ignore_index=self.source.ignore_index), 1)
