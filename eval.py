@@ -3,6 +3,7 @@
     python eval.py --workdir=/tmp/hcnet-quickstart                       # the run's own config and split
     python eval.py --config=configs/hcnet_t.py --checkpoint=/ckpt/hcnet-t [--split=validation]
         [--image_size=288] [--crop_pct=1.0] [--weights=raw,ema] [--step=N] [--out=FILE.json]
+    python eval.py --workdir=/tmp/hcnet-seg-quickstart --multiscale     # segmentation: mIoU, + multi-scale
 
 --checkpoint takes a checkpoint directory (convert/export) or a workdir; --workdir takes a training
 workdir and, without --config, reads the dataset from the run's config.json. Prints a table and writes
@@ -20,10 +21,13 @@ config_flags.DEFINE_config_file("config", None, "configs/*.py[:arg] for the data
 flags.DEFINE_string("split", None, "TFDS split string, e.g. validation or 'validation[:1000]' (default: eval_split)")
 flags.DEFINE_integer("batch_size", None, "global evaluation batch (default: eval_batch_size or batch_size)")
 flags.DEFINE_list("weights", None, "raw, ema or both (default: all the checkpoint has)")
+flags.DEFINE_bool("multiscale", False, "segmentation: also mmseg's multi-scale test with flip (`ms`; ratios "
+                  "config.segmentation.ms_ratios, or 0.5, 0.75, 1.0, 1.25, 1.5, 1.75)")
 # hcnet.tools' shared flags; --workdir is a training workdir (same as --checkpoint; its config.json is the default)
 for _name in ("checkpoint", "workdir", "image_size", "crop_pct", "step", "out"):
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
+MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg's aug_test img_ratios
 
 
 def main(argv):
@@ -39,6 +43,8 @@ def main(argv):
     for field, value in (("eval_split", FLAGS.split), ("image_size", FLAGS.image_size), ("crop_pct", FLAGS.crop_pct)):
         if value is not None:
             c.dataset[field] = value
+    if FLAGS.multiscale:
+        c.segmentation.ms_ratios = tuple(c.segmentation.ms_ratios) or MS_RATIOS
     if FLAGS.batch_size:
         c.eval_batch_size = FLAGS.batch_size
     report = evaluation.evaluate_checkpoint(c, path, step=FLAGS.step, weights=FLAGS.weights)

@@ -19,7 +19,7 @@ from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
 from hcnet import paths
-from hcnet.model import ModelDef, spec_json
+from hcnet.model import ModelDef, eval_view, spec_json
 
 SPEC_FILE, PARAMS_DIR, CHECKPOINTS = "model.json", "params", "checkpoints"
 TRAIN_KEYS = ("opt", "step", "nonfinite_step")  # the "train" item: optimizer state, updates done, first bad step
@@ -114,7 +114,7 @@ def load(path, *, ema: bool = False, step: int | None = None, **overrides) -> nn
     model_def, params = ModelDef.from_spec({**read_spec(path), **overrides})
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=device), params)
-    return nnx.view(model_def.bind(restore_params(path, target, ema=ema, step=step)), deterministic=True)
+    return eval_view(model_def.bind(restore_params(path, target, ema=ema, step=step)))
 
 
 class Checkpoints:

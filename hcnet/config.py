@@ -57,6 +57,8 @@ def defaults() -> ml_collections.ConfigDict:
         switch_prob=0.5, smoothing=0.1))
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-3, warmup_lr=5e-7, min_lr=5e-6, scale_by_batch=512, warmup_epochs=20.0, warmup_steps=-1,
+        schedule="cosine",      # the reference's per-step cosine; "poly": mmcv's poly decay (segmentation)
+        power=1.0,              # poly's exponent
         weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8, clip_norm=5.0, accum_steps=1, ema_decay=0.0,
         layer_decay=1.0,        # < 1: layer-wise lr decay for fine-tuning (hcnet.optim)
         trainable=""))          # a regex of parameter paths that train, the rest frozen ("": all; "^head/": a probe)
@@ -67,6 +69,14 @@ def defaults() -> ml_collections.ConfigDict:
     c.init_skip = ()              # regexes of parameter paths left at their fresh init (the head is also left
     #                               new when its shape differs, i.e. another number of classes)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2 ** 18))
+    # task="segmentation" (hcnet.tasks.segmentation): UperNet's heads, mmseg's pipeline and test; the values are
+    # mmseg's ADE20K UperNet settings (configs/upernet_hcnet_t_ade20k.py gives the sources)
+    c.segmentation = ml_collections.ConfigDict(dict(
+        channels=512, aux_channels=256, dropout=0.1, aux_weight=0.4,        # the heads, the auxiliary loss
+        crop=(512, 512), scale=(2048, 512), ratio_range=(0.5, 2.0),         # (h, w); img_scale (long, short)
+        cat_max_ratio=0.75, flip=0.5, photometric=True,
+        eval_mode="slide", eval_stride=(341, 341),                          # single-scale test: "slide"/"whole"
+        ms_ratios=(), ms_flip=True))                                         # () or mmseg's (0.5, ..., 1.75)
     return c
 
 
@@ -147,6 +157,9 @@ def validate(c, num_devices: int, *, training: bool = True) -> None:
     require(d.num_classes >= 1, "dataset.num_classes", d.num_classes, "must be at least 1")
     require(0 < d.crop_pct <= 1, "dataset.crop_pct", d.crop_pct, "must be in (0, 1]")
     _validate_evals(c)
+    if c.task == "segmentation":
+        from hcnet.tasks import segmentation
+        segmentation.validate(c)
     if training:
         _validate_training(c, num_devices)
     eval_batch = c.eval_batch_size or c.batch_size
@@ -167,6 +180,9 @@ def _validate_training(c, num_devices: int) -> None:
             RandAugment.parse(a.randaugment)
         except ValueError as e:
             raise ConfigError(f"config.{e}") from None
+    require(o.schedule in ("cosine", "poly"), "optim.schedule", o.schedule,
+            "'cosine' (the reference's) or 'poly' (mmcv's, for segmentation)")
+    require(o.power > 0, "optim.power", o.power, "poly's exponent, > 0 (mmseg: 1.0)")
     require(o.accum_steps >= 1, "optim.accum_steps", o.accum_steps, "must be at least 1")
     micro = num_devices * o.accum_steps
     require(c.batch_size > 0 and c.batch_size % micro == 0, "batch_size", c.batch_size,

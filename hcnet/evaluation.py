@@ -42,31 +42,36 @@ def evaluate_checkpoint(c, path, *, step: int | None = None, weights=None) -> di
         params = checkpoint.restore_params(path, target, ema=w == "ema", step=step)
         scalars = trainer.evaluate(evaluators, {"params": params})
         results[w] = {k.removeprefix("eval/"): v for k, v in scalars.items()}  # the task's main evaluator: bare
-    evals = [{"name": ev.name, "dataset": ev.source.name, "split": ev.source.split, "image_size": ev.image_size,
-              "crop_pct": ev.crop_pct, "examples": len(ev.source), "labels": ev.source.label_key,
-              "metrics": list(ev.metrics)} for ev in evaluators]
-    return {"checkpoint": str(path), "step": step, **{k: evals[0][k] for k in ("dataset", "split", "image_size",
-                                                                                "crop_pct", "examples")},
-            "evals": evals, "results": results}
+    evals = [{"name": ev.name, "dataset": ev.source.name, "split": ev.source.split, "examples": len(ev.source),
+              **ev.settings, "metrics": list(ev.metrics)} for ev in evaluators]
+    main = {k: v for k, v in evals[0].items() if k not in ("name", "metrics")}
+    return {"checkpoint": str(path), "step": step, **main, "evals": evals, "results": results}
 
 
 def table(report: dict) -> str:
-    """The report as an aligned text table, one row per weights and evaluation."""
-    head = ("weights", "step", "eval", "dataset", "split", "size", "crop", "top1", "top5", "loss", "count")
+    """The report as an aligned text table, one row per weights and evaluation: classification's top-1, top-5
+    and loss at its size and crop, or segmentation's mIoU, mAcc and aAcc at its test mode and scales."""
+    segmentation = "mIoU" in report["evals"][0]["metrics"]
+    head = ("weights", "step", "eval", "dataset", "split",
+            *(("mode", "ratios", "flip", "mIoU", "mAcc", "aAcc") if segmentation else
+              ("size", "crop", "top1", "top5", "loss")), "count")
     rows = []
     for w, m in report["results"].items():
         for e in report["evals"]:
             key = lambda metric: metric if e["name"] == "eval" else f"{e['name']}/{metric}"
             number = lambda metric: f"{m[key(metric)]:.4f}" if key(metric) in m else "-"  # ReaL: top1 only
+            how = ((e["mode"], ",".join(f"{r:g}" for r in e["ratios"]), str(e["flip"]), *map(number, ("mIoU", "mAcc", "aAcc")))
+                   if segmentation else (str(e["image_size"]), f"{e['crop_pct']:.3f}", *map(number, ("top1", "top5", "loss"))))
             rows.append((w, "-" if report["step"] is None else str(report["step"]), e["name"], e["dataset"],
-                         e["split"], str(e["image_size"]), f"{e['crop_pct']:.3f}", number("top1"), number("top5"),
-                         number("loss"), str(m[key("count")])))
+                         e["split"], *how, str(m[key("count")])))
     return monitor.text_table(head, rows)
 
 
 def default_out(report: dict) -> paths.Path:
-    """CHECKPOINT/eval/<dataset>_<split>_<size>_<crop>[_step<N>].json, the split's brackets and colons made safe."""
+    """CHECKPOINT/eval/<dataset>_<split>_<size>_<crop>[_step<N>].json (segmentation: _<mode>[_ms] for size and
+    crop), the split's brackets and colons made safe."""
     split = "".join(ch if ch.isalnum() or ch in "-_%" else "_" for ch in report["split"]).strip("_")
     step = "" if report["step"] is None else f"_step{report['step']}"
-    return (paths.path(report["checkpoint"]) / "eval"
-            / f"{report['dataset']}_{split}_{report['image_size']}_{report['crop_pct']:g}{step}.json")
+    how = (f"{report['image_size']}_{report['crop_pct']:g}" if "image_size" in report
+           else report["mode"] + ("_ms" if len(report["evals"]) > 1 else ""))
+    return paths.path(report["checkpoint"]) / "eval" / f"{report['dataset']}_{split}_{how}{step}.json"

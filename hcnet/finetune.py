@@ -7,7 +7,9 @@ loaded when the checkpoint has it with the same shape, left at its fresh init wh
 `init_skip` matches it (and the head when its shape differs: another number of classes), left new when
 the checkpoint lacks it; any other shape difference stops the run with one line naming the arrays.
 The network has no positional tables and mean8's neighbour count is computed from the map's shape, so
-a checkpoint trained at 224 loads unchanged at any resolution.
+a checkpoint trained at 224 loads unchanged at any resolution. A segmentation network (hcnet.upernet) starts
+from a classification checkpoint by its backbone: the checkpoint's arrays load under `backbone/`, its
+classification head is left unused and the decoder's heads are new.
 """
 import re
 
@@ -19,6 +21,7 @@ from hcnet.errors import ConfigError
 from hcnet.model import ModelDef
 
 HEAD = r"^head/"
+BACKBONE = "backbone/"  # where a segmentation network keeps its HcNet
 
 
 def merge(ours: dict, theirs: dict, skip=()) -> tuple[dict, dict]:
@@ -67,8 +70,10 @@ def start_from(c, state: dict, say=print) -> dict:
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
     theirs = checkpoint.restore_params(path, target, ema=c.init_ema, step=step)
     named = lambda tree: {optim.path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-    ours = named(state["params"])
-    merged, counts = merge(ours, named(theirs), tuple(c.init_skip))
+    ours, theirs = named(state["params"]), named(theirs)
+    if any(n.startswith(BACKBONE) for n in ours) and not any(n.startswith(BACKBONE) for n in theirs):
+        theirs = {BACKBONE + n: v for n, v in theirs.items()}  # a classification network as a backbone
+    merged, counts = merge(ours, theirs, tuple(c.init_skip))
     params = jax.tree_util.tree_unflatten(jax.tree.structure(state["params"]), [
         jax.device_put(merged[n].astype(v.dtype), v.sharding) for n, v in ours.items()])
     say(f"init_from {path}" + (f" (step {step}{', EMA' if c.init_ema else ''})" if step is not None else "")

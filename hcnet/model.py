@@ -300,9 +300,14 @@ def model_spec(variant: str | None = None, **overrides) -> dict:
     return spec
 
 
-def build(spec: dict, *, rngs: nnx.Rngs) -> HcNet:
-    """HcNet from a spec (the full HcNet keyword arguments, as `model_spec` returns them)."""
+def build(spec: dict, *, rngs: nnx.Rngs) -> nnx.Module:
+    """The network of a spec: HcNet from its full keyword arguments (as `model_spec` returns them), or, when
+    the spec has a `decoder` entry, that segmentation network on an HcNet backbone (hcnet.upernet)."""
     spec = dict(spec)
+    decoder = spec.pop("decoder", None)
+    if decoder is not None:
+        from hcnet import upernet
+        return upernet.from_spec(spec, decoder, rngs=rngs)
     return HcNet(spec.pop("depths"), spec.pop("dims"), rngs=rngs, **spec)
 
 
@@ -323,6 +328,12 @@ def spec_json(spec: dict) -> dict:
 
 
 WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)  # what a checkpoint holds of a network
+
+
+def eval_view(module: nnx.Module) -> nnx.Module:
+    """The network in evaluation mode: no dropout or drop path, BatchNorm (if any) on its running statistics."""
+    batch_norm = any(isinstance(m, nnx.BatchNorm) for _, m in nnx.iter_modules(module))
+    return nnx.view(module, deterministic=True, **({"use_running_average": True} if batch_norm else {}))
 
 
 def running_statistics(module: nnx.Module) -> dict:

@@ -12,6 +12,11 @@ For fine-tuning, two options wrap the optimizer (both off by default): layer-wis
 ConvNeXt style: the lr of layer i of L is scaled by decay^(L + 1 - i); stem 0, blocks 1..L in order,
 a stage's downsampling counted with the block after it, final norm and head L + 1), and `trainable`, a
 pattern of parameter paths that train while the rest stay as loaded (a linear probe: "^head/").
+
+`schedule="poly"` is mmcv's PolyLrUpdaterHook with linear warmup, as Swin's and the paper's ADE20K UperNet
+runs use it: update n (0, 1, ...) runs at lr(n) = (base - min) (1 - n / T)^power + min, and during
+warmup at that lr times 1 - (1 - n / warmup)(1 - warmup_lr / base) (mmcv's warmup_ratio is
+warmup_lr / base); mmcv sets the lr before each update from the updates done, so no step lag.
 """
 import re
 
@@ -41,6 +46,23 @@ def lr_schedule(*, base_lr: float, warmup_lr: float, min_lr: float, warmup_steps
     return schedule
 
 
+def poly_schedule(*, base_lr: float, warmup_lr: float, min_lr: float, warmup_steps: int, total_steps: int,
+                  power: float = 1.0) -> optax.Schedule:
+    """mmcv's poly decay with linear warmup: the lr of update `step` (0, 1, ...)."""
+    ratio = warmup_lr / base_lr if base_lr else 1.0
+
+    def schedule(step):
+        t = jnp.minimum(jnp.asarray(step, jnp.float32), total_steps)
+        poly = (base_lr - min_lr) * (1.0 - t / total_steps) ** power + min_lr
+        if warmup_steps == 0:
+            return poly
+        return jnp.where(t < warmup_steps, poly * (1.0 - (1.0 - t / warmup_steps) * (1.0 - ratio)), poly)
+    return schedule
+
+
+SCHEDULES = {"cosine": lr_schedule, "poly": poly_schedule}
+
+
 def decay_mask(params):
     """Weight decay only on parameters of two or more dimensions (not on norms, biases or k)."""
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
@@ -66,7 +88,9 @@ def path_name(path) -> str:
 
 def layer_id(name: str, depths) -> int:
     """The layer a parameter belongs to for layer-wise lr decay: stem 0, blocks 1..sum(depths) in order,
-    a stage's downsampling with the next block, the final norm and the head sum(depths) + 1."""
+    a stage's downsampling with the next block, the final norm and the head sum(depths) + 1 (a segmentation
+    network's backbone counts as HcNet, its decoder heads as the head)."""
+    name = name.removeprefix("backbone/")
     m = re.match(r"stages/(\d+)/(blocks/(\d+)|downsample)/", name)
     if name.startswith("stem/"):
         return 0
@@ -95,8 +119,11 @@ def from_config(o, batch_size: int, total_steps: int, warmup_steps: int, depths=
     """(optimizer, its learning-rate schedule) from config.optim, the lrs scaled by batch_size / o.scale_by_batch.
     `depths`: the network's blocks per stage, for layer-wise lr decay (o.layer_decay < 1)."""
     scale = (lambda lr: scale_lr(lr, batch_size, o.scale_by_batch)) if o.scale_by_batch else (lambda lr: lr)
-    schedule = lr_schedule(base_lr=scale(o.lr), warmup_lr=scale(o.warmup_lr), min_lr=scale(o.min_lr),
-                           warmup_steps=warmup_steps, total_steps=total_steps)
+    if o.schedule not in SCHEDULES:
+        raise ConfigError(f"config.optim.schedule={o.schedule!r}: one of {', '.join(SCHEDULES)}")
+    extra = {"power": o.power} if o.schedule == "poly" else {}
+    schedule = SCHEDULES[o.schedule](base_lr=scale(o.lr), warmup_lr=scale(o.warmup_lr), min_lr=scale(o.min_lr),
+                                     warmup_steps=warmup_steps, total_steps=total_steps, **extra)
     tx = make_optimizer(schedule, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, clip_norm=o.clip_norm or None)
     if o.layer_decay < 1:
         if not depths:

@@ -113,3 +113,67 @@ def predict(path, files, *, ema: bool = False, top: int = 5, image_size: int | N
     probs = probabilities(model, images)
     names = class_names(path, probs.shape[-1])
     return dict(zip(ok, top_k(probs, names, top))), failed
+
+
+# ---------------------------------------------------------------- segmentation checkpoints
+def is_segmentation(path) -> bool:
+    """Whether the checkpoint (or run) at `path` is a segmentation network (its model.json has a decoder)."""
+    return "decoder" in checkpoint.read_spec(path)
+
+
+def segmentation_options(path) -> dict:
+    """The run's single-scale test (config.segmentation: mode, crop, stride, scale), or the defaults' (mmseg's)."""
+    from hcnet import config as config_lib
+    c = run_files.read_config(path) if (paths.path(path) / run_files.CONFIG_FILE).is_file() else config_lib.defaults()
+    s = c.segmentation
+    return {"mode": s.eval_mode, "crop": tuple(s.crop), "stride": tuple(s.eval_stride), "scale": tuple(s.scale)}
+
+
+def segmentation_names(path, num_classes: int) -> list[str]:
+    """The run's dataset's class list (its TFDS metadata, when prepared), else 'class N'."""
+    dataset = run_dataset(path)
+    if dataset is not None:
+        try:
+            from hcnet.data import sources
+            classes = sources.open_segmentation(dataset.name, dataset.eval_split, data_dir=dataset.data_dir or None).classes
+            if len(classes) == num_classes:
+                return list(classes)
+        except Exception:  # noqa: BLE001  metadata unavailable: fall back to numbers
+            pass
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def segment(path, files, out, *, ema: bool = False) -> tuple[dict, list]:
+    """Per-pixel classes of image files at their own size, as the run's single-scale test infers them
+    (hcnet.seg_inference). Writes <out>/<stem>_mask.png (class ids, one channel) and <stem>_overlay.png (the
+    mask's colours over the image, with a legend). ({file: {"mask", "overlay", "classes"}}, [(file, reason)]);
+    "classes": the predicted classes by their share of the pixels."""
+    from hcnet import seg_inference, visualize
+    from hcnet.data import augment, transforms
+    model = checkpoint.load(path, ema=ema)
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(augment.normalize(x)))
+    options = segmentation_options(path)
+    out = paths.path(out)
+    paths.check(out, write=True)
+    out.mkdir(parents=True, exist_ok=True)
+    names, written, failed = None, {}, []
+    for f in files:
+        try:
+            image = np.asarray(transforms.rgb(transforms.open_image(paths.path(f).read_bytes())))
+        except Exception as e:  # noqa: BLE001  unreadable or not an image: say so, keep going
+            failed.append((str(f), _reason(e)))
+            continue
+        probs = seg_inference.probabilities(lambda x: forward(state, x), image, **options)
+        if names is None:
+            names = segmentation_names(path, probs.shape[-1])
+        pred = probs.argmax(-1).astype(np.uint8)
+        stem = paths.path(f).stem
+        files_out = {"mask": out / f"{stem}_mask.png", "overlay": out / f"{stem}_overlay.png"}
+        visualize.write_png(pred, files_out["mask"])
+        visualize.plot_segmentation(image, pred, names, files_out["overlay"])
+        share = np.bincount(pred.ravel(), minlength=len(names)) / pred.size
+        classes = [{"class": int(c), "name": names[c], "share": float(share[c])}
+                   for c in np.argsort(-share, kind="stable") if share[c] > 0]
+        written[str(f)] = {**{k: str(v) for k, v in files_out.items()}, "classes": classes}
+    return written, failed

@@ -60,7 +60,7 @@ def train_step(state, batch, key, *, task, model_def: ModelDef, tx, schedule, ac
 
     def loss_fn(params, x, t, m, k):
         model = model_def.bind(params, k)
-        loss = jnp.sum(task.loss(model(x), t) * m) / valid
+        loss = jnp.sum(task.loss(task.forward(model, x), t) * m) / valid
         return loss, model_lib.running_statistics(model)  # BatchNorm's, updated by this forward pass
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

@@ -120,13 +120,38 @@ class UperNet(nnx.Module):
         return resize(self.decode(self.backbone.features(x)), *x.shape[1:3])
 
 
+def decoder_spec(num_classes: int = 150, *, channels: int = 512, aux_channels: int = 256,
+                 dropout: float = 0.1) -> dict:
+    """What a spec's `decoder` entry holds (mmseg's head sizes by default)."""
+    return {"kind": "upernet", "num_classes": num_classes, "channels": channels, "aux_channels": aux_channels,
+            "dropout": dropout}
+
+
+def spec(variant: str | None, num_classes: int = 150, *, channels: int = 512, aux_channels: int = 256,
+         dropout: float = 0.1, **overrides) -> dict:
+    """A whole network's spec (hcnet.model.build takes it): the HcNet `variant` without its classification
+    head, and the decoder."""
+    from hcnet import model
+    return {**model.model_spec(variant, **{**overrides, "num_classes": 0}),
+            "decoder": decoder_spec(num_classes, channels=channels, aux_channels=aux_channels, dropout=dropout)}
+
+
+def from_spec(backbone: dict, decoder: dict, *, rngs: nnx.Rngs) -> UperNet:
+    """UperNet from a backbone spec (HcNet's keyword arguments) and a decoder entry (`decoder_spec`)."""
+    from hcnet import model
+    if decoder.get("kind") != "upernet":
+        raise ValueError(f"decoder {decoder.get('kind')!r}: this version builds 'upernet'")
+    return UperNet(model.build(backbone, rngs=rngs), backbone["dims"], decoder["num_classes"],
+                   channels=decoder["channels"], aux_channels=decoder["aux_channels"], dropout=decoder["dropout"],
+                   dtype=backbone.get("dtype", jnp.float32), rngs=rngs)
+
+
 def build(variant: str, num_classes: int = 150, *, rngs: nnx.Rngs, channels: int = 512, aux_channels: int = 256,
           **overrides) -> UperNet:
     """UperNet with the HcNet `variant` as its backbone (mmseg's head sizes by default: 512 and 256 channels)."""
     from hcnet import model
-    spec = model.model_spec(variant, **{"num_classes": 0, **overrides})
-    return UperNet(model.build(spec, rngs=rngs), spec["dims"], num_classes, channels=channels,
-                   aux_channels=aux_channels, dtype=spec["dtype"], rngs=rngs)
+    return model.build(spec(variant, num_classes, channels=channels, aux_channels=aux_channels, **overrides),
+                       rngs=rngs)
 
 
 def summary(variant: str, num_classes: int = 150, height: int = 512, width: int = 2048) -> dict:

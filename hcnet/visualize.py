@@ -182,6 +182,53 @@ def _save(fig, path) -> None:
         fig.savefig(f, format="png")
 
 
+def write_png(a: np.ndarray, path) -> None:
+    """A uint8 array as a PNG at `path` (local or gs://), one channel for (H, W)."""
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    paths.path(path).write_bytes(buf.getvalue())
+
+
+def palette(n: int) -> np.ndarray:
+    """n distinct colours, uint8 (n, 3): matplotlib's tab10 (tab20 up to 20 classes), evenly turned hues beyond."""
+    import colorsys
+
+    from matplotlib import colormaps
+    if n <= 20:
+        return (np.asarray(colormaps["tab10" if n <= 10 else "tab20"].colors[:n]) * 255).round().astype(np.uint8)
+    hues = (np.arange(n) * 0.618033988749895) % 1.0
+    rgb = [colorsys.hsv_to_rgb(h, 0.55 + 0.45 * (i % 3) / 2, 0.95 - 0.3 * (i % 2)) for i, h in enumerate(hues)]
+    return (np.asarray(rgb) * 255).round().astype(np.uint8)
+
+
+def plot_segmentation(image: np.ndarray, pred: np.ndarray, names: list[str], path, alpha: float = 0.55,
+                      legend: int = 20):
+    """The image, and the predicted classes' colours over it with a legend of the classes present (the
+    `legend` largest by area, each with its share of the pixels)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+    colours = palette(len(names))
+    overlay = (1 - alpha) * image.astype(np.float32) + alpha * colours[pred].astype(np.float32)
+    h, w = pred.shape
+    fig = Figure(figsize=(2 * 4 * w / max(h, w) + 2, 4 * h / max(h, w) + 0.6), dpi=120)
+    left, right = fig.subplots(1, 2)
+    left.imshow(image)
+    left.set_title("image")
+    right.imshow(overlay.round().astype(np.uint8))
+    right.set_title("predicted classes")
+    for ax in (left, right):
+        ax.axis("off")
+    share = np.bincount(pred.ravel(), minlength=len(names)) / pred.size
+    present = [c for c in np.argsort(-share, kind="stable") if share[c] > 0][:legend]
+    fig.legend(handles=[Patch(color=colours[c] / 255, label=f"{names[c]} {share[c]:.0%}") for c in present],
+               loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    _save(fig, path)
+
+
 def plot_k(numbers: dict, path):
     from matplotlib.figure import Figure
     fig = Figure(figsize=(8, 4), dpi=120)
@@ -255,7 +302,11 @@ def plot_grad_cam(image: np.ndarray, numbers: dict, label: str, path):
 
 def visualize(checkpoint, files, out, *, ema: bool = False, target: int | None = None,
               image_size: int | None = None, crop_pct: float | None = None) -> tuple[dict, list]:
-    """({file: {figure name: path}}, [(file, reason) skipped]); the numbers go to <stem>.json."""
+    """({file: {figure name: path}}, [(file, reason) skipped]); the numbers go to <stem>.json. A segmentation
+    checkpoint gets its predicted mask over each image, with a legend (hcnet.predict.segment)."""
+    if predict.is_segmentation(checkpoint):
+        written, failed = predict.segment(checkpoint, files, out, ema=ema)
+        return {f: {k: v for k, v in w.items() if k != "classes"} for f, w in written.items()}, failed
     model = checkpoint_lib.load(checkpoint, ema=ema)
     classes = int(model.head.out_features) if model.head is not None else 0
     if target is not None and not 0 <= target < classes:

@@ -145,7 +145,8 @@ def test_resize_crop_flip_and_pad_keep_image_and_label_aligned_pixel_for_pixel()
     image, label, palette = blocks(size=60)
     transform = seg_transforms.TrainTransform(crop=(128, 160), scale=(1024, 256), photometric=False)
     for seed in range(12):
-        out_image, out_label = transform(image, label, np.random.default_rng(seed))
+        out_image, out_label, valid = transform(image, label, np.random.default_rng(seed))
+        assert valid == (128, 160)  # the image is larger than the crop at every ratio here: no padding
         assert out_image.shape == (128, 160, 3) and out_label.shape == (128, 160) and out_label.dtype == np.uint8
         inside = interior(out_label)
         assert inside.mean() > 0.2
@@ -157,11 +158,12 @@ def test_resize_crop_flip_and_pad_keep_image_and_label_aligned_pixel_for_pixel()
         np.testing.assert_array_equal(mirrored[0], kept[0][:, ::-1])
     # a small image is padded: the image with 0, the label with the ignore value
     small_image, small_label = image[:40, :50], label[:40, :50]
-    out_image, out_label = seg_transforms.TrainTransform(crop=(64, 64), scale=(50, 40), ratio_range=(1.0, 1.0),
+    out_image, out_label, valid = seg_transforms.TrainTransform(crop=(64, 64), scale=(50, 40), ratio_range=(1.0, 1.0),
                                                          flip=0.0, photometric=False)(small_image, small_label,
                                                                                        np.random.default_rng(0))
     np.testing.assert_array_equal(out_label[:40, :50], small_label)
     assert (out_label[40:] == 255).all() and (out_label[:, 50:] == 255).all() and (out_image[40:] == 0).all()
+    assert valid == (40, 50)
 
 
 def test_rescale_size_is_mmcvs_keep_ratio_rule():

@@ -152,7 +152,8 @@ def pad_pair(image, label, size: tuple[int, int], ignore_index: int = IGNORE_IND
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
-    """The whole training pipeline: (image uint8 (H, W, 3), label uint8 (H, W), rng) -> both at crop size."""
+    """The whole training pipeline: (image uint8 (H, W, 3), label uint8 (H, W), rng) -> (image, label) at the
+    crop size and (h, w), how much of them is image before the padding."""
     crop: tuple = (512, 512)            # (h, w)
     scale: tuple = (2048, 512)          # mmseg's img_scale: long side 2048, short side 512
     ratio_range: tuple = (0.5, 2.0)
@@ -170,4 +171,6 @@ class TrainTransform:
             image, label = image[:, ::-1], label[:, ::-1]
         if self.photometric:
             image = photometric_distortion(np.ascontiguousarray(image), rng)
-        return pad_pair(np.ascontiguousarray(image), np.ascontiguousarray(label), self.crop, self.ignore_index)
+        valid = label.shape
+        return (*pad_pair(np.ascontiguousarray(image), np.ascontiguousarray(label), self.crop, self.ignore_index),
+                valid)

@@ -1,5 +1,6 @@
 """Segmentation datasets as TFDS builders: ADE20K (the 150-class SceneParsing benchmark that mmseg, Swin and the
-paper use) from its archive, and people's own image + mask folders.
+paper use) from its archive, people's own image + mask folders, and `hcnet_collages`, an embedded dataset of
+collages cut from real photographs (the segmentation quickstart's; it builds itself on first use).
 
 Each example holds `image` (the encoded photo as it was), `segmentation` (a one-channel PNG of class ids as
 stored) and `file_name`. What the stored ids mean travels in the dataset's metadata (metadata.json):
@@ -178,3 +179,66 @@ def segmentation_folder(name: str, root) -> type:
     """A builder class named `name` for the segmentation folder `root`."""
     return type(name, (_SegmentationFolder,), {"name": name, "ROOT": paths.path(root), "__module__": __name__},
                 skip_registration=True)
+
+
+COLLAGES = "hcnet_collages"
+COLLAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")  # scikit-image's photographs; class i is photo i
+COLLAGE_SIZES = {"train": 600, "test": 120}
+COLLAGE_SHAPE = (72, 96)  # (h, w)
+
+
+def collage(index: int, split: str, photos: list[np.ndarray], shape=COLLAGE_SHAPE) -> tuple[np.ndarray, np.ndarray]:
+    """(image uint8 (h, w, 3), mask uint8 (h, w)) of collage `index`: a background cut from one photograph and one
+    to three ellipses or rectangles cut from others, each at its own random place in its photograph; the
+    mask names each pixel's photograph. Deterministic in (split, index)."""
+    rng = np.random.default_rng([index, 0 if split == "train" else 1])
+    h, w = shape
+    cut = lambda c: photos[c][(oy := rng.integers(0, photos[c].shape[0] - h + 1)):oy + h,
+                              (ox := rng.integers(0, photos[c].shape[1] - w + 1)):ox + w]
+    background = int(rng.integers(len(photos)))
+    image, mask = cut(background).copy(), np.full(shape, background, np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    for _ in range(rng.integers(1, 4)):
+        c = int(rng.integers(len(photos)))
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        ry, rx = rng.uniform(0.15, 0.45) * h, rng.uniform(0.15, 0.45) * w
+        inside = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1) if rng.integers(2) else \
+            ((np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx))
+        image[inside], mask[inside] = cut(c)[inside], c
+    return image, mask
+
+
+def collage_photos(short_side: int = 128) -> list[np.ndarray]:
+    """The photographs of COLLAGE_PHOTOS, resized (bicubic) to `short_side` pixels on their shorter side."""
+    import skimage.data
+    from PIL import Image
+    out = []
+    for name in COLLAGE_PHOTOS:
+        im = Image.fromarray(getattr(skimage.data, name)())
+        f = short_side / min(im.size)
+        out.append(np.asarray(im.resize((round(im.width * f), round(im.height * f)), Image.Resampling.BICUBIC)))
+    return out
+
+
+class HcnetCollages(tfds.core.GeneratorBasedBuilder):
+    """Collages of four real photographs (scikit-image's chelsea, coffee, astronaut, rocket) with masks that
+    name each pixel's photograph: 600 training and 120 test images of 96x72; nothing downloads."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "600 train, 120 test collages; JPEG quality 90 images, PNG masks."}
+
+    def _info(self):
+        return self.dataset_info_from_configs(features=_features(), metadata=tfds.core.MetadataDict())
+
+    def _split_generators(self, dl_manager):
+        self.info.metadata.update(classes=list(COLLAGE_PHOTOS), reduce_zero_label=False, ignore_index=IGNORE_INDEX)
+        photos = collage_photos()
+        return {split: self._generate_examples(split, n, photos) for split, n in COLLAGE_SIZES.items()}
+
+    def _generate_examples(self, split, n, photos):
+        from PIL import Image
+        for i in range(n):
+            image, mask = collage(i, split, photos)
+            buf = io.BytesIO()
+            Image.fromarray(image).save(buf, "JPEG", quality=90)
+            yield i, {"image": buf.getvalue(), "segmentation": mask[..., None], "file_name": f"{split}/{i:04d}.jpg"}

@@ -92,7 +92,7 @@ def _tfds_records(name: str, split: str, data_dir, field: str, decoders: dict):
     """(builder, random-access records) of a prepared TFDS split; one line for whatever stands in the way."""
     import tensorflow_datasets as tfds
 
-    from hcnet.data import builders, segmentation  # noqa: F401  (registers hcnet_digits, hcnet_ade20k)
+    from hcnet.data import builders, segmentation  # registers hcnet_digits, hcnet_ade20k, hcnet_collages
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -102,7 +102,7 @@ def _tfds_records(name: str, split: str, data_dir, field: str, decoders: dict):
                         f"'{SYNTHETIC}', or prepare an image folder with python -m hcnet.tools.prepare "
                         "--dataset=image_folder") from None
     if not builder.is_prepared():
-        if name == builders.DIGITS:  # embedded: building it reads nothing from the network
+        if name in (builders.DIGITS, segmentation.COLLAGES):  # embedded: building reads nothing from the network
             from hcnet.data import prepare
             prepare.prepare(name, data_dir)
             builder = tfds.builder(name, data_dir=data_dir)

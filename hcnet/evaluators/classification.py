@@ -41,6 +41,7 @@ class Evaluator:
     def __init__(self, name: str, source, *, model_def, mesh, batch_size: int, image_size: int,
                  crop_pct: float = 0.875, threads: int = 8, workers: int = 0, prefetch: int = 2):
         self.name, self.source, self.image_size, self.crop_pct = name, source, image_size, crop_pct
+        self.settings = {"image_size": image_size, "crop_pct": crop_pct, "labels": source.label_key}
         self._step = jax.jit(functools.partial(self.eval_step, model_def=model_def),
                              out_shardings=sharding.replicated(mesh))
         transform = transforms.EvalTransform(image_size, crop_pct, source.label_key,

@@ -75,7 +75,8 @@ class Evaluator:
     does it: each image at its own size, rescaled to fit `scale` (times each ratio), inferred whole or by
     sliding window (hcnet.seg_inference), probabilities back at the image's size, argmax, scored against the
     image's own labels. The windows of an image are one batch over the mesh's devices; with several
-    processes each scores every process_count-th image and the sums are added over processes.
+    processes each scores every process_count-th image on its own devices (the weights gathered to each
+    process once per evaluation) and the sums are added over processes.
 
     `logits_fn(weights, images)`: the network's logits resized to its input, (N, h, w, 3) -> (N, h, w, C)."""
     metrics = ("mIoU", "mAcc", "aAcc", "count")
@@ -84,14 +85,23 @@ class Evaluator:
     def __init__(self, name: str, source, logits_fn, *, mesh, mode: str = "slide", crop=(512, 512),
                  stride=(341, 341), scale=(2048, 512), ratios=(1.0,), flip: bool = False):
         self.name, self.source = name, source
-        self._fn = jax.jit(logits_fn, in_shardings=(None, sharding.batch_sharding(mesh)),
+        if jax.process_count() > 1:  # images differ between processes: each runs on its own devices
+            mesh = sharding.make_mesh(devices=jax.local_devices())
+        self._mesh = mesh
+        self._fn = jax.jit(logits_fn, in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
                            out_shardings=sharding.replicated(mesh))
         self._devices = mesh.size
         self._options = dict(mode=mode, crop=tuple(crop), stride=tuple(stride), scale=tuple(scale),
                              ratios=tuple(ratios), flip=flip)
+        self.settings = {"mode": mode, "crop": list(crop), "stride": list(stride), "scale": list(scale),
+                         "ratios": list(ratios), "flip": flip}
 
     def totals(self, weights) -> Totals:
         totals = Totals(self.source.num_classes)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            weights = jax.device_put(multihost_utils.process_allgather(weights, tiled=True),
+                                     sharding.replicated(self._mesh))
         logits = lambda x: sharding.to_host(self._fn(weights, x))
         for i in range(jax.process_index(), len(self.source), jax.process_count()):
             record = self.source.records[i]

@@ -9,7 +9,7 @@ from typing import Protocol
 
 from hcnet.errors import ConfigError
 
-TASKS = {"classification": "hcnet.tasks.classification"}
+TASKS = {"classification": "hcnet.tasks.classification", "segmentation": "hcnet.tasks.segmentation"}
 
 
 class Task(Protocol):
@@ -29,6 +29,9 @@ class Task(Protocol):
 
     def train_inputs(self, key, batch: dict):
         """(network inputs, targets) of a global batch, inside the jitted step."""
+
+    def forward(self, net, inputs):
+        """What the loss sees of the network in training (e.g. net(inputs), or several heads' outputs)."""
 
     def loss(self, outputs, targets):
         """Per-example losses (B,); the step masks and averages them."""

@@ -56,6 +56,9 @@ class Task:
     def train_inputs(self, key, batch):
         return augment.train_inputs(key, batch, self.spec["num_classes"], self.recipe)
 
+    def forward(self, net, inputs):
+        return net(inputs)
+
     def loss(self, logits, targets):
         return optax.softmax_cross_entropy(logits, targets)
 

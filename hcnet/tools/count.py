@@ -2,6 +2,7 @@
 
     python -m hcnet.tools.count --variant=T --heat_operator=mean8 [--image_size=224] [--image_width=W]
         [--depths=3,8,18,3] [--num_classes=1000] [--noxla] [--json]
+    python -m hcnet.tools.count --segmentation --variant=T [--num_classes=150]   # UperNet at 512x2048, as mmseg counts
 """
 import json
 
@@ -13,6 +14,8 @@ from hcnet.errors import UserError
 flags.DEFINE_integer("image_width", None, "image width when it differs from --image_size")
 flags.DEFINE_integer("num_classes", 1000, "classes of the head")
 flags.DEFINE_bool("xla", True, "also XLA's FLOP estimate (--noxla skips the compile)")
+flags.DEFINE_bool("segmentation", False, "UperNet on the variant (hcnet.upernet): parameters by part and the "
+                  "MACs of backbone + decode head at --image_size x --image_width (default 512 x 2048)")
 for _name in ("variant", "heat_operator", "depths", "image_size", "json"):
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
@@ -21,6 +24,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     from hcnet.count import summary
     from hcnet.model import model_spec
+    if FLAGS.segmentation:
+        return _segmentation()
     height = FLAGS.image_size or 224
     width = FLAGS.image_width or height
     if min(height, width) < 32:
@@ -38,6 +43,20 @@ def main(argv):
     if "xla_flops" in out:
         print(f"  XLA FLOPs         {out['xla_flops']:,.0f} ({out['xla_flops'] / 1e9:.3f} G; "
               "2 per MAC plus elementwise work)")
+
+
+def _segmentation():
+    from hcnet import upernet
+    height, width = FLAGS.image_size or 512, FLAGS.image_width or 2048
+    classes = 150 if FLAGS.num_classes == 1000 else FLAGS.num_classes  # ADE20K's unless given
+    out = upernet.summary(FLAGS.variant, classes, height, width)
+    if FLAGS.json:
+        print(json.dumps(out))
+        return
+    print(f"UperNet + HcNet-{FLAGS.variant}, {classes} classes, at {height}x{width}")
+    for part, name in (("backbone", "backbone"), ("decode", "decode head"), ("aux", "auxiliary head"), ("params", "total")):
+        print(f"  params {name:15s} {out[part]:,} ({out[part] / 1e6:.2f}M)")
+    print(f"  MACs (backbone + decode head)  {out['macs']:,} ({out['macs'] / 1e9:.1f} G)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,12 @@
 
     python -m hcnet.tools.predict --checkpoint=/tmp/hcnet-quickstart digit.png photo.jpg [--ema] [--top=5] [--json]
 
+A segmentation checkpoint (UperNet) labels every pixel instead, at the image's own size, as its run's
+single-scale test does; --out is where the masks (<stem>_mask.png, class ids) and the overlays
+(<stem>_overlay.png, with a legend) go:
+
+    python -m hcnet.tools.predict --checkpoint=/tmp/hcnet-seg-quickstart photo.jpg --out=/tmp/masks
+
 A file that cannot be read is reported in one line (`skipped FILE: reason`) and the others are still
 predicted; the exit status is then 1.
 """
@@ -14,16 +20,31 @@ from hcnet import tools
 from hcnet.errors import UserError
 
 flags.DEFINE_integer("top", 5, "how many classes per image")
-for _name in ("checkpoint", "ema", "image_size", "crop_pct", "json"):
+for _name in ("checkpoint", "ema", "image_size", "crop_pct", "json", "out"):
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    from hcnet.predict import predict
+    from hcnet.predict import is_segmentation, predict, segment
     tools.require(checkpoint=FLAGS.checkpoint)
     if len(argv) < 2:
         raise UserError("give one or more image files after the flags")
+    if is_segmentation(FLAGS.checkpoint):
+        tools.require(out=FLAGS.out)
+        results, failed = segment(FLAGS.checkpoint, argv[1:], FLAGS.out, ema=FLAGS.ema)
+        for f, reason in failed:
+            print(f"skipped {f}: {reason}", file=sys.stderr)
+        if FLAGS.json:
+            print(json.dumps({"predictions": results, "skipped": dict(failed)}))
+        else:
+            for f, r in results.items():
+                print(f"{f}: {r['overlay']}")
+                for c in r["classes"][:FLAGS.top]:
+                    print(f"  {c['share']:7.2%}  {c['name']}  ({c['class']})")
+        if failed:
+            sys.exit(1)
+        return
     results, failed = predict(FLAGS.checkpoint, argv[1:], ema=FLAGS.ema, top=FLAGS.top,
                               image_size=FLAGS.image_size, crop_pct=FLAGS.crop_pct)
     for f, reason in failed:
