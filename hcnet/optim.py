@@ -56,7 +56,8 @@ def poly_schedule(*, base_lr: float, warmup_lr: float, min_lr: float, warmup_ste
         poly = (base_lr - min_lr) * (1.0 - t / total_steps) ** power + min_lr
         if warmup_steps == 0:
             return poly
-        return jnp.where(t < warmup_steps, poly * (1.0 - (1.0 - t / warmup_steps) * (1.0 - ratio)), poly)
+        a = t / warmup_steps  # 1 - (1 - a)(1 - ratio) written without the cancellation near a = 0 (float32)
+        return jnp.where(t < warmup_steps, poly * (a + ratio * (1.0 - a)), poly)
     return schedule
 
 

@@ -37,9 +37,22 @@ import contextlib  # noqa: E402  (after the environment above)
 import fcntl  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
+import pathlib  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
+
+
+def once_per_session(tmp_path_factory, worker_id, name: str, make) -> dict:
+    """`make(directory)` (a JSON-able dict) run once per session, shared by the xdist workers: the first worker
+    to ask runs it in <basetemp>/<name>, the others wait for it and read its result."""
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    done = shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            done.write_text(json.dumps(make(shared / name)))
+    return json.loads(done.read_text())
 
 
 @pytest.fixture(scope="session")
@@ -48,17 +61,14 @@ def smoke_run(tmp_path_factory, worker_id):
     from hcnet import checkpoint, trainer
     from runs import smoke
     checkpoint.configure_orbax()
-    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
-    run_dir, done = shared / "smoke-run", shared / "smoke-run.json"
-    with open(shared / "smoke-run.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker trains, the others wait and read
-        if not done.exists():
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out):
-                result = trainer.train_and_evaluate(smoke(profile_steps=(2, 4)), run_dir)
-            done.write_text(json.dumps({"result": result, "console": out.getvalue()}))
-    saved = json.loads(done.read_text())
-    return run_dir, saved["result"], saved["console"]
+
+    def make(run_dir):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            result = trainer.train_and_evaluate(smoke(profile_steps=(2, 4)), run_dir)
+        return {"result": result, "console": out.getvalue(), "dir": str(run_dir)}
+    saved = once_per_session(tmp_path_factory, worker_id, "smoke-run", make)
+    return pathlib.Path(saved["dir"]), saved["result"], saved["console"]
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,9 @@ from hcnet.model import VARIANTS
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = ["hcnet_t.py", "hcnet_s.py", "hcnet_b.py", "quickstart.py", "smoke.py", "ablate_ra_filter.py",
            "ablate_k.py:input", "ablate_k.py:learned", "ablate_k.py:0.3", "ablate_operator.py:learned5",
-           "digits_transfer.py:pretrain", "digits_transfer.py:scratch"]
-FINE_TUNES = ["finetune_t_384.py", "linear_probe.py", "transfer_folder.py", "digits_transfer.py:finetune"]
+           "digits_transfer.py:pretrain", "digits_transfer.py:scratch", "seg_quickstart.py"]
+FINE_TUNES = ["finetune_t_384.py", "linear_probe.py", "transfer_folder.py", "digits_transfer.py:finetune",
+              "upernet_hcnet_t_ade20k.py", "upernet_hcnet_b_ade20k.py"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -23,7 +24,8 @@ def test_shipped_configs_validate_and_document_their_command(name):
     config_lib.validate(c, num_devices=8)
     doc = (ROOT / "configs" / name.split(":")[0]).read_text()
     assert f"python train.py --config=configs/{name.split(':')[0]}" in doc and "Hardware" in doc
-    assert tasks.create(c).spec["num_classes"] == c.dataset.num_classes
+    spec = tasks.create(c).spec
+    assert spec.get("decoder", spec)["num_classes"] == c.dataset.num_classes  # a segmentation head's, or the classifier's
 
 
 @pytest.mark.parametrize("name", FINE_TUNES)
@@ -35,6 +37,21 @@ def test_fine_tuning_configs_stop_in_one_line_until_given_their_starting_checkpo
     c.init_from = "/runs/pretrained"
     config_lib.validate(c, num_devices=8)
     assert f"python train.py --config=configs/{name.split(':')[0]}" in (ROOT / "configs" / name.split(":")[0]).read_text()
+
+
+def test_swins_ade20k_upernet_recipe_in_the_segmentation_configs():
+    c = config_lib.load(str(ROOT / "configs/upernet_hcnet_t_ade20k.py"))
+    o, s = c.optim, c.segmentation
+    assert (c.task, c.dataset.name, c.dataset.num_classes, c.batch_size, c.total_steps) == (
+        "segmentation", "hcnet_ade20k", 150, 16, 160_000)
+    assert (o.schedule, o.power, o.lr, o.b1, o.b2, o.weight_decay, o.min_lr, o.warmup_steps) == (
+        "poly", 1.0, 6e-5, 0.9, 0.999, 0.01, 0.0, 1500)
+    assert o.warmup_lr / o.lr == pytest.approx(1e-6) and o.scale_by_batch == 0 and c.model.drop_path == 0.3
+    assert (s.channels, s.aux_channels, s.dropout, s.aux_weight) == (512, 256, 0.1, 0.4)
+    assert (s.crop, s.scale, s.ratio_range, s.cat_max_ratio, s.flip, s.photometric) == (
+        (512, 512), (2048, 512), (0.5, 2.0), 0.75, 0.5, True)
+    assert (s.eval_stride, c.best_metric) == ((341, 341), "eval/mIoU")
+    assert config_lib.load(str(ROOT / "configs/upernet_hcnet_b_ade20k.py")).model.variant == "B"
 
 
 def test_the_reference_recipe_in_hcnet_t():
@@ -61,6 +78,10 @@ BAD = [
     ({"mesh.fsdp": 3}, "config.mesh.fsdp=3: a positive divisor of the 8 devices"),
     ({"augment.randaugment": "rand-x"}, "config.augment.randaugment='rand-x'"),
     ({"model.dtype": "int8"}, "config.model.dtype='int8': one of float32, bfloat16, float16"),
+    ({"optim.schedule": "step"}, "config.optim.schedule='step': 'cosine' (the reference's) or 'poly'"),
+    ({"task": "segmentation", "segmentation.eval_mode": "tiles"}, "config.segmentation.eval_mode='tiles': 'slide' or"),
+    ({"task": "segmentation", "segmentation.crop": (512,)}, "config.segmentation.crop=(512,): two positive integers"),
+    ({"task": "segmentation", "segmentation.ms_ratios": (0.5, 0.0)}, "config.segmentation.ms_ratios=(0.5, 0.0): ()"),
 ]
 
 

@@ -65,3 +65,18 @@ def test_gradients_are_clipped_to_global_norm_5():
     unclipped = run(optax.adamw(1.0, **kw))
     np.testing.assert_allclose(ours[1], clipped[1], rtol=1e-5)
     assert not np.allclose(ours[1], unclipped[1], rtol=1e-3)
+
+
+def test_poly_schedule_is_mmcvs_with_linear_warmup():
+    """mmcv's PolyLrUpdaterHook (power 1, min 0) with warmup='linear', warmup_ratio r, as Swin's ADE20K runs set
+    it before each update from the updates done: lr(n) = base (1 - n / T), times 1 - (1 - n / W)(1 - r) for n < W."""
+    from hcnet.optim import poly_schedule
+    base, total, warm, ratio = 6e-5, 160_000, 1500, 1e-6
+    f = poly_schedule(base_lr=base, warmup_lr=base * ratio, min_lr=0.0, warmup_steps=warm, total_steps=total)
+    for n in (0, 1, 750, 1499, 1500, 80_000, 159_999, 160_000):
+        poly = base * (1 - n / total)
+        want = poly * (1 - (1 - n / warm) * (1 - ratio)) if n < warm else poly
+        assert float(f(n)) == pytest.approx(want, rel=1e-5, abs=1e-12), n
+    assert float(f(0)) == pytest.approx(base * ratio, rel=1e-5)  # no lag: update 0 runs at the warmup start
+    squared = poly_schedule(base_lr=1.0, warmup_lr=1.0, min_lr=0.1, warmup_steps=0, total_steps=10, power=2.0)
+    assert float(squared(5)) == pytest.approx(0.9 * 0.25 + 0.1)

@@ -182,3 +182,49 @@ def test_the_evaluator_scores_each_image_at_its_own_size_whole_or_by_window():
         assert ev.totals(weights).sums[3].sum() == labelled  # every labelled pixel of each image, once
     shifted = jnp.roll(weights, 1, axis=0)  # class c now answers c + 1
     assert ev(shifted)["mIoU"] == 0.0
+
+
+def test_the_pixel_loss_counts_ignored_pixels_as_zero_in_the_mean_as_mmseg_does():
+    from hcnet.tasks.segmentation import pixel_loss
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 4, 6, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, (2, 4, 6))
+    labels[0, :2] = I  # a third of image 0 ignored
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(logp, np.where(labels == I, 0, labels)[..., None], -1)[..., 0]
+    want = np.where(labels == I, 0, ce).sum((1, 2)) / 24  # every pixel of the crop in the denominator
+    np.testing.assert_allclose(pixel_loss(jnp.asarray(logits), jnp.asarray(labels)), want, rtol=1e-5)
+    # logits at a lower resolution are enlarged to the labels first (constant logits stay constant)
+    flat = np.zeros((1, 2, 3, 3), np.float32)
+    flat[..., 1] = 2.0
+    got = pixel_loss(jnp.asarray(flat), jnp.ones((1, 8, 12), jnp.int32))
+    np.testing.assert_allclose(got, [-2 + np.log(2 + np.exp(2))], rtol=1e-6)
+
+
+def test_the_device_side_zeroes_the_padding_after_normalising_and_a_bad_pair_is_masked_out():
+    """mmseg pads after Normalize, so padded pixels are 0 in the network's input, not black; an image whose
+    mask does not match it is left out of the batch (mask False) rather than stopping the run."""
+    import io
+
+    from PIL import Image
+
+    from hcnet.config import defaults
+    from hcnet.data import seg_transforms
+    from hcnet.tasks.segmentation import Example, Task
+    c = defaults()
+    c.task, c.dataset.num_classes = "segmentation", 3
+    task = Task(c)
+    image = np.full((2, 4, 5, 3), 200, np.uint8)
+    x, labels = task.train_inputs(None, {"image": image, "label": np.zeros((2, 4, 5), np.uint8),
+                                         "valid": np.array([[4, 5], [2, 3]], np.int32)})
+    assert float(jnp.abs(x[1, 2:]).max()) == 0 and float(jnp.abs(x[1, :, 3:]).max()) == 0
+    assert float(jnp.abs(x[1, :2, :3]).min()) > 0.5 and float(jnp.abs(x[0]).min()) > 0.5
+    assert labels.dtype == jnp.int32
+    png = lambda a: (lambda buf: (Image.fromarray(a).save(buf, "PNG"), buf.getvalue())[1])(io.BytesIO())
+    example = Example(seg_transforms.TrainTransform(crop=(8, 8), scale=(16, 8)), 3, False)
+    good = example({"image": png(np.zeros((8, 12, 3), np.uint8)), "segmentation": png(np.ones((8, 12), np.uint8)),
+                    "index": 0}, np.random.default_rng(0))
+    assert good["mask"] and good["image"].shape == (8, 8, 3) and set(np.unique(good["label"])) <= {1, I}
+    bad = example({"image": png(np.zeros((8, 12, 3), np.uint8)), "segmentation": png(np.ones((8, 10), np.uint8)),
+                   "index": 1}, np.random.default_rng(0))
+    assert not bad["mask"] and bad["image"].shape == (8, 8, 3) and (bad["label"] == I).all()
