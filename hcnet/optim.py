@@ -61,7 +61,7 @@ def poly_schedule(*, base_lr: float, warmup_lr: float, min_lr: float, warmup_ste
     return schedule
 
 
-SCHEDULES = {"cosine": lr_schedule, "poly": poly_schedule}
+SCHEDULES = ("cosine", "poly")
 
 
 def decay_mask(params):
@@ -123,8 +123,9 @@ def from_config(o, batch_size: int, total_steps: int, warmup_steps: int, depths=
     if o.schedule not in SCHEDULES:
         raise ConfigError(f"config.optim.schedule={o.schedule!r}: one of {', '.join(SCHEDULES)}")
     extra = {"power": o.power} if o.schedule == "poly" else {}
-    schedule = SCHEDULES[o.schedule](base_lr=scale(o.lr), warmup_lr=scale(o.warmup_lr), min_lr=scale(o.min_lr),
-                                     warmup_steps=warmup_steps, total_steps=total_steps, **extra)
+    make = lr_schedule if o.schedule == "cosine" else poly_schedule
+    schedule = make(base_lr=scale(o.lr), warmup_lr=scale(o.warmup_lr), min_lr=scale(o.min_lr),
+                    warmup_steps=warmup_steps, total_steps=total_steps, **extra)
     tx = make_optimizer(schedule, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, clip_norm=o.clip_norm or None)
     if o.layer_decay < 1:
         if not depths:

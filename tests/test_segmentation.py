@@ -148,30 +148,42 @@ def test_sliding_window_and_whole_image_agree_for_a_pointwise_model_and_not_for_
                            seg_inference.probabilities(ramp, image, scale=(110, 70), flip=False, **kw), atol=1e-3)
 
 
-def test_the_evaluator_scores_each_image_at_its_own_size_whole_or_by_window():
-    """Images whose colours name their classes, and a 'network' that reads the colour back: a perfect score,
-    whole or by sliding window, on 8 devices or 1; shifting its answer by one class scores 0."""
+PALETTE = np.array([[250, 10, 10], [10, 250, 10], [10, 10, 250], [240, 240, 20]], np.uint8)
+
+
+def reads_colour(weights, x):
+    """A 'network' whose logits say how close each pixel's colour is to each class's (weights: the palette)."""
+    return -jnp.sum((x[..., None, :] - weights[None, None, None]) ** 2, -1)
+
+
+def colour_source(sizes=((40, 56), (33, 56))):
+    """(SegmentationSource of images whose colours name their classes, their labels): 8x8 blocks of random
+    classes, a 3x3 ignored corner; sizes at scale 1 of (56, 40), none a multiple of the window."""
     import io
 
     from PIL import Image
 
     from hcnet.data import sources
     rng = np.random.default_rng(0)
-    palette = np.array([[250, 10, 10], [10, 250, 10], [10, 10, 250], [240, 240, 20]], np.uint8)
     records, labels = [], []
-    for h, w in ((40, 56), (33, 56)):  # two sizes at scale 1 of (56, 40), neither a multiple of the window
+    for h, w in sizes:
         label = np.kron(rng.integers(0, 4, (h // 8 + 1, w // 8 + 1)), np.ones((8, 8), int))[:h, :w].astype(np.uint8)
         label[:3, :3] = I  # ignored pixels, whatever is predicted there
         encoded = []
-        for a in (palette[np.minimum(label, 3)], label):
+        for a in (PALETTE[np.minimum(label, 3)], label):
             buf = io.BytesIO()
             Image.fromarray(a).save(buf, "PNG")
             encoded.append(buf.getvalue())
         records.append({"image": encoded[0], "segmentation": encoded[1]})
         labels.append(label)
-    source = sources.SegmentationSource(records, "colours", "test", ("r", "g", "b", "y"), False, I)
-    reads_colour = lambda weights, x: -jnp.sum((x[..., None, :] - weights[None, None, None]) ** 2, -1)
-    weights = jnp.asarray(palette, jnp.float32)
+    return sources.SegmentationSource(records, "colours", "test", ("r", "g", "b", "y"), False, I), labels
+
+
+def test_the_evaluator_scores_each_image_at_its_own_size_whole_or_by_window():
+    """Images whose colours name their classes, and a 'network' that reads the colour back: a perfect score,
+    whole or by sliding window, on 8 devices or 1; shifting its answer by one class scores 0."""
+    source, labels = colour_source()
+    weights = jnp.asarray(PALETTE, jnp.float32)
     for devices, mode in ((8, "slide"), (1, "whole"), (8, "whole")):
         mesh = sharding.make_mesh(devices=jax.devices()[:devices])
         ev = segmentation.Evaluator("ade", source, reads_colour, mesh=mesh, mode=mode, crop=(24, 24),
@@ -228,3 +240,49 @@ def test_the_device_side_zeroes_the_padding_after_normalising_and_a_bad_pair_is_
     bad = example({"image": png(np.zeros((8, 12, 3), np.uint8)), "segmentation": png(np.ones((8, 10), np.uint8)),
                    "index": 1}, np.random.default_rng(0))
     assert not bad["mask"] and bad["image"].shape == (8, 8, 3) and (bad["label"] == I).all()
+
+
+TWO_HOSTS = """
+import sys
+import jax, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+pid = int(sys.argv[1])
+jax.distributed.initialize(sys.argv[2], 2, pid)
+from hcnet import sharding
+from hcnet.evaluators import segmentation
+import test_segmentation as t
+source, labels = t.colour_source(((40, 56), (33, 56), (40, 48)))
+mesh = sharding.make_mesh()  # 4 devices over the 2 processes
+weights = jax.make_array_from_callback((4, 3), NamedSharding(mesh, P()), lambda i: t.PALETTE.astype(np.float32)[i])
+ev = segmentation.Evaluator("ade", source, t.reads_colour, mesh=mesh, mode="slide", crop=(24, 24), stride=(16, 16),
+                            scale=(56, 40))
+totals = ev.totals(weights)
+print("RESULT", ev(weights), int(totals.sums[3].sum()), sum(int((l != t.I).sum()) for l in labels), flush=True)
+"""
+
+
+def test_two_hosts_score_every_image_once_each_on_its_own_devices():
+    """Two processes of two devices: each infers its share of the images on its own devices (the images differ
+    between processes) and the split's sums are added: the perfect score and every labelled pixel of the three
+    images counted once, on both."""
+    import ast
+    import os
+    import pathlib
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        address = f"localhost:{s.getsockname()[1]}"
+    here = str(pathlib.Path(__file__).parent)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_HOSTS, str(i), address], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+        line = next(ln for ln in out.splitlines() if ln.startswith("RESULT")).split(" ", 1)[1]
+        metrics, counted, labelled = line.rsplit(" ", 2)
+        assert ast.literal_eval(metrics) == {"mIoU": 1.0, "mAcc": 1.0, "aAcc": 1.0, "count": 3}
+        assert int(counted) == int(labelled)

@@ -210,7 +210,7 @@ def test_a_task_defined_outside_hcnet_trains_with_its_own_loss_evaluator_and_bes
     with pytest.raises(hcnet.errors.ConfigError, match=r"config.best_metric='eval/top1': one of the evaluators' "
                                                        r"metrics \(probe/first_logit"):
         trainer.train_and_evaluate(smoke(task="toy", best_metric="eval/top1"), tmp_path / "other")
-    with pytest.raises(hcnet.errors.ConfigError, match="config.task='nope': one of classification, toy"):
+    with pytest.raises(hcnet.errors.ConfigError, match="config.task='nope': one of classification, segmentation, toy"):
         trainer.train_and_evaluate(smoke(task="nope"), tmp_path / "other")
 
 

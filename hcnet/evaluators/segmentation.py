@@ -102,7 +102,8 @@ class Evaluator:
             from jax.experimental import multihost_utils
             weights = jax.device_put(multihost_utils.process_allgather(weights, tiled=True),
                                      sharding.replicated(self._mesh))
-        logits = lambda x: sharding.to_host(self._fn(weights, x))
+        batch = sharding.batch_sharding(self._mesh)  # this process's devices: put there, not passed as numpy
+        logits = lambda x: sharding.to_host(self._fn(weights, jax.device_put(x, batch)))
         for i in range(jax.process_index(), len(self.source), jax.process_count()):
             record = self.source.records[i]
             image = np.asarray(transforms.rgb(transforms.open_image(record["image"])))
