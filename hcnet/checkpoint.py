@@ -19,7 +19,7 @@ from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
 from hcnet import paths
-from hcnet.model import ModelDef, eval_view, spec_json
+from hcnet.model import WEIGHTS, ModelDef, eval_view, spec_json
 
 SPEC_FILE, PARAMS_DIR, CHECKPOINTS = "model.json", "params", "checkpoints"
 TRAIN_KEYS = ("opt", "step", "nonfinite_step")  # the "train" item: optimizer state, updates done, first bad step
@@ -52,10 +52,11 @@ def is_run_dir(path) -> bool:
 
 
 def save(directory, model: nnx.Module, spec: dict) -> paths.Path:
-    """Writes spec and parameters to a new directory; refuses to overwrite one."""
+    """Writes spec and weights (parameters, and BatchNorm's running statistics where the network has them) to a
+    new directory; refuses to overwrite one."""
     directory = paths.new_dir(directory)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(directory / PARAMS_DIR, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        ckptr.save(directory / PARAMS_DIR, nnx.to_pure_dict(nnx.state(model, WEIGHTS)))
     write_spec(directory, spec)
     return directory
 

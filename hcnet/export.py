@@ -21,6 +21,7 @@ from flax import nnx
 
 from hcnet import checkpoint, paths, predict, run_files
 from hcnet.data.augment import normalize
+from hcnet.errors import UserError
 
 FORMATS = ("checkpoint", "stablehlo", "savedmodel")
 STABLEHLO_FILE, SERVING_FILE = "model.stablehlo", "serving.json"
@@ -47,6 +48,9 @@ def probabilities_fn(model):
 
 def _serving(path, ema, step, image_size, crop_pct, platforms):
     """(the jax.export program of probabilities_fn, serving.json's fields) for a checkpoint or workdir."""
+    if predict.is_segmentation(path):
+        raise UserError(f"{path} is a segmentation network: it exports as --format=checkpoint (hcnet.load and "
+                        "hcnet.tools.predict read it); stablehlo and savedmodel serve classifiers")
     model = checkpoint.load(path, ema=ema, step=step)
     size, crop = predict.preprocessing(path, image_size, crop_pct)
     batch, = jax.export.symbolic_shape("batch")

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from hcnet import config as config_lib
-from hcnet import evaluation, visualize
+from hcnet import evaluation, export, visualize
 from hcnet.data import segmentation
+from hcnet.errors import UserError
 from conftest import once_per_session
 from runs import ROOT
 
@@ -85,10 +86,13 @@ def test_the_checkpoint_evaluates_as_trained_and_with_the_multi_scale_flip_test(
     assert evaluation.default_out(report).name == "hcnet_collages_test__40_whole_ms_step80.json"
 
 
-def test_predicted_masks_and_overlays_of_a_segmentation_checkpoint(seg_run, tmp_path):
-    """hcnet.visualize (and predict) on a segmentation checkpoint: a mask PNG of class ids at the image's own
-    size that mostly names the right photograph, an overlay with its legend; an unreadable file is skipped."""
-    workdir, _, _ = seg_run
+def test_an_exported_segmentation_checkpoint_predicts_masks_and_overlays(seg_run, tmp_path):
+    """The run exported as a checkpoint (its BatchNorm statistics with it), then hcnet.visualize (and predict) on
+    it: a mask PNG of class ids at the image's own size that mostly names the right photograph, an overlay with
+    its legend; an unreadable file is skipped. Serving formats say in one line that they are for classifiers."""
+    workdir = export.export(seg_run[0], tmp_path / "export")
+    with pytest.raises(UserError, match="is a segmentation network: it exports as --format=checkpoint"):
+        export.export_stablehlo(workdir, tmp_path / "served")
     image, truth = segmentation.collage(7, "test", segmentation.collage_photos())
     (tmp_path / "collage.png").write_bytes(_png(image))
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
