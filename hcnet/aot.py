@@ -1,0 +1,187 @@
+"""A run's training step compiled for a Cloud TPU slice ahead of time, on any machine with libtpu (a CPU one
+included): per-chip memory against the chip's HBM, XLA's flops and bytes per image, the compile time and a
+verdict, before anyone pays for the slice.
+
+    pip install -r requirements-tpu.txt        # libtpu: the TPU compiler (what jax[tpu] installs on a TPU VM)
+    python -m hcnet.aot --config=configs/hcnet_t.py --topology=v5e-64 [--config.field=value ...] [--out=F.json]
+
+The step is the one train_and_evaluate runs (hcnet.trainer.Program: the same config, mesh, shardings and
+donation, the augmentation inside it), lowered onto libtpu's compile-only devices of the named slice
+(jax.experimental.topologies) and compiled by the real TPU compiler. Slice names are Cloud TPU's own: v5e-N
+and v6e-N count chips, v4-N and v5p-N count TensorCores (two per chip). Everything reported is the
+compiler's figure for a TPU, not a hardware measurement.
+
+Memory per device: arguments + outputs - what donation aliases + temporaries + generated code, from the
+compiled program's memory_analysis() (a bound: the compiler's own `peak` is reported beside it and came out
+lower for HcNet-T). A step that needs more than the device's HBM stops with one line naming what would
+fit (optim.accum_steps, mesh.fsdp, model.remat).
+"""
+import dataclasses
+import json
+import math
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+
+from hcnet import config as config_lib
+from hcnet import optim, sharding, tasks, trainer
+from hcnet.errors import ConfigError, UserError
+
+GIB = 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    hbm: int              # bytes per chip
+    cores: int            # TensorCores per chip, as Cloud TPU counts them in a slice's name
+    dims: int             # the torus's dimensions
+    name_counts: str      # what the number in a slice's name counts
+
+
+CHIPS = {
+    "v4": Chip(32 * GIB, 2, 3, "TensorCores"),
+    "v5e": Chip(16 * GIB, 1, 2, "chips"),
+    "v5p": Chip(95 * GIB, 2, 3, "TensorCores"),
+    "v6e": Chip(32 * GIB, 1, 2, "chips"),
+}
+TRAIN_EXAMPLES = {"imagenet2012": 1_281_167}  # for the schedule's constants only; shapes do not depend on it
+
+
+def chip_grid(chips: int, dims: int) -> tuple[int, ...]:
+    """Cloud TPU's slice shape for a chip count: 2D 2x2, 2x4, 4x4, 4x8, 8x8, 8x16, 16x16; 3D 2x2x1, 2x2x2,
+    2x2x4, 2x4x4, 4x4x4, 4x4x8, ... (single chips and pairs as 1x1 and 1x2)."""
+    if chips < 4:
+        return (1, chips) if dims == 2 else (1, 1, chips)
+    grid = [2, 2] if dims == 2 else [2, 2, 1]
+    while math.prod(grid) < chips:
+        i = min(range(dims), key=lambda k: (grid[k], -k))  # the smallest side, the last first
+        grid[i] *= 2
+    return tuple(grid)
+
+
+def parse_topology(name: str) -> tuple[str, int, str]:
+    """'v5e-64' -> ('v5e', 64 chips, 'v5e:8x8'), the name libtpu's topology takes; one line if it is not one."""
+    m = re.fullmatch(r"(v4|v5e|v5p|v6e)-(\d+)", name)
+    accepted = "a Cloud TPU slice name: v4-N or v5p-N (N TensorCores), v5e-N or v6e-N (N chips), e.g. v5e-64"
+    if not m:
+        raise ConfigError(f"--topology={name!r}: {accepted}")
+    kind, count = m[1], int(m[2])
+    chip = CHIPS[kind]
+    chips, extra = divmod(count, chip.cores)
+    if extra or chips < 1 or chips & (chips - 1):
+        raise ConfigError(f"--topology={name!r}: {kind}-N counts {chip.name_counts}; N must be "
+                          + ("a power of two" if chip.cores == 1 else f"{chip.cores} x a power of two")
+                          + f" (e.g. {kind}-{chip.cores * 4})")
+    return kind, chips, f"{kind}:{'x'.join(map(str, chip_grid(chips, chip.dims)))}"
+
+
+def devices(name: str):
+    """(kind, chips, compile-only devices) of a slice; one line if libtpu is missing."""
+    kind, chips, topology = parse_topology(name)
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        raise UserError("hcnet.aot needs the TPU compiler: pip install -r requirements-tpu.txt (libtpu)") from None
+    from jax.experimental import topologies
+    return kind, chips, topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+
+
+def batch_shapes(c, batch_sharding) -> dict:
+    """The abstract global batch the task's loader hands the step."""
+    b = c.batch_size
+    if c.task == "segmentation":
+        h, w = c.segmentation.crop
+        shapes = {"image": ((b, h, w, 3), jnp.uint8), "label": ((b, h, w), jnp.uint8), "valid": ((b, 2), jnp.int32)}
+    else:
+        s = c.dataset.image_size
+        shapes = {"image": ((b, s, s, 3), jnp.uint8), "label": ((b,), jnp.int32)}
+    shapes.update(mask=((b,), jnp.bool_), index=((b,), jnp.int32))
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for k, (shape, dtype) in shapes.items()}
+
+
+def compile_train_step(c, topology: str) -> dict:
+    """Compiles config c's train step for the slice `topology`; the report (see the module's docstring)."""
+    kind, chips, devs = devices(topology)
+    config_lib.validate(c, len(devs))
+    task = tasks.create(c)
+    examples = TRAIN_EXAMPLES.get(c.dataset.name, 1_281_167)
+    total, warmup, _ = config_lib.steps(c, examples)
+    tx, schedule = optim.from_config(c.optim, c.batch_size, total, warmup, depths=task.spec.get("depths"))
+    mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, devices=devs)
+    program = trainer.Program.build(task, tx, schedule, mesh, seed=c.seed, accum=c.optim.accum_steps,
+                                    ema_decay=c.optim.ema_decay, fsdp_min_size=c.mesh.fsdp_min_size)
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
+    t = time.perf_counter()
+    lowered = program.step.lower(program.abstract_state, batch_shapes(c, program.batch_sharding), key)
+    lower_s = time.perf_counter() - t
+    t = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t
+    m = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    memory = {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
+              "aliased": m.alias_size_in_bytes, "temporaries": m.temp_size_in_bytes,
+              "code": m.generated_code_size_in_bytes, "peak": m.peak_memory_in_bytes}
+    needed = memory["arguments"] + memory["outputs"] - memory["aliased"] + memory["temporaries"] + memory["code"]
+    per_device = len(devs) // chips  # devices per chip (1 with megacore)
+    images = c.batch_size / len(devs)  # cost_analysis is one device's program
+    return judge({"topology": topology, "chips": chips, "devices": len(devs), "device_kind": devs[0].device_kind,
+            "global_batch": c.batch_size, "batch_per_device": images, "accum_steps": c.optim.accum_steps,
+            "mesh": {"data": mesh.shape[sharding.DATA], "fsdp": mesh.shape[sharding.FSDP]},
+            "memory_bytes": memory, "needed_bytes": needed,
+            "flops_per_image": cost.get("flops", float("nan")) / images,
+            "bytes_accessed_per_image": cost.get("bytes accessed", float("nan")) / images,
+            "lower_seconds": lower_s, "compile_seconds": compile_s,
+            "note": "compiler figures for a TPU (libtpu's compile-only devices), not hardware measurements"},
+        CHIPS[kind].hbm // per_device)
+
+
+def judge(report: dict, hbm_bytes: int) -> dict:
+    """The report with the device's HBM and whether the step fits in it."""
+    return {**report, "hbm_bytes": hbm_bytes, "fits": report["needed_bytes"] <= hbm_bytes}
+
+
+def verdict(report: dict) -> str:
+    """One line: fits, or what would."""
+    gib = lambda b: f"{b / GIB:.2f} GiB"
+    head = (f"{report['topology']}: needs {gib(report['needed_bytes'])} of {gib(report['hbm_bytes'])} per device "
+            f"(batch {report['batch_per_device']:g} per device")
+    if report["fits"]:
+        return head + ", fits)"
+    return (head + f"), does not fit: raise config.optim.accum_steps (now {report['accum_steps']}) to cut the "
+            "activations per micro-batch, shard parameters and optimizer state with config.mesh.fsdp, or recompute "
+            "activations with config.model.remat=True")
+
+
+def main(argv):
+    from absl import flags
+    FLAGS = flags.FLAGS
+    report = compile_train_step(FLAGS.config, FLAGS.topology)
+    line = verdict(report)
+    text = json.dumps({**report, "verdict": line}, indent=1)
+    if FLAGS.out:
+        from hcnet import paths
+        paths.path(FLAGS.out).write_text(text + "\n")
+    print(text if FLAGS.json else (
+        f"{line}\n  compile {report['compile_seconds']:.0f} s (lowering {report['lower_seconds']:.0f} s); "
+        f"{report['flops_per_image'] / 1e9:.2f} GFLOP and {report['bytes_accessed_per_image'] / 1e6:.0f} MB accessed "
+        "per image (XLA's cost analysis)\n  " + ", ".join(f"{k} {v / GIB:.3f} GiB" for k, v in report["memory_bytes"].items())
+        + f"\n  {report['note']}"))
+    if not report["fits"]:
+        raise UserError(line)
+
+
+if __name__ == "__main__":
+    from absl import flags
+    from ml_collections import config_flags
+
+    from hcnet import tools
+    config_flags.DEFINE_config_file("config", None, "configs/*.py[:arg], then --config.field=value overrides")
+    flags.DEFINE_string("topology", None, "a Cloud TPU slice: v4-N, v5p-N (TensorCores), v5e-N, v6e-N (chips)")
+    flags.mark_flags_as_required(["config", "topology"])
+    for _name in ("out", "json"):
+        flags.declare_key_flag(_name)
+    tools.run(main)
