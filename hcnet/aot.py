@@ -128,15 +128,15 @@ def compile_train_step(c, topology: str) -> dict:
     needed = memory["arguments"] + memory["outputs"] - memory["aliased"] + memory["temporaries"] + memory["code"]
     per_device = len(devs) // chips  # devices per chip (1 with megacore)
     images = c.batch_size / len(devs)  # cost_analysis is one device's program
-    return judge({"topology": topology, "chips": chips, "devices": len(devs), "device_kind": devs[0].device_kind,
-            "global_batch": c.batch_size, "batch_per_device": images, "accum_steps": c.optim.accum_steps,
-            "mesh": {"data": mesh.shape[sharding.DATA], "fsdp": mesh.shape[sharding.FSDP]},
-            "memory_bytes": memory, "needed_bytes": needed,
-            "flops_per_image": cost.get("flops", float("nan")) / images,
-            "bytes_accessed_per_image": cost.get("bytes accessed", float("nan")) / images,
-            "lower_seconds": lower_s, "compile_seconds": compile_s,
-            "note": "compiler figures for a TPU (libtpu's compile-only devices), not hardware measurements"},
-        CHIPS[kind].hbm // per_device)
+    report = {"topology": topology, "chips": chips, "devices": len(devs), "device_kind": devs[0].device_kind,
+              "global_batch": c.batch_size, "batch_per_device": images, "accum_steps": c.optim.accum_steps,
+              "mesh": {"data": mesh.shape[sharding.DATA], "fsdp": mesh.shape[sharding.FSDP]},
+              "memory_bytes": memory, "needed_bytes": needed,
+              "flops_per_image": cost.get("flops", float("nan")) / images,
+              "bytes_accessed_per_image": cost.get("bytes accessed", float("nan")) / images,
+              "lower_seconds": lower_s, "compile_seconds": compile_s,
+              "note": "compiler figures for a TPU (libtpu's compile-only devices), not hardware measurements"}
+    return judge(report, CHIPS[kind].hbm // per_device)
 
 
 def judge(report: dict, hbm_bytes: int) -> dict:

@@ -93,12 +93,17 @@ def _example(image, label, mask, index) -> dict:
 _warned = set()  # per process: each bad example is logged once, not once per epoch
 
 
-def _failed(record: dict, size: int, error: Exception, label=0) -> dict:
+def warn_skipped(record: dict, error: Exception) -> None:
+    """Logs, once per example and process, that a record could not be read and is masked out of its batch."""
     if record["index"] not in _warned:
         _warned.add(record["index"])
         name = record.get("file_name", b"")
         name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
         logging.warning("skipping example %d %s: %s (counted in the batch mask)", record["index"], name, error)
+
+
+def _failed(record: dict, size: int, error: Exception, label=0) -> dict:
+    warn_skipped(record, error)
     return _example(np.zeros((size, size, 3), np.uint8), label, False, record["index"])
 
 

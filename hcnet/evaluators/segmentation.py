@@ -14,6 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from hcnet import seg_inference, sharding
 from hcnet.data import transforms
@@ -99,7 +100,6 @@ class Evaluator:
     def totals(self, weights) -> Totals:
         totals = Totals(self.source.num_classes)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
             weights = jax.device_put(multihost_utils.process_allgather(weights, tiled=True),
                                      sharding.replicated(self._mesh))
         batch = sharding.batch_sharding(self._mesh)  # this process's devices: put there, not passed as numpy
@@ -111,7 +111,6 @@ class Evaluator:
             totals.add(host_areas(p.argmax(-1), self.source.mask(record), num_classes=self.source.num_classes,
                                   ignore_index=self.source.ignore_index), 1)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
             sums = totals.sums if totals.sums is not None else np.zeros((4, totals.num_classes), np.int64)
             summed = multihost_utils.process_allgather(np.concatenate([sums.ravel(), [totals.images]]))
             flat = np.asarray(summed).reshape(jax.process_count(), -1).sum(0)

@@ -44,7 +44,7 @@ class Example:
             if stored.shape[:2] != image.shape[:2]:
                 raise ValueError(f"mask {stored.shape[:2]} and image {image.shape[:2]} differ in size")
         except Exception as e:  # noqa: BLE001  an unreadable pair: skipped, counted in the batch mask
-            transforms._failed(record, 1, e)
+            transforms.warn_skipped(record, e)
             return {"image": np.zeros((*t.crop, 3), np.uint8), "label": np.full(t.crop, t.ignore_index, np.uint8),
                     "valid": np.zeros(2, np.int32), "mask": np.bool_(False), "index": np.int32(record["index"])}
         label = segmentation.label_map(stored, self.reduce_zero_label, self.num_classes, t.ignore_index)

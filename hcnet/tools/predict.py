@@ -33,32 +33,21 @@ def main(argv):
     if is_segmentation(FLAGS.checkpoint):
         tools.require(out=FLAGS.out)
         results, failed = segment(FLAGS.checkpoint, argv[1:], FLAGS.out, ema=FLAGS.ema)
-        for f, reason in failed:
-            print(f"skipped {f}: {reason}", file=sys.stderr)
-        if FLAGS.json:
-            print(json.dumps({"predictions": results, "skipped": dict(failed)}))
-        else:
-            for f, r in results.items():
-                print(f"{f}: {r['overlay']}")
-                for c in r["classes"][:FLAGS.top]:
-                    print(f"  {c['share']:7.2%}  {c['name']}  ({c['class']})")
-        if failed:
-            sys.exit(1)
-        return
-    results, failed = predict(FLAGS.checkpoint, argv[1:], ema=FLAGS.ema, top=FLAGS.top,
-                              image_size=FLAGS.image_size, crop_pct=FLAGS.crop_pct)
+        lines = lambda f, r: [f"{f}: {r['overlay']}"] + [f"  {c['share']:7.2%}  {c['name']}  ({c['class']})"
+                                                        for c in r["classes"][:FLAGS.top]]
+    else:
+        results, failed = predict(FLAGS.checkpoint, argv[1:], ema=FLAGS.ema, top=FLAGS.top,
+                                  image_size=FLAGS.image_size, crop_pct=FLAGS.crop_pct)
+        lines = lambda f, rows: [f] + [f"  {r['probability']:7.2%}  {r['name']}  ({r['class']})" for r in rows]
     for f, reason in failed:
         print(f"skipped {f}: {reason}", file=sys.stderr)
     if FLAGS.json:
         print(json.dumps({"predictions": results, "skipped": dict(failed)}))
     else:
-        for f, rows in results.items():
-            print(f)
-            for r in rows:
-                print(f"  {r['probability']:7.2%}  {r['name']}  ({r['class']})")
+        for f, r in results.items():
+            print("\n".join(lines(f, r)))
     if failed:
         sys.exit(1)
-
 
 if __name__ == "__main__":
     tools.run(main)
