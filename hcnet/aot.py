@@ -17,10 +17,18 @@ lower for HcNet-T). A step that needs more than the device's HBM stops with one 
 fit (optim.accum_steps, mesh.fsdp, model.remat).
 """
 import dataclasses
+import functools
 import json
 import math
+import os
 import re
 import time
+
+if __name__ == "__main__":
+    # compile-only devices need no chip: stay off any local TPU (a training job may hold it), and let several
+    # compiling processes share libtpu (by default it takes a lock file for its first process alone)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax
 import jax.numpy as jnp
@@ -85,7 +93,10 @@ def devices(name: str):
     except ImportError:
         raise UserError("hcnet.aot needs the TPU compiler: pip install -r requirements-tpu.txt (libtpu)") from None
     from jax.experimental import topologies
-    return kind, chips, topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+    grid = [int(n) for n in topology.split(":")[1].split("x")]
+    # libtpu's default host holds 2x2(x1) chips; a slice smaller than that is one host of its own size
+    host = {} if math.prod(grid) >= 4 else {"chips_per_host_bounds": (grid + [1])[:3]}
+    return kind, chips, topologies.get_topology_desc(platform="tpu", topology_name=topology, **host).devices
 
 
 def batch_shapes(c, batch_sharding) -> dict:
@@ -101,21 +112,8 @@ def batch_shapes(c, batch_sharding) -> dict:
     return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for k, (shape, dtype) in shapes.items()}
 
 
-def compile_train_step(c, topology: str) -> dict:
-    """Compiles config c's train step for the slice `topology`; the report (see the module's docstring)."""
-    kind, chips, devs = devices(topology)
-    config_lib.validate(c, len(devs))
-    task = tasks.create(c)
-    examples = TRAIN_EXAMPLES.get(c.dataset.name, 1_281_167)
-    total, warmup, _ = config_lib.steps(c, examples)
-    tx, schedule = optim.from_config(c.optim, c.batch_size, total, warmup, depths=task.spec.get("depths"))
-    mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, devices=devs)
-    program = trainer.Program.build(task, tx, schedule, mesh, seed=c.seed, accum=c.optim.accum_steps,
-                                    ema_decay=c.optim.ema_decay, fsdp_min_size=c.mesh.fsdp_min_size)
-    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
-    t = time.perf_counter()
-    lowered = program.step.lower(program.abstract_state, batch_shapes(c, program.batch_sharding), key)
-    lower_s = time.perf_counter() - t
+def figures(lowered, images: float) -> dict:
+    """Compiles a lowered program: its per-device memory, XLA's flops and bytes per image, the compile time."""
     t = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t
@@ -126,22 +124,75 @@ def compile_train_step(c, topology: str) -> dict:
               "aliased": m.alias_size_in_bytes, "temporaries": m.temp_size_in_bytes,
               "code": m.generated_code_size_in_bytes, "peak": m.peak_memory_in_bytes}
     needed = memory["arguments"] + memory["outputs"] - memory["aliased"] + memory["temporaries"] + memory["code"]
-    per_device = len(devs) // chips  # devices per chip (1 with megacore)
-    images = c.batch_size / len(devs)  # cost_analysis is one device's program
-    report = {"topology": topology, "chips": chips, "devices": len(devs), "device_kind": devs[0].device_kind,
-              "global_batch": c.batch_size, "batch_per_device": images, "accum_steps": c.optim.accum_steps,
+    return {"batch_per_device": images, "memory_bytes": memory, "needed_bytes": needed,
+            "flops_per_image": cost.get("flops", float("nan")) / images,  # cost_analysis is one device's program
+            "bytes_accessed_per_image": cost.get("bytes accessed", float("nan")) / images,
+            "compile_seconds": compile_s}
+
+
+def compile_train_step(c, topology: str, *, eval_step: bool = True, augmentation: bool = True) -> dict:
+    """Compiles config c's train step (and, for classification, its eval step and its augmentation alone)
+    for the slice `topology`; the report (see the module's docstring)."""
+    kind, chips, devs = devices(topology)
+    config_lib.validate(c, len(devs))
+    task = tasks.create(c)
+    examples = TRAIN_EXAMPLES.get(c.dataset.name, 1_281_167)
+    total, warmup, _ = config_lib.steps(c, examples)
+    tx, schedule = optim.from_config(c.optim, c.batch_size, total, warmup, depths=task.spec.get("depths"))
+    mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, devices=devs)
+    program = trainer.Program.build(task, tx, schedule, mesh, seed=c.seed, accum=c.optim.accum_steps,
+                                    ema_decay=c.optim.ema_decay, fsdp_min_size=c.mesh.fsdp_min_size)
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
+    batch = batch_shapes(c, program.batch_sharding)
+    t = time.perf_counter()
+    lowered = program.step.lower(program.abstract_state, batch, key)
+    lower_s = time.perf_counter() - t
+    train = figures(lowered, c.batch_size / len(devs))
+    report = {"topology": topology, "model": {k: c.model[k] for k in ("variant", "dtype", "remat")},
+              "image_size": c.dataset.image_size if c.task == "classification" else list(c.segmentation.crop),
+              "chips": chips, "devices": len(devs), "device_kind": devs[0].device_kind,
+              "global_batch": c.batch_size, "accum_steps": c.optim.accum_steps,
               "mesh": {"data": mesh.shape[sharding.DATA], "fsdp": mesh.shape[sharding.FSDP]},
-              "memory_bytes": memory, "needed_bytes": needed,
-              "flops_per_image": cost.get("flops", float("nan")) / images,
-              "bytes_accessed_per_image": cost.get("bytes accessed", float("nan")) / images,
-              "lower_seconds": lower_s, "compile_seconds": compile_s,
+              **train, "lower_seconds": lower_s,
               "note": "compiler figures for a TPU (libtpu's compile-only devices), not hardware measurements"}
-    return judge(report, CHIPS[kind].hbm // per_device)
+    if c.task == "classification":
+        from hcnet import roofline
+        act_bytes = 4 if c.model.dtype == "float32" else 2
+        report["roofline_bytes_per_image"] = roofline.bytes_per_image(
+            task.spec, c.dataset.image_size, c.batch_size // len(devs), act_bytes)
+        if eval_step:
+            from hcnet.evaluators import classification
+            eval_batch = c.eval_batch_size or c.batch_size
+            step = jax.jit(functools.partial(classification.eval_step, model_def=program.model_def),
+                           out_shardings=sharding.replicated(mesh))
+            shapes = batch_shapes(_with_batch(c, eval_batch), program.batch_sharding)
+            report["eval"] = figures(step.lower(program.abstract_state["params"], shapes), eval_batch / len(devs))
+        if augmentation:
+            inputs = jax.jit(task.train_inputs)
+            report["augmentation"] = figures(inputs.lower(key, batch), c.batch_size / len(devs))
+    return judge(report, CHIPS[kind].hbm // (len(devs) // chips))
+
+
+def largest_batch(report: dict) -> int:
+    """The largest per-device batch whose train step would fit, extrapolated from one compile: the
+    temporaries (activations, gradients' workspace) grow in proportion to the batch, the rest (the
+    state, the code) does not. An estimate, to be confirmed by compiling at it."""
+    per_image = report["memory_bytes"]["temporaries"] / report["batch_per_device"]
+    return int((report["hbm_bytes"] - (report["needed_bytes"] - report["memory_bytes"]["temporaries"])) // per_image)
+
+
+def _with_batch(c, batch_size: int):
+    c = c.copy_and_resolve_references()
+    c.batch_size = batch_size
+    return c
 
 
 def judge(report: dict, hbm_bytes: int) -> dict:
-    """The report with the device's HBM and whether the step fits in it."""
-    return {**report, "hbm_bytes": hbm_bytes, "fits": report["needed_bytes"] <= hbm_bytes}
+    """The report with the device's HBM and whether the train step (and the eval step) fit in it."""
+    eval_fits = "eval" not in report or report["eval"]["needed_bytes"] <= hbm_bytes
+    report = {**report, "hbm_bytes": hbm_bytes, "fits": report["needed_bytes"] <= hbm_bytes and eval_fits,
+              "eval_fits": eval_fits}
+    return {**report, "largest_batch_per_device_estimate": largest_batch(report)}
 
 
 def verdict(report: dict) -> str:
@@ -149,27 +200,46 @@ def verdict(report: dict) -> str:
     gib = lambda b: f"{b / GIB:.2f} GiB"
     head = (f"{report['topology']}: needs {gib(report['needed_bytes'])} of {gib(report['hbm_bytes'])} per device "
             f"(batch {report['batch_per_device']:g} per device")
+    if "eval" in report:
+        e = report["eval"]
+        head += f"; evaluation {gib(e['needed_bytes'])} at {e['batch_per_device']:g}"
     if report["fits"]:
         return head + ", fits)"
+    if report["needed_bytes"] <= report["hbm_bytes"]:
+        return head + "), evaluation does not fit: lower config.eval_batch_size"
     return (head + f"), does not fit: raise config.optim.accum_steps (now {report['accum_steps']}) to cut the "
             "activations per micro-batch, shard parameters and optimizer state with config.mesh.fsdp, or recompute "
             "activations with config.model.remat=True")
 
 
+def summary(report: dict, line: str) -> str:
+    """The report for a terminal: the verdict, then each compiled program's figures."""
+    rows = [line, f"  largest batch per device that would fit, extrapolated from the temporaries: "
+                  f"{report['largest_batch_per_device_estimate']} (compile at it to confirm)"]
+    for name, r in (("train step", report), ("eval step", report.get("eval")),
+                    ("augmentation alone", report.get("augmentation"))):
+        if r is None:
+            continue
+        rows.append(f"  {name}: compile {r['compile_seconds']:.0f} s; {r['flops_per_image'] / 1e9:.2f} GFLOP and "
+                    f"{r['bytes_accessed_per_image'] / 1e6:.0f} MB accessed per image (XLA's cost analysis); "
+                    + ", ".join(f"{k} {v / GIB:.3f} GiB" for k, v in r["memory_bytes"].items()))
+    return "\n".join(rows + [f"  {report['note']}"])
+
+
 def main(argv):
     from absl import flags
     FLAGS = flags.FLAGS
-    report = compile_train_step(FLAGS.config, FLAGS.topology)
+    parts = set(FLAGS.parts)
+    if not parts <= {"eval", "augmentation"}:
+        raise UserError(f"--parts={','.join(FLAGS.parts)}: any of eval, augmentation (the train step is always compiled)")
+    report = compile_train_step(FLAGS.config, FLAGS.topology, eval_step="eval" in parts,
+                                augmentation="augmentation" in parts)
     line = verdict(report)
     text = json.dumps({**report, "verdict": line}, indent=1)
     if FLAGS.out:
         from hcnet import paths
         paths.path(FLAGS.out).write_text(text + "\n")
-    print(text if FLAGS.json else (
-        f"{line}\n  compile {report['compile_seconds']:.0f} s (lowering {report['lower_seconds']:.0f} s); "
-        f"{report['flops_per_image'] / 1e9:.2f} GFLOP and {report['bytes_accessed_per_image'] / 1e6:.0f} MB accessed "
-        "per image (XLA's cost analysis)\n  " + ", ".join(f"{k} {v / GIB:.3f} GiB" for k, v in report["memory_bytes"].items())
-        + f"\n  {report['note']}"))
+    print(text if FLAGS.json else summary(report, line))
     if not report["fits"]:
         raise UserError(line)
 
@@ -181,6 +251,8 @@ if __name__ == "__main__":
     from hcnet import tools
     config_flags.DEFINE_config_file("config", None, "configs/*.py[:arg], then --config.field=value overrides")
     flags.DEFINE_string("topology", None, "a Cloud TPU slice: v4-N, v5p-N (TensorCores), v5e-N, v6e-N (chips)")
+    flags.DEFINE_list("parts", ["eval", "augmentation"], "what else to compile beside the train step: the eval "
+                      "step, the augmentation alone (classification; empty for neither)")
     flags.mark_flags_as_required(["config", "topology"])
     for _name in ("out", "json"):
         flags.declare_key_flag(_name)

@@ -14,7 +14,7 @@ import ml_collections
 from hcnet import model as model_lib
 from hcnet import paths
 from hcnet import sharding
-from hcnet.data.augment import RandAugment
+from hcnet.data.augment import LUT_IMPLS, RandAugment
 from hcnet.errors import ConfigError
 
 
@@ -54,7 +54,8 @@ def defaults() -> ml_collections.ConfigDict:
         threads=8, workers=0, prefetch=2))
     c.augment = ml_collections.ConfigDict(dict(
         randaugment="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0, mix_prob=1.0,
-        switch_prob=0.5, smoothing=0.1))
+        switch_prob=0.5, smoothing=0.1,
+        lut_impl="auto"))       # RandAugment's tables: "auto" (one-hot contraction on TPU, gather elsewhere)
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-3, warmup_lr=5e-7, min_lr=5e-6, scale_by_batch=512, warmup_epochs=20.0, warmup_steps=-1,
         schedule="cosine",      # the reference's per-step cosine; "poly": mmcv's poly decay (segmentation)
@@ -180,6 +181,7 @@ def _validate_training(c, num_devices: int) -> None:
             RandAugment.parse(a.randaugment)
         except ValueError as e:
             raise ConfigError(f"config.{e}") from None
+    require(a.lut_impl in LUT_IMPLS, "augment.lut_impl", a.lut_impl, f"one of {', '.join(LUT_IMPLS)}")
     require(o.schedule in ("cosine", "poly"), "optim.schedule", o.schedule,
             "'cosine' (the reference's) or 'poly' (mmcv's, for segmentation)")
     require(o.power > 0, "optim.power", o.power, "poly's exponent, > 0 (mmseg: 1.0)")

@@ -85,12 +85,18 @@ def training_bytes(spec: dict, image_size: int = 224, act_bytes: int = 2) -> dic
     return {"blocks": blocks * act_bytes, "stem": stem * act_bytes, "downsample": down * act_bytes}
 
 
+def bytes_per_image(spec: dict, image_size: int = 224, batch: int = 128, act_bytes: int = 2) -> float:
+    """The fewest bytes a training step moves per image: activations, and the parameters and optimizer
+    state shared by the batch."""
+    return sum(training_bytes(spec, image_size, act_bytes).values()) + PARAM_BYTES * count_params(abstract(spec)) / batch
+
+
 def summary(variant: str = "T", image_size: int = 224, batch: int = 128, act_bytes: int = 2) -> dict:
     spec = model_spec(variant)
     macs = count_macs(spec, image_size)
     params = count_params(abstract(spec))
     acts = training_bytes(spec, image_size, act_bytes)
-    per_image = sum(acts.values()) + PARAM_BYTES * params / batch
+    per_image = bytes_per_image(spec, image_size, batch, act_bytes)
     flops = 6.0 * macs
     floors = {name: {"compute_img_s": peak * 1e12 / flops, "memory_img_s": bw * 1e9 / per_image,
                      "floor_img_s": min(peak * 1e12 / flops, bw * 1e9 / per_image),

@@ -12,6 +12,7 @@ os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
      "--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # test workers compiling for TPU share libtpu (no lock)
 # what hcnet.hostenv would restart train.py and eval.py with; set here, their subprocesses start once
 from hcnet import hostenv  # noqa: E402  (imports no JAX)
 os.environ.update(hostenv.cpu_malloc_env(os.environ) or {})

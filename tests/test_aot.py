@@ -34,9 +34,17 @@ def test_a_bad_slice_name_is_one_line(name, message):
         aot.parse_topology(name)
 
 
+@needs_libtpu
+@pytest.mark.parametrize("name, devices", [("v5e-1", 1), ("v5e-2", 2), ("v6e-1", 1), ("v4-2", 2)])
+def test_slices_smaller_than_a_host_have_their_devices(name, devices):
+    """libtpu's default host is 2x2 chips; one or two chips are a host of their own (v4 counts TensorCores)."""
+    assert len(aot.devices(name)[2]) == devices
+
+
 @pytest.fixture(scope="module")
 def smoke_on_v5e():
-    """(config, report) of the smoke config's whole step (augmentation, EMA, donation) compiled for v5e-4."""
+    """(config, report) of the smoke config's whole step (augmentation, EMA, donation) compiled for v5e-4,
+    with its eval step and its augmentation alone."""
     c = smoke()
     return c, aot.compile_train_step(c, "v5e-4")
 
@@ -69,6 +77,29 @@ def test_the_smoke_train_step_compiles_for_a_v5e_slice_within_a_hand_bound(smoke
     assert low <= got["arguments"] <= high, (low, got["arguments"], high)
     assert got["aliased"] >= sum(x.size * x.dtype.itemsize for x in leaves) - 64  # the state, donated
     assert report["flops_per_image"] > 0 and report["compile_seconds"] > 0
+    params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes["params"]))
+    evaluation = report["eval"]["memory_bytes"]  # the parameters alone and a quarter of the eval batch
+    assert params <= evaluation["arguments"] < got["arguments"] and report["eval_fits"]
+    assert report["eval"]["batch_per_device"] == (c.eval_batch_size or c.batch_size) // 4
+
+
+@needs_libtpu
+def test_the_augmentation_compiled_for_tpu_looks_up_tables_without_gathers():
+    """XLA's TPU cost analysis charges RandAugment's per-pixel table gathers about 27 GB per 224x224 image
+    each (two per image), so about 1.1 GB per 32x32 image; with lut_impl='auto' the TPU program contracts
+    one-hot pixels instead. The smoke config's augmentation with RandAugment on, compiled both ways."""
+    import jax
+    from hcnet import sharding, tasks
+    devices = aot.devices("v5e-4")[2]
+    batch_sh = sharding.batch_sharding(sharding.make_mesh(4, 1, devices=devices))
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(batch_sh.mesh))
+    per_image = {}
+    for impl in ("auto", "gather"):
+        c = smoke()
+        c.augment.randaugment, c.augment.lut_impl = "rand-m9-mstd0.5-inc1", impl
+        lowered = jax.jit(tasks.create(c).train_inputs).lower(key, aot.batch_shapes(c, batch_sh))
+        per_image[impl] = aot.figures(lowered, c.batch_size / 4)["bytes_accessed_per_image"]
+    assert per_image["gather"] > 500e6 and per_image["auto"] < 50e6, per_image
 
 
 @needs_libtpu
@@ -78,9 +109,20 @@ def test_a_step_that_cannot_fit_is_refused_in_one_line_naming_what_would(smoke_o
     small = aot.judge(report, 16 * 2 ** 20)
     assert not small["fits"] and aot.judge(report, report["needed_bytes"])["fits"]
     line = aot.verdict(small)
-    assert line.startswith("v5e-4: needs 0.03 GiB of 0.02 GiB per device (batch 4 per device), does not fit: "
-                           "raise config.optim.accum_steps (now 1)")
+    assert line.startswith("v5e-4: needs 0.03 GiB of 0.02 GiB per device (batch 4 per device; evaluation 0.00 GiB "
+                           "at 4), does not fit: raise config.optim.accum_steps (now 1)")
     assert "config.mesh.fsdp" in line and "config.model.remat=True" in line and "\n" not in line
+    big_eval = {**report, "eval": {**report["eval"], "needed_bytes": report["needed_bytes"] + 1}}
+    line = aot.verdict(aot.judge(big_eval, report["needed_bytes"]))
+    assert line.endswith("), evaluation does not fit: lower config.eval_batch_size") and "\n" not in line
+
+
+def test_the_largest_batch_grows_the_temporaries_alone():
+    """16 GiB of HBM, 6 GiB of state and code, 8 GiB of temporaries for 64 images: 80 images would fit."""
+    memory = {"arguments": 5 * aot.GIB, "outputs": 5 * aot.GIB, "aliased": 5 * aot.GIB, "temporaries": 8 * aot.GIB,
+              "code": aot.GIB, "peak": 12 * aot.GIB}
+    report = aot.judge({"memory_bytes": memory, "needed_bytes": 14 * aot.GIB, "batch_per_device": 64}, 16 * aot.GIB)
+    assert report["fits"] and report["largest_batch_per_device_estimate"] == 80
 
 
 def test_without_libtpu_the_tool_says_what_to_install(monkeypatch):

@@ -114,9 +114,28 @@ def equalize_lut(hist):
     return jnp.where(keep[:, None], i, lut).astype(jnp.float32)
 
 
-def apply_lut(x, lut):
-    """x integer-valued (H, W, 3), lut (3, 256)."""
+LUT_IMPLS = ("auto", "gather", "onehot")
+
+
+def _lut_gather(x, lut):
     return jnp.take_along_axis(lut.T, x.astype(jnp.int32).reshape(-1, 3), axis=0).reshape(x.shape)
+
+
+def _lut_onehot(x, lut):
+    """The lookup as a contraction with the one-hot pixel values: no gather. Exact: each output sums one
+    product with 1.0, at float32 precision (HIGHEST: the TPU's matrix unit otherwise rounds to bfloat16)."""
+    onehot = jax.nn.one_hot(x.astype(jnp.int32), 256, dtype=lut.dtype)
+    return jnp.einsum("hwck,ck->hwc", onehot, lut, precision=jax.lax.Precision.HIGHEST)
+
+
+def apply_lut(x, lut, impl: str = "auto"):
+    """x integer-valued (H, W, 3), lut (3, 256). impl: 'gather' indexes the tables per pixel (what CPUs
+    and GPUs do fast), 'onehot' contracts one-hot pixels with them (what TPUs do fast: XLA's TPU cost
+    analysis charges the per-pixel gather 27 GB per 224x224 image, the contraction 3 MB); 'auto' is
+    'onehot' on TPU and 'gather' elsewhere, chosen when the step is lowered for its devices."""
+    if impl == "auto":
+        return jax.lax.platform_dependent(x, lut, tpu=_lut_onehot, default=_lut_gather)
+    return {"gather": _lut_gather, "onehot": _lut_onehot}[impl](x, lut)
 
 
 def _luts(x, gray, level, sign, increasing: bool):
@@ -159,9 +178,10 @@ def _geometry(op, level, sign, height, width, translate_pct):
 def warp(x, m, fill=FILL):
     """x (H, W, C) warped by the output->input map m (continuous coordinates) as PIL's bilinear affine
     transform does it: samples within half a pixel of the image interpolate with clamped edges, the
-    rest get `fill`. Four taps per pixel for all channels at once (dm-pix's affine_transform, which
-    interpolates over the channel axis too and has its edge a half pixel further in, is 60x slower
-    on CPU for 224x224x3 images).
+    rest get `fill`. Four taps per pixel, each gathering all channels of a pixel from channel-major
+    planes (dm-pix's affine_transform, which interpolates over the channel axis too and has its edge a
+    half pixel further in, is 60x slower on CPU for 224x224x3 images; gathering from the (H, W, 3)
+    image, whose 3-wide minor axis the TPU pads to 128, costs 28x the bytes in XLA's TPU cost analysis).
     """
     h, w, c = x.shape
     ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + 0.5, jnp.arange(w, dtype=jnp.float32) + 0.5,
@@ -170,28 +190,28 @@ def warp(x, m, fill=FILL):
     yi = m[1, 0] * xs + m[1, 1] * ys + m[1, 2] - 0.5
     inside = (xi >= -0.5) & (xi < w - 0.5) & (yi >= -0.5) & (yi < h - 0.5)
     x0, y0 = jnp.floor(xi), jnp.floor(yi)
-    fx, fy = (xi - x0)[..., None], (yi - y0)[..., None]
+    fx, fy = xi - x0, yi - y0
     x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
-    flat = x.reshape(h * w, c)
+    planes = jnp.moveaxis(x, -1, 0)  # (C, H, W)
 
     def tap(yy, xx):
-        return flat[jnp.clip(yy, 0, h - 1) * w + jnp.clip(xx, 0, w - 1)]
+        return planes[:, jnp.clip(yy, 0, h - 1), jnp.clip(xx, 0, w - 1)]
     out = ((tap(y0, x0) * (1 - fx) + tap(y0, x0 + 1) * fx) * (1 - fy)
            + (tap(y0 + 1, x0) * (1 - fx) + tap(y0 + 1, x0 + 1) * fx) * fy)
-    return jnp.where(inside[..., None], out, jnp.asarray(fill, x.dtype))
+    return jnp.where(inside[..., None], jnp.moveaxis(out, 0, -1), jnp.asarray(fill, x.dtype))
 
 
-def apply_op(x, m, op, level, sign, increasing: bool = True, translate_pct: float = 0.45):
+def apply_op(x, m, op, level, sign, increasing: bool = True, translate_pct: float = 0.45, lut_impl: str = "auto"):
     """One RandAugment op (index into the op table) at level = magnitude / 10: (image, geometry)."""
     gray = grayscale(x)
     luts, factor = _luts(x, gray, level, sign, increasing)
-    y = apply_lut(x, luts[op])
+    y = apply_lut(x, luts[op], lut_impl)
     degenerate = jnp.where(op == _COLOR, gray, smooth(x))
     y = jnp.where((op == _COLOR) | (op == _SHARPNESS), _blend(degenerate, x, factor), y)
     return y, m @ _geometry(op, level, sign, x.shape[0], x.shape[1], translate_pct)
 
 
-def randaugment(key, x, ra: RandAugment):
+def randaugment(key, x, ra: RandAugment, lut_impl: str = "auto"):
     """One image: uint8-valued (H, W, 3) -> float32 (H, W, 3) with integer values in [0, 255]."""
     x = x.astype(jnp.float32)
     m = jnp.eye(3)
@@ -201,7 +221,7 @@ def randaugment(key, x, ra: RandAugment):
         magnitude = ra.magnitude + ra.magnitude_std * jax.random.normal(k_mag)
         level = jnp.clip(magnitude, 0.0, ra.magnitude_max) / 10.0
         sign = jnp.where(jax.random.bernoulli(k_sign), -1.0, 1.0)
-        y, m_op = apply_op(x, m, op, level, sign, ra.increasing, ra.translate_pct)
+        y, m_op = apply_op(x, m, op, level, sign, ra.increasing, ra.translate_pct, lut_impl)
         apply = jax.random.uniform(k_apply) < ra.prob
         x, m = jnp.where(apply, y, x), jnp.where(apply, m_op, m)
     return jnp.clip(jnp.round(warp(x, m)), 0, 255)
@@ -290,6 +310,7 @@ class Recipe:
     smoothing: float = 0.1
     mean: tuple = MEAN
     std: tuple = STD
+    lut_impl: str = "auto"  # how RandAugment's lookup tables are applied (apply_lut): auto, gather, onehot
 
 
 def train_inputs(key, batch: dict, num_classes: int, recipe: Recipe = Recipe()):
@@ -299,7 +320,7 @@ def train_inputs(key, batch: dict, num_classes: int, recipe: Recipe = Recipe()):
     n = x.shape[0]
     if recipe.randaugment:
         ra = RandAugment.parse(recipe.randaugment)
-        x = jax.vmap(lambda k, im: randaugment(k, im, ra))(jax.random.split(k_ra, n), x)
+        x = jax.vmap(lambda k, im: randaugment(k, im, ra, recipe.lut_impl))(jax.random.split(k_ra, n), x)
     x = normalize(x, recipe.mean, recipe.std)
     if recipe.reprob > 0:
         x = jax.vmap(lambda k, im: random_erase(k, im, recipe.reprob))(jax.random.split(k_erase, n), x)
