@@ -91,11 +91,12 @@ def _peak_memory(device, compiled) -> tuple[int | None, str]:
 
 
 def bench_config(variant: str, batch: int, image_size: int, *, dtype: str = "float32", heat_operator: str = "mean8",
-                 remat: bool = False, drop_path: float = 0.0, num_classes: int = 1000):
+                 remat: bool = False, drop_path: float = 0.0, num_classes: int = 1000, depthwise_impl: str = "auto"):
     """A classification config on synthetic data with no augmentation (label smoothing 0.1): what is timed."""
     c = config_lib.defaults()
     c.batch_size = batch
-    c.model.update(variant=variant, dtype=dtype, heat_operator=heat_operator, remat=remat, drop_path=drop_path)
+    c.model.update(variant=variant, dtype=dtype, heat_operator=heat_operator, remat=remat, drop_path=drop_path,
+                   depthwise_impl=depthwise_impl)
     c.dataset.update(name="synthetic", image_size=image_size, num_classes=num_classes)
     c.augment.update(randaugment="", reprob=0.0, mixup=0.0, cutmix=0.0, smoothing=0.1)
     c.optim.update(scale_by_batch=0, warmup_steps=10)
@@ -123,7 +124,7 @@ def _infer_program(task, c, mesh, data):
 def measure(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode: str = "train",
             dtype: str = "float32", devices: int | None = None, repeats: int = 5, heat_operator: str = "mean8",
             remat: bool = False, drop_path: float = 0.0, num_classes: int = 1000,
-            peak: float | None = None, model_flops: bool = True) -> Result:
+            peak: float | None = None, model_flops: bool = True, depthwise_impl: str = "auto") -> Result:
     """Times one jitted training step or forward pass of HcNet on synthetic data."""
     if mode not in MODES:
         raise UserError(f"--mode={mode!r}: one of {', '.join(MODES)}")
@@ -134,7 +135,7 @@ def measure(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode:
         raise UserError(f"--batch={batch} must be a multiple of the {len(devs)} devices")
     mesh = sharding.make_mesh(-1, 1, devices=devs)
     c = bench_config(variant, batch, image_size, dtype=dtype, heat_operator=heat_operator, remat=remat,
-                     drop_path=drop_path, num_classes=num_classes)
+                     drop_path=drop_path, num_classes=num_classes, depthwise_impl=depthwise_impl)
     rng = np.random.default_rng(0)
     data = {"image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
             "label": rng.integers(0, num_classes, batch).astype(np.int32), "mask": np.ones(batch, bool)}

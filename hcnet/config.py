@@ -47,7 +47,7 @@ def defaults() -> ml_collections.ConfigDict:
         variant="T", depths=(), dims=(),  # depths/dims, when given, replace the variant's
         heat_operator="mean8", k_mode="input", k_value=0.5, ra_filter=True, mlp_ratio=4.0,
         drop_path=0.2, dropout=0.0, dtype="bfloat16", remat=False, conv_init="torch_default",
-        depthwise_impl="shift"))
+        depthwise_impl="auto"))  # "auto": XLA's grouped convolution on TPU, shifted multiply-adds elsewhere
     c.dataset = ml_collections.ConfigDict(dict(
         name="imagenet2012", data_dir="", train_split="train", eval_split="validation", image_size=224,
         num_classes=1000, crop_pct=0.875, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, draft=True,

@@ -25,7 +25,7 @@ from hcnet.stencils import depthwise_conv, gelu, gelu_filter, mean8_laplacian, s
 HEAT_OPERATORS = ("mean8", "learned3", "learned5")
 K_MODES = ("input", "learned", "fixed")
 CONV_INITS = ("torch_default", "trunc_normal")  # stem and downsampling convolutions
-DEPTHWISE_IMPLS = ("shift", "conv")
+DEPTHWISE_IMPLS = ("auto", "shift", "conv")
 DTYPES = ("float32", "bfloat16", "float16")  # compute; parameters stay float32
 
 VARIANTS = {
@@ -209,7 +209,7 @@ class HcNet(nnx.Module):
                  in_chans: int = 3, heat_operator: str = "mean8", k_mode: str = "input",
                  k_value: float = 0.5, ra_filter: bool = True, mlp_ratio: float = 4.0,
                  drop_path: float = 0.0, dropout: float = 0.0, dtype=jnp.float32,
-                 param_dtype=jnp.float32, remat: bool = False, depthwise_impl: str = "shift",
+                 param_dtype=jnp.float32, remat: bool = False, depthwise_impl: str = "auto",
                  conv_init: str = "torch_default", rngs: nnx.Rngs):
         check_args(depths, dims, heat_operator=heat_operator, k_mode=k_mode, k_value=k_value, conv_init=conv_init,
                    depthwise_impl=depthwise_impl, drop_path=drop_path, dropout=dropout, dtype=dtype)
@@ -259,7 +259,7 @@ class HcNet(nnx.Module):
 
 
 def check_args(depths, dims, *, heat_operator="mean8", k_mode="input", k_value=0.5, conv_init="torch_default",
-               depthwise_impl="shift", drop_path=0.0, dropout=0.0, dtype=jnp.float32, **_) -> None:
+               depthwise_impl="auto", drop_path=0.0, dropout=0.0, dtype=jnp.float32, **_) -> None:
     """Stops on a bad model argument with one line naming it, its value and what is accepted."""
     choices = dict(heat_operator=(heat_operator, HEAT_OPERATORS), k_mode=(k_mode, K_MODES),
                    conv_init=(conv_init, CONV_INITS), depthwise_impl=(depthwise_impl, DEPTHWISE_IMPLS),

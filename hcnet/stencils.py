@@ -19,18 +19,32 @@ def neighbour_count(h: int, w: int) -> np.ndarray:
     return (rows[:, None] * cols[None, :] - 1).astype(np.float32)[..., None]  # (H, W, 1)
 
 
-def depthwise_conv(x, kernel, impl: str = "shift"):
+def depthwise_conv(x, kernel, impl: str = "auto"):
     """Zero-padded 'same' depthwise cross-correlation. x (B, H, W, C), kernel (k, k, 1, C), k odd.
 
     `shift` sums k*k shifted multiply-adds, with a hand-written backward pass that keeps only x and
-    the kernel (autodiff would save the k*k shifted copies of x); `conv` is XLA's grouped convolution.
+    the kernel (autodiff would save the k*k shifted copies of x); `conv` is XLA's grouped convolution;
+    `auto` is `conv` on TPU and `shift` elsewhere (see `per_platform`).
     """
+    if impl == "auto":
+        return per_platform(depthwise_conv, x, kernel)
     if impl == "conv":
         kh, kw = kernel.shape[:2]
         return jax.lax.conv_general_dilated(
             x, kernel, (1, 1), ((kh // 2, kh // 2), (kw // 2, kw // 2)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
     return _depthwise(x, kernel)
+
+
+def per_platform(f, *args):
+    """f(*args, impl=...) with the implementation chosen for the platform the program is lowered for:
+    XLA's grouped convolution and autodiff on TPU, the shifted multiply-adds with their hand-written
+    backward pass elsewhere. Both were chosen from compiled programs (BENCHMARKS.md, "Per-platform
+    choices"): on XLA:CPU the shifted form is the faster step; for a TPU v5e, HcNet-T's train step at 16
+    images per chip needs 2.8 GiB with grouped convolutions against 15.9 GiB shifted, and XLA counts 2.9
+    GB accessed per image against 6.6."""
+    return jax.lax.platform_dependent(*args, tpu=lambda *a: f(*a, impl="conv"),
+                                      default=lambda *a: f(*a, impl="shift"))
 
 
 def _pad_same(x, kh: int, kw: int):
@@ -82,10 +96,15 @@ def _depthwise_bwd(res, g):
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
-def gelu_filter(h, kernel, impl: str = "shift"):
+def gelu_filter(h, kernel, impl: str = "auto"):
     """DWConv(GELU(h)) (exact GELU), or GELU(h) when kernel is None: the Refinement Approximation's
     middle. With `shift` the backward pass keeps h and GELU(h) (autodiff would also keep the erfc and
-    exp terms and the k*k shifted copies), and every map it computes depends on the incoming gradient."""
+    exp terms and the k*k shifted copies), and every map it computes depends on the incoming gradient.
+    `conv`: GELU, XLA's grouped convolution and autodiff; `auto`: chosen per platform (`per_platform`)."""
+    if impl == "auto":
+        if kernel is None:
+            return per_platform(lambda a, impl: gelu_filter(a, None, impl), h)
+        return per_platform(gelu_filter, h, kernel)
     if impl == "conv":
         x = gelu(h)
         return depthwise_conv(x, kernel, impl) if kernel is not None else x

@@ -41,6 +41,20 @@ def test_slices_smaller_than_a_host_have_their_devices(name, devices):
     assert len(aot.devices(name)[2]) == devices
 
 
+@needs_libtpu
+def test_a_tpu_program_gets_grouped_convolutions():
+    """depthwise_impl='auto' lowered for TPU devices: XLA's grouped convolutions in the backward pass."""
+    import jax
+    import jax.numpy as jnp
+    from hcnet import stencils
+    device = aot.devices("v5e-1")[2][0]
+    on_tpu = jax.sharding.SingleDeviceSharding(device)
+    h = jax.ShapeDtypeStruct((2, 40, 36, 3), jnp.float32, sharding=on_tpu)
+    k = jax.ShapeDtypeStruct((3, 3, 1, 3), jnp.float32, sharding=on_tpu)
+    text = jax.jit(jax.grad(lambda h, k: stencils.gelu_filter(h, k).sum(), (0, 1))).lower(h, k).as_text()
+    assert text.count("stablehlo.convolution") == 2  # the input's and the kernel's gradients (a sum's needs no forward)
+
+
 @pytest.fixture(scope="module")
 def smoke_on_v5e():
     """(config, report) of the smoke config's whole step (augmentation, EMA, donation) compiled for v5e-4,

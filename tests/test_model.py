@@ -201,6 +201,19 @@ def test_shift_and_grouped_conv_forms_give_the_same_gradients():
     jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-3, atol=1e-6), grad(a, x), grad(b, x))
 
 
+def test_auto_is_the_shifted_form_on_the_cpu_bit_for_bit():
+    """depthwise_impl='auto' (the default) lowers to the shifted multiply-adds for a CPU: no convolution
+    in the program, and the gradients of 'shift' exactly (hcnet.aot's tests check a TPU gets convolutions)."""
+    x = jax.random.normal(jax.random.key(0), (2, 40, 36, 3))
+    a, b = (create_model("mu", heat_operator="learned5", depthwise_impl=impl, rngs=rngs()) for impl in ("auto", "shift"))
+    grad = nnx.jit(lambda m, x: nnx.grad(lambda m: jnp.mean(m(x) ** 2))(m))
+    jax.tree.map(np.testing.assert_array_equal, grad(a, x), grad(b, x))
+    from hcnet import stencils
+    text = jax.jit(jax.grad(lambda h, k: stencils.gelu_filter(h, k).sum(), (0, 1))).lower(
+        x, jnp.ones((3, 3, 1, 3))).as_text()
+    assert "convolution" not in text
+
+
 def test_ablation_switches_change_the_parameters():
     count = lambda **kw: sum(p.size for p in jax.tree.leaves(nnx.state(abstract(model_spec("mu", **kw)), nnx.Param)))
     blocks, dims = VARIANTS["mu"]["depths"], VARIANTS["mu"]["dims"]
