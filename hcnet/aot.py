@@ -86,7 +86,7 @@ def parse_topology(name: str) -> tuple[str, int, str]:
 
 
 def devices(name: str):
-    """(kind, chips, compile-only devices) of a slice; one line if libtpu is missing."""
+    """(kind, chips, compile-only devices, one per chip) of a slice; one line if libtpu is missing."""
     kind, chips, topology = parse_topology(name)
     try:
         import libtpu  # noqa: F401
@@ -96,7 +96,11 @@ def devices(name: str):
     grid = [int(n) for n in topology.split(":")[1].split("x")]
     # libtpu's default host holds 2x2(x1) chips; a slice smaller than that is one host of its own size
     host = {} if math.prod(grid) >= 4 else {"chips_per_host_bounds": (grid + [1])[:3]}
-    return kind, chips, topologies.get_topology_desc(platform="tpu", topology_name=topology, **host).devices
+    devs = topologies.get_topology_desc(platform="tpu", topology_name=topology, **host).devices
+    # v4 and v5p chips are two TensorCores, which JAX drives as one device ("megacore"): libtpu 0.0.42's
+    # compile-only topology lists both cores and has no megacore option, so the program is compiled for the
+    # first core of each chip, one device per chip as jax.make_mesh requires, against the chip's whole HBM
+    return kind, chips, [d for d in devs if getattr(d, "core_on_chip", 0) == 0]
 
 
 def batch_shapes(c, batch_sharding) -> dict:
@@ -237,8 +241,10 @@ def main(argv):
     parts = set(FLAGS.parts)
     if not parts <= {"eval", "augmentation"}:
         raise UserError(f"--parts={','.join(FLAGS.parts)}: any of eval, augmentation (the train step is always compiled)")
+    from ml_collections import config_flags
     report = compile_train_step(FLAGS.config, FLAGS.topology, eval_step="eval" in parts,
                                 augmentation="augmentation" in parts)
+    report = {"config": config_flags.get_config_filename(FLAGS["config"]), **report}
     line = verdict(report)
     text = json.dumps({**report, "verdict": line}, indent=1)
     if FLAGS.out:

@@ -154,9 +154,20 @@ class HcRaBlock(nnx.Module):
         self.drop_heat = heat_operator == "mean8"
 
     def __call__(self, x):
+        return self.residuals(x, self.drop_path)
+
+    def residuals(self, x, drop):
+        """The block with `drop` (a map -> map) as its drop path."""
         dx = self.heat(x)
-        x = x + (self.drop_path(dx) if self.drop_heat else dx)
-        return x + self.drop_path(self.ra(self.norm(x)))
+        x = x + (drop(dx) if self.drop_heat else dx)
+        return x + drop(self.ra(self.norm(x)))
+
+
+def drop_path(key, x, rate):
+    """nnx.Dropout(rate, broadcast_dims=(1, 2, 3)) with a traced rate: each example's map is zeroed with
+    probability `rate`, the rest scaled by 1 / (1 - rate)."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, x / (1.0 - rate).astype(x.dtype), jnp.zeros((), x.dtype))
 
 
 class Downsample(nnx.Module):
@@ -174,16 +185,45 @@ class Downsample(nnx.Module):
 class Stage(nnx.Module):
     """depth Hc-Ra blocks at one width, then (except the last stage) a Downsample."""
 
-    def __init__(self, blocks: list[HcRaBlock], downsample: Downsample | None, remat: bool):
+    def __init__(self, blocks: list[HcRaBlock], downsample: Downsample | None, remat: bool, scan: bool = False):
         self.blocks = nnx.List(blocks)
         self.downsample = downsample
         self.remat = remat
+        self.scan = scan
 
     def __call__(self, x):
         """Returns (the stage's features, the input of the next stage)."""
-        for block in self.blocks:
-            x = nnx.remat(lambda b, y: b(y))(block, x) if self.remat else block(x)
+        if self.scan and len(self.blocks) > 1:
+            x = self._scanned(x)
+        else:
+            for block in self.blocks:
+                x = nnx.remat(lambda b, y: b(y))(block, x) if self.remat else block(x)
         return x, (self.downsample(x) if self.downsample is not None else x)
+
+    def _scanned(self, x):
+        """The blocks as one jax.lax.scan over their stacked parameters: the compiler sees one block body
+        per stage instead of `depth` copies. The parameters stay one tree per block (checkpoints, PyTorch
+        conversion); each step stacks them (and the gradient unstacks). The drop path rates are a scanned
+        array, and each block draws its two masks from keys split off one draw of the dropout stream, so
+        in training the masks differ from the unrolled loop's (the same rates; evaluation is the same)."""
+        blocks = list(self.blocks)
+        graphdef, _, rest = nnx.split(blocks[0], nnx.Param, ...)
+        params = jax.tree.map(lambda *a: jnp.stack(a), *[nnx.state(b, nnx.Param) for b in blocks])
+        first = blocks[0].drop_path
+        rates = jnp.asarray([b.drop_path.rate for b in blocks], jnp.float32)
+        train = not first.deterministic and any(b.drop_path.rate > 0 for b in blocks)
+        keys = jax.random.split(first.rngs() if train else jax.random.key(0), (len(blocks), 2))
+
+        def body(y, inputs):
+            p, rate, (k_heat, k_ra) = inputs
+            block = nnx.merge(graphdef, p, rest)
+            if train:
+                ks = iter((k_heat, k_ra) if block.drop_heat else (k_ra,))
+                return block.residuals(y, lambda m: drop_path(next(ks), m, rate)), None
+            return block.residuals(y, lambda m: m), None
+        if self.remat:
+            body = jax.checkpoint(body)
+        return jax.lax.scan(body, x, (params, rates, keys))[0]
 
 
 class Stem(nnx.Module):
@@ -209,10 +249,12 @@ class HcNet(nnx.Module):
                  in_chans: int = 3, heat_operator: str = "mean8", k_mode: str = "input",
                  k_value: float = 0.5, ra_filter: bool = True, mlp_ratio: float = 4.0,
                  drop_path: float = 0.0, dropout: float = 0.0, dtype=jnp.float32,
-                 param_dtype=jnp.float32, remat: bool = False, depthwise_impl: str = "auto",
+                 param_dtype=jnp.float32, remat: bool = False, scan_blocks: bool = False,
+                 depthwise_impl: str = "auto",
                  conv_init: str = "torch_default", rngs: nnx.Rngs):
         check_args(depths, dims, heat_operator=heat_operator, k_mode=k_mode, k_value=k_value, conv_init=conv_init,
-                   depthwise_impl=depthwise_impl, drop_path=drop_path, dropout=dropout, dtype=dtype)
+                   depthwise_impl=depthwise_impl, drop_path=drop_path, dropout=dropout, dtype=dtype,
+                   scan_blocks=scan_blocks)
         dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
         self.dtype = dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -226,7 +268,7 @@ class HcNet(nnx.Module):
                                 dropout=dropout, depthwise_impl=depthwise_impl, **kw)
                       for _ in range(depth)]
             down = Downsample(dim, dims[i + 1], conv_init=conv_init, **kw) if i + 1 < len(dims) else None
-            stages.append(Stage(blocks, down, remat))
+            stages.append(Stage(blocks, down, remat, scan_blocks))
         self.stages = nnx.List(stages)
         self.norm = group_norm(dims[-1], dtype, param_dtype, rngs)
         self.head = linear(dims[-1], num_classes, **kw) if num_classes > 0 else None
@@ -259,7 +301,7 @@ class HcNet(nnx.Module):
 
 
 def check_args(depths, dims, *, heat_operator="mean8", k_mode="input", k_value=0.5, conv_init="torch_default",
-               depthwise_impl="auto", drop_path=0.0, dropout=0.0, dtype=jnp.float32, **_) -> None:
+               depthwise_impl="auto", drop_path=0.0, dropout=0.0, dtype=jnp.float32, scan_blocks=False, **_) -> None:
     """Stops on a bad model argument with one line naming it, its value and what is accepted."""
     choices = dict(heat_operator=(heat_operator, HEAT_OPERATORS), k_mode=(k_mode, K_MODES),
                    conv_init=(conv_init, CONV_INITS), depthwise_impl=(depthwise_impl, DEPTHWISE_IMPLS),
@@ -275,6 +317,9 @@ def check_args(depths, dims, *, heat_operator="mean8", k_mode="input", k_value=0
     for name, rate in (("drop_path", drop_path), ("dropout", dropout)):
         if not 0.0 <= rate < 1.0:
             raise ConfigError(f"model.{name}={rate}: must be in [0, 1)")
+    if scan_blocks and dropout > 0:
+        raise ConfigError(f"model.scan_blocks=True with model.dropout={dropout}: a scanned stage draws drop path "
+                          "masks only; set dropout=0 (every shipped config does) or scan_blocks=False")
     if k_mode == "fixed" and not 0.0 <= k_value <= 1.0:
         raise ConfigError(f"model.k_value={k_value}: a fixed conductivity must be in [0, 1] (the stable range "
                           "of the explicit step)")

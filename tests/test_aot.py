@@ -35,9 +35,11 @@ def test_a_bad_slice_name_is_one_line(name, message):
 
 
 @needs_libtpu
-@pytest.mark.parametrize("name, devices", [("v5e-1", 1), ("v5e-2", 2), ("v6e-1", 1), ("v4-2", 2)])
-def test_slices_smaller_than_a_host_have_their_devices(name, devices):
-    """libtpu's default host is 2x2 chips; one or two chips are a host of their own (v4 counts TensorCores)."""
+@pytest.mark.parametrize("name, devices", [("v5e-1", 1), ("v5e-2", 2), ("v6e-1", 1), ("v4-2", 1), ("v4-8", 4),
+                                           ("v5p-16", 8)])
+def test_a_slice_has_one_device_per_chip(name, devices):
+    """libtpu's default host is 2x2 chips (one or two chips are a host of their own); v4 and v5p names count
+    TensorCores, two a chip, which JAX drives as one device."""
     assert len(aot.devices(name)[2]) == devices
 
 

@@ -78,6 +78,7 @@ BAD = [
     ({"mesh.fsdp": 3}, "config.mesh.fsdp=3: a positive divisor of the 8 devices"),
     ({"augment.randaugment": "rand-x"}, "config.augment.randaugment='rand-x'"),
     ({"augment.lut_impl": "table"}, "config.augment.lut_impl='table': one of auto, gather, onehot"),
+    ({"model.scan_blocks": True, "model.dropout": 0.1}, "model.scan_blocks=True with model.dropout=0.1: a scanned"),
     ({"model.dtype": "int8"}, "config.model.dtype='int8': one of float32, bfloat16, float16"),
     ({"optim.schedule": "step"}, "config.optim.schedule='step': 'cosine' (the reference's) or 'poly'"),
     ({"task": "segmentation", "segmentation.eval_mode": "tiles"}, "config.segmentation.eval_mode='tiles': 'slide' or"),
