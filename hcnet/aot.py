@@ -118,14 +118,19 @@ def batch_shapes(c, batch_sharding) -> dict:
 
 def figures(lowered, images: float) -> dict:
     """Compiles a lowered program: its per-device memory, XLA's flops and bytes per image, the compile time."""
+    from jax.experimental.compilation_cache import compilation_cache
     cache = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)  # a compile-only executable cannot be loaded back
+    # a compile-only executable cannot be loaded back: keep it out of the persistent cache (which decides
+    # once whether it is used, hence the resets)
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
     try:
         t = time.perf_counter()
         compiled = lowered.compile()
         compile_s = time.perf_counter() - t
     finally:
         jax.config.update("jax_enable_compilation_cache", cache)
+        compilation_cache.reset_cache()
     m = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
