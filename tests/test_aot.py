@@ -3,6 +3,7 @@
 The compiling tests need libtpu (requirements-tpu.txt) and are skipped without it: the suite's install does
 not carry the 684 MB wheel (see the README's "Compiling for a TPU slice ahead of time")."""
 import importlib.util
+import json
 import math
 
 import pytest
@@ -139,6 +140,25 @@ def test_the_largest_batch_grows_the_temporaries_alone():
               "code": aot.GIB, "peak": 12 * aot.GIB}
     report = aot.judge({"memory_bytes": memory, "needed_bytes": 14 * aot.GIB, "batch_per_device": 64}, 16 * aot.GIB)
     assert report["fits"] and report["largest_batch_per_device_estimate"] == 80
+
+
+def test_reports_become_one_markdown_table(tmp_path, capsys):
+    from hcnet.tools import aot_table, invoke
+    memory = {"arguments": aot.GIB, "outputs": aot.GIB, "aliased": aot.GIB, "temporaries": 2 * aot.GIB,
+              "code": 0, "peak": 2 * aot.GIB}
+    report = aot.judge({"config": "configs/hcnet_t.py", "topology": "v5e-64", "devices": 64, "memory_bytes": memory,
+                        "needed_bytes": 3 * aot.GIB, "batch_per_device": 16, "flops_per_image": 25.9e9,
+                        "bytes_accessed_per_image": 2.9e9, "roofline_bytes_per_image": 386e6,
+                        "compile_seconds": 403.4}, 16 * aot.GIB)
+    (tmp_path / "t.json").write_text(json.dumps(report))
+    invoke(aot_table.main, [str(tmp_path / "t.json")])
+    header, rule, row = capsys.readouterr().out.strip().splitlines()
+    assert header.count("|") == rule.count("|") == row.count("|")
+    assert row == ("| `configs/hcnet_t.py` | v5e-64 (64 devices) | 16 | yes | 3.00 / 16 GiB (2.00) | 120 | 25.90 "
+                   "| 2,900 (386) | - | - | 403 s |")  # 120 = (16 - 1) GiB / (2 GiB / 16)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(UserError, match="bad.json: not a report written by hcnet.aot --out"):
+        aot_table.main(["aot_table", str(tmp_path / "bad.json")])
 
 
 def test_without_libtpu_the_tool_says_what_to_install(monkeypatch):

@@ -1,6 +1,6 @@
 """The command-line tools, apart from the library: `python -m hcnet.tools.NAME --flag=value ... [files]`.
 
-    count  convert  export  predict  visualize  bench  roofline  prepare  data_bench  torch_fixtures
+    count  convert  export  predict  visualize  bench  roofline  prepare  data_bench  torch_fixtures  aot_table
 
 Every tool, like train.py and eval.py, takes absl flags (`--image_size=224`, `--json`/`--nojson`;
 `--help` lists a tool's own). Flags that several tools share are defined here, once. A problem the
