@@ -4,17 +4,21 @@ verdict, before anyone pays for the slice.
 
     pip install -r requirements-tpu.txt        # libtpu: the TPU compiler (what jax[tpu] installs on a TPU VM)
     python -m hcnet.aot --config=configs/hcnet_t.py --topology=v5e-64 [--config.field=value ...] [--out=F.json]
+        [--parts=eval,augmentation]
 
 The step is the one train_and_evaluate runs (hcnet.trainer.Program: the same config, mesh, shardings and
 donation, the augmentation inside it), lowered onto libtpu's compile-only devices of the named slice
-(jax.experimental.topologies) and compiled by the real TPU compiler. Slice names are Cloud TPU's own: v5e-N
-and v6e-N count chips, v4-N and v5p-N count TensorCores (two per chip). Everything reported is the
-compiler's figure for a TPU, not a hardware measurement.
+(jax.experimental.topologies) and compiled by the real TPU compiler; for classification also the eval step
+(at eval_batch_size) and the augmentation alone. Slice names are Cloud TPU's own: v5e-N and v6e-N count
+chips, v4-N and v5p-N count TensorCores (two per chip, compiled as one device per chip, as JAX drives
+them). Everything reported is the compiler's figure for a TPU, not a hardware measurement.
 
 Memory per device: arguments + outputs - what donation aliases + temporaries + generated code, from the
-compiled program's memory_analysis() (a bound: the compiler's own `peak` is reported beside it and came out
-lower for HcNet-T). A step that needs more than the device's HBM stops with one line naming what would
-fit (optim.accum_steps, mesh.fsdp, model.remat).
+compiled program's memory_analysis() (a bound: the compiler's own `peak` is reported beside it). A step
+that needs more than the device's HBM stops with one line naming what would fit (optim.accum_steps,
+mesh.fsdp, model.remat; eval_batch_size for the eval step). `largest_batch` extrapolates the per-device
+batch that would fit. XLA's cost analysis counts a loop's body once: with model.scan_blocks or
+optim.accum_steps > 1 the flops and bytes per image are not the step's.
 """
 import dataclasses
 import functools
