@@ -23,6 +23,7 @@ optim.accum_steps > 1 the flops and bytes per image are not the step's.
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import re
@@ -126,6 +127,7 @@ def figures(lowered, images: float) -> dict:
     cache = jax.config.jax_enable_compilation_cache
     # a compile-only executable cannot be loaded back: keep it out of the persistent cache (which decides
     # once whether it is used, hence the resets)
+    logging.getLogger("jax._src.compilation_cache").setLevel(logging.WARNING)  # its reset logs at INFO
     jax.config.update("jax_enable_compilation_cache", False)
     compilation_cache.reset_cache()
     try:
@@ -152,6 +154,9 @@ def compile_train_step(c, topology: str, *, eval_step: bool = True, augmentation
     """Compiles config c's train step (and, for classification, its eval step and its augmentation alone)
     for the slice `topology`; the report (see the module's docstring)."""
     kind, chips, devs = devices(topology)
+    if c.init_from == "required":  # a fine-tuning config: the step's shapes do not depend on where it starts
+        c = c.copy_and_resolve_references()
+        c.init_from = ""
     config_lib.validate(c, len(devs))
     task = tasks.create(c)
     examples = TRAIN_EXAMPLES.get(c.dataset.name, 1_281_167)
