@@ -26,7 +26,8 @@ gradients, AdamW reads weights, gradients and both moments and writes weights an
 implementation, not what any framework achieves; it is what the "within 2x of the floor" goal means.
 """
 from hcnet.count import count_macs, count_params
-from hcnet.model import abstract, conv_out_size, model_spec
+from hcnet.layers import conv_out_size
+from hcnet.model import abstract, model_spec
 
 # per accelerator (vendor figures): the substrings of jax's device_kind that name it (first match wins, in
 # this order), dense TFLOP/s by compute dtype, HBM GB/s

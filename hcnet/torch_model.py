@@ -22,7 +22,8 @@ from torch import nn
 from hcnet import paths
 from hcnet.data.augment import MEAN as IMAGENET_MEAN
 from hcnet.data.augment import STD as IMAGENET_STD
-from hcnet.model import HEAT_OPERATORS, VARIANTS, drop_path_rates
+from hcnet.layers import drop_path_rates
+from hcnet.model import HEAT_OPERATORS, VARIANTS
 from hcnet.stencils import neighbour_count
 
 

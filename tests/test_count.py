@@ -7,7 +7,8 @@ import pytest
 
 from hcnet import tools
 from hcnet.count import count_macs, count_params, summary
-from hcnet.model import VARIANTS, abstract, conv_out_size, model_spec
+from hcnet.layers import conv_out_size
+from hcnet.model import VARIANTS, abstract, model_spec
 from hcnet.tools import count as count_tool
 
 # variant, operator -> (params, exact conv+linear MACs at 224, REFERENCE.md's GMACs)

@@ -8,7 +8,7 @@ from flax import nnx
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hcnet.model import HeatConduction
+from hcnet.layers import HeatConduction
 from hcnet.stencils import depthwise_conv, mean8_laplacian, neighbour_count, stencil_kernel
 
 

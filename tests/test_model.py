@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hcnet.model import VARIANTS, abstract, conv_out_size, create_model, drop_path, drop_path_rates, model_spec
+from hcnet.layers import conv_out_size, drop_path, drop_path_rates
+from hcnet.model import VARIANTS, abstract, create_model, model_spec
 from hcnet.stencils import depthwise_conv, gelu, gelu_filter
 
 

@@ -65,7 +65,7 @@ def test_upernet_output_strides_and_shapes_at_a_non_square_size():
     from flax import nnx
 
     from hcnet import upernet
-    from hcnet.model import conv_out_size
+    from hcnet.layers import conv_out_size
     net = nnx.jit(lambda: upernet.build("mu", 5, rngs=nnx.Rngs(0), channels=16, aux_channels=8, dtype="float32"))()
     x = np.random.default_rng(0).random((2, 70, 45, 3), np.float32)
     (decode, aux), full = nnx.jit(lambda m, x: (m.logits(x), m(x)))(
