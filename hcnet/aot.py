@@ -108,9 +108,9 @@ def devices(name: str):
     return kind, chips, [d for d in devs if getattr(d, "core_on_chip", 0) == 0]
 
 
-def batch_shapes(c, batch_sharding) -> dict:
-    """The abstract global batch the task's loader hands the step."""
-    b = c.batch_size
+def batch_shapes(c, batch_sharding, batch_size: int | None = None) -> dict:
+    """The abstract global batch (of c.batch_size unless given) the task's loader hands the step."""
+    b = batch_size or c.batch_size
     if c.task == "segmentation":
         h, w = c.segmentation.crop
         shapes = {"image": ((b, h, w, 3), jnp.uint8), "label": ((b, h, w), jnp.uint8), "valid": ((b, 2), jnp.int32)}
@@ -188,7 +188,7 @@ def compile_train_step(c, topology: str, *, eval_step: bool = True, augmentation
             eval_batch = c.eval_batch_size or c.batch_size
             step = jax.jit(functools.partial(classification.eval_step, model_def=program.model_def),
                            out_shardings=sharding.replicated(mesh))
-            shapes = batch_shapes(_with_batch(c, eval_batch), program.batch_sharding)
+            shapes = batch_shapes(c, program.batch_sharding, eval_batch)
             report["eval"] = figures(step.lower(program.abstract_state["params"], shapes), eval_batch / len(devs))
         if augmentation:
             inputs = jax.jit(task.train_inputs)
@@ -202,12 +202,6 @@ def largest_batch(report: dict) -> int:
     state, the code) does not. An estimate, to be confirmed by compiling at it."""
     per_image = report["memory_bytes"]["temporaries"] / report["batch_per_device"]
     return int((report["hbm_bytes"] - (report["needed_bytes"] - report["memory_bytes"]["temporaries"])) // per_image)
-
-
-def _with_batch(c, batch_size: int):
-    c = c.copy_and_resolve_references()
-    c.batch_size = batch_size
-    return c
 
 
 def judge(report: dict, hbm_bytes: int) -> dict:
