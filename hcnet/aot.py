@@ -17,8 +17,9 @@ Memory per device: arguments + outputs - what donation aliases + temporaries + g
 compiled program's memory_analysis() (a bound: the compiler's own `peak` is reported beside it). A step
 that needs more than the device's HBM stops with one line naming what would fit (optim.accum_steps,
 mesh.fsdp, model.remat; eval_batch_size for the eval step). `largest_batch` extrapolates the per-device
-batch that would fit. XLA's cost analysis counts a loop's body once: with model.scan_blocks or
-optim.accum_steps > 1 the flops and bytes per image are not the step's.
+batch that would fit. XLA's cost analysis counts a loop's body once: with scanned blocks (model.block_loop
+"auto", the default, scans them on a TPU) or optim.accum_steps > 1 the flops and bytes per image are not the
+step's (the report says so); `--config.model.block_loop=unroll` compiles the unrolled step, whose are.
 """
 import dataclasses
 import functools
@@ -39,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from hcnet import config as config_lib
+from hcnet import model as model_lib
 from hcnet import optim, sharding, tasks, trainer
 from hcnet.errors import ConfigError, UserError
 
@@ -121,8 +123,10 @@ def batch_shapes(c, batch_sharding, batch_size: int | None = None) -> dict:
     return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for k, (shape, dtype) in shapes.items()}
 
 
-def figures(lowered, images: float) -> dict:
-    """Compiles a lowered program: its per-device memory, XLA's flops and bytes per image, the compile time."""
+def figures(lowered, images: float, loops: bool = False) -> dict:
+    """Compiles a lowered program: its per-device memory, XLA's flops and bytes per image, the compile time.
+    `loops`: the program has loops, whose bodies XLA's cost analysis counts once (its figures are not the
+    program's, and the report says so)."""
     from jax.experimental.compilation_cache import compilation_cache
     cache = jax.config.jax_enable_compilation_cache
     # a compile-only executable cannot be loaded back: keep it out of the persistent cache (which decides
@@ -147,7 +151,7 @@ def figures(lowered, images: float) -> dict:
     return {"batch_per_device": images, "memory_bytes": memory, "needed_bytes": needed,
             "flops_per_image": cost.get("flops", float("nan")) / images,  # cost_analysis is one device's program
             "bytes_accessed_per_image": cost.get("bytes accessed", float("nan")) / images,
-            "compile_seconds": compile_s}
+            "cost_counts_loops_once": loops, "compile_seconds": compile_s}
 
 
 def compile_train_step(c, topology: str, *, eval_step: bool = True, augmentation: bool = True) -> dict:
@@ -170,8 +174,10 @@ def compile_train_step(c, topology: str, *, eval_step: bool = True, augmentation
     t = time.perf_counter()
     lowered = program.step.lower(program.abstract_state, batch, key)
     lower_s = time.perf_counter() - t
-    train = figures(lowered, c.batch_size / len(devs))
-    report = {"topology": topology, "model": {k: c.model[k] for k in ("variant", "dtype", "remat")},
+    block_loop = model_lib.for_platform(task.spec, "tpu")["block_loop"]  # what Program.build chose for the slice
+    train = figures(lowered, c.batch_size / len(devs), loops=block_loop == "scan" or c.optim.accum_steps > 1)
+    report = {"topology": topology, "model": {**{k: c.model[k] for k in ("variant", "dtype", "remat")},
+                                              "block_loop": block_loop},
               "image_size": c.dataset.image_size if c.task == "classification" else list(c.segmentation.crop),
               "chips": chips, "devices": len(devs), "device_kind": devs[0].device_kind,
               "global_batch": c.batch_size, "accum_steps": c.optim.accum_steps,
@@ -189,7 +195,8 @@ def compile_train_step(c, topology: str, *, eval_step: bool = True, augmentation
             step = jax.jit(functools.partial(classification.eval_step, model_def=program.model_def),
                            out_shardings=sharding.replicated(mesh))
             shapes = batch_shapes(c, program.batch_sharding, eval_batch)
-            report["eval"] = figures(step.lower(program.abstract_state["params"], shapes), eval_batch / len(devs))
+            report["eval"] = figures(step.lower(program.abstract_state["params"], shapes), eval_batch / len(devs),
+                                     loops=block_loop == "scan")
         if augmentation:
             inputs = jax.jit(task.train_inputs)
             report["augmentation"] = figures(inputs.lower(key, batch), c.batch_size / len(devs))
@@ -237,8 +244,12 @@ def summary(report: dict, line: str) -> str:
                     ("augmentation alone", report.get("augmentation"))):
         if r is None:
             continue
-        rows.append(f"  {name}: compile {r['compile_seconds']:.0f} s; {r['flops_per_image'] / 1e9:.2f} GFLOP and "
-                    f"{r['bytes_accessed_per_image'] / 1e6:.0f} MB accessed per image (XLA's cost analysis); "
+        cost = (f"{r['flops_per_image'] / 1e9:.2f} GFLOP and {r['bytes_accessed_per_image'] / 1e6:.0f} MB accessed "
+                "per image (XLA's cost analysis")
+        if r.get("cost_counts_loops_once"):
+            cost += (", which counts each loop body once: not the program's; --config.model.block_loop=unroll "
+                     "and optim.accum_steps=1 give the program's")
+        rows.append(f"  {name}: compile {r['compile_seconds']:.0f} s; {cost}); "
                     + ", ".join(f"{k} {v / GIB:.3f} GiB" for k, v in r["memory_bytes"].items()))
     return "\n".join(rows + [f"  {report['note']}"])
 

@@ -32,6 +32,7 @@ from hcnet import config as config_lib
 from hcnet import count, monitor, optim, roofline, sharding, tasks, trainer
 from hcnet.data import augment
 from hcnet.errors import UserError
+from hcnet import model as model_lib
 from hcnet.model import ModelDef
 
 MODES = ("train", "infer")
@@ -91,12 +92,13 @@ def _peak_memory(device, compiled) -> tuple[int | None, str]:
 
 
 def bench_config(variant: str, batch: int, image_size: int, *, dtype: str = "float32", heat_operator: str = "mean8",
-                 remat: bool = False, drop_path: float = 0.0, num_classes: int = 1000, depthwise_impl: str = "auto"):
+                 remat: bool = False, drop_path: float = 0.0, num_classes: int = 1000, depthwise_impl: str = "auto",
+                 block_loop: str = "auto"):
     """A classification config on synthetic data with no augmentation (label smoothing 0.1): what is timed."""
     c = config_lib.defaults()
     c.batch_size = batch
     c.model.update(variant=variant, dtype=dtype, heat_operator=heat_operator, remat=remat, drop_path=drop_path,
-                   depthwise_impl=depthwise_impl)
+                   depthwise_impl=depthwise_impl, block_loop=block_loop)
     c.dataset.update(name="synthetic", image_size=image_size, num_classes=num_classes)
     c.augment.update(randaugment="", reprob=0.0, mixup=0.0, cutmix=0.0, smoothing=0.1)
     c.optim.update(scale_by_batch=0, warmup_steps=10)
@@ -113,7 +115,7 @@ def _train_program(task, c, mesh, data):
 
 def _infer_program(task, c, mesh, data):
     """(jitted eval-mode forward to logits, its arguments, None)."""
-    model_def, _ = ModelDef.from_spec(task.spec, task.build)
+    model_def, _ = ModelDef.from_spec(model_lib.for_platform(task.spec, mesh.devices.flat[0].platform), task.build)
     params = jax.device_put(nnx.to_pure_dict(nnx.state(task.build(task.spec, rngs=nnx.Rngs(0)), nnx.Param)),
                             sharding.replicated(mesh))
     forward = jax.jit(lambda p, b: nnx.view(model_def.bind(p), deterministic=True)(augment.normalize(b["image"])),
@@ -124,7 +126,8 @@ def _infer_program(task, c, mesh, data):
 def measure(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode: str = "train",
             dtype: str = "float32", devices: int | None = None, repeats: int = 5, heat_operator: str = "mean8",
             remat: bool = False, drop_path: float = 0.0, num_classes: int = 1000,
-            peak: float | None = None, model_flops: bool = True, depthwise_impl: str = "auto") -> Result:
+            peak: float | None = None, model_flops: bool = True, depthwise_impl: str = "auto",
+            block_loop: str = "auto") -> Result:
     """Times one jitted training step or forward pass of HcNet on synthetic data."""
     if mode not in MODES:
         raise UserError(f"--mode={mode!r}: one of {', '.join(MODES)}")
@@ -135,7 +138,7 @@ def measure(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode:
         raise UserError(f"--batch={batch} must be a multiple of the {len(devs)} devices")
     mesh = sharding.make_mesh(-1, 1, devices=devs)
     c = bench_config(variant, batch, image_size, dtype=dtype, heat_operator=heat_operator, remat=remat,
-                     drop_path=drop_path, num_classes=num_classes, depthwise_impl=depthwise_impl)
+                     drop_path=drop_path, num_classes=num_classes, depthwise_impl=depthwise_impl, block_loop=block_loop)
     rng = np.random.default_rng(0)
     data = {"image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
             "label": rng.integers(0, num_classes, batch).astype(np.int32), "mask": np.ones(batch, bool)}

@@ -47,7 +47,7 @@ def defaults() -> ml_collections.ConfigDict:
         variant="T", depths=(), dims=(),  # depths/dims, when given, replace the variant's
         heat_operator="mean8", k_mode="input", k_value=0.5, ra_filter=True, mlp_ratio=4.0,
         drop_path=0.2, dropout=0.0, dtype="bfloat16", remat=False, conv_init="torch_default",
-        scan_blocks=False,      # each stage's blocks as one lax.scan: one block body to compile per stage
+        block_loop="auto",      # a stage's blocks: "scan" (one lax.scan), "unroll"; "auto": scan on TPU, else unroll
         depthwise_impl="auto"))  # "auto": XLA's grouped convolution on TPU, shifted multiply-adds elsewhere
     c.dataset = ml_collections.ConfigDict(dict(
         name="imagenet2012", data_dir="", train_split="train", eval_split="validation", image_size=224,

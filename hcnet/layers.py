@@ -161,7 +161,7 @@ class Downsample(nnx.Module):
 class Stage(nnx.Module):
     """depth Hc-Ra blocks at one width, then (except the last stage) a Downsample."""
 
-    def __init__(self, blocks: list[HcRaBlock], downsample: Downsample | None, remat: bool, scan: bool = False):
+    def __init__(self, blocks: list[HcRaBlock], downsample: Downsample | None, remat: bool, *, scan: bool = False):
         self.blocks = nnx.List(blocks)
         self.downsample = downsample
         self.remat = remat
@@ -197,8 +197,11 @@ class Stage(nnx.Module):
                 ks = iter((k_heat, k_ra) if block.drop_heat else (k_ra,))
                 return block.residuals(y, lambda m: drop_path(next(ks), m, rate)), None
             return block.residuals(y, lambda m: m), None
-        if self.remat:
-            body = jax.checkpoint(body)
+        # the backward pass keeps each block's matmul and convolution outputs and recomputes the elementwise
+        # work between them (model.remat: recomputes everything). For HcNet-T's step on v5e-64, 16 images a
+        # chip: 1.87 GiB a chip, against 4.16 keeping everything the scan's backward needs and 2.76 unrolled
+        # (BENCHMARKS.md, "Compile time")
+        body = jax.checkpoint(body, policy=None if self.remat else jax.checkpoint_policies.dots_saveable)
         return jax.lax.scan(body, x, (params, rates, keys))[0]
 
 

@@ -24,6 +24,10 @@ HEAT_OPERATORS = ("mean8", "learned3", "learned5")
 K_MODES = ("input", "learned", "fixed")
 CONV_INITS = ("torch_default", "trunc_normal")  # stem and downsampling convolutions
 DEPTHWISE_IMPLS = ("auto", "shift", "conv")
+# a stage's blocks: one jax.lax.scan over their stacked parameters (one block for the compiler to compile), or
+# a Python loop (the blocks unrolled); "auto" is resolved by `for_platform` for the devices a program is
+# compiled for, and a network built without that resolution unrolls
+BLOCK_LOOPS = ("auto", "scan", "unroll")
 DTYPES = ("float32", "bfloat16", "float16")  # compute; parameters stay float32
 
 VARIANTS = {
@@ -42,12 +46,12 @@ class HcNet(nnx.Module):
                  in_chans: int = 3, heat_operator: str = "mean8", k_mode: str = "input",
                  k_value: float = 0.5, ra_filter: bool = True, mlp_ratio: float = 4.0,
                  drop_path: float = 0.0, dropout: float = 0.0, dtype=jnp.float32,
-                 param_dtype=jnp.float32, remat: bool = False, scan_blocks: bool = False,
+                 param_dtype=jnp.float32, remat: bool = False, block_loop: str = "auto",
                  depthwise_impl: str = "auto",
                  conv_init: str = "torch_default", rngs: nnx.Rngs):
         check_args(depths, dims, heat_operator=heat_operator, k_mode=k_mode, k_value=k_value, conv_init=conv_init,
                    depthwise_impl=depthwise_impl, drop_path=drop_path, dropout=dropout, dtype=dtype,
-                   scan_blocks=scan_blocks)
+                   block_loop=block_loop)
         dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
         self.dtype = dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -61,7 +65,7 @@ class HcNet(nnx.Module):
                                 dropout=dropout, depthwise_impl=depthwise_impl, **kw)
                       for _ in range(depth)]
             down = Downsample(dim, dims[i + 1], conv_init=conv_init, **kw) if i + 1 < len(dims) else None
-            stages.append(Stage(blocks, down, remat, scan_blocks))
+            stages.append(Stage(blocks, down, remat, scan=block_loop == "scan"))
         self.stages = nnx.List(stages)
         self.norm = group_norm(dims[-1], dtype, param_dtype, rngs)
         self.head = linear(dims[-1], num_classes, **kw) if num_classes > 0 else None
@@ -94,10 +98,11 @@ class HcNet(nnx.Module):
 
 
 def check_args(depths, dims, *, heat_operator="mean8", k_mode="input", k_value=0.5, conv_init="torch_default",
-               depthwise_impl="auto", drop_path=0.0, dropout=0.0, dtype=jnp.float32, scan_blocks=False, **_) -> None:
+               depthwise_impl="auto", drop_path=0.0, dropout=0.0, dtype=jnp.float32, block_loop="auto", **_) -> None:
     """Stops on a bad model argument with one line naming it, its value and what is accepted."""
     choices = dict(heat_operator=(heat_operator, HEAT_OPERATORS), k_mode=(k_mode, K_MODES),
                    conv_init=(conv_init, CONV_INITS), depthwise_impl=(depthwise_impl, DEPTHWISE_IMPLS),
+                   block_loop=(block_loop, BLOCK_LOOPS),
                    dtype=(jnp.dtype(dtype).name if _is_dtype(dtype) else dtype, DTYPES))
     for name, (value, allowed) in choices.items():
         if value not in allowed:
@@ -110,9 +115,9 @@ def check_args(depths, dims, *, heat_operator="mean8", k_mode="input", k_value=0
     for name, rate in (("drop_path", drop_path), ("dropout", dropout)):
         if not 0.0 <= rate < 1.0:
             raise ConfigError(f"model.{name}={rate}: must be in [0, 1)")
-    if scan_blocks and dropout > 0:
-        raise ConfigError(f"model.scan_blocks=True with model.dropout={dropout}: a scanned stage draws drop path "
-                          "masks only; set dropout=0 (every shipped config does) or scan_blocks=False")
+    if block_loop == "scan" and dropout > 0:
+        raise ConfigError(f"model.block_loop='scan' with model.dropout={dropout}: a scanned stage draws drop path "
+                          "masks only; set dropout=0 (every shipped config does) or block_loop='unroll' or 'auto'")
     if k_mode == "fixed" and not 0.0 <= k_value <= 1.0:
         raise ConfigError(f"model.k_value={k_value}: a fixed conductivity must be in [0, 1] (the stable range "
                           "of the explicit step)")
@@ -138,10 +143,24 @@ def model_spec(variant: str | None = None, **overrides) -> dict:
     return spec
 
 
+def for_platform(spec: dict, platform: str) -> dict:
+    """The spec with block_loop="auto" made concrete for a program compiled for `platform` (a JAX device's
+    `platform`): the blocks scanned on a TPU, where the compiler's time grows with each block's code (HcNet-T's
+    train step for v5e-64 compiled here in 303-322 s unrolled and 177 s scanned; BENCHMARKS.md, "Compile
+    time"), and unrolled elsewhere, where every CPU figure was measured (and with dropout, which a scanned
+    stage does not draw)."""
+    spec = dict(spec)
+    if spec.get("block_loop", "auto") == "auto":
+        spec["block_loop"] = "scan" if platform == "tpu" and not spec.get("dropout", 0.0) else "unroll"
+    return spec
+
+
 def build(spec: dict, *, rngs: nnx.Rngs) -> nnx.Module:
     """The network of a spec: HcNet from its full keyword arguments (as `model_spec` returns them), or, when
     the spec has a `decoder` entry, that segmentation network on an HcNet backbone (hcnet.upernet)."""
     spec = dict(spec)
+    if "scan_blocks" in spec:  # written before block_loop replaced it
+        spec["block_loop"] = "scan" if spec.pop("scan_blocks") else "unroll"
     decoder = spec.pop("decoder", None)
     if decoder is not None:
         from hcnet import upernet

@@ -117,7 +117,9 @@ class Program:
     @classmethod
     def build(cls, task, tx, schedule, mesh, *, seed: int, accum: int = 1, ema_decay: float = 0.0,
               fsdp_min_size: int = 2 ** 18) -> "Program":
-        model_def, _ = ModelDef.from_spec(task.spec, task.build)
+        # the network as the mesh's devices run it best (model.block_loop="auto": scanned stages on a TPU)
+        spec = model_lib.for_platform(task.spec, mesh.devices.flat[0].platform)
+        model_def, _ = ModelDef.from_spec(spec, task.build)
         init = functools.partial(init_state, task, tx, ema=ema_decay > 0)
         shapes = jax.eval_shape(init, seed)
         state_sh = sharding.state_shardings(mesh, shapes, fsdp_min_size)

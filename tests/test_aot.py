@@ -58,6 +58,27 @@ def test_a_tpu_program_gets_grouped_convolutions():
     assert text.count("stablehlo.convolution") == 2  # the input's and the kernel's gradients (a sum's needs no forward)
 
 
+@needs_libtpu
+def test_the_program_for_a_tpu_scans_its_blocks_and_elsewhere_unrolls():
+    """model.block_loop="auto" (the default): hcnet.trainer.Program's network scans each stage's blocks when
+    its mesh is a TPU slice (one block body per stage for the TPU compiler) and unrolls them on this CPU's
+    devices; a loop chosen in the config holds on either."""
+    import jax
+    from hcnet import optim, sharding, tasks, trainer
+    scanned = {}
+    for loop in ("auto", "unroll"):
+        c = smoke()
+        c.model.block_loop = loop
+        task = tasks.create(c)
+        tx, schedule = optim.from_config(c.optim, c.batch_size, 8, 2)
+        for platform, devices in (("tpu", aot.devices("v5e-4")[2]), ("cpu", jax.devices()[:4])):
+            program = trainer.Program.build(task, tx, schedule, sharding.make_mesh(4, 1, devices=devices), seed=0)
+            zeros = jax.tree.map(lambda a: jax.numpy.zeros(a.shape, a.dtype), program.abstract_state["params"])
+            scanned[loop, platform] = [s.scan for s in program.model_def.bind(jax.device_get(zeros)).stages]
+    assert scanned == {("auto", "tpu"): [True] * 4, ("auto", "cpu"): [False] * 4,
+                       ("unroll", "tpu"): [False] * 4, ("unroll", "cpu"): [False] * 4}, scanned
+
+
 @pytest.fixture(scope="module")
 def smoke_on_v5e():
     """(config, report) of the smoke config's whole step (augmentation, EMA, donation) compiled for v5e-4,
@@ -94,6 +115,7 @@ def test_the_smoke_train_step_compiles_for_a_v5e_slice_within_a_hand_bound(smoke
     assert low <= got["arguments"] <= high, (low, got["arguments"], high)
     assert got["aliased"] >= sum(x.size * x.dtype.itemsize for x in leaves) - 64  # the state, donated
     assert report["flops_per_image"] > 0 and report["compile_seconds"] > 0
+    assert report["model"]["block_loop"] == "scan" and report["cost_counts_loops_once"]  # counted once: said
     params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes["params"]))
     evaluation = report["eval"]["memory_bytes"]  # the parameters alone and a quarter of the eval batch
     assert params <= evaluation["arguments"] < got["arguments"] and report["eval_fits"]
@@ -156,6 +178,9 @@ def test_reports_become_one_markdown_table(tmp_path, capsys):
     assert header.count("|") == rule.count("|") == row.count("|")
     assert row == ("| `configs/hcnet_t.py` | v5e-64 (64 devices) | 16 | yes | 3.00 / 16 GiB (2.00) | 120 | 25.90 "
                    "| 2,900 (386) | - | - | 403 s |")  # 120 = (16 - 1) GiB / (2 GiB / 16)
+    (tmp_path / "t.json").write_text(json.dumps({**report, "cost_counts_loops_once": True}))
+    invoke(aot_table.main, [str(tmp_path / "t.json")])
+    assert "| 120 | - (loop) | - (loop) (386) | - | - | 403 s |" in capsys.readouterr().out
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(UserError, match="bad.json: not a report written by hcnet.aot --out"):
         aot_table.main(["aot_table", str(tmp_path / "bad.json")])

@@ -21,11 +21,14 @@ def row(r: dict) -> str:
     evaluation = f"{r['eval']['needed_bytes'] / GIB:.2f} GiB at {r['eval']['batch_per_device']:g}" if "eval" in r else "-"
     augmentation = f"{r['augmentation']['bytes_accessed_per_image'] / 1e6:.0f}" if "augmentation" in r else "-"
     floor = f" ({r['roofline_bytes_per_image'] / 1e6:.0f})" if "roofline_bytes_per_image" in r else ""
+    flops, bytes_ = f"{r['flops_per_image'] / 1e9:.2f}", f"{r['bytes_accessed_per_image'] / 1e6:,.0f}"
+    if r.get("cost_counts_loops_once"):  # XLA counted each loop body once: not the step's figures
+        flops, bytes_ = "- (loop)", f"- (loop){floor}"
+        floor = ""
     return (f"| `{r.get('config', '?')}` | {r['topology']} ({r['devices']} devices) "
             f"| {r['batch_per_device']:g} | {'yes' if r['fits'] else '**no**'} "
             f"| {r['needed_bytes'] / GIB:.2f} / {r['hbm_bytes'] / GIB:.0f} GiB ({m['peak'] / GIB:.2f}) "
-            f"| {aot.largest_batch(r)} | {r['flops_per_image'] / 1e9:.2f} "
-            f"| {r['bytes_accessed_per_image'] / 1e6:,.0f}{floor} | {evaluation} | {augmentation} "
+            f"| {aot.largest_batch(r)} | {flops} | {bytes_}{floor} | {evaluation} | {augmentation} "
             f"| {r['compile_seconds']:.0f} s |")
 
 

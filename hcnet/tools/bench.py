@@ -17,6 +17,7 @@ flags.DEFINE_integer("devices", None, "the first N devices (default: all)")
 flags.DEFINE_list("mode", ["train", "infer"], "train, infer or both")
 flags.DEFINE_bool("remat", False, "recompute each block in the backward pass")
 flags.DEFINE_string("depthwise_impl", "auto", "the depthwise filters: auto (per platform), shift or conv")
+flags.DEFINE_string("block_loop", "auto", "a stage's blocks: auto (scanned on TPU), scan or unroll")
 flags.DEFINE_float("drop_path", 0.0, "stochastic depth rate of the last block")
 flags.DEFINE_float("peak_tflops", None, "per-device dense peak, for MFU (default: hcnet.roofline.DEVICES)")
 flags.DEFINE_bool("torch", False, "also time hcnet.torch_model in the same run")
@@ -35,7 +36,8 @@ def main(argv):
     results = []
     for mode in FLAGS.mode:
         results.append(bench.measure(**shape, mode=mode, devices=FLAGS.devices, remat=FLAGS.remat,
-                                     peak=FLAGS.peak_tflops, depthwise_impl=FLAGS.depthwise_impl, **common))
+                                     peak=FLAGS.peak_tflops, depthwise_impl=FLAGS.depthwise_impl,
+                                     block_loop=FLAGS.block_loop, **common))
         if FLAGS.torch:
             results.append(bench.measure_torch(**shape, mode=mode, compile=FLAGS.torch_compile,
                                                channels_last=FLAGS.channels_last, **common))
