@@ -146,9 +146,10 @@ def model_spec(variant: str | None = None, **overrides) -> dict:
 def for_platform(spec: dict, platform: str) -> dict:
     """The spec with block_loop="auto" made concrete for a program compiled for `platform` (a JAX device's
     `platform`): the blocks scanned on a TPU, where the compiler's time grows with each block's code (HcNet-T's
-    train step for v5e-64 compiled here in 303-322 s unrolled and 177 s scanned; BENCHMARKS.md, "Compile
-    time"), and unrolled elsewhere, where every CPU figure was measured (and with dropout, which a scanned
-    stage does not draw)."""
+    train step for v5e-64 compiled here in 303-322 s unrolled and 199 s scanned, needing 1.87 GiB a chip
+    instead of 2.76; BENCHMARKS.md, "Compiled for Cloud TPU slices"), and unrolled elsewhere (on this CPU
+    the scanned step took 9.6 s against 6.9 s unrolled), and with dropout, which a scanned stage does not
+    draw."""
     spec = dict(spec)
     if spec.get("block_loop", "auto") == "auto":
         spec["block_loop"] = "scan" if platform == "tpu" and not spec.get("dropout", 0.0) else "unroll"
