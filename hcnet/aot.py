@@ -20,6 +20,10 @@ mesh.fsdp, model.remat; eval_batch_size for the eval step). `largest_batch` extr
 batch that would fit. XLA's cost analysis counts a loop's body once: with scanned blocks (model.block_loop
 "auto", the default, scans them on a TPU) or optim.accum_steps > 1 the flops and bytes per image are not the
 step's (the report says so); `--config.model.block_loop=unroll` compiles the unrolled step, whose are.
+
+libtpu's own account of each program (its HBM use, reserved memory included) and its stage timings go to
+stderr with `TPU_MIN_LOG_LEVEL=0 TPU_STDERR_LOG_LEVEL=0`; XLA's per-pass times with
+`TPU_VMODULE=hlo_pass_pipeline=1` (BENCHMARKS.md, "Compile time").
 """
 import dataclasses
 import functools
