@@ -44,7 +44,6 @@ import jax
 import jax.numpy as jnp
 
 from hcnet import config as config_lib
-from hcnet import model as model_lib
 from hcnet import optim, sharding, tasks, trainer
 from hcnet.errors import ConfigError, UserError
 
@@ -178,7 +177,7 @@ def compile_train_step(c, topology: str, *, eval_step: bool = True, augmentation
     t = time.perf_counter()
     lowered = program.step.lower(program.abstract_state, batch, key)
     lower_s = time.perf_counter() - t
-    block_loop = model_lib.for_platform(task.spec, "tpu")["block_loop"]  # what Program.build chose for the slice
+    block_loop = program.spec["block_loop"]  # what Program.build chose for the slice
     train = figures(lowered, c.batch_size / len(devs), loops=block_loop == "scan" or c.optim.accum_steps > 1)
     report = {"topology": topology, "model": {**{k: c.model[k] for k in ("variant", "dtype", "remat")},
                                               "block_loop": block_loop},

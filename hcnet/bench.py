@@ -30,9 +30,9 @@ from flax import nnx
 
 from hcnet import config as config_lib
 from hcnet import count, monitor, optim, roofline, sharding, tasks, trainer
+from hcnet import model as model_lib
 from hcnet.data import augment
 from hcnet.errors import UserError
-from hcnet import model as model_lib
 from hcnet.model import ModelDef
 
 MODES = ("train", "infer")
@@ -115,7 +115,7 @@ def _train_program(task, c, mesh, data):
 
 def _infer_program(task, c, mesh, data):
     """(jitted eval-mode forward to logits, its arguments, None)."""
-    model_def, _ = ModelDef.from_spec(model_lib.for_platform(task.spec, mesh.devices.flat[0].platform), task.build)
+    model_def, _ = ModelDef.from_spec(model_lib.for_mesh(task.spec, mesh), task.build)
     params = jax.device_put(nnx.to_pure_dict(nnx.state(task.build(task.spec, rngs=nnx.Rngs(0)), nnx.Param)),
                             sharding.replicated(mesh))
     forward = jax.jit(lambda p, b: nnx.view(model_def.bind(p), deterministic=True)(augment.normalize(b["image"])),

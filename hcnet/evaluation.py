@@ -8,8 +8,8 @@ import jax
 
 from hcnet import checkpoint, monitor, paths, sharding, tasks, trainer
 from hcnet import config as config_lib
-from hcnet.errors import ConfigError
 from hcnet import model as model_lib
+from hcnet.errors import ConfigError
 from hcnet.model import ModelDef
 
 WEIGHTS = ("raw", "ema")
@@ -35,7 +35,7 @@ def evaluate_checkpoint(c, path, *, step: int | None = None, weights=None) -> di
     spec = checkpoint.read_spec(path)
     task.check_spec(spec)
     mesh = sharding.make_mesh()
-    model_def, shapes = ModelDef.from_spec(model_lib.for_platform(spec, mesh.devices.flat[0].platform), task.build)
+    model_def, shapes = ModelDef.from_spec(model_lib.for_mesh(spec, mesh), task.build)
     evaluators = task.evaluators(mesh, model_def)
     target = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=sharding.replicated(mesh)), shapes)
     results = {}

@@ -156,6 +156,11 @@ def for_platform(spec: dict, platform: str) -> dict:
     return spec
 
 
+def for_mesh(spec: dict, mesh) -> dict:
+    """`for_platform` for the platform of a mesh's devices: the network a program on that mesh compiles."""
+    return for_platform(spec, mesh.devices.flat[0].platform)
+
+
 def build(spec: dict, *, rngs: nnx.Rngs) -> nnx.Module:
     """The network of a spec: HcNet from its full keyword arguments (as `model_spec` returns them), or, when
     the spec has a `decoder` entry, that segmentation network on an HcNet backbone (hcnet.upernet)."""

@@ -109,6 +109,7 @@ def with_statistics(weights: dict, stats: dict) -> dict:
 class Program:
     """What a run compiles for a task on a mesh: the state's layout, its initialisation and the step."""
     model_def: ModelDef
+    spec: dict               # the network's spec as compiled on the mesh (model.block_loop resolved)
     init: object             # () -> state, jitted onto the state's shardings
     abstract_state: dict     # the state's shapes, dtypes and shardings (what a checkpoint is restored onto)
     batch_sharding: object
@@ -118,7 +119,7 @@ class Program:
     def build(cls, task, tx, schedule, mesh, *, seed: int, accum: int = 1, ema_decay: float = 0.0,
               fsdp_min_size: int = 2 ** 18) -> "Program":
         # the network as the mesh's devices run it best (model.block_loop="auto": scanned stages on a TPU)
-        spec = model_lib.for_platform(task.spec, mesh.devices.flat[0].platform)
+        spec = model_lib.for_mesh(task.spec, mesh)
         model_def, _ = ModelDef.from_spec(spec, task.build)
         init = functools.partial(init_state, task, tx, ema=ema_decay > 0)
         shapes = jax.eval_shape(init, seed)
@@ -130,7 +131,7 @@ class Program:
                        in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl), donate_argnums=0)
         # the seed is an argument, not a constant: runs that differ only in it share the compiled program
         init = functools.partial(jax.jit(init, out_shardings=state_sh), np.int32(seed))
-        return cls(model_def, init, abstract_state, batch_sh, step)
+        return cls(model_def, spec, init, abstract_state, batch_sh, step)
 
 
 def evaluate(evaluators, state) -> dict:

@@ -23,8 +23,7 @@ def row(r: dict) -> str:
     floor = f" ({r['roofline_bytes_per_image'] / 1e6:.0f})" if "roofline_bytes_per_image" in r else ""
     flops, bytes_ = f"{r['flops_per_image'] / 1e9:.2f}", f"{r['bytes_accessed_per_image'] / 1e6:,.0f}"
     if r.get("cost_counts_loops_once"):  # XLA counted each loop body once: not the step's figures
-        flops, bytes_ = "- (loop)", f"- (loop){floor}"
-        floor = ""
+        flops = bytes_ = "- (loop)"
     return (f"| `{r.get('config', '?')}` | {r['topology']} ({r['devices']} devices) "
             f"| {r['batch_per_device']:g} | {'yes' if r['fits'] else '**no**'} "
             f"| {r['needed_bytes'] / GIB:.2f} / {r['hbm_bytes'] / GIB:.0f} GiB ({m['peak'] / GIB:.2f}) "
