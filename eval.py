@@ -38,8 +38,9 @@ def main(argv):
     path = FLAGS.checkpoint or FLAGS.workdir
     if not path or (FLAGS.checkpoint and FLAGS.workdir and FLAGS.checkpoint != FLAGS.workdir):
         raise UserError("give one of --checkpoint=DIR or --workdir=DIR")
-    from hcnet import evaluation, paths, run_files
-    c = FLAGS.config if FLAGS.config is not None else run_files.read_config(path)
+    from hcnet import eval_report, paths, trained
+
+    c = FLAGS.config if FLAGS.config is not None else trained.read_config(path)
     for field, value in (("eval_split", FLAGS.split), ("image_size", FLAGS.image_size), ("crop_pct", FLAGS.crop_pct)):
         if value is not None:
             c.dataset[field] = value
@@ -47,9 +48,9 @@ def main(argv):
         c.segmentation.ms_ratios = tuple(c.segmentation.ms_ratios) or MS_RATIOS
     if FLAGS.batch_size:
         c.eval_batch_size = FLAGS.batch_size
-    report = evaluation.evaluate_checkpoint(c, path, step=FLAGS.step, weights=FLAGS.weights)
-    print(evaluation.table(report))
-    out = paths.path(FLAGS.out) if FLAGS.out else evaluation.default_out(report)
+    report = eval_report.evaluate(c, path, step=FLAGS.step, weights=FLAGS.weights)
+    print(eval_report.table(report))
+    out = paths.path(FLAGS.out) if FLAGS.out else eval_report.default_out(report)
     if not paths.is_remote(out):
         out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -8,7 +8,7 @@ batch_size and raise optim.accum_steps). 300 epochs = 375,300 steps (1,251 an ep
 83.0 (paper Table 2). ImageNet must be prepared first: python -m hcnet.tools.prepare
 --dataset=imagenet2012 --manual_dir=DIR_WITH_THE_TARS --data_dir=gs://BUCKET/tensorflow_datasets
 (built locally, then uploaded; README "Cloud TPU, with the data and the run in a bucket").
-Compiled by `python -m hcnet.aot --config=configs/hcnet_t.py --topology=v5e-64` (compiler figures, not
+Compiled by `python -m hcnet.tools.aot --config=configs/hcnet_t.py --topology=v5e-64` (compiler figures, not
 hardware; blocks scanned on TPU, model.block_loop='auto'): 1.9 of 16 GiB per v5e chip at 16 images each,
 199 s to compile on a 2-core VM; 5.8 of 32 GiB per v4 chip on v4-32 (64 each).
 

@@ -1,4 +1,4 @@
-"""Checkpoints: parameters-only directories, a training run's checkpoints, and `load` for either.
+"""Checkpoints: parameters-only directories and a training run's checkpoints (hcnet.trained opens either).
 
     DIR/model.json  DIR/params/                          `save`: convert and export write these
     WORKDIR/model.json  WORKDIR/checkpoints/<step>/{params, ema, train, data}    a training run
@@ -19,7 +19,7 @@ from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
 from hcnet import paths
-from hcnet.model import WEIGHTS, ModelDef, eval_view, spec_json
+from hcnet import nets
 
 SPEC_FILE, PARAMS_DIR, CHECKPOINTS = "model.json", "params", "checkpoints"
 TRAIN_KEYS = ("opt", "step", "nonfinite_step")  # the "train" item: optimizer state, updates done, first bad step
@@ -38,16 +38,15 @@ def configure_orbax(min_replica_slice_bytes: int = 2 ** 24) -> None:
 
 
 def write_spec(directory, spec: dict) -> None:
-    (paths.path(directory) / SPEC_FILE).write_text(json.dumps(spec_json(spec), indent=2) + "\n")
+    (paths.path(directory) / SPEC_FILE).write_text(json.dumps(nets.spec_json(spec), indent=2) + "\n")
 
 
 def read_spec(directory) -> dict:
     return json.loads((paths.path(directory) / SPEC_FILE).read_text())
 
 
-def is_run_dir(path) -> bool:
+def _is_run_dir(path) -> bool:
     """A training run's directory: model.json and checkpoints/."""
-    path = paths.path(path)
     return (path / CHECKPOINTS).is_dir() and (path / SPEC_FILE).is_file()
 
 
@@ -56,7 +55,7 @@ def save(directory, model: nnx.Module, spec: dict) -> paths.Path:
     new directory; refuses to overwrite one."""
     directory = paths.new_dir(directory)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(directory / PARAMS_DIR, nnx.to_pure_dict(nnx.state(model, WEIGHTS)))
+        ckptr.save(directory / PARAMS_DIR, nets.weights_of(model))
     write_spec(directory, spec)
     return directory
 
@@ -76,20 +75,11 @@ def choose_step(run_dir, step: int | None = None) -> int:
     return steps[-1] if step is None else step
 
 
-def weights_of(path, step: int | None = None) -> tuple[int | None, list[str]]:
-    """(the run's checkpoint step, or None for a parameters-only directory; ["raw"] or ["raw", "ema"])."""
-    if not is_run_dir(path):
-        return None, ["raw"]
-    step = choose_step(path, step)
-    has_ema = (paths.path(path) / CHECKPOINTS / str(step) / "ema").is_dir()
-    return step, ["raw", "ema"] if has_ema else ["raw"]
-
-
 def restore_params(path, target: dict, *, ema: bool = False, step: int | None = None) -> dict:
     """The parameters (a pure dict) of a checkpoint directory or of a run's checkpoint (`step`, default the
     latest; `ema` its EMA weights), restored onto `target`'s shapes, dtypes and shardings."""
     path = paths.path(path)
-    if not is_run_dir(path):
+    if not _is_run_dir(path):
         with ocp.StandardCheckpointer() as ckptr:
             return ckptr.restore(path / PARAMS_DIR, target)
     item, step = "ema" if ema else "params", choose_step(path, step)
@@ -98,24 +88,6 @@ def restore_params(path, target: dict, *, ema: bool = False, step: int | None = 
                                 + (" (the run had optim.ema_decay=0)" if ema else ""))
     with _reader(path) as manager:
         return manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))[item]
-
-
-def load(path, *, ema: bool = False, step: int | None = None, **overrides) -> nnx.Module:
-    """The model of a checkpoint directory, or of a training run's latest checkpoint, in eval mode.
-
-    For a run, `ema=True` gives the EMA weights and `step` an older checkpoint. Overrides change
-    HcNet arguments that do not touch the parameters, e.g. dtype=jnp.bfloat16. `path` may be gs://.
-    """
-    path = paths.path(path)
-    paths.check(path)
-    if not is_run_dir(path) and not ((path / SPEC_FILE).is_file() and (path / PARAMS_DIR).is_dir()):
-        raise FileNotFoundError(f"{path}: not an hcnet checkpoint (expected {SPEC_FILE} and {PARAMS_DIR}/ "
-                                "as written by hcnet.tools.convert or hcnet.tools.export) nor a "
-                                "training workdir (model.json and checkpoints/)")
-    model_def, params = ModelDef.from_spec({**read_spec(path), **overrides})
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=device), params)
-    return eval_view(model_def.bind(restore_params(path, target, ema=ema, step=step)))
 
 
 class Checkpoints:

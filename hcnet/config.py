@@ -14,7 +14,6 @@ import ml_collections
 from hcnet import model as model_lib
 from hcnet import paths
 from hcnet import sharding
-from hcnet.data.augment import LUT_IMPLS, RandAugment
 from hcnet.errors import ConfigError
 
 
@@ -103,35 +102,6 @@ def _unknown(config, schema, prefix=""):
             _unknown(value, schema[key], f"{name}.")
 
 
-EVAL_FIELDS = ("name", "split", "dataset", "data_dir", "image_size", "crop_pct", "label_key")
-
-
-def eval_entry(c, i: int) -> dict:
-    """config.evals[i] with config.dataset's values where it gives none."""
-    e, d = c.evals[i], c.dataset
-    return {"name": e["name"], "split": e["split"], "dataset": e.get("dataset") or d.name,
-            "data_dir": e.get("data_dir", d.data_dir), "image_size": e.get("image_size", d.image_size),
-            "crop_pct": e.get("crop_pct", d.crop_pct), "label_key": e.get("label_key", "label")}
-
-
-def _validate_evals(c) -> None:
-    names = ["eval"]
-    for i, e in enumerate(c.evals):
-        field = f"evals[{i}]"
-        require(isinstance(e, dict) and set(e) <= set(EVAL_FIELDS) and {"name", "split"} <= set(e), field, e,
-                f"a dict with name and split, and optionally {', '.join(EVAL_FIELDS[2:])}")
-        require(re.fullmatch(r"[a-z][a-z0-9_]*", str(e["name"])) is not None and e["name"] not in names,
-                f"{field}.name", e["name"], f"a new snake_case name (taken: {', '.join(names)})")
-        names.append(e["name"])
-        entry = eval_entry(c, i)
-        require(isinstance(entry["split"], str) and entry["split"], f"{field}.split", entry["split"],
-                "a split string, e.g. 'validation' or 'test[:1000]'")
-        require(entry["image_size"] >= 32, f"{field}.image_size", entry["image_size"], "must be at least 32")
-        require(0 < entry["crop_pct"] <= 1, f"{field}.crop_pct", entry["crop_pct"], "must be in (0, 1]")
-        require(isinstance(entry["label_key"], str) and re.fullmatch(r"[a-z][a-z0-9_]*", entry["label_key"]),
-                f"{field}.label_key", entry["label_key"], "a label feature's name, e.g. 'label' or 'real_label'")
-
-
 def require(ok: bool, field: str, value, accepted: str) -> None:
     """Raises ConfigError 'config.<field>=<value>: <accepted>' unless ok."""
     if not ok:
@@ -147,7 +117,7 @@ def model_kwargs(c) -> dict:
 
 def validate(c, num_devices: int, *, training: bool = True) -> None:
     """Raises ConfigError on the first field that cannot work with `num_devices` devices; training=False
-    checks only what evaluation reads."""
+    checks only what evaluation reads. A task checks its own section (hcnet.tasks.create)."""
     _unknown(c, defaults())
     try:  # the model's and the mesh's own checks, named as config fields
         model_lib.check_args(**model_lib.model_spec(**model_kwargs(c)))
@@ -158,10 +128,6 @@ def validate(c, num_devices: int, *, training: bool = True) -> None:
     require(d.image_size >= 32, "dataset.image_size", d.image_size, "must be at least 32")
     require(d.num_classes >= 1, "dataset.num_classes", d.num_classes, "must be at least 1")
     require(0 < d.crop_pct <= 1, "dataset.crop_pct", d.crop_pct, "must be in (0, 1]")
-    _validate_evals(c)
-    if c.task == "segmentation":
-        from hcnet.tasks import segmentation
-        segmentation.validate(c)
     if training:
         _validate_training(c, num_devices)
     eval_batch = c.eval_batch_size or c.batch_size
@@ -170,19 +136,9 @@ def validate(c, num_devices: int, *, training: bool = True) -> None:
 
 
 def _validate_training(c, num_devices: int) -> None:
-    d, a, o = c.dataset, c.augment, c.optim
+    d, o = c.dataset, c.optim
     require(0 <= c.seed < 2 ** 31, "seed", c.seed, "an integer in [0, 2**31)")
     require(0 < d.scale[0] <= d.scale[1] <= 1, "dataset.scale", d.scale, "(min, max) with 0 < min <= max <= 1")
-    for field in ("reprob", "mix_prob", "switch_prob", "smoothing"):
-        require(0 <= a[field] <= 1, f"augment.{field}", a[field], "must be in [0, 1]")
-    for field in ("mixup", "cutmix"):
-        require(a[field] >= 0, f"augment.{field}", a[field], "a Beta alpha >= 0 (0 switches it off)")
-    if a.randaugment:
-        try:
-            RandAugment.parse(a.randaugment)
-        except ValueError as e:
-            raise ConfigError(f"config.{e}") from None
-    require(a.lut_impl in LUT_IMPLS, "augment.lut_impl", a.lut_impl, f"one of {', '.join(LUT_IMPLS)}")
     require(o.schedule in ("cosine", "poly"), "optim.schedule", o.schedule,
             "'cosine' (the reference's) or 'poly' (mmcv's, for segmentation)")
     require(o.power > 0, "optim.power", o.power, "poly's exponent, > 0 (mmseg: 1.0)")

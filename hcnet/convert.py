@@ -9,12 +9,12 @@ in eval mode.
 import io
 
 import numpy as np
-from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from hcnet import paths
 from hcnet.errors import ConversionError
-from hcnet.model import ModelDef, model_spec
+from hcnet.model import model_spec
+from hcnet.nets import ModelDef
 from hcnet.stencils import neighbour_count
 
 
@@ -146,4 +146,4 @@ def convert(path, *, variant: str | None = "T", heat_operator: str | None = None
     spec = model_spec(variant, heat_operator=heat_operator, k_mode="input", **overrides)
     model_def, wanted = ModelDef.from_spec(spec)
     params = unflatten_dict(torch_params(state, flatten_dict(wanted), heat_operator))
-    return nnx.view(model_def.bind(params), deterministic=True), spec
+    return model_def.eval_model(params), spec

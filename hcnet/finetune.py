@@ -16,9 +16,8 @@ import re
 import jax
 import numpy as np
 
-from hcnet import checkpoint, optim, paths
+from hcnet import checkpoint, nets, optim, paths, sharding, trained
 from hcnet.errors import ConfigError
-from hcnet.model import ModelDef
 
 HEAD = r"^head/"
 BACKBONE = "backbone/"  # where a segmentation network keeps its HcNet
@@ -60,17 +59,15 @@ def check_source(init_from: str) -> None:
 def start_from(c, state: dict, say=print) -> dict:
     """`state` (a fresh train state) with its parameters, and EMA, taken from config.init_from."""
     check_source(c.init_from)
-    path = paths.path(c.init_from)
-    step, have = checkpoint.weights_of(path, c.init_step or None)
-    if c.init_ema and "ema" not in have:
-        raise ConfigError(f"config.init_ema=True: {path} has no EMA weights (available: {', '.join(have)})")
-    _, shapes = ModelDef.from_spec(checkpoint.read_spec(path))
-    leaves = jax.tree.leaves(state["params"])
-    replicated = jax.sharding.NamedSharding(leaves[0].sharding.mesh, jax.sharding.PartitionSpec())
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
-    theirs = checkpoint.restore_params(path, target, ema=c.init_ema, step=step)
-    named = lambda tree: {optim.path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-    ours, theirs = named(state["params"]), named(theirs)
+    source = trained.open(c.init_from, step=c.init_step or None)
+    path, step = source.path, source.step
+    if c.init_ema and "ema" not in source.available:
+        raise ConfigError(f"config.init_ema=True: {path} has no EMA weights (available: "
+                          f"{', '.join(source.available)})")
+    _, shapes = nets.ModelDef.from_spec(source.spec)
+    mesh = jax.tree.leaves(state["params"])[0].sharding.mesh
+    theirs = source.weights(sharding.placed(shapes, sharding.replicated(mesh)), ema=c.init_ema)
+    ours, theirs = _by_name(state["params"]), _by_name(theirs)
     if any(n.startswith(BACKBONE) for n in ours) and not any(n.startswith(BACKBONE) for n in theirs):
         theirs = {BACKBONE + n: v for n, v in theirs.items()}  # a classification network as a backbone
     merged, counts = merge(ours, theirs, tuple(c.init_skip))
@@ -83,3 +80,8 @@ def start_from(c, state: dict, say=print) -> dict:
     if "ema" in state:
         state["ema"] = jax.tree.map(lambda p: p.copy(), params)
     return state
+
+
+def _by_name(tree: dict) -> dict:
+    """{"a/b/c": array} of a nested dict."""
+    return {optim.path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}

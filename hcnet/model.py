@@ -10,7 +10,6 @@ combination (no new extrema), and with Table 1's depths it gives the paper's 28M
 the count nearest its 4.1G MACs (4.154G; learned3 4.177G, learned5 4.217G). `learned5` is the
 form the released training code trains (with depths 3,8,18,3); a config picks it by name.
 """
-import dataclasses
 from collections.abc import Sequence
 
 import jax
@@ -143,91 +142,14 @@ def model_spec(variant: str | None = None, **overrides) -> dict:
     return spec
 
 
-def for_platform(spec: dict, platform: str) -> dict:
-    """The spec with block_loop="auto" made concrete for a program compiled for `platform` (a JAX device's
-    `platform`): the blocks scanned on a TPU, where the compiler's time grows with each block's code (HcNet-T's
-    train step for v5e-64 compiled here in 303-322 s unrolled and 199 s scanned, needing 1.87 GiB a chip
-    instead of 2.76; BENCHMARKS.md, "Compiled for Cloud TPU slices"), and unrolled elsewhere (on this CPU
-    the scanned step took 9.6 s against 6.9 s unrolled), and with dropout, which a scanned stage does not
-    draw."""
-    spec = dict(spec)
-    if spec.get("block_loop", "auto") == "auto":
-        spec["block_loop"] = "scan" if platform == "tpu" and not spec.get("dropout", 0.0) else "unroll"
-    return spec
-
-
-def for_mesh(spec: dict, mesh) -> dict:
-    """`for_platform` for the platform of a mesh's devices: the network a program on that mesh compiles."""
-    return for_platform(spec, mesh.devices.flat[0].platform)
-
-
-def build(spec: dict, *, rngs: nnx.Rngs) -> nnx.Module:
-    """The network of a spec: HcNet from its full keyword arguments (as `model_spec` returns them), or, when
-    the spec has a `decoder` entry, that segmentation network on an HcNet backbone (hcnet.upernet)."""
+def from_spec(spec: dict, *, rngs: nnx.Rngs) -> HcNet:
+    """HcNet from its full keyword arguments (as `model_spec` returns them)."""
     spec = dict(spec)
     if "scan_blocks" in spec:  # written before block_loop replaced it
         spec["block_loop"] = "scan" if spec.pop("scan_blocks") else "unroll"
-    decoder = spec.pop("decoder", None)
-    if decoder is not None:
-        from hcnet import upernet
-        return upernet.from_spec(spec, decoder, rngs=rngs)
     return HcNet(spec.pop("depths"), spec.pop("dims"), rngs=rngs, **spec)
 
 
 def create_model(variant: str | None = "T", *, rngs: nnx.Rngs, **overrides) -> HcNet:
     """HcNet for a variant name ('mu', 'T', 'S', 'B'); depths, dims and any HcNet argument override."""
-    return build(model_spec(variant, **overrides), rngs=rngs)
-
-
-def abstract(spec: dict, build_fn=None) -> nnx.Module:
-    """The network `build_fn(spec)` (HcNet's by default) with shapes only: no parameter memory, no random draws."""
-    return nnx.eval_shape(lambda: (build_fn or build)(spec, rngs=nnx.Rngs(0)))
-
-
-def spec_json(spec: dict) -> dict:
-    """A spec as JSON can hold it (dtypes by name, tuples as lists); `build` takes it back as it is."""
-    return {k: (jnp.dtype(v).name if k.endswith("dtype") else list(v) if isinstance(v, tuple) else v)
-            for k, v in spec.items()}
-
-
-WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)  # what a checkpoint holds of a network
-
-
-def eval_view(module: nnx.Module) -> nnx.Module:
-    """The network in evaluation mode: no dropout or drop path, BatchNorm (if any) on its running statistics."""
-    batch_norm = any(isinstance(m, nnx.BatchNorm) for _, m in nnx.iter_modules(module))
-    return nnx.view(module, deterministic=True, **({"use_running_average": True} if batch_norm else {}))
-
-
-def running_statistics(module: nnx.Module) -> dict:
-    """The BatchNorm running statistics of a module as a pure dict ({} when it has none)."""
-    return nnx.to_pure_dict(nnx.state(module, nnx.BatchStat))
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelDef:
-    """A network without its parameters: the graph and the template of its dropout / drop-path RNG
-    streams. Hashable, so a jitted step can take it as a static argument."""
-    graphdef: nnx.GraphDef
-    rngs: object  # abstract RNG-stream state (keys and counts)
-
-    @classmethod
-    def from_spec(cls, spec: dict, build_fn=None) -> tuple["ModelDef", dict]:
-        """(definition, abstract weights as a pure dict) of the network `build_fn(spec)` (HcNet's by default).
-
-        The weights are the parameters and, in a network with BatchNorm (UperNet's heads), its running
-        statistics beside them (`mean`, `var`): everything a trained network needs, in one tree."""
-        graphdef, params, rngs = nnx.split(abstract(spec, build_fn), WEIGHTS, ...)
-        return cls(graphdef, rngs), nnx.to_pure_dict(params)
-
-    def __hash__(self):
-        return hash(self.graphdef)
-
-    def bind(self, params: dict, key=None) -> nnx.Module:
-        """The network with `params`; its RNG streams start from `key` (None: a fixed key, for eval mode)."""
-        leaves, tree = jax.tree.flatten(self.rngs)
-        key = jax.random.key(0) if key is None else key
-        fresh = [jax.random.fold_in(key, i) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-                 else jnp.zeros(x.shape, x.dtype) for i, x in enumerate(leaves)]
-        return nnx.merge(self.graphdef, params, jax.tree.unflatten(tree, fresh))
-
+    return from_spec(model_spec(variant, **overrides), rngs=rngs)

@@ -18,23 +18,28 @@ import shutil
 import tempfile
 import uuid
 
-# gs:// through gcsfs, never TensorFlow's gfile: TensorFlow stays out of the training processes, and
-# every client of this module is the one fsspec stack (EPATH_USE_TF=true in the environment overrides).
-os.environ.setdefault("EPATH_USE_TF", "false")
+import fsspec.config
+from etils import epath
 
-import fsspec.config  # noqa: E402  (after the setting above)
-from etils import epath  # noqa: E402
-
-# gcsfs caches folder listings forever by default; the hosts of a pod and a resumed run write the same
-# folders, so a listing must be what the bucket holds now (FSSPEC_GS_USE_LISTINGS_CACHE overrides).
-fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
-
-from hcnet.errors import UserError  # noqa: E402
+from hcnet.errors import UserError
 
 Path = epath.Path
 PACKAGE = epath.Path(__file__).resolve().parent          # hcnet/ (its data files)
 REPO = PACKAGE.parent                                     # the checkout (git commit of a run)
 REMOTE = ("gs://",)
+
+
+@functools.cache
+def configure_gcs() -> None:
+    """The Cloud Storage settings every gs:// path needs, made once per process (before the first one):
+
+    - gs:// through gcsfs, never TensorFlow's gfile: TensorFlow stays out of the training processes, and
+      every client of this module is the one fsspec stack (EPATH_USE_TF=true in the environment wins);
+    - gcsfs caches folder listings forever by default; the hosts of a pod and a resumed run write the
+      same folders, so a listing must be what the bucket holds now (FSSPEC_GS_USE_LISTINGS_CACHE wins).
+    """
+    os.environ.setdefault("EPATH_USE_TF", "false")
+    fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
 
 
 def is_remote(p) -> bool:
@@ -43,10 +48,11 @@ def is_remote(p) -> bool:
 
 def path(p) -> epath.Path:
     """`p` as a path: gs:// kept as given, a local one made absolute (~ expanded)."""
-    if isinstance(p, epath.Path) and is_remote(p):
-        return p
     s = os.fspath(p)
-    return epath.Path(s) if is_remote(s) else epath.Path(os.path.abspath(os.path.expanduser(s)))
+    if not is_remote(s):
+        return epath.Path(os.path.abspath(os.path.expanduser(s)))
+    configure_gcs()
+    return p if isinstance(p, epath.Path) else epath.Path(s)
 
 
 def local(p, flag: str, why: str) -> epath.Path:

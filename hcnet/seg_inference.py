@@ -58,7 +58,7 @@ def whole_logits(logits_fn, image: np.ndarray, pad_to: int = 1) -> np.ndarray:
 
 
 
-def probabilities(logits_fn, image: np.ndarray, *, scale=(2048, 512), ratios=(1.0,), flip: bool = False,
+def probability_map(logits_fn, image: np.ndarray, *, scale=(2048, 512), ratios=(1.0,), flip: bool = False,
                   mode: str = "slide", crop=(512, 512), stride=(341, 341), pad_to: int = 1) -> np.ndarray:
     """(H, W, classes) class probabilities of a uint8 image (H, W, 3) at its own size; single-scale is
     ratios=(1.0,) without flip, mmseg's multi-scale test is ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip."""

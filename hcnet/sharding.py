@@ -63,6 +63,18 @@ def state_shardings(mesh, abstract_state, fsdp_min_size: int = 2 ** 18):
     return jax.tree.map(lambda x: param_sharding(mesh, np.shape(x), fsdp_min_size), abstract_state)
 
 
+def placed(shapes, shardings):
+    """Abstract arrays of `shapes` (a pytree) with `shardings`: one sharding for every leaf, or a pytree
+    of them; what a checkpoint is restored onto and what a program is lowered for."""
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, shapes)
+
+    def place(a, s):
+        return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+
+    return jax.tree.map(place, shapes, shardings)
+
+
 def to_host(tree):
     """Replicated device values (and pytrees of them, e.g. clu metrics) as numpy, on any number of processes."""
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)

@@ -25,11 +25,10 @@ import optax
 from clu import metrics as clu_metrics
 from flax import nnx
 
-from hcnet import checkpoint, finetune, monitor, optim, paths, run_files, sharding, tasks
+from hcnet import checkpoint, finetune, monitor, nets, optim, paths, sharding, tasks, trained
 from hcnet import config as config_lib
 from hcnet.errors import ConfigError
-from hcnet import model as model_lib
-from hcnet.model import ModelDef
+from hcnet.nets import ModelDef
 
 
 @flax.struct.dataclass
@@ -39,10 +38,11 @@ class TrainMetrics(clu_metrics.Collection):
     lr: clu_metrics.LastValue.from_output("lr")
 
 
-def init_state(task, tx, seed, ema: bool) -> dict:
-    """A fresh state; `seed` an int or an int32 scalar (traced, so that one program serves every seed)."""
+def init_state(spec: dict, tx, seed, ema: bool, build_fn=nets.build) -> dict:
+    """A fresh state of the network `build_fn(spec)`; `seed` an int or an int32 scalar (traced, so that one
+    program serves every seed)."""
     rngs = nnx.Rngs(params=jax.random.key(seed), dropout=0)
-    params = nnx.to_pure_dict(nnx.state(task.build(task.spec, rngs=rngs), model_lib.WEIGHTS))
+    params = nets.weights_of(build_fn(spec, rngs=rngs))
     state = {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32),
              "nonfinite_step": jnp.full((), -1, jnp.int32)}
     if ema:
@@ -61,7 +61,7 @@ def train_step(state, batch, key, *, task, model_def: ModelDef, tx, schedule, ac
     def loss_fn(params, x, t, m, k):
         model = model_def.bind(params, k)
         loss = jnp.sum(task.loss(task.forward(model, x), t) * m) / valid
-        return loss, model_lib.running_statistics(model)  # BatchNorm's, updated by this forward pass
+        return loss, nets.running_statistics(model)  # BatchNorm's, updated by this forward pass
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     params = state["params"]
@@ -108,29 +108,32 @@ def with_statistics(weights: dict, stats: dict) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Program:
     """What a run compiles for a task on a mesh: the state's layout, its initialisation and the step."""
+
     model_def: ModelDef
-    spec: dict               # the network's spec as compiled on the mesh (model.block_loop resolved)
-    init: object             # () -> state, jitted onto the state's shardings
-    abstract_state: dict     # the state's shapes, dtypes and shardings (what a checkpoint is restored onto)
+    spec: dict  # the network's spec as compiled on the mesh (model.block_loop resolved)
+    init: object  # () -> state, jitted onto the state's shardings
+    abstract_state: dict  # the state's shapes, dtypes and shardings (what a checkpoint is restored onto)
     batch_sharding: object
-    step: object             # jitted (state, batch, key) -> (state, TrainMetrics), state donated
+    step: object  # jitted (state, batch, key) -> (state, TrainMetrics), state donated
 
     @classmethod
     def build(cls, task, tx, schedule, mesh, *, seed: int, accum: int = 1, ema_decay: float = 0.0,
-              fsdp_min_size: int = 2 ** 18) -> "Program":
+              fsdp_min_size: int = 2**18) -> "Program":
         # the network as the mesh's devices run it best (model.block_loop="auto": scanned stages on a TPU)
-        spec = model_lib.for_mesh(task.spec, mesh)
-        model_def, _ = ModelDef.from_spec(spec, task.build)
-        init = functools.partial(init_state, task, tx, ema=ema_decay > 0)
+        spec = nets.for_mesh(task.spec, mesh)
+        build_fn = getattr(task, "build", nets.build)  # a task's own network, or one hcnet knows
+        model_def, _ = ModelDef.from_spec(spec, build_fn)
+        init = functools.partial(init_state, task.spec, tx, ema=ema_decay > 0, build_fn=build_fn)
         shapes = jax.eval_shape(init, seed)
         state_sh = sharding.state_shardings(mesh, shapes, fsdp_min_size)
-        abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, state_sh)
         batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-        step = jax.jit(functools.partial(train_step, task=task, model_def=model_def, tx=tx, schedule=schedule,
-                                         accum=accum, ema_decay=ema_decay),
-                       in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl), donate_argnums=0)
+        train = functools.partial(train_step, task=task, model_def=model_def, tx=tx, schedule=schedule,
+                                  accum=accum, ema_decay=ema_decay)
+        step = jax.jit(train, in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+                       donate_argnums=0)
         # the seed is an argument, not a constant: runs that differ only in it share the compiled program
         init = functools.partial(jax.jit(init, out_shardings=state_sh), np.int32(seed))
+        abstract_state = sharding.placed(shapes, state_sh)
         return cls(model_def, spec, init, abstract_state, batch_sh, step)
 
 
@@ -140,12 +143,17 @@ def evaluate(evaluators, state) -> dict:
     for weights, suffix in (("params", ""), ("ema", "_ema")):
         if weights in state:
             for ev in evaluators:
-                out.update({f"{ev.name}{suffix}/{k}": v for k, v in ev(state[weights]).items()})
+                out.update({metric_key(ev.name, suffix, k): v for k, v in ev(state[weights]).items()})
     return out
 
 
+def metric_key(evaluator: str, suffix: str, metric: str) -> str:
+    """`<evaluator>[_ema]/<metric>`: how every evaluation result is named (logs, best_metric, eval.py)."""
+    return f"{evaluator}{suffix}/{metric}"
+
+
 def check_best_metric(name: str, evaluators) -> None:
-    reported = [f"{ev.name}{s}/{m}" for ev in evaluators for s in ("", "_ema") for m in ev.metrics]
+    reported = [metric_key(ev.name, s, m) for ev in evaluators for s in ("", "_ema") for m in ev.metrics]
     if name not in reported:
         raise ConfigError(f"config.best_metric={name!r}: one of the evaluators' metrics ({', '.join(reported)})")
 
@@ -178,26 +186,17 @@ def check_finite(state, step: int, checkpoints: checkpoint.Checkpoints) -> None:
     if bad >= 0:
         checkpoints.wait()
         last = checkpoints.steps()
+        where = f"step {last[-1]} in {checkpoints.directory}" if last else "none"
         raise FloatingPointError(
             f"non-finite loss or gradient at step {bad} (stopped at step {step}); the last good checkpoint is "
-            f"{'step %d in %s' % (last[-1], checkpoints.directory) if last else 'none'}; lower config.optim.lr "
-            "or check the data")
-
-
-def restore_or_init(program: Program, checkpoints: checkpoint.Checkpoints, console: monitor.Console, total: int):
-    """(first step to run, state, loader state): the newest readable checkpoint's, or fresh ones."""
-    restored = checkpoints.restore(program.abstract_state)
-    if restored is None:
-        return 1, program.init(), None
-    step, state, data_state = restored
-    console.say(f"resumed from {checkpoints.directory}/{step}" + (f": the run is complete ({total} steps)"
-                                                                   if step >= total else ""))
-    return step + 1, state, data_state
+            f"{where}; lower config.optim.lr or check the data")
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """A validated config made concrete: its task, step counts, optimizer, mesh and compiled program."""
+    """A validated config made concrete: its task, step counts, optimizer, mesh and compiled program.
+    The one way a run is built: training, the ahead-of-time compiler and bench all start here."""
+
     task: object
     total: int
     per_epoch: int
@@ -206,17 +205,30 @@ class Run:
     program: Program
 
     @classmethod
-    def create(cls, c, train_examples: int | None = None) -> "Run":
-        """What train_and_evaluate runs for config c (train_examples: the task's own count unless given)."""
-        config_lib.validate(c, jax.device_count())
+    def create(cls, c, train_examples: int | None = None, devices=None) -> "Run":
+        """What train_and_evaluate runs for config c on `devices` (default: all of this job's);
+        train_examples: the task's own count unless given (the schedule's length depends on it)."""
+        devices = jax.devices() if devices is None else list(devices)
+        config_lib.validate(c, len(devices))
         task = tasks.create(c)
-        total, warmup, per_epoch = config_lib.steps(c, task.train_examples() if train_examples is None
-                                                    else train_examples)
-        tx, schedule = optim.from_config(c.optim, c.batch_size, total, warmup, depths=task.spec.get("depths"))
-        mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp)
+        examples = task.train_examples() if train_examples is None else train_examples
+        total, warmup, per_epoch = config_lib.steps(c, examples)
+        depths = task.spec.get("depths")
+        tx, schedule = optim.from_config(c.optim, c.batch_size, total, warmup, depths=depths)
+        mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, devices=devices)
         program = Program.build(task, tx, schedule, mesh, seed=c.seed, accum=c.optim.accum_steps,
                                 ema_decay=c.optim.ema_decay, fsdp_min_size=c.mesh.fsdp_min_size)
         return cls(task, total, per_epoch, tx, mesh, program)
+
+    def predict(self):
+        """The network's predict function (hcnet.nets.predict_fn) as this run compiles it."""
+        return nets.predict_fn(self.program.model_def)
+
+    def abstract_batch(self, batch_size: int | None = None) -> dict:
+        """The global training batch (of config.batch_size unless given) as laid out on the mesh."""
+        c = self.task.config
+        shapes = self.task.batch_shapes(batch_size or c.batch_size)
+        return sharding.placed(shapes, self.program.batch_sharding)
 
 
 def train_and_evaluate(c, workdir) -> dict:
@@ -230,83 +242,144 @@ def train_and_evaluate(c, workdir) -> dict:
     if c.init_from:
         finetune.check_source(c.init_from)
     run = Run.create(c)
-    task, total, per_epoch, mesh, program = run.task, run.total, run.per_epoch, run.mesh, run.program
-    evaluators = task.evaluators(mesh, program.model_def)
+    evaluators = run.task.evaluators(run.mesh, run.predict())
     check_best_metric(c.best_metric, evaluators)
 
-    run_files.write(workdir, c, task.spec)
+    trained.write_run_files(workdir, c, run.task.spec)
     checkpoints = checkpoint.Checkpoints(workdir, keep=c.keep_checkpoints, async_save=c.checkpoint_async,
                                          best_metric=c.best_metric)
-    console = monitor.Console(total, per_epoch, c.batch_size)
+    console = monitor.Console(run.total, run.per_epoch, c.batch_size)
     writer = monitor.Writers([])
     stop = Stop(checkpoints)
     try:
-        first, state, data_state = restore_or_init(program, checkpoints, console, total)
+        first, state, data_state = _restore_or_init(run, checkpoints, console)
         if first == 1 and c.init_from:  # a new run: its parameters from another run or checkpoint
             state = finetune.start_from(c, state, console.say)
         writer = monitor.create_writer(workdir, first)
-        loader = task.train_loader(program.batch_sharding, state=data_state)
-        key = sharding.replicated_key(c.seed, mesh)
-        return _loop(c, workdir, program, state, loader, key, range(first, total + 1), evaluators, checkpoints,
-                     console, writer, stop, per_epoch)
+        loader = run.task.train_loader(run.program.batch_sharding, state=data_state)
+        loop = Loop(c, run, evaluators, checkpoints, console, writer, stop, workdir)
+        return loop.run(state, loader, first)
     finally:
         stop.restore()
         writer.close()
         checkpoints.close()
 
 
-def _loop(c, workdir, program, state, loader, key, steps, evaluators, checkpoints, console, writer, stop,
-          per_epoch) -> dict:
-    """Runs `steps`: train, and on their schedules log, evaluate, checkpoint, trace, stop on a signal."""
-    total, profile = steps.stop - 1, tuple(c.profile_steps)
-    tracing = profile[1] > profile[0]
-    every = lambda n, step: (n and step % n == 0) or step == total
-    acc, last = None, {}
-    with contextlib.ExitStack() as trace:  # removes the staging folder of a trace the loop leaves unfinished
-        for step in steps:
-            if tracing and step == profile[0] + 1:  # the profiler writes local files: staged, then copied
-                jax.profiler.start_trace(os.fspath(trace.enter_context(paths.staged(workdir / "profile"))))
-            t = time.perf_counter()
-            batch = next(loader)
-            console.waited(time.perf_counter() - t)
-            if step == steps.start:
-                sharding.enter_together(program.step, state, batch, key, name="train-step")
-            state, metrics = program.step(state, batch, key)
-            acc = metrics if acc is None else acc.merge(metrics)
-            if tracing and step == profile[1]:
-                jax.block_until_ready(state)
-                jax.profiler.stop_trace()
-                trace.close()
-            console.progress(step)
-            if step == steps.start:
-                jax.block_until_ready(state)
-                console.say(f"step {step}: compiled and ran in {time.perf_counter() - t:.1f} s")
-                console.mark(step)  # the first step's time is compilation
-            if stop(step):
-                check_finite(state, step, checkpoints)
-                checkpoints.save(step, state, loader.get_state())
-                checkpoints.wait()
-                console.say(f"stopping at step {step} on SIGTERM / preemption: checkpoint saved in "
-                            f"{checkpoints.directory}/{step}; the same command resumes")
-                return {"step": step, "preempted": True, **last}
-            if every(c.log_every_steps, step):
-                check_finite(state, step, checkpoints)
-                scalars = {f"train/{k}": float(v) for k, v in sharding.to_host(acc).compute().items()}
-                scalars.update(console.line(step, scalars), **{"train/epoch": step / per_epoch})
-                writer.write_scalars(step, scalars)
-                acc, last = None, {**last, **scalars}
-            evaluated = every(c.eval_every_steps, step)
-            if evaluated:
-                scalars = evaluate(evaluators, state)
-                writer.write_scalars(step, scalars)
-                console.say(f"step {step} eval: " + ", ".join(
-                    f"{ev.name}{s}/{m} {scalars[f'{ev.name}{s}/{m}']:.4f}" for s in ("", "_ema") for ev in evaluators
-                    for m in ev.headline if f"{ev.name}{s}/{m}" in scalars))
-                last.update(scalars)
-                console.mark(step)
-            if every(c.checkpoint_every_steps, step):
-                check_finite(state, step, checkpoints)
-                checkpoints.save(step, state, loader.get_state(), last if evaluated else None)
-                console.mark(step)
-    checkpoints.wait()  # the last step always logs, so it was checked for non-finite values there
-    return {"step": steps.stop - 1 if len(steps) else steps.start - 1, "preempted": False, **last}
+def _restore_or_init(run: Run, checkpoints: checkpoint.Checkpoints, console: monitor.Console):
+    """(first step to run, state, loader state): the newest readable checkpoint's, or fresh ones."""
+    restored = checkpoints.restore(run.program.abstract_state)
+    if restored is None:
+        return 1, run.program.init(), None
+    step, state, data_state = restored
+    done = f": the run is complete ({run.total} steps)" if step >= run.total else ""
+    console.say(f"resumed from {checkpoints.directory}/{step}{done}")
+    return step + 1, state, data_state
+
+
+class Profile:
+    """A jax.profiler trace of steps [first, last) in workdir/profile (staged locally, then copied)."""
+
+    def __init__(self, steps, workdir, stack: contextlib.ExitStack):
+        self.first, self.last = steps
+        self.workdir, self.stack, self.scope = workdir, stack, None
+
+    def before(self, step: int) -> None:
+        if self.last > self.first and step == self.first + 1:
+            self.scope = contextlib.ExitStack()
+            local = self.scope.enter_context(paths.staged(self.workdir / "profile"))
+            self.stack.callback(self.scope.close)  # an unfinished trace's staging folder goes too
+            jax.profiler.start_trace(os.fspath(local))
+
+    def after(self, step: int, state) -> None:
+        if self.scope is not None and step == self.last:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.scope.close()
+            self.scope = None
+
+
+class Loop:
+    """The training loop: a step, then the periodic actions due at it (log, evaluate, checkpoint), each
+    a method of (step, state); a trace of the configured steps; a stop on SIGTERM or preemption."""
+
+    def __init__(self, c, run: Run, evaluators, checkpoints, console, writer, stop, workdir):
+        self.c, self.run_, self.evaluators = c, run, evaluators
+        self.checkpoints, self.console, self.writer, self.stop = checkpoints, console, writer, stop
+        self.workdir, self.loader, self.metrics, self.last = workdir, None, None, {}
+
+    def due(self, every: int, step: int) -> bool:
+        return bool(every and step % every == 0) or step == self.run_.total
+
+    def run(self, state, loader, first: int) -> dict:
+        """Runs steps first..total; the last metrics (and whether a signal stopped it)."""
+        c, program, self.loader = self.c, self.run_.program, loader
+        key = sharding.replicated_key(c.seed, self.run_.mesh)
+        with contextlib.ExitStack() as stack:
+            profile = Profile(tuple(c.profile_steps), self.workdir, stack)
+            for step in range(first, self.run_.total + 1):
+                profile.before(step)
+                t = time.perf_counter()
+                batch = next(loader)
+                self.console.waited(time.perf_counter() - t)
+                if step == first:
+                    sharding.enter_together(program.step, state, batch, key, name="train-step")
+                state, metrics = program.step(state, batch, key)
+                self.metrics = metrics if self.metrics is None else self.metrics.merge(metrics)
+                profile.after(step, state)
+                self.console.progress(step)
+                if step == first:
+                    self.compiled(step, state, t)
+                if self.stop(step):
+                    return self.preempt(step, state)
+                if self.due(c.log_every_steps, step):
+                    self.log(step, state)
+                evaluated = self.due(c.eval_every_steps, step)
+                if evaluated:
+                    self.evaluate(step, state)
+                if self.due(c.checkpoint_every_steps, step):
+                    self.save(step, state, evaluated)
+        self.checkpoints.wait()  # the last step always logs, so it was checked for non-finite values there
+        last_step = self.run_.total if first <= self.run_.total else first - 1
+        return {"step": last_step, "preempted": False, **self.last}
+
+    def compiled(self, step: int, state, start: float) -> None:
+        jax.block_until_ready(state)
+        self.console.say(f"step {step}: compiled and ran in {time.perf_counter() - start:.1f} s")
+        self.console.mark(step)  # the first step's time is compilation
+
+    def preempt(self, step: int, state) -> dict:
+        check_finite(state, step, self.checkpoints)
+        self.checkpoints.save(step, state, self.loader.get_state())
+        self.checkpoints.wait()
+        self.console.say(f"stopping at step {step} on SIGTERM / preemption: checkpoint saved in "
+                         f"{self.checkpoints.directory}/{step}; the same command resumes")
+        return {"step": step, "preempted": True, **self.last}
+
+    def log(self, step: int, state) -> None:
+        check_finite(state, step, self.checkpoints)
+        computed = sharding.to_host(self.metrics).compute()
+        scalars = {f"train/{k}": float(v) for k, v in computed.items()}
+        scalars.update(self.console.line(step, scalars))
+        scalars["train/epoch"] = step / self.run_.per_epoch
+        self.writer.write_scalars(step, scalars)
+        self.metrics, self.last = None, {**self.last, **scalars}
+
+    def evaluate(self, step: int, state) -> None:
+        scalars = evaluate(self.evaluators, state)
+        self.writer.write_scalars(step, scalars)
+        shown = []
+        for suffix in ("", "_ema"):
+            for ev in self.evaluators:
+                for m in ev.headline:
+                    key = metric_key(ev.name, suffix, m)
+                    if key in scalars:
+                        shown.append(f"{key} {scalars[key]:.4f}")
+        self.console.say(f"step {step} eval: " + ", ".join(shown))
+        self.last.update(scalars)
+        self.console.mark(step)
+
+    def save(self, step: int, state, evaluated: bool) -> None:
+        check_finite(state, step, self.checkpoints)
+        metrics = self.last if evaluated else None
+        self.checkpoints.save(step, state, self.loader.get_state(), metrics)
+        self.console.mark(step)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hcnet import model
 from hcnet.model import HcNet
 
 POOL_SCALES = (1, 2, 3, 6)
@@ -129,44 +130,16 @@ def decoder_spec(num_classes: int = 150, *, channels: int = 512, aux_channels: i
 
 def spec(variant: str | None, num_classes: int = 150, *, channels: int = 512, aux_channels: int = 256,
          dropout: float = 0.1, **overrides) -> dict:
-    """A whole network's spec (hcnet.model.build takes it): the HcNet `variant` without its classification
+    """A whole network's spec (hcnet.nets.build takes it): the HcNet `variant` without its classification
     head, and the decoder."""
-    from hcnet import model
-    return {**model.model_spec(variant, **{**overrides, "num_classes": 0}),
-            "decoder": decoder_spec(num_classes, channels=channels, aux_channels=aux_channels, dropout=dropout)}
+    decoder = decoder_spec(num_classes, channels=channels, aux_channels=aux_channels, dropout=dropout)
+    return {**model.model_spec(variant, **{**overrides, "num_classes": 0}), "decoder": decoder}
 
 
 def from_spec(backbone: dict, decoder: dict, *, rngs: nnx.Rngs) -> UperNet:
     """UperNet from a backbone spec (HcNet's keyword arguments) and a decoder entry (`decoder_spec`)."""
-    from hcnet import model
     if decoder.get("kind") != "upernet":
         raise ValueError(f"decoder {decoder.get('kind')!r}: this version builds 'upernet'")
-    return UperNet(model.build(backbone, rngs=rngs), backbone["dims"], decoder["num_classes"],
+    return UperNet(model.from_spec(backbone, rngs=rngs), backbone["dims"], decoder["num_classes"],
                    channels=decoder["channels"], aux_channels=decoder["aux_channels"], dropout=decoder["dropout"],
                    dtype=backbone.get("dtype", jnp.float32), rngs=rngs)
-
-
-def build(variant: str, num_classes: int = 150, *, rngs: nnx.Rngs, channels: int = 512, aux_channels: int = 256,
-          **overrides) -> UperNet:
-    """UperNet with the HcNet `variant` as its backbone (mmseg's head sizes by default: 512 and 256 channels)."""
-    from hcnet import model
-    return model.build(spec(variant, num_classes, channels=channels, aux_channels=aux_channels, **overrides),
-                       rngs=rngs)
-
-
-def summary(variant: str, num_classes: int = 150, height: int = 512, width: int = 2048) -> dict:
-    """Parameters (backbone, decode head, auxiliary head, all) and the MACs of one inference forward
-    (backbone and decode head, as mmseg's get_flops counts them) at height x width."""
-    from hcnet import count
-    net = nnx.eval_shape(lambda: build(variant, num_classes, rngs=nnx.Rngs(0), dtype="float32",
-                                       depthwise_impl="conv"))  # depthwise filters counted as k*k MACs
-    graphdef, state = nnx.split(net)
-
-    def fn(s, x):
-        merged = nnx.merge(graphdef, s)
-        return merged.decode(merged.backbone.features(x))
-
-    image = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
-    params = {name: count.count_params(getattr(net, name)) for name in ("backbone", "decode", "aux")}
-    return {**params, "params": sum(params.values()),
-            "macs": count.jaxpr_macs(jax.make_jaxpr(fn)(state, image).jaxpr)}

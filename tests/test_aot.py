@@ -1,4 +1,4 @@
-"""hcnet.aot: Cloud TPU slice names, and the real train step compiled by the TPU compiler (libtpu) on this CPU.
+"""hcnet.measure.aot: Cloud TPU slice names, and the real train step compiled by the TPU compiler (libtpu) on this CPU.
 
 The compiling tests need libtpu (requirements-tpu.txt) and are skipped without it: the suite's install does
 not carry the 684 MB wheel (see the README's "Compiling for a TPU slice ahead of time")."""
@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from hcnet import aot
+from hcnet.measure import aot
 from hcnet.errors import ConfigError, UserError
 from runs import smoke
 
@@ -100,10 +100,10 @@ def test_the_smoke_train_step_compiles_for_a_v5e_slice_within_a_hand_bound(smoke
     tiles; the state is donated (aliased to the output)."""
     import jax
     c, report = smoke_on_v5e
-    from hcnet import optim, tasks, trainer, sharding
+    from hcnet import optim, tasks, trainer
     task = tasks.create(c)
     tx, schedule = optim.from_config(c.optim, c.batch_size, 8, 2)
-    shapes = jax.eval_shape(lambda: trainer.init_state(task, tx, 0, ema=True))
+    shapes = jax.eval_shape(lambda: trainer.init_state(task.spec, tx, 0, ema=True))
     leaves = jax.tree.leaves(shapes)
     rows = c.batch_size // 4
     batch = [((rows, 32, 32, 3), 1), ((rows,), 4), ((rows,), 1), ((rows,), 4)]  # image, label, mask, index
@@ -136,7 +136,9 @@ def test_the_augmentation_compiled_for_tpu_looks_up_tables_without_gathers():
     for impl in ("auto", "gather"):
         c = smoke()
         c.augment.randaugment, c.augment.lut_impl = "rand-m9-mstd0.5-inc1", impl
-        lowered = jax.jit(tasks.create(c).train_inputs).lower(key, aot.batch_shapes(c, batch_sh))
+        task = tasks.create(c)
+        batch = sharding.placed(task.batch_shapes(c.batch_size), batch_sh)
+        lowered = jax.jit(task.train_inputs).lower(key, batch)
         per_image[impl] = aot.figures(lowered, c.batch_size / 4)["bytes_accessed_per_image"]
     assert per_image["gather"] > 500e6 and per_image["auto"] < 50e6, per_image
 
@@ -182,7 +184,7 @@ def test_reports_become_one_markdown_table(tmp_path, capsys):
     invoke(aot_table.main, [str(tmp_path / "t.json")])
     assert "| 120 | - (loop) | - (loop) (386) | - | - | 403 s |" in capsys.readouterr().out
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(UserError, match="bad.json: not a report written by hcnet.aot --out"):
+    with pytest.raises(UserError, match="bad.json: not a report written by hcnet.tools.aot --out"):
         aot_table.main(["aot_table", str(tmp_path / "bad.json")])
 
 
@@ -195,5 +197,5 @@ def test_without_libtpu_the_tool_says_what_to_install(monkeypatch):
             raise ImportError("no libtpu")
         return real(name, *args, **kwargs)
     monkeypatch.setattr(builtins, "__import__", no_libtpu)
-    with pytest.raises(UserError, match=r"^hcnet.aot needs the TPU compiler: pip install -r requirements-tpu.txt"):
+    with pytest.raises(UserError, match=r"^hcnet.tools.aot needs the TPU compiler: pip install -r requirements-tpu.txt"):
         aot.devices("v5e-4")

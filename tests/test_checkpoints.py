@@ -1,5 +1,4 @@
 """The run's CheckpointManager and the training step's pieces: retention, damage, accumulation, EMA, bf16."""
-import functools
 import pathlib
 
 import jax

@@ -6,9 +6,10 @@ import sys
 import pytest
 
 from hcnet import tools
-from hcnet.count import count_macs, count_params, summary
+from hcnet.measure.count import classifier_counts, count_macs, count_params
 from hcnet.layers import conv_out_size
-from hcnet.model import VARIANTS, abstract, model_spec
+from hcnet.model import VARIANTS, model_spec
+from hcnet.nets import abstract
 from hcnet.tools import count as count_tool
 
 # variant, operator -> (params, exact conv+linear MACs at 224, REFERENCE.md's GMACs)
@@ -53,7 +54,7 @@ TRACED = sorted(k for k in TABLE if k[0] != "B" or k[1] == "mean8")
 @pytest.mark.parametrize("variant, form", TRACED)
 def test_counts_match_the_reference_table(variant, form):
     params, macs, gmacs = TABLE[variant, form]
-    out = summary(model_spec(variant, heat_operator=form), with_xla=False)
+    out = classifier_counts(model_spec(variant, heat_operator=form), with_xla=False)
     assert out["params"] == params
     assert out["macs"] == macs == hand_macs(**VARIANTS[variant], form=form)
     # the table's last digit: T-learned3's 4.17649664 G appears as 4.177 (rounded via 4.1765)
@@ -76,7 +77,7 @@ def test_learned_forms_add_one_stencil_per_block(variant, form):
     ((3, 8, 18, 3), "learned5", 27_988_200, 4.762),  # the reference training config HcNet-T.yaml
 ])
 def test_counts_of_the_reference_depth_lists(depths, form, params, gmacs):
-    out = summary(model_spec("T", depths=depths, heat_operator=form), with_xla=False)
+    out = classifier_counts(model_spec("T", depths=depths, heat_operator=form), with_xla=False)
     assert out["params"] == params
     assert round(out["macs"] / 1e9, 3) == gmacs
 

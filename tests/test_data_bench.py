@@ -4,7 +4,7 @@ import json
 import pytest
 
 from hcnet import tools
-from hcnet.data import bench
+from hcnet.measure import data_bench as bench
 from hcnet.tools import data_bench
 
 

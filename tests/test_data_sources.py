@@ -149,7 +149,8 @@ def test_real_labels_are_scored_as_real_does_through_the_real_tfds_builder(tmp_p
     from hcnet import sharding, tasks
     from hcnet.data.augment import normalize
     from hcnet.evaluators import multilabel
-    from hcnet.model import ModelDef, model_spec
+    from hcnet.model import model_spec
+    from hcnet.nets import ModelDef, predict_fn
     tars = images.imagenet_tars(tmp_path / "tars", per_class=1, val=5)
     spec = model_spec("mu", num_classes=1000, dtype="float32")
     model_def, shapes = ModelDef.from_spec(spec)
@@ -175,7 +176,7 @@ def test_real_labels_are_scored_as_real_does_through_the_real_tfds_builder(tmp_p
     c.eval_batch_size = 4  # 5 images in 2 batches of 4 over 2 devices: 3 padding rows
     config_lib.validate(c, num_devices=2, training=False)
     mesh = sharding.make_mesh(devices=jax.devices()[:2])
-    _, evaluator = tasks.create(c).evaluators(mesh, model_def)
+    _, evaluator = tasks.create(c).evaluators(mesh, predict_fn(model_def))
     assert isinstance(evaluator, multilabel.Evaluator) and evaluator.metrics == ("top1", "count", "unlabeled")
     assert evaluator(jax.device_put(params, sharding.replicated(mesh))) == {"top1": 0.5, "count": 4, "unlabeled": 1}
 

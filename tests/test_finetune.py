@@ -18,7 +18,8 @@ from flax import nnx
 import hcnet
 from hcnet import checkpoint, finetune, optim, trainer
 from hcnet.errors import ConfigError
-from hcnet.model import ModelDef, model_spec
+from hcnet.model import model_spec
+from hcnet.nets import ModelDef
 from runs import ROOT, smoke
 
 checkpoint.configure_orbax()

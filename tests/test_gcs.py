@@ -18,7 +18,7 @@ import pytest
 import hcnet
 from hcnet import checkpoint, monitor, paths, tools, trainer
 from hcnet.errors import UserError
-from hcnet.export import export
+from hcnet.serve.export import export
 from runs import smoke
 from test_checkpoints import abstract, tiny_state
 from test_train import ROOT, _run_until, assert_same, env_with, params_of, train_cmd, train_in_two_processes

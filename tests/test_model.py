@@ -6,7 +6,8 @@ import pytest
 from flax import nnx
 
 from hcnet.layers import conv_out_size, drop_path, drop_path_rates
-from hcnet.model import VARIANTS, ModelDef, abstract, create_model, for_platform, model_spec
+from hcnet.model import VARIANTS, create_model, model_spec
+from hcnet.nets import ModelDef, abstract, for_platform
 from hcnet.stencils import depthwise_conv, gelu, gelu_filter
 
 
@@ -204,7 +205,7 @@ def test_shift_and_grouped_conv_forms_give_the_same_gradients():
 
 def test_auto_is_the_shifted_form_on_the_cpu_bit_for_bit():
     """depthwise_impl='auto' (the default) lowers to the shifted multiply-adds for a CPU: no convolution
-    in the program, and the gradients of 'shift' exactly (hcnet.aot's tests check a TPU gets convolutions)."""
+    in the program, and the gradients of 'shift' exactly (hcnet.measure.aot's tests check a TPU gets convolutions)."""
     x = jax.random.normal(jax.random.key(0), (2, 40, 36, 3))
     a, b = (create_model("mu", heat_operator="learned5", depthwise_impl=impl, rngs=rngs()) for impl in ("auto", "shift"))
     grad = nnx.jit(lambda m, x: nnx.grad(lambda m: jnp.mean(m(x) ** 2))(m))

@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 
 from hcnet import config as config_lib
-from hcnet import evaluation, export, visualize
+from hcnet import eval_report
+from hcnet import trained as trained_lib
+from hcnet.serve import export, visualize
 from hcnet.data import segmentation
 from hcnet.errors import UserError
 from conftest import once_per_session
@@ -74,7 +76,7 @@ def test_the_checkpoint_evaluates_as_trained_and_with_the_multi_scale_flip_test(
     trained = float(re.search(r"step 80 eval: eval/mIoU ([\d.]+)", console)[1])
     c = config_lib.from_json((workdir / "config.json").read_text())
     c.segmentation.ms_ratios, c.segmentation.ms_flip = (1.0,), True
-    report = evaluation.evaluate_checkpoint(c, workdir)
+    report = eval_report.evaluate(c, workdir)
     got = report["results"]["raw"]
     assert got["count"] == 40 and got["ms/count"] == 40 and report["examples"] == 40
     # the same weights and images; another device count and XLA optimisation level round the logits differently
@@ -84,9 +86,9 @@ def test_the_checkpoint_evaluates_as_trained_and_with_the_multi_scale_flip_test(
     # BatchNorm in training mode) moves mIoU by tenths
     assert got["mIoU"] == pytest.approx(trained, abs=2e-3)
     assert got["ms/mIoU"] > 2 * CHANCE and 0 < got["aAcc"] <= 1
-    text = evaluation.table(report)
+    text = eval_report.table(report)
     assert "mIoU" in text.splitlines()[0] and len(text.splitlines()) == 3
-    assert evaluation.default_out(report).name == "hcnet_collages_test__40_whole_ms_step80.json"
+    assert eval_report.default_out(report).name == "hcnet_collages_test__40_whole_ms_step80.json"
 
 
 def test_an_exported_segmentation_checkpoint_predicts_masks_and_overlays(seg_run, tmp_path):
@@ -99,7 +101,7 @@ def test_an_exported_segmentation_checkpoint_predicts_masks_and_overlays(seg_run
     image, truth = segmentation.collage(7, "test", segmentation.collage_photos())
     (tmp_path / "collage.png").write_bytes(_png(image))
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    written, failed = visualize.visualize(workdir, [tmp_path / "collage.png", tmp_path / "broken.jpg"], tmp_path / "out")
+    written, failed = visualize.visualize(trained_lib.open(workdir), [tmp_path / "collage.png", tmp_path / "broken.jpg"], tmp_path / "out")
     assert [f for f, _ in failed] == [str(tmp_path / "broken.jpg")]
     files = written[str(tmp_path / "collage.png")]
     mask = np.asarray(Image.open(files["mask"]))

@@ -64,9 +64,10 @@ def test_upernet_output_strides_and_shapes_at_a_non_square_size():
     image-size output."""
     from flax import nnx
 
-    from hcnet import upernet
+    from hcnet import nets, upernet
     from hcnet.layers import conv_out_size
-    net = nnx.jit(lambda: upernet.build("mu", 5, rngs=nnx.Rngs(0), channels=16, aux_channels=8, dtype="float32"))()
+    spec = upernet.spec("mu", 5, channels=16, aux_channels=8, dtype="float32")
+    net = nnx.jit(lambda: nets.build(spec, rngs=nnx.Rngs(0)))()
     x = np.random.default_rng(0).random((2, 70, 45, 3), np.float32)
     (decode, aux), full = nnx.jit(lambda m, x: (m.logits(x), m(x)))(
         nnx.view(net, deterministic=True, use_running_average=True), x)
@@ -80,13 +81,13 @@ def test_upernet_output_strides_and_shapes_at_a_non_square_size():
 def test_upernet_t_parameters_are_mmsegs_heads_on_hcnet_t():
     """mmseg's UPerHead (512 channels) and FCNHead (256) on HcNet-T's dims, counted by hand; BN's scale and
     bias are parameters, its running statistics are not (as mmseg counts)."""
-    from hcnet import upernet
+    from hcnet.measure.count import segmentation_counts
     d, c, k = (64, 128, 320, 512), 512, 150
     conv_bn = lambda cin, cout, kernel: kernel * kernel * cin * cout + 2 * cout  # no conv bias beside a norm
     decode = (4 * conv_bn(d[3], c, 1) + conv_bn(d[3] + 4 * c, c, 3) + sum(conv_bn(x, c, 1) for x in d[:3])
               + 3 * conv_bn(c, c, 3) + conv_bn(4 * c, c, 3) + c * k + k)
     aux = conv_bn(d[2], 256, 3) + 256 * k + k
-    t = upernet.summary("T")
+    t = segmentation_counts("T")
     assert (t["decode"], t["aux"]) == (decode, aux) == (29_711_510, 776_342)
     assert t["backbone"] == 28_416_936 - (512 * 1000 + 1000)  # HcNet-T (README's count) without its head
 
@@ -137,15 +138,15 @@ def test_sliding_window_and_whole_image_agree_for_a_pointwise_model_and_not_for_
     assert not np.allclose(seg_inference.slide_logits(context, image, **kw), seg_inference.whole_logits(context, image),
                            atol=1e-3)
     # multi-scale with flip: probabilities at the image's size; a mirror-symmetric model is unchanged by the flip
-    p = seg_inference.probabilities(pointwise, image, scale=(110, 70), ratios=(0.5, 1.0, 1.5), flip=True, **kw)
+    p = seg_inference.probability_map(pointwise, image, scale=(110, 70), ratios=(0.5, 1.0, 1.5), flip=True, **kw)
     assert p.shape == (70, 110, 5)
     np.testing.assert_allclose(p.sum(-1), 1, rtol=1e-5)
-    single = seg_inference.probabilities(pointwise, image, scale=(110, 70), flip=False, **kw)
-    flipped = seg_inference.probabilities(pointwise, image, scale=(110, 70), flip=True, **kw)
+    single = seg_inference.probability_map(pointwise, image, scale=(110, 70), flip=False, **kw)
+    flipped = seg_inference.probability_map(pointwise, image, scale=(110, 70), flip=True, **kw)
     np.testing.assert_allclose(flipped, single, rtol=1e-5, atol=1e-6)
     ramp = jax.jit(lambda x: x @ weights / 255 + jnp.linspace(0, 3, x.shape[2])[None, None, :, None] * jnp.arange(5))
-    assert not np.allclose(seg_inference.probabilities(ramp, image, scale=(110, 70), flip=True, **kw),
-                           seg_inference.probabilities(ramp, image, scale=(110, 70), flip=False, **kw), atol=1e-3)
+    assert not np.allclose(seg_inference.probability_map(ramp, image, scale=(110, 70), flip=True, **kw),
+                           seg_inference.probability_map(ramp, image, scale=(110, 70), flip=False, **kw), atol=1e-3)
 
 
 PALETTE = np.array([[250, 10, 10], [10, 250, 10], [10, 10, 250], [240, 240, 20]], np.uint8)

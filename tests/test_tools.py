@@ -1,4 +1,5 @@
-"""eval.py, hcnet.predict, hcnet.visualize and hcnet.bench on the smoke run, and the numbers behind the figures."""
+"""eval.py, hcnet.serve (predict, visualize) and hcnet.measure (bench, roofline) on the smoke run, and the numbers
+behind the figures."""
 import json
 import os
 import re
@@ -14,7 +15,10 @@ from flax import nnx
 from PIL import Image
 
 import hcnet
-from hcnet import bench, checkpoint, evaluation, predict, roofline, run_files, tools, visualize
+from hcnet import checkpoint, eval_report, tools, trained
+from hcnet.data import sources
+from hcnet.measure import bench, roofline
+from hcnet.serve import predict, visualize
 from hcnet.errors import ConfigError, UserError
 from hcnet.tools import predict as predict_tool
 from hcnet.data import augment, transforms
@@ -44,8 +48,8 @@ def table_rows(text: str) -> list[dict]:
 # ---------------------------------------------------------------- eval
 def test_evaluation_counts_every_example_for_raw_and_ema_and_matches_training(smoke_run):
     run_dir, result, _ = smoke_run
-    c = run_files.read_config(run_dir)
-    report = evaluation.evaluate_checkpoint(c, run_dir)
+    c = trained.read_config(run_dir)
+    report = eval_report.evaluate(c, run_dir)
     assert report["step"] == 8 and set(report["results"]) == {"raw", "ema"}
     for name, prefix in (("raw", "eval"), ("ema", "eval_ema")):
         got = report["results"][name]
@@ -56,11 +60,11 @@ def test_evaluation_counts_every_example_for_raw_and_ema_and_matches_training(sm
     # a slice that leaves a padded last batch, at another resolution and crop, an older step
     c.dataset.eval_split, c.dataset.image_size, c.dataset.crop_pct = "validation[:13]", 48, 1.0
     c.evals = (dict(name="train_40", split="train[:7]", image_size=40),)  # config.evals: one more, its own rows
-    report = evaluation.evaluate_checkpoint(c, run_dir, step=4, weights=["ema"])
+    report = eval_report.evaluate(c, run_dir, step=4, weights=["ema"])
     assert report["step"] == 4 and list(report["results"]) == ["ema"]
     assert report["results"]["ema"]["count"] == 13 and report["image_size"] == 48
     assert report["results"]["ema"]["train_40/count"] == 7
-    rows = table_rows(evaluation.table(report))
+    rows = table_rows(eval_report.table(report))
     assert [(r["weights"], r["step"], r["eval"], r["split"], r["size"], r["crop"], r["count"]) for r in rows] == [
         ("ema", "4", "eval", "validation[:13]", "48", "1.000", "13"), ("ema", "4", "train_40", "train[:7]", "40", "1.000", "7")]
     assert float(rows[0]["top1"]) == pytest.approx(report["results"]["ema"]["top1"], abs=5e-5)
@@ -69,20 +73,20 @@ def test_evaluation_counts_every_example_for_raw_and_ema_and_matches_training(sm
 
 def test_evaluation_refuses_what_it_cannot_do_in_one_line(smoke_run, tmp_path):
     run_dir, _, _ = smoke_run
-    c = run_files.read_config(run_dir)
+    c = trained.read_config(run_dir)
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 5 \(steps there: \[4, 8\]\)"):
-        evaluation.evaluate_checkpoint(c, run_dir, step=5)
+        eval_report.evaluate(c, run_dir, step=5)
     with pytest.raises(FileNotFoundError, match="not an hcnet checkpoint or training workdir"):
-        evaluation.evaluate_checkpoint(c, tmp_path)
+        eval_report.evaluate(c, tmp_path)
     c.dataset.num_classes = 1000  # synthetic data takes the config's class count
     with pytest.raises(ConfigError, match=r"head has 10 classes but config.dataset.num_classes=1000 \(synthetic\)"):
-        evaluation.evaluate_checkpoint(c, run_dir)
+        eval_report.evaluate(c, run_dir)
     c.eval_batch_size = 12
     with pytest.raises(ConfigError, match=r"eval_batch_size=12: 0 \(batch_size\) or a positive multiple of the 8 devices"):
-        evaluation.evaluate_checkpoint(c, run_dir)
+        eval_report.evaluate(c, run_dir)
     c.eval_batch_size = 0
     with pytest.raises(ConfigError, match="weights=raw,best: each must be raw or ema"):
-        evaluation.evaluate_checkpoint(c, run_dir, weights=["raw", "best"])
+        eval_report.evaluate(c, run_dir, weights=["raw", "best"])
 
 
 def test_eval_py_prints_the_table_and_writes_json(smoke_run, tmp_path):
@@ -102,7 +106,7 @@ def test_eval_py_prints_the_table_and_writes_json(smoke_run, tmp_path):
 def test_predict_gives_sorted_top5_and_keeps_going_past_bad_files(smoke_run, tmp_path):
     run_dir, _, _ = smoke_run
     files = write_images(tmp_path)
-    results, failed = predict.predict(run_dir, list(files.values()))
+    results, failed = predict.classify(trained.open(run_dir), list(files.values()))
     assert list(results) == [files["good.png"], files["photo.jpg"]]
     assert dict(failed) == {files["notes.jpg"]: "not an image Pillow can decode (JPEG, PNG, BMP, GIF, WebP, TIFF are)",
                             files["missing.png"]: "no such file"}
@@ -130,12 +134,12 @@ def test_predict_command_line_reports_skips_and_exits_1(smoke_run, tmp_path, cap
 
 
 def test_a_1000_class_head_gets_the_imagenet_names(tmp_path):
-    names = predict.imagenet_names()
+    names = sources.imagenet_names()
     assert len(names) == 1000 and len(set(names)) == 999  # "crane" is a bird (134) and a machine (517)
     assert names[0] == "tench, Tinca tinca" and names[1].startswith("goldfish") and names[999].startswith("toilet tissue")
     assert names[134] == names[517] == "crane"
-    assert predict.class_names(tmp_path, 1000) == names
-    assert predict.class_names(tmp_path, 3) == ["class 0", "class 1", "class 2"]
+    assert sources.class_names(None, 1000) == names  # no config: ImageNet's names for 1000 classes
+    assert sources.class_names(None, 3) == ["class 0", "class 1", "class 2"]
 
 
 # ---------------------------------------------------------------- the numbers behind the figures
@@ -202,7 +206,7 @@ def test_visualize_writes_four_figures_and_the_numbers_behind_them(smoke_run, tm
     from hcnet import paths as paths_lib
     run_dir, _, _ = smoke_run
     files = write_images(tmp_path)
-    written, failed = visualize.visualize(run_dir, [files["good.png"], files["notes.jpg"]], f"{bucket}/figures")
+    written, failed = visualize.visualize(trained.open(run_dir), [files["good.png"], files["notes.jpg"]], f"{bucket}/figures")
     assert [f for f, _ in failed] == [files["notes.jpg"]]
     paths = written[files["good.png"]]
     assert all(str(p).startswith(f"{bucket}/figures/") for p in paths.values())
@@ -221,7 +225,7 @@ def test_visualize_writes_four_figures_and_the_numbers_behind_them(smoke_run, tm
     assert any(np.max(m) > 0 for m in numbers["grad_cam"]), [float(np.max(m)) for m in numbers["grad_cam"]]
     assert len(numbers["high_frequency_share"]) == 6 and numbers["class"] == f"class {numbers['target']}"
     with pytest.raises(UserError, match="--target_class=10: the model has 10 classes; give 0 to 9"):
-        visualize.visualize(run_dir, [files["good.png"]], tmp_path / "out", target=10)
+        visualize.visualize(trained.open(run_dir), [files["good.png"]], tmp_path / "out", target=10)
 
 
 # ---------------------------------------------------------------- bench
@@ -294,7 +298,7 @@ def test_the_finetune_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
 
 def test_roofline_tally_for_hcnet_t():
     assert roofline.block_units(4.0) == (23, 37)
-    out = roofline.summary("T", 224, batch=128)
+    out = roofline.estimate("T", 224, batch=128)
     assert out["train_flops_per_image"] == 6 * 4_153_917_440 and out["params"] == 28_416_936
     elements = 5 * 64 * 56 ** 2 + 5 * 128 * 28 ** 2 + 14 * 320 * 14 ** 2 + 5 * 512 * 7 ** 2  # sum of C H W per block
     assert out["activation_bytes"]["blocks"] == 2 * 60 * elements

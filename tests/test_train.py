@@ -19,7 +19,7 @@ from flax import nnx
 import hcnet
 import hcnet.errors
 from hcnet import checkpoint, monitor, tools, trainer
-from hcnet.export import export
+from hcnet.serve.export import export
 from hcnet.tools import export as export_tool
 from runs import smoke
 

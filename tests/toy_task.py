@@ -14,12 +14,12 @@ class ProbeEvaluator:
     metrics = ("first_logit",)
     headline = ("first_logit",)
 
-    def __init__(self, model_def):
-        self.name, self._model_def = "probe", model_def
-        self._x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 32, 32, 3)), jnp.float32)
+    def __init__(self, predict):
+        self.name, self._predict = "probe", predict
+        self._x = jnp.asarray(np.random.default_rng(0).integers(0, 256, size=(8, 32, 32, 3)), jnp.uint8)
 
     def __call__(self, params):
-        logits = jax.jit(lambda p: self._model_def.bind(p)(self._x))(params)
+        logits = jax.jit(self._predict)(params, self._x)
         return {"first_logit": float(logits[:, 0].mean())}
 
 
@@ -27,5 +27,5 @@ class Task(classification.Task):
     def loss(self, logits, targets):
         return LOSS_SCALE * jnp.sum((jax.nn.softmax(logits) - targets) ** 2, axis=-1)
 
-    def evaluators(self, mesh, model_def):
-        return [ProbeEvaluator(model_def)]
+    def evaluators(self, mesh, predict):
+        return [ProbeEvaluator(predict)]

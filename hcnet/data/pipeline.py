@@ -167,3 +167,10 @@ def eval_loader(source: Source, sharding, global_batch: int, transform, *, prefe
     ds = eval_dataset(source, transform, global_batch=global_batch, row0=row0, rows=rows, threads=threads,
                       workers=workers)
     return Loader(ds, sharding, global_batch, prefetch)
+
+
+def batch_shapes(global_batch: int, **fields) -> dict:
+    """The abstract global batch a loader yields: `fields` (name=(per-example shape, dtype)) and the
+    loader's own `mask` and `index`, as jax.ShapeDtypeStruct."""
+    fields = {**fields, "mask": ((), np.bool_), "index": ((), np.int32)}
+    return {k: jax.ShapeDtypeStruct((global_batch, *shape), dtype) for k, (shape, dtype) in fields.items()}

@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 
+from hcnet import paths
 from hcnet.errors import DataError
 
 SYNTHETIC = "synthetic"
@@ -180,3 +181,48 @@ def open_segmentation(name: str, split: str, *, data_dir=None, field: str = "dat
                         "list); prepare one with --dataset=hcnet_ade20k or --dataset=segmentation_folder")
     return SegmentationSource(records, name, split, tuple(meta["classes"]), bool(meta["reduce_zero_label"]),
                               int(meta["ignore_index"]))
+
+
+# ---------------------------------------------------------------- class names
+IMAGENET_CLASSES = "imagenet_classes.tsv"  # in the package: synset and WordNet lemmas, TFDS label order
+
+
+def _imagenet_rows() -> list[list[str]]:
+    text = (paths.PACKAGE / IMAGENET_CLASSES).read_text()
+    return [line.split("\t") for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def imagenet_names() -> list[str]:
+    """The 1000 ImageNet-1K class names in TFDS label order: WordNet lemmas, e.g. 'tench, Tinca tinca'."""
+    return [row[1] for row in _imagenet_rows()]
+
+
+def imagenet_synsets() -> list[str]:
+    """The 1000 ImageNet-1K WordNet synsets in TFDS label order, e.g. 'n01440764'."""
+    return [row[0] for row in _imagenet_rows()]
+
+
+def class_names(dataset, num_classes: int, *, segmentation: bool = False) -> list[str]:
+    """Names for a head's classes: ImageNet's for 1000 classifier classes, else those of `dataset` (a
+    config's dataset section, or None) when its metadata is prepared and has that many, else 'class N'."""
+    if num_classes == 1000 and not segmentation:
+        return imagenet_names()
+    names = []
+    if dataset is not None and dataset.name != SYNTHETIC:
+        try:
+            names = _dataset_names(dataset, segmentation)
+        except Exception:  # noqa: BLE001  metadata unavailable: numbers instead
+            names = []
+    return names if len(names) == num_classes else [f"class {i}" for i in range(num_classes)]
+
+
+def _dataset_names(dataset, segmentation: bool) -> list[str]:
+    data_dir = dataset.data_dir or None
+    if segmentation:
+        return list(open_segmentation(dataset.name, dataset.eval_split, data_dir=data_dir).classes)
+    import tensorflow_datasets as tfds
+
+    from hcnet.data import builders  # noqa: F401  registers the project's datasets
+
+    builder = tfds.builder(dataset.name, data_dir=data_dir)
+    return list(builder.info.features["label"].names) if builder.is_prepared() else []

@@ -9,10 +9,9 @@ import flax
 import jax
 import optax
 from clu import metrics as clu_metrics
-from flax import nnx
 
 from hcnet import sharding
-from hcnet.data import augment, pipeline, transforms
+from hcnet.data import pipeline, transforms
 
 
 @flax.struct.dataclass
@@ -22,9 +21,9 @@ class Metrics(clu_metrics.Collection):
     top5: clu_metrics.Average.from_output("top5")
 
 
-def eval_step(params, batch, *, model_def):
+def eval_step(weights, batch, *, predict):
     """Masked top-1, top-5 and loss of one global batch (padding rows have mask False)."""
-    logits = nnx.view(model_def.bind(params), deterministic=True)(augment.normalize(batch["image"]))
+    logits = predict(weights, batch["image"])
     labels = batch["label"]
     top = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
     hits = top == labels[:, None]
@@ -38,11 +37,13 @@ class Evaluator:
     headline = ("top1", "top5")
     eval_step = staticmethod(eval_step)
 
-    def __init__(self, name: str, source, *, model_def, mesh, batch_size: int, image_size: int,
+    def __init__(self, name: str, source, *, predict, mesh, batch_size: int, image_size: int,
                  crop_pct: float = 0.875, threads: int = 8, workers: int = 0, prefetch: int = 2):
         self.name, self.source, self.image_size, self.crop_pct = name, source, image_size, crop_pct
         self.settings = {"image_size": image_size, "crop_pct": crop_pct, "labels": source.label_key}
-        self._step = jax.jit(functools.partial(self.eval_step, model_def=model_def),
+        self.columns = {"size": str(image_size), "crop": f"{crop_pct:.3f}"}
+        self.tag = f"{image_size}_{crop_pct:g}"
+        self._step = jax.jit(functools.partial(self.eval_step, predict=predict),
                              out_shardings=sharding.replicated(mesh))
         transform = transforms.EvalTransform(image_size, crop_pct, source.label_key,
                                              source.num_classes if source.multilabel else 0)

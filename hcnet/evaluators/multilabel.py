@@ -6,9 +6,7 @@ is the number scored. Every image counts once on any number of devices and hosts
 import flax
 import jax.numpy as jnp
 from clu import metrics as clu_metrics
-from flax import nnx
 
-from hcnet.data import augment
 from hcnet.evaluators import classification
 
 
@@ -27,9 +25,9 @@ class Metrics(clu_metrics.Collection):
     labeled: clu_metrics.Average.from_output("labeled")  # over the valid images
 
 
-def eval_step(params, batch, *, model_def):
+def eval_step(weights, batch, *, predict):
     """Masked ReaL top-1 of one global batch; batch["label"] is a multi-hot bool (B, classes)."""
-    logits = nnx.view(model_def.bind(params), deterministic=True)(augment.normalize(batch["image"]))
+    logits = predict(weights, batch["image"])
     labels = batch["label"]
     top1 = jnp.argmax(logits, axis=-1)
     hit = jnp.take_along_axis(labels, top1[:, None], axis=-1)[:, 0]

@@ -79,23 +79,25 @@ class Evaluator:
     processes each scores every process_count-th image on its own devices (the weights gathered to each
     process once per evaluation) and the sums are added over processes.
 
-    `logits_fn(weights, images)`: the network's logits resized to its input, (N, h, w, 3) -> (N, h, w, C)."""
+    `predict(weights, images)` (hcnet.nets.predict_fn): the network's logits at its input's size,
+    uint8 (N, h, w, 3) -> (N, h, w, C). `tag` names the test in eval.py's report file."""
     metrics = ("mIoU", "mAcc", "aAcc", "count")
     headline = ("mIoU", "mAcc")
 
-    def __init__(self, name: str, source, logits_fn, *, mesh, mode: str = "slide", crop=(512, 512),
-                 stride=(341, 341), scale=(2048, 512), ratios=(1.0,), flip: bool = False):
-        self.name, self.source = name, source
+    def __init__(self, name: str, source, predict, *, mesh, mode: str = "slide", crop=(512, 512),
+                 stride=(341, 341), scale=(2048, 512), ratios=(1.0,), flip: bool = False, tag: str = ""):
+        self.name, self.source, self.tag = name, source, tag or mode
         if jax.process_count() > 1:  # images differ between processes: each runs on its own devices
             mesh = sharding.make_mesh(devices=jax.local_devices())
         self._mesh = mesh
-        self._fn = jax.jit(logits_fn, in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+        self._fn = jax.jit(predict, in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
                            out_shardings=sharding.replicated(mesh))
         self._devices = mesh.size
         self._options = dict(mode=mode, crop=tuple(crop), stride=tuple(stride), scale=tuple(scale),
                              ratios=tuple(ratios), flip=flip)
         self.settings = {"mode": mode, "crop": list(crop), "stride": list(stride), "scale": list(scale),
                          "ratios": list(ratios), "flip": flip}
+        self.columns = {"mode": mode, "ratios": ",".join(f"{r:g}" for r in ratios), "flip": str(flip)}
 
     def totals(self, weights) -> Totals:
         totals = Totals(self.source.num_classes)
@@ -107,7 +109,7 @@ class Evaluator:
         for i in range(jax.process_index(), len(self.source), jax.process_count()):
             record = self.source.records[i]
             image = np.asarray(transforms.rgb(transforms.open_image(record["image"])))
-            p = seg_inference.probabilities(logits, image, pad_to=self._devices, **self._options)
+            p = seg_inference.probability_map(logits, image, pad_to=self._devices, **self._options)
             totals.add(host_areas(p.argmax(-1), self.source.mask(record), num_classes=self.source.num_classes,
                                   ignore_index=self.source.ignore_index), 1)
         if jax.process_count() > 1:

@@ -16,12 +16,12 @@ by the train step.
 """
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from hcnet import config as config_lib
+from hcnet.config import require
 from hcnet import model, upernet
 from hcnet.data import augment, pipeline, seg_transforms, segmentation, sources, transforms
 from hcnet.errors import ConfigError
@@ -63,9 +63,28 @@ def pixel_loss(logits, labels, ignore_index: int = seg_eval.IGNORE_INDEX):
     return jnp.mean(jnp.where(keep, ce, 0.0), axis=(1, 2))
 
 
+def validate(c) -> None:
+    """config.segmentation's fields (for task="segmentation")."""
+    s = c.segmentation
+    for field in ("crop", "scale", "eval_stride"):
+        require(len(s[field]) == 2 and min(s[field]) >= 1, f"segmentation.{field}", s[field], "two positive integers")
+    require(0 < s.ratio_range[0] <= s.ratio_range[1], "segmentation.ratio_range", s.ratio_range,
+            "(low, high) with 0 < low <= high, e.g. (0.5, 2.0)")
+    require(0 < s.cat_max_ratio <= 1, "segmentation.cat_max_ratio", s.cat_max_ratio, "in (0, 1] (1: no check)")
+    require(0 <= s.flip <= 1, "segmentation.flip", s.flip, "a probability in [0, 1]")
+    require(s.eval_mode in ("slide", "whole"), "segmentation.eval_mode", s.eval_mode, "'slide' or 'whole'")
+    require(all(r > 0 for r in s.ms_ratios), "segmentation.ms_ratios", s.ms_ratios,
+            "() for single-scale only, or positive ratios, e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)")
+    require(s.channels >= 1 and s.aux_channels >= 1, "segmentation.channels", (s.channels, s.aux_channels),
+            "positive head widths (mmseg: 512 and 256)")
+    require(s.aux_weight >= 0, "segmentation.aux_weight", s.aux_weight, ">= 0 (mmseg: 0.4; 0 trains without it)")
+
+
 class Task:
     """config.model (the backbone), config.segmentation (head, pipeline, evaluation) and config.dataset (a
     prepared segmentation dataset: hcnet_ade20k or a segmentation folder) as a segmentation task."""
+
+    validate = staticmethod(validate)
 
     def __init__(self, c):
         self.config, s = c, c.segmentation
@@ -73,8 +92,6 @@ class Task:
                      "decoder": upernet.decoder_spec(c.dataset.num_classes, channels=s.channels,
                                                      aux_channels=s.aux_channels, dropout=s.dropout)}
         self._sources = {}
-
-    build = staticmethod(model.build)
 
     def check_spec(self, spec: dict) -> None:
         d = self.config.dataset
@@ -104,6 +121,11 @@ class Task:
         return seg_transforms.TrainTransform(crop=tuple(s.crop), scale=tuple(s.scale), ratio_range=tuple(s.ratio_range),
                                              cat_max_ratio=s.cat_max_ratio, flip=s.flip, photometric=s.photometric)
 
+    def batch_shapes(self, batch_size: int) -> dict:
+        h, w = self.config.segmentation.crop
+        return pipeline.batch_shapes(batch_size, image=((h, w, 3), jnp.uint8), label=((h, w), jnp.uint8),
+                                     valid=((2,), jnp.int32))
+
     def train_loader(self, sharding, *, state=None) -> pipeline.Loader:
         c, d = self.config, self.config.dataset
         source = self.source(d.train_split, "dataset.train_split")
@@ -129,33 +151,16 @@ class Task:
         decode, aux = outputs
         return pixel_loss(decode, labels) + self.config.segmentation.aux_weight * pixel_loss(aux, labels)
 
-    def evaluators(self, mesh, model_def) -> list:
+    def eval_step(self, predict):
+        return None  # each image at its own size, by windows the host cuts (hcnet.evaluators.segmentation)
+
+    def evaluators(self, mesh, predict) -> list:
         """`eval`: single-scale on dataset.eval_split; `ms` as well when segmentation.ms_ratios is given."""
         c, s = self.config, self.config.segmentation
         source = self.source(c.dataset.eval_split, "dataset.eval_split")
-
-        def logits(weights, images):
-            return model.eval_view(model_def.bind(weights))(augment.normalize(images))
-
         kw = dict(mesh=mesh, mode=s.eval_mode, crop=tuple(s.crop), stride=tuple(s.eval_stride), scale=tuple(s.scale))
-        evaluators = [seg_eval.Evaluator("eval", source, logits, **kw)]
+        tag = s.eval_mode + ("_ms" if s.ms_ratios else "")  # eval.py's report file
+        evaluators = [seg_eval.Evaluator("eval", source, predict, tag=tag, **kw)]
         if s.ms_ratios:
-            evaluators.append(seg_eval.Evaluator("ms", source, logits, ratios=tuple(s.ms_ratios), flip=s.ms_flip, **kw))
+            evaluators.append(seg_eval.Evaluator("ms", source, predict, ratios=tuple(s.ms_ratios), flip=s.ms_flip, **kw))
         return evaluators
-
-
-def validate(c) -> None:
-    """config.segmentation's fields (for task="segmentation")."""
-    s, require = c.segmentation, config_lib.require
-    for field in ("crop", "scale", "eval_stride"):
-        require(len(s[field]) == 2 and min(s[field]) >= 1, f"segmentation.{field}", s[field], "two positive integers")
-    require(0 < s.ratio_range[0] <= s.ratio_range[1], "segmentation.ratio_range", s.ratio_range,
-            "(low, high) with 0 < low <= high, e.g. (0.5, 2.0)")
-    require(0 < s.cat_max_ratio <= 1, "segmentation.cat_max_ratio", s.cat_max_ratio, "in (0, 1] (1: no check)")
-    require(0 <= s.flip <= 1, "segmentation.flip", s.flip, "a probability in [0, 1]")
-    require(s.eval_mode in ("slide", "whole"), "segmentation.eval_mode", s.eval_mode, "'slide' or 'whole'")
-    require(all(r > 0 for r in s.ms_ratios), "segmentation.ms_ratios", s.ms_ratios,
-            "() for single-scale only, or positive ratios, e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)")
-    require(s.channels >= 1 and s.aux_channels >= 1, "segmentation.channels", (s.channels, s.aux_channels),
-            "positive head widths (mmseg: 512 and 256)")
-    require(s.aux_weight >= 0, "segmentation.aux_weight", s.aux_weight, ">= 0 (mmseg: 0.4; 0 trains without it)")

@@ -1,13 +1,14 @@
-"""hcnet.aot's JSON reports as one Markdown table (BENCHMARKS.md, "Compiled for TPU slices").
+"""hcnet.tools.aot's JSON reports as one Markdown table (BENCHMARKS.md, "Compiled for TPU slices").
 
-    python -m hcnet.aot --config=configs/hcnet_t.py --topology=v5e-64 --out=t_v5e-64.json   # one per row
+    python -m hcnet.tools.aot --config=configs/hcnet_t.py --topology=v5e-64 --out=t_v5e-64.json   # one per row
     python -m hcnet.tools.aot_table t_v5e-64.json s_v4-32.json ...
 
 Every figure is the TPU compiler's (libtpu's compile-only devices), not a hardware measurement.
 """
 import json
 
-from hcnet import aot, paths, tools
+from hcnet import paths, tools
+from hcnet.measure import aot
 from hcnet.errors import UserError
 
 GIB = 2 ** 30
@@ -34,13 +35,13 @@ def row(r: dict) -> str:
 def main(argv):
     files = argv[1:]
     if not files:
-        raise UserError("give hcnet.aot's JSON reports (--out=F.json), one per row")
+        raise UserError("give hcnet.tools.aot's JSON reports (--out=F.json), one per row")
     rows = []
     for f in files:
         try:
             rows.append(row(json.loads(paths.path(f).read_text())))
         except (KeyError, ValueError) as e:
-            raise UserError(f"{f}: not a report written by hcnet.aot --out ({e})") from None
+            raise UserError(f"{f}: not a report written by hcnet.tools.aot --out ({e})") from None
     print("\n".join([HEADER, *rows]))
 
 

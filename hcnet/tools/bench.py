@@ -1,9 +1,9 @@
-"""Training and inference throughput of HcNet, optionally beside the project's PyTorch statement of it.
+"""Training and inference throughput of HcNet (beside PyTorch: python -m reference.bench).
 
     python -m hcnet.tools.bench --variant=T --batch=128 --image_size=224 --dtype=bfloat16 [--devices=N]
-        [--mode=train,infer] [--repeats=10] [--torch] [--torch_compile] [--channels_last] [--json]
+        [--mode=train,infer] [--repeats=10] [--json]
 
-What each column means: hcnet.bench.
+What each column means: hcnet.measure.bench.
 """
 import dataclasses
 import json
@@ -19,17 +19,14 @@ flags.DEFINE_bool("remat", False, "recompute each block in the backward pass")
 flags.DEFINE_string("depthwise_impl", "auto", "the depthwise filters: auto (per platform), shift or conv")
 flags.DEFINE_string("block_loop", "auto", "a stage's blocks: auto (scanned on TPU), scan or unroll")
 flags.DEFINE_float("drop_path", 0.0, "stochastic depth rate of the last block")
-flags.DEFINE_float("peak_tflops", None, "per-device dense peak, for MFU (default: hcnet.roofline.DEVICES)")
-flags.DEFINE_bool("torch", False, "also time hcnet.torch_model in the same run")
-flags.DEFINE_bool("torch_compile", False, "torch.compile the PyTorch model")
-flags.DEFINE_bool("channels_last", False, "the PyTorch model in channels-last memory format")
+flags.DEFINE_float("peak_tflops", None, "per-device dense peak, for MFU (default: hcnet.measure.roofline.DEVICES)")
 for _name in ("variant", "heat_operator", "batch", "image_size", "repeats", "json"):
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    from hcnet import bench
+    from hcnet.measure import bench
     shape = dict(variant=FLAGS.variant, batch=FLAGS.batch or 64, image_size=FLAGS.image_size or 224)
     common = dict(dtype=FLAGS.dtype, repeats=FLAGS.repeats or 5, heat_operator=FLAGS.heat_operator,
                   drop_path=FLAGS.drop_path)
@@ -38,9 +35,6 @@ def main(argv):
         results.append(bench.measure(**shape, mode=mode, devices=FLAGS.devices, remat=FLAGS.remat,
                                      peak=FLAGS.peak_tflops, depthwise_impl=FLAGS.depthwise_impl,
                                      block_loop=FLAGS.block_loop, **common))
-        if FLAGS.torch:
-            results.append(bench.measure_torch(**shape, mode=mode, compile=FLAGS.torch_compile,
-                                               channels_last=FLAGS.channels_last, **common))
     print(json.dumps([dataclasses.asdict(r) for r in results]) if FLAGS.json else bench.table(results))
 
 

@@ -22,7 +22,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    from hcnet.count import summary
+    from hcnet.measure.count import classifier_counts
     from hcnet.model import model_spec
     if FLAGS.segmentation:
         return _segmentation()
@@ -32,7 +32,7 @@ def main(argv):
         raise UserError(f"--image_size={height} --image_width={width}: each side must be at least 32")
     spec = model_spec(FLAGS.variant, heat_operator=FLAGS.heat_operator, depths=tools.depths(),
                       num_classes=FLAGS.num_classes)
-    out = summary(spec, height, width, with_xla=FLAGS.xla)
+    out = classifier_counts(spec, height, width, with_xla=FLAGS.xla)
     if FLAGS.json:
         print(json.dumps(out))
         return
@@ -46,10 +46,10 @@ def main(argv):
 
 
 def _segmentation():
-    from hcnet import upernet
+    from hcnet.measure.count import segmentation_counts
     height, width = FLAGS.image_size or 512, FLAGS.image_width or 2048
     classes = 150 if FLAGS.num_classes == 1000 else FLAGS.num_classes  # ADE20K's unless given
-    out = upernet.summary(FLAGS.variant, classes, height, width)
+    out = segmentation_counts(FLAGS.variant, classes, height, width)
     if FLAGS.json:
         print(json.dumps(out))
         return

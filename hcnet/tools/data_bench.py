@@ -16,7 +16,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    from hcnet.data.bench import device_costs, host_rates
+    from hcnet.measure.data_bench import device_costs, host_rates
     size, batch, repeats = FLAGS.image_size or 224, FLAGS.batch or 32, FLAGS.repeats or 3
     result = host_rates(size, FLAGS.seconds)
     if FLAGS.device:

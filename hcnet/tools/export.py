@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    from hcnet import export
+    from hcnet.serve import export
     tools.require(out=FLAGS.out)
     if FLAGS.format == "checkpoint":
         tools.require(workdir=FLAGS.workdir)

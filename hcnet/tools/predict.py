@@ -26,28 +26,40 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    from hcnet.predict import is_segmentation, predict, segment
+    from hcnet import trained
+    from hcnet.serve import predict, visualize
+
     tools.require(checkpoint=FLAGS.checkpoint)
     if len(argv) < 2:
         raise UserError("give one or more image files after the flags")
-    if is_segmentation(FLAGS.checkpoint):
+    source = trained.open(FLAGS.checkpoint)
+    if source.is_segmentation:
         tools.require(out=FLAGS.out)
-        results, failed = segment(FLAGS.checkpoint, argv[1:], FLAGS.out, ema=FLAGS.ema)
-        lines = lambda f, r: [f"{f}: {r['overlay']}"] + [f"  {c['share']:7.2%}  {c['name']}  ({c['class']})"
-                                                        for c in r["classes"][:FLAGS.top]]
+        results, failed = visualize.segment_files(source, argv[1:], FLAGS.out, ema=FLAGS.ema)
+        describe = _segmentation_lines
     else:
-        results, failed = predict(FLAGS.checkpoint, argv[1:], ema=FLAGS.ema, top=FLAGS.top,
-                                  image_size=FLAGS.image_size, crop_pct=FLAGS.crop_pct)
-        lines = lambda f, rows: [f] + [f"  {r['probability']:7.2%}  {r['name']}  ({r['class']})" for r in rows]
+        results, failed = predict.classify(source, argv[1:], ema=FLAGS.ema, top=FLAGS.top,
+                                           image_size=FLAGS.image_size, crop_pct=FLAGS.crop_pct)
+        describe = _classification_lines
     for f, reason in failed:
         print(f"skipped {f}: {reason}", file=sys.stderr)
     if FLAGS.json:
         print(json.dumps({"predictions": results, "skipped": dict(failed)}))
     else:
         for f, r in results.items():
-            print("\n".join(lines(f, r)))
+            print("\n".join(describe(f, r)))
     if failed:
         sys.exit(1)
+
+
+def _segmentation_lines(f, written) -> list[str]:
+    shares = [f"  {c['share']:7.2%}  {c['name']}  ({c['class']})" for c in written["classes"][: FLAGS.top]]
+    return [f"{f}: {written['overlay']}", *shares]
+
+
+def _classification_lines(f, rows) -> list[str]:
+    return [f, *(f"  {r['probability']:7.2%}  {r['name']}  ({r['class']})" for r in rows)]
+
 
 if __name__ == "__main__":
     tools.run(main)

@@ -2,7 +2,7 @@
 
     python -m hcnet.tools.roofline --variant=T --image_size=224 [--batch=128] [--act_bytes=2] [--json]
 
-How the bytes are tallied: hcnet.roofline.
+How the bytes are tallied: hcnet.measure.roofline.
 """
 import json
 
@@ -17,8 +17,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    from hcnet.roofline import summary
-    out = summary(FLAGS.variant, FLAGS.image_size or 224, FLAGS.batch or 128, FLAGS.act_bytes)
+    from hcnet.measure.roofline import estimate
+    out = estimate(FLAGS.variant, FLAGS.image_size or 224, FLAGS.batch or 128, FLAGS.act_bytes)
     if FLAGS.json:
         print(json.dumps(out))
         return

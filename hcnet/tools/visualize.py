@@ -18,11 +18,14 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    from hcnet.visualize import visualize
+    from hcnet import trained
+    from hcnet.serve.visualize import visualize
+
     tools.require(checkpoint=FLAGS.checkpoint, out=FLAGS.out)
     if len(argv) < 2:
         raise UserError("give one or more image files after the flags")
-    written, failed = visualize(FLAGS.checkpoint, argv[1:], FLAGS.out, ema=FLAGS.ema, target=FLAGS.target_class,
+    source = trained.open(FLAGS.checkpoint)
+    written, failed = visualize(source, argv[1:], FLAGS.out, ema=FLAGS.ema, target=FLAGS.target_class,
                                 image_size=FLAGS.image_size, crop_pct=FLAGS.crop_pct)
     for f, reason in failed:
         print(f"skipped {f}: {reason}", file=sys.stderr)

@@ -9,10 +9,13 @@ erasing, mixing) on a batch against one HcNet training step (forward, backward, 
 import io
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from hcnet.data import transforms
+from hcnet.data import augment, transforms
+from hcnet.measure.bench import median_seconds, train_step_seconds
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
           "colorwheel", "cat")
@@ -46,12 +49,6 @@ def host_rate(fn, jpegs, seconds: float) -> float:
 
 def device_costs(batch: int, image_size: int, variant: str, repeats: int) -> dict:
     """Seconds per batch of the device augmentation and of one HcNet training step, on one device."""
-    import jax
-    import jax.numpy as jnp
-
-    from hcnet.bench import median_seconds, train_step_seconds
-    from hcnet.data import augment
-
     rng = np.random.default_rng(0)
     data = {"image": jnp.asarray(rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)),
             "label": jnp.asarray(rng.integers(0, 1000, batch)), "mask": jnp.ones(batch, bool)}

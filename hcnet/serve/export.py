@@ -7,21 +7,20 @@ serving that needs nothing of this project (hcnet.tools.export).
                 probabilities (batch, classes); load with jax.export.deserialize(bytes).call(images)
     savedmodel  DIR/ a TensorFlow SavedModel (+ DIR/serving.json): signature serving_default takes uint8
                 images (batch, H, W, 3) of any size, resizes and crops them exactly as evaluation does
-                (hcnet.savedmodel.eval_crop) and returns {"probabilities": (batch, classes)}; signatures
+                (hcnet.serve.savedmodel.eval_crop) and returns {"probabilities": (batch, classes)}; signatures
                 preprocess and probabilities are its two halves
 
 The weights are constants inside the exported program; the SavedModel runs the same program through
-TensorFlow's XlaCallModule (hcnet.savedmodel says what it takes to make TensorFlow 2.21 read it).
+TensorFlow's XlaCallModule (hcnet.serve.savedmodel says what it takes to make TensorFlow 2.21 read it).
 """
 import json
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
-from hcnet import checkpoint, paths, predict, run_files
-from hcnet.data.augment import normalize
+from hcnet import checkpoint, paths, trained
 from hcnet.errors import UserError
+from hcnet.serve import predict
 
 FORMATS = ("checkpoint", "stablehlo", "savedmodel")
 STABLEHLO_FILE, SERVING_FILE = "model.stablehlo", "serving.json"
@@ -31,34 +30,39 @@ def export(run_dir, out, *, ema: bool = False, step: int | None = None) -> paths
     """Copies the chosen weights and the model spec of `run_dir` to the new directory `out` (either gs://)."""
     run_dir = paths.path(run_dir)
     paths.check(run_dir)
-    if not checkpoint.is_run_dir(run_dir):
+    if not (run_dir / checkpoint.CHECKPOINTS).is_dir():
         raise FileNotFoundError(f"{run_dir}: not a training workdir (expected model.json and checkpoints/)")
-    model = checkpoint.load(run_dir, ema=ema, step=step)
-    out = checkpoint.save(out, model, checkpoint.read_spec(run_dir))
-    if (run_dir / run_files.CONFIG_FILE).is_file():  # image size, crop and dataset for predict and visualize
-        paths.copy_file(run_dir / run_files.CONFIG_FILE, out / run_files.CONFIG_FILE)
+    source = trained.open(run_dir, step=step)
+    out = checkpoint.save(out, source.model(ema=ema), source.spec)
+    if source.config is not None:  # image size, crop and dataset for predict and visualize
+        paths.copy_file(source.path / trained.CONFIG_FILE, out / trained.CONFIG_FILE)
     return out
 
 
-def probabilities_fn(model):
-    """uint8 images (B, S, S, 3), already resized and cropped -> float32 class probabilities (B, classes)."""
-    graphdef, state = nnx.split(model)
-    return lambda images: jax.nn.softmax(nnx.merge(graphdef, state)(normalize(images)).astype(jnp.float32), axis=-1)
+def probabilities_fn(predict_fn, weights):
+    """uint8 images (B, S, S, 3), already resized and cropped -> float32 class probabilities (B, classes),
+    the weights held as constants."""
+    probabilities = predict.softmax_fn(predict_fn)
+
+    def serve(images):
+        return probabilities(weights, images)
+
+    return serve
 
 
 def _serving(path, ema, step, image_size, crop_pct, platforms):
     """(the jax.export program of probabilities_fn, serving.json's fields) for a checkpoint or workdir."""
-    if predict.is_segmentation(path):
+    source = trained.open(path, step=step)
+    if source.is_segmentation:
         raise UserError(f"{path} is a segmentation network: it exports as --format=checkpoint (hcnet.load and "
                         "hcnet.tools.predict read it); stablehlo and savedmodel serve classifiers")
-    model = checkpoint.load(path, ema=ema, step=step)
-    size, crop = predict.preprocessing(path, image_size, crop_pct)
+    size, crop = source.preprocessing(image_size, crop_pct)
     batch, = jax.export.symbolic_shape("batch")
-    exported = jax.export.export(jax.jit(probabilities_fn(model)), platforms=tuple(platforms))(
-        jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8))
+    serve = jax.jit(probabilities_fn(*source.predictor(ema=ema)))
+    images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
+    exported = jax.export.export(serve, platforms=tuple(platforms))(images)
     info = {"platforms": list(platforms), "image_size": size, "crop_pct": crop,
-            "classes": predict.class_names(path, exported.out_avals[0].shape[-1]),
-            "output": "float32 class probabilities (batch, classes)"}
+            "classes": source.class_names(), "output": "float32 class probabilities (batch, classes)"}
     return exported, info
 
 
@@ -81,7 +85,7 @@ def export_stablehlo(path, out, *, ema: bool = False, step: int | None = None, i
 def export_savedmodel(path, out, *, ema: bool = False, step: int | None = None, image_size: int | None = None,
                       crop_pct: float | None = None, platforms=("cpu", "cuda", "tpu")) -> paths.Path:
     """The model of a checkpoint or workdir as a TensorFlow SavedModel, eval preprocessing included."""
-    from hcnet import savedmodel
+    from hcnet.serve import savedmodel  # TensorFlow, only here
     exported, info = _serving(path, ema, step, image_size, crop_pct, platforms)
     out = paths.new_dir(out)
     with paths.staged(out) as local:

@@ -1,6 +1,6 @@
 """Learning parity: train.py beside the reference's loop in PyTorch, on the same photo crops (needs torch).
 
-    python -m hcnet.tools.learning_parity --workdir=/tmp/hcnet-learning-parity [--seeds=0,1,2]
+    python -m reference.learning_parity --workdir=/tmp/hcnet-learning-parity [--seeds=0,1,2]
         [--inits=torch_default,trunc_normal] [--sides=jax,torch]
 
 Data: 48 random square crops (an eighth to a third of the short side) of each of five of scikit-image's
@@ -10,9 +10,9 @@ label smoothing 0.1; no RandAugment, erasing, mixup, cutmix or drop path), train
 scored on train[80%:].
 
 jax: `python train.py` with that config, seed s, `model.conv_init` set to each init.
-torch: hcnet.torch_model's statement of the network, initialised as the reference is (torch seed s;
+torch: reference.torch_model's statement of the network, initialised as the reference is (torch seed s;
 with init trunc_normal the stem and downsampling convolutions are redrawn as the blocks' are), trained
-by the reference's loop (hcnet.torch_model.train_steps) on the very batches train.py reads with seed s
+by the reference's loop (reference.torch_model.train_steps) on the very batches train.py reads with seed s
 (the project's loader), then converted and scored by the same evaluator as train.py's.
 
 Prints one row per run (held-out top-1, mean training loss over the last 40 updates, and how far the
@@ -57,8 +57,8 @@ def _jpeg(a: np.ndarray) -> bytes:
 
 def make_tars(directory: paths.Path) -> paths.Path:
     """ILSVRC2012_img_{train,val}.tar: PER_CLASS crops of each photograph under the first five synsets."""
-    from hcnet.predict import imagenet_synsets
-    from hcnet.torch_model import PHOTOS, photo_crops
+    from hcnet.data.sources import imagenet_synsets
+    from reference.torch_model import PHOTOS, photo_crops
     directory.mkdir(parents=True, exist_ok=True)
     images, labels = photo_crops(PER_CLASS * len(PHOTOS), CROP_SIZE, seed=1, sides=CROP_SIDES)
     synsets = imagenet_synsets()[:len(PHOTOS)]
@@ -105,8 +105,9 @@ def run_torch(data_dir, seed: int, init: str) -> dict:
     import torch
     from flax.traverse_util import flatten_dict, unflatten_dict
 
-    from hcnet import convert, sharding, tasks, torch_model
-    from hcnet.model import ModelDef
+    from hcnet import convert, nets, sharding, tasks
+    from reference import torch_model
+
     c = config(data_dir, seed, init)
     task = tasks.create(c)
     mesh = sharding.make_mesh(-1, 1)
@@ -127,10 +128,10 @@ def run_torch(data_dir, seed: int, init: str) -> dict:
                                          clip_norm=o.clip_norm, smoothing=c.augment.smoothing, b1=o.b1, b2=o.b2,
                                          eps=o.eps)
     moved = float((model.patch_embed.conv1.weight.detach() - w0).norm() / w0.norm())
-    model_def, wanted = ModelDef.from_spec(spec, task.build)
+    model_def, wanted = nets.ModelDef.from_spec(spec)
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     params = unflatten_dict(convert.torch_params(state, flatten_dict(wanted), spec["heat_operator"]))
-    evaluator = task.evaluators(mesh, model_def)[0]
+    evaluator = task.evaluators(mesh, nets.predict_fn(model_def))[0]
     return {"top1": evaluator(params)["top1"], "loss": float(np.mean(trajectory["loss"][-LAST:])),
             "stem_moved": moved}
 

@@ -25,9 +25,10 @@ gradients, AdamW reads weights, gradients and both moments and writes weights an
 (36 bytes per parameter, bf16 copies included), shared by the batch. This is a floor for a fused
 implementation, not what any framework achieves; it is what the "within 2x of the floor" goal means.
 """
-from hcnet.count import count_macs, count_params
+from hcnet import nets
 from hcnet.layers import conv_out_size
-from hcnet.model import abstract, model_spec
+from hcnet.measure.count import count_macs, count_params
+from hcnet.model import model_spec
 
 # per accelerator (vendor figures): the substrings of jax's device_kind that name it (first match wins, in
 # this order), dense TFLOP/s by compute dtype, HBM GB/s
@@ -86,16 +87,20 @@ def training_bytes(spec: dict, image_size: int = 224, act_bytes: int = 2) -> dic
     return {"blocks": blocks * act_bytes, "stem": stem * act_bytes, "downsample": down * act_bytes}
 
 
-def bytes_per_image(spec: dict, image_size: int = 224, batch: int = 128, act_bytes: int = 2) -> float:
-    """The fewest bytes a training step moves per image: activations, and the parameters and optimizer
-    state shared by the batch."""
-    return sum(training_bytes(spec, image_size, act_bytes).values()) + PARAM_BYTES * count_params(abstract(spec)) / batch
+def bytes_per_image(spec: dict, image_size: int = 224, batch: int = 128, act_bytes: int = 2) -> float | None:
+    """The fewest bytes a training step of the classifier `spec` moves per square image: activations, and
+    the parameters and optimizer state shared by the batch. None for a network this model does not
+    describe (one with a decoder)."""
+    if "decoder" in spec:
+        return None
+    acts = sum(training_bytes(spec, image_size, act_bytes).values())
+    return acts + PARAM_BYTES * count_params(nets.abstract(spec)) / batch
 
 
-def summary(variant: str = "T", image_size: int = 224, batch: int = 128, act_bytes: int = 2) -> dict:
+def estimate(variant: str = "T", image_size: int = 224, batch: int = 128, act_bytes: int = 2) -> dict:
     spec = model_spec(variant)
     macs = count_macs(spec, image_size)
-    params = count_params(abstract(spec))
+    params = count_params(nets.abstract(spec))
     acts = training_bytes(spec, image_size, act_bytes)
     per_image = bytes_per_image(spec, image_size, batch, act_bytes)
     flops = 6.0 * macs

@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hcnet import checkpoint as checkpoint_lib
-from hcnet import paths, predict
+from hcnet import paths
+from hcnet.data.augment import normalize
 from hcnet.errors import UserError
+from hcnet.serve import predict
 
 HIGH = 0.25  # cycles per pixel: "high frequency" is the upper half of the band up to Nyquist
 
@@ -132,7 +133,6 @@ def _device_part(graphdef, state, x, target):
 
 def analyse(model, image: np.ndarray, target: int | None = None) -> dict:
     """Every number the figures show, for one uint8 image (S, S, 3); one compiled program per model and size."""
-    from hcnet.data.augment import normalize
     graphdef, state = nnx.split(model)
     wanted = jnp.full((1,), -1 if target is None else target, jnp.int32)
     t, target, cams = jax.device_get(_device_part(graphdef, state, normalize(jnp.asarray(image)[None]), wanted))
@@ -300,27 +300,55 @@ def plot_grad_cam(image: np.ndarray, numbers: dict, label: str, path):
              overlay=True, cmap="jet")
 
 
-def visualize(checkpoint, files, out, *, ema: bool = False, target: int | None = None,
-              image_size: int | None = None, crop_pct: float | None = None) -> tuple[dict, list]:
-    """({file: {figure name: path}}, [(file, reason) skipped]); the numbers go to <stem>.json. A segmentation
-    checkpoint gets its predicted mask over each image, with a legend (hcnet.predict.segment)."""
-    if predict.is_segmentation(checkpoint):
-        written, failed = predict.segment(checkpoint, files, out, ema=ema)
-        return {f: {k: v for k, v in w.items() if k != "classes"} for f, w in written.items()}, failed
-    model = checkpoint_lib.load(checkpoint, ema=ema)
-    classes = int(model.head.out_features) if model.head is not None else 0
-    if target is not None and not 0 <= target < classes:
-        raise UserError(f"--target_class={target}: the model has {classes} classes; give 0 to {classes - 1}")
-    size, crop = predict.preprocessing(checkpoint, image_size, crop_pct)
-    images, ok, failed = predict.read_images(files, size, crop)
+def segment_files(source, files, out, *, ema: bool = False) -> tuple[dict, list]:
+    """Per-pixel classes of image files (a segmentation network, hcnet.serve.predict.segmenter), written as
+    <out>/<stem>_mask.png (class ids, one channel) and <stem>_overlay.png (the classes' colours over the
+    image, with a legend). ({file: {"mask", "overlay", "classes"}}, [(file, reason)]); "classes": the
+    predicted classes by their share of the pixels."""
+    segment = predict.segmenter(source, ema=ema)
+    out = _output_dir(out)
+    names, written, failed = source.class_names(), {}, []
+    for f in files:
+        try:
+            image = predict.read_image(f)
+        except Exception as e:  # noqa: BLE001  unreadable or not an image: say so, keep going
+            failed.append((str(f), predict.reason(e)))
+            continue
+        pred = segment(image)
+        stem = paths.path(f).stem
+        files_out = {"mask": out / f"{stem}_mask.png", "overlay": out / f"{stem}_overlay.png"}
+        write_png(pred, files_out["mask"])
+        plot_segmentation(image, pred, names, files_out["overlay"])
+        paths_out = {k: str(v) for k, v in files_out.items()}
+        written[str(f)] = {**paths_out, "classes": predict.class_shares(pred, names)}
+    return written, failed
+
+
+def _output_dir(out) -> paths.Path:
     out = paths.path(out)
     paths.check(out, write=True)
     out.mkdir(parents=True, exist_ok=True)
-    names, written = None, {}
+    return out
+
+
+def visualize(source, files, out, *, ema: bool = False, target: int | None = None,
+              image_size: int | None = None, crop_pct: float | None = None) -> tuple[dict, list]:
+    """({file: {figure name: path}}, [(file, reason) skipped]) of a trained network (hcnet.trained.Trained);
+    the numbers go to <stem>.json. A segmentation network gets its predicted mask over each image, with a
+    legend (`segment_files`)."""
+    if source.is_segmentation:
+        written, failed = segment_files(source, files, out, ema=ema)
+        return {f: {k: v for k, v in w.items() if k != "classes"} for f, w in written.items()}, failed
+    model = source.model(ema=ema)
+    classes = source.num_classes
+    if target is not None and not 0 <= target < classes:
+        raise UserError(f"--target_class={target}: the model has {classes} classes; give 0 to {classes - 1}")
+    size, crop = source.preprocessing(image_size, crop_pct)
+    images, ok, failed = predict.read_images(files, size, crop)
+    out = _output_dir(out)
+    names, written = source.class_names(), {}
     for image, f in zip(images, ok):
         numbers = analyse(model, image, target)
-        if names is None:
-            names = predict.class_names(checkpoint, classes)
         stem = paths.path(f).stem
         files = {k: out / f"{stem}_{k}.png" for k in ("k", "temperature", "spectrum", "gradcam")}
         plot_k(numbers, files["k"])
@@ -328,6 +356,7 @@ def visualize(checkpoint, files, out, *, ema: bool = False, target: int | None =
         plot_spectrum(numbers, files["spectrum"])
         plot_grad_cam(image, numbers, names[numbers["target"]], files["gradcam"])
         files["numbers"] = out / f"{stem}.json"
-        files["numbers"].write_text(json.dumps({"image": f, "class": names[numbers["target"]], **jsonable(numbers)}))
+        label = names[numbers["target"]]
+        files["numbers"].write_text(json.dumps({"image": f, "class": label, **jsonable(numbers)}))
         written[f] = {k: str(v) for k, v in files.items()}
     return written, failed

@@ -1,7 +1,8 @@
-"""Training and inference throughput of HcNet, optionally beside the project's PyTorch statement of it.
+"""Training and inference throughput of HcNet (`python -m reference.bench` times the PyTorch statement
+of it beside).
 
     python -m hcnet.tools.bench --variant=T --batch=128 --image_size=224 --dtype=bfloat16 [--devices=N]
-        [--mode=train,infer] [--repeats=10] [--torch] [--torch_compile] [--channels_last] [--json]
+        [--mode=train,infer] [--repeats=10] [--json]
 
 Synthetic uint8 batches already on the devices, so only the device's work is timed: for `train`, the
 project's whole jitted training step (normalisation, forward, backward, AdamW with clipping, sharded
@@ -12,7 +13,7 @@ Compile time is reported apart from the step time (median of --repeats after one
     XLA MB/img  XLA's "bytes accessed" the same way: summed over ops as compiled; on a CPU not a floor
                 (see `python -m hcnet.tools.roofline` for the fewest bytes a fused step must move)
     model flops/img   the paper's convention: 2 x conv+linear MACs, x3 for a training step
-    MFU         XLA flops per second over the device's dense peak for the dtype (hcnet.roofline.DEVICES
+    MFU         XLA flops per second over the device's dense peak for the dtype (hcnet.measure.roofline.DEVICES
                 or --peak_tflops); printed only where the peak is known
     peak mem    peak bytes in use on device 0 where the backend reports it (GPU, TPU), else XLA's
                 temporary buffer size of the program
@@ -26,14 +27,11 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
 from hcnet import config as config_lib
-from hcnet import count, monitor, optim, roofline, sharding, tasks, trainer
-from hcnet import model as model_lib
-from hcnet.data import augment
+from hcnet import monitor, sharding, trainer
 from hcnet.errors import UserError
-from hcnet.model import ModelDef
+from hcnet.measure import count, roofline
 
 MODES = ("train", "infer")
 
@@ -102,25 +100,29 @@ def bench_config(variant: str, batch: int, image_size: int, *, dtype: str = "flo
     c.dataset.update(name="synthetic", image_size=image_size, num_classes=num_classes)
     c.augment.update(randaugment="", reprob=0.0, mixup=0.0, cutmix=0.0, smoothing=0.1)
     c.optim.update(scale_by_batch=0, warmup_steps=10)
+    c.total_steps = 1000  # the schedule's length only
     return c
 
 
-def _train_program(task, c, mesh, data):
+def _train_program(run, data):
     """(jitted step, its arguments, how to thread the donated state) of the project's training step."""
-    tx, schedule = optim.from_config(c.optim, c.batch_size, total_steps=1000, warmup_steps=10)
-    program = trainer.Program.build(task, tx, schedule, mesh, seed=0)
-    key = sharding.replicated_key(0, mesh)
-    return program.step, (program.init(), data, key), lambda a, out: (out[0], a[1], a[2])
+    key = sharding.replicated_key(0, run.mesh)
+    return run.program.step, (run.program.init(), data, key), _thread_state
 
 
-def _infer_program(task, c, mesh, data):
+def _thread_state(args, out):
+    return out[0], args[1], args[2]
+
+
+def _infer_program(run, data):
     """(jitted eval-mode forward to logits, its arguments, None)."""
-    model_def, _ = ModelDef.from_spec(model_lib.for_mesh(task.spec, mesh), task.build)
-    params = jax.device_put(nnx.to_pure_dict(nnx.state(task.build(task.spec, rngs=nnx.Rngs(0)), nnx.Param)),
-                            sharding.replicated(mesh))
-    forward = jax.jit(lambda p, b: nnx.view(model_def.bind(p), deterministic=True)(augment.normalize(b["image"])),
-                      out_shardings=sharding.batch_sharding(mesh))
-    return forward, (params, data), None
+    program = run.program
+    weights = jax.device_put(program.init()["params"], sharding.replicated(run.mesh))
+
+    def forward(w, batch):
+        return run.predict()(w, batch["image"])
+
+    return jax.jit(forward, out_shardings=sharding.batch_sharding(run.mesh)), (weights, data), None
 
 
 def measure(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode: str = "train",
@@ -136,15 +138,14 @@ def measure(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode:
     devs = jax.devices()[:devices] if devices else jax.devices()
     if batch % len(devs):
         raise UserError(f"--batch={batch} must be a multiple of the {len(devs)} devices")
-    mesh = sharding.make_mesh(-1, 1, devices=devs)
     c = bench_config(variant, batch, image_size, dtype=dtype, heat_operator=heat_operator, remat=remat,
                      drop_path=drop_path, num_classes=num_classes, depthwise_impl=depthwise_impl, block_loop=block_loop)
     rng = np.random.default_rng(0)
     data = {"image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
             "label": rng.integers(0, num_classes, batch).astype(np.int32), "mask": np.ones(batch, bool)}
-    data = jax.device_put(data, sharding.batch_sharding(mesh))
-    task = tasks.create(c)
-    step, args, update = (_train_program if mode == "train" else _infer_program)(task, c, mesh, data)
+    run = trainer.Run.create(c, train_examples=batch, devices=devs)
+    data = jax.device_put(data, run.program.batch_sharding)
+    step, args, update = (_train_program if mode == "train" else _infer_program)(run, data)
 
     start = time.perf_counter()
     compiled = step.lower(*args).compile()
@@ -155,7 +156,7 @@ def measure(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode:
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost["flops"]) * len(devs) / batch if cost and cost.get("flops") else None
     moved = float(cost["bytes accessed"]) * len(devs) / batch if cost and cost.get("bytes accessed") else None
-    macs = count.count_macs(task.spec, image_size) if model_flops else None
+    macs = count.count_macs(run.task.spec, image_size) if model_flops else None
     peak = peak if peak is not None else roofline.peak_tflops(devs[0].device_kind, dtype)
     mfu = flops * batch / step_s / (peak * 1e12 * len(devs)) if flops and peak else None
     peak_bytes, source = _peak_memory(devs[0], compiled)
@@ -168,61 +169,6 @@ def measure(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode:
 def train_step_seconds(variant: str, batch: int, image_size: int, repeats: int = 3, **kwargs) -> float:
     """Wall seconds of one HcNet training step after compilation (median of `repeats`); kwargs as `measure`."""
     return measure(variant, batch, image_size, mode="train", repeats=repeats, model_flops=False, **kwargs).step_s
-
-
-def measure_torch(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode: str = "train",
-                  dtype: str = "float32", repeats: int = 5, heat_operator: str = "mean8", drop_path: float = 0.0,
-                  num_classes: int = 1000, compile: bool = False, channels_last: bool = False) -> Result:
-    """The same step in PyTorch (hcnet.torch_model): AdamW + clipping, bf16 autocast for bfloat16."""
-    try:
-        import torch
-    except ImportError:
-        raise UserError("--torch needs PyTorch: pip install torch (it is not in requirements.txt)") from None
-    from hcnet.model import VARIANTS
-    from hcnet.torch_model import TorchHcNet
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net = TorchHcNet(**VARIANTS[variant], num_classes=num_classes, heat_operator=heat_operator,
-                     drop_path=drop_path, img_size=image_size).to(device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = net.to(memory_format=fmt)
-    autocast = dtype != "float32"
-    amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype, torch.float32)
-    x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
-    y = torch.randint(0, num_classes, (batch,), device=device)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
-    run = torch.compile(net) if compile else net
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def train():
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
-            loss = torch.nn.functional.cross_entropy(run(x), y, label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-        opt.step()
-
-    @torch.no_grad()
-    def infer():
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
-            run(x)
-
-    fn = train if mode == "train" else infer
-    net.train(mode == "train")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    fn()
-    sync()
-    first = time.perf_counter() - start
-    step_s, host = median_seconds(lambda: (fn(), sync()), (), repeats)
-    peak_bytes = int(torch.cuda.max_memory_allocated()) if device.type == "cuda" else None
-    kind = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    note = ", ".join(n for n, on in (("torch.compile", compile), ("channels_last", channels_last),
-                                     ("autocast", autocast)) if on)
-    return Result("torch", mode, variant, batch, image_size, dtype, 1, kind, max(first - step_s, 0.0), step_s,
-                  batch / step_s, batch / step_s, peak_bytes=peak_bytes, peak_source="device" if peak_bytes else "",
-                  page_faults=host["page_faults"], system_s=host["system_s"], note=note)
 
 
 def table(results: list[Result]) -> str:

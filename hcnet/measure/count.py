@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hcnet.model import HcNet, abstract
+from hcnet import nets, upernet
+from hcnet.model import HcNet
 
 
 def count_params(model: nnx.Module) -> int:
@@ -53,9 +54,9 @@ def _forward(model: HcNet, height: int, width: int):
     return (lambda s, x: nnx.merge(graphdef, s)(x)), (state, image)
 
 
-def summary(spec: dict, height: int = 224, width: int | None = None, with_xla: bool = True) -> dict:
+def classifier_counts(spec: dict, height: int = 224, width: int | None = None, with_xla: bool = True) -> dict:
     """params, conv+linear MACs per image and (with_xla) XLA's FLOP estimate of the forward pass."""
-    model = abstract({**spec, "depthwise_impl": "conv"})  # depthwise filters as grouped convs
+    model = nets.abstract({**spec, "depthwise_impl": "conv"})  # depthwise filters as grouped convs
     fn, args = _forward(model, height, width or height)
     out = dict(params=count_params(model), macs=jaxpr_macs(jax.make_jaxpr(fn)(*args).jaxpr))
     if with_xla:  # HLO cost analysis, before compiling
@@ -64,4 +65,21 @@ def summary(spec: dict, height: int = 224, width: int | None = None, with_xla: b
 
 
 def count_macs(spec: dict, height: int = 224, width: int | None = None) -> int:
-    return summary(spec, height, width, with_xla=False)["macs"]
+    return classifier_counts(spec, height, width, with_xla=False)["macs"]
+
+
+def segmentation_counts(variant: str, num_classes: int = 150, height: int = 512, width: int = 2048) -> dict:
+    """Parameters (backbone, decode head, auxiliary head, all) of UperNet on HcNet and the MACs of one
+    inference forward (backbone and decode head, as mmseg's get_flops counts them) at height x width."""
+    spec = upernet.spec(variant, num_classes, dtype="float32", depthwise_impl="conv")  # k*k MACs per filter
+    net = nets.abstract(spec)
+    graphdef, state = nnx.split(net)
+
+    def decode(s, x):
+        merged = nnx.merge(graphdef, s)
+        return merged.decode(merged.backbone.features(x))
+
+    image = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
+    params = {name: count_params(getattr(net, name)) for name in ("backbone", "decode", "aux")}
+    macs = jaxpr_macs(jax.make_jaxpr(decode)(state, image).jaxpr)
+    return {**params, "params": sum(params.values()), "macs": macs}

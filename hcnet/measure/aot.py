@@ -3,13 +3,13 @@ included): per-chip memory against the chip's HBM, XLA's flops and bytes per ima
 verdict, before anyone pays for the slice.
 
     pip install -r requirements-tpu.txt        # libtpu: the TPU compiler (what jax[tpu] installs on a TPU VM)
-    python -m hcnet.aot --config=configs/hcnet_t.py --topology=v5e-64 [--config.field=value ...] [--out=F.json]
-        [--parts=eval,augmentation]
+    python -m hcnet.tools.aot --config=configs/hcnet_t.py --topology=v5e-64 [--config.field=value ...]
+        [--out=F.json] [--parts=eval,augmentation]
 
-The step is the one train_and_evaluate runs (hcnet.trainer.Program: the same config, mesh, shardings and
+The step is the one train_and_evaluate runs (hcnet.trainer.Run: the same config, mesh, shardings and
 donation, the augmentation inside it), lowered onto libtpu's compile-only devices of the named slice
-(jax.experimental.topologies) and compiled by the real TPU compiler; for classification also the eval step
-(at eval_batch_size) and the augmentation alone. Slice names are Cloud TPU's own: v5e-N and v6e-N count
+(jax.experimental.topologies) and compiled by the real TPU compiler; also the task's eval step (at
+eval_batch_size) where its evaluation runs on the device, and the on-device augmentation alone. Slice names are Cloud TPU's own: v5e-N and v6e-N count
 chips, v4-N and v5p-N count TensorCores (two per chip, compiled as one device per chip, as JAX drives
 them). Everything reported is the compiler's figure for a TPU, not a hardware measurement.
 
@@ -25,27 +25,18 @@ libtpu's own account of each program (its HBM use, reserved memory included) and
 stderr with `TPU_MIN_LOG_LEVEL=0 TPU_STDERR_LOG_LEVEL=0`; XLA's per-pass times with
 `TPU_VMODULE=hlo_pass_pipeline=1` (BENCHMARKS.md, "Compile time").
 """
+import contextlib
 import dataclasses
-import functools
-import json
 import logging
 import math
-import os
 import re
 import time
 
-if __name__ == "__main__":
-    # compile-only devices need no chip: stay off any local TPU (a training job may hold it), and let several
-    # compiling processes share libtpu (by default it takes a lock file for its first process alone)
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-
 import jax
-import jax.numpy as jnp
 
-from hcnet import config as config_lib
-from hcnet import optim, sharding, tasks, trainer
+from hcnet import sharding, trainer
 from hcnet.errors import ConfigError, UserError
+from hcnet.measure import roofline
 
 GIB = 2 ** 30
 
@@ -101,7 +92,7 @@ def devices(name: str):
     try:
         import libtpu  # noqa: F401
     except ImportError:
-        raise UserError("hcnet.aot needs the TPU compiler: pip install -r requirements-tpu.txt (libtpu)") from None
+        raise UserError("hcnet.tools.aot needs the TPU compiler: pip install -r requirements-tpu.txt (libtpu)") from None
     from jax.experimental import topologies
     grid = [int(n) for n in topology.split(":")[1].split("x")]
     # libtpu's default host holds 2x2(x1) chips; a slice smaller than that is one host of its own size
@@ -113,37 +104,31 @@ def devices(name: str):
     return kind, chips, [d for d in devs if getattr(d, "core_on_chip", 0) == 0]
 
 
-def batch_shapes(c, batch_sharding, batch_size: int | None = None) -> dict:
-    """The abstract global batch (of c.batch_size unless given) the task's loader hands the step."""
-    b = batch_size or c.batch_size
-    if c.task == "segmentation":
-        h, w = c.segmentation.crop
-        shapes = {"image": ((b, h, w, 3), jnp.uint8), "label": ((b, h, w), jnp.uint8), "valid": ((b, 2), jnp.int32)}
-    else:
-        s = c.dataset.image_size
-        shapes = {"image": ((b, s, s, 3), jnp.uint8), "label": ((b,), jnp.int32)}
-    shapes.update(mask=((b,), jnp.bool_), index=((b,), jnp.int32))
-    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for k, (shape, dtype) in shapes.items()}
+@contextlib.contextmanager
+def without_persistent_cache():
+    """JAX's persistent compilation cache off for what runs inside: a compile-only executable cannot be
+    loaded back. The cache decides once whether it is used, hence the resets."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    was = jax.config.jax_enable_compilation_cache
+    logging.getLogger("jax._src.compilation_cache").setLevel(logging.WARNING)  # its reset logs at INFO
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", was)
+        compilation_cache.reset_cache()
 
 
 def figures(lowered, images: float, loops: bool = False) -> dict:
     """Compiles a lowered program: its per-device memory, XLA's flops and bytes per image, the compile time.
     `loops`: the program has loops, whose bodies XLA's cost analysis counts once (its figures are not the
     program's, and the report says so)."""
-    from jax.experimental.compilation_cache import compilation_cache
-    cache = jax.config.jax_enable_compilation_cache
-    # a compile-only executable cannot be loaded back: keep it out of the persistent cache (which decides
-    # once whether it is used, hence the resets)
-    logging.getLogger("jax._src.compilation_cache").setLevel(logging.WARNING)  # its reset logs at INFO
-    jax.config.update("jax_enable_compilation_cache", False)
-    compilation_cache.reset_cache()
-    try:
+    with without_persistent_cache():
         t = time.perf_counter()
         compiled = lowered.compile()
         compile_s = time.perf_counter() - t
-    finally:
-        jax.config.update("jax_enable_compilation_cache", cache)
-        compilation_cache.reset_cache()
     m = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -158,52 +143,48 @@ def figures(lowered, images: float, loops: bool = False) -> dict:
 
 
 def compile_train_step(c, topology: str, *, eval_step: bool = True, augmentation: bool = True) -> dict:
-    """Compiles config c's train step (and, for classification, its eval step and its augmentation alone)
-    for the slice `topology`; the report (see the module's docstring)."""
+    """Compiles config c's train step (and its task's eval step and its augmentation alone) for the slice
+    `topology`; the report (see the module's docstring)."""
     kind, chips, devs = devices(topology)
     if c.init_from == "required":  # a fine-tuning config: the step's shapes do not depend on where it starts
         c = c.copy_and_resolve_references()
         c.init_from = ""
-    config_lib.validate(c, len(devs))
-    task = tasks.create(c)
-    examples = TRAIN_EXAMPLES.get(c.dataset.name, 1_281_167)
-    total, warmup, _ = config_lib.steps(c, examples)
-    tx, schedule = optim.from_config(c.optim, c.batch_size, total, warmup, depths=task.spec.get("depths"))
-    mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, devices=devs)
-    program = trainer.Program.build(task, tx, schedule, mesh, seed=c.seed, accum=c.optim.accum_steps,
-                                    ema_decay=c.optim.ema_decay, fsdp_min_size=c.mesh.fsdp_min_size)
-    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
-    batch = batch_shapes(c, program.batch_sharding)
+    examples = TRAIN_EXAMPLES.get(c.dataset.name, TRAIN_EXAMPLES["imagenet2012"])
+    run = trainer.Run.create(c, train_examples=examples, devices=devs)
+    program, per_device = run.program, len(devs)
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(run.mesh))
+    batch = run.abstract_batch()
     t = time.perf_counter()
     lowered = program.step.lower(program.abstract_state, batch, key)
     lower_s = time.perf_counter() - t
     block_loop = program.spec["block_loop"]  # what Program.build chose for the slice
-    train = figures(lowered, c.batch_size / len(devs), loops=block_loop == "scan" or c.optim.accum_steps > 1)
-    report = {"topology": topology, "model": {**{k: c.model[k] for k in ("variant", "dtype", "remat")},
-                                              "block_loop": block_loop},
-              "image_size": c.dataset.image_size if c.task == "classification" else list(c.segmentation.crop),
-              "chips": chips, "devices": len(devs), "device_kind": devs[0].device_kind,
-              "global_batch": c.batch_size, "accum_steps": c.optim.accum_steps,
-              "mesh": {"data": mesh.shape[sharding.DATA], "fsdp": mesh.shape[sharding.FSDP]},
-              **train, "lower_seconds": lower_s,
-              "note": "compiler figures for a TPU (libtpu's compile-only devices), not hardware measurements"}
-    if c.task == "classification":
-        from hcnet import roofline
-        act_bytes = 4 if c.model.dtype == "float32" else 2
-        report["roofline_bytes_per_image"] = roofline.bytes_per_image(
-            task.spec, c.dataset.image_size, c.batch_size // len(devs), act_bytes)
-        if eval_step:
-            from hcnet.evaluators import classification
-            eval_batch = c.eval_batch_size or c.batch_size
-            step = jax.jit(functools.partial(classification.eval_step, model_def=program.model_def),
-                           out_shardings=sharding.replicated(mesh))
-            shapes = batch_shapes(c, program.batch_sharding, eval_batch)
-            report["eval"] = figures(step.lower(program.abstract_state["params"], shapes), eval_batch / len(devs),
-                                     loops=block_loop == "scan")
-        if augmentation:
-            inputs = jax.jit(task.train_inputs)
-            report["augmentation"] = figures(inputs.lower(key, batch), c.batch_size / len(devs))
-    return judge(report, CHIPS[kind].hbm // (len(devs) // chips))
+    scanned = block_loop == "scan"
+    train = figures(lowered, c.batch_size / per_device, loops=scanned or c.optim.accum_steps > 1)
+    height, width = batch["image"].shape[1:3]
+    report = {
+        "topology": topology,
+        "model": {**{k: c.model[k] for k in ("variant", "dtype", "remat")}, "block_loop": block_loop},
+        "image_size": height if height == width else [height, width],
+        "chips": chips, "devices": per_device, "device_kind": devs[0].device_kind,
+        "global_batch": c.batch_size, "accum_steps": c.optim.accum_steps,
+        "mesh": {"data": run.mesh.shape[sharding.DATA], "fsdp": run.mesh.shape[sharding.FSDP]},
+        **train, "lower_seconds": lower_s,
+        "note": "compiler figures for a TPU (libtpu's compile-only devices), not hardware measurements",
+    }
+    act_bytes = 4 if c.model.dtype == "float32" else 2
+    floor = roofline.bytes_per_image(program.spec, height, c.batch_size // per_device, act_bytes)
+    if floor is not None:
+        report["roofline_bytes_per_image"] = floor
+    step = run.task.eval_step(run.predict())
+    if eval_step and step is not None:
+        eval_batch = c.eval_batch_size or c.batch_size
+        jitted = jax.jit(step, out_shardings=sharding.replicated(run.mesh))
+        lowered = jitted.lower(program.abstract_state["params"], run.abstract_batch(eval_batch))
+        report["eval"] = figures(lowered, eval_batch / per_device, loops=scanned)
+    if augmentation:
+        inputs = jax.jit(run.task.train_inputs)
+        report["augmentation"] = figures(inputs.lower(key, batch), c.batch_size / per_device)
+    return judge(report, CHIPS[kind].hbm // (per_device // chips))
 
 
 def largest_batch(report: dict) -> int:
@@ -239,7 +220,7 @@ def verdict(report: dict) -> str:
             "activations with config.model.remat=True")
 
 
-def summary(report: dict, line: str) -> str:
+def describe(report: dict, line: str) -> str:
     """The report for a terminal: the verdict, then each compiled program's figures."""
     rows = [line, f"  largest batch per device that would fit, extrapolated from the temporaries: "
                   f"{report['largest_batch_per_device_estimate']} (compile at it to confirm)"]
@@ -255,38 +236,3 @@ def summary(report: dict, line: str) -> str:
         rows.append(f"  {name}: compile {r['compile_seconds']:.0f} s; {cost}); "
                     + ", ".join(f"{k} {v / GIB:.3f} GiB" for k, v in r["memory_bytes"].items()))
     return "\n".join(rows + [f"  {report['note']}"])
-
-
-def main(argv):
-    from absl import flags
-    FLAGS = flags.FLAGS
-    parts = set(FLAGS.parts)
-    if not parts <= {"eval", "augmentation"}:
-        raise UserError(f"--parts={','.join(FLAGS.parts)}: any of eval, augmentation (the train step is always compiled)")
-    from ml_collections import config_flags
-    report = compile_train_step(FLAGS.config, FLAGS.topology, eval_step="eval" in parts,
-                                augmentation="augmentation" in parts)
-    report = {"config": config_flags.get_config_filename(FLAGS["config"]), **report}
-    line = verdict(report)
-    text = json.dumps({**report, "verdict": line}, indent=1)
-    if FLAGS.out:
-        from hcnet import paths
-        paths.path(FLAGS.out).write_text(text + "\n")
-    print(text if FLAGS.json else summary(report, line))
-    if not report["fits"]:
-        raise UserError(line)
-
-
-if __name__ == "__main__":
-    from absl import flags
-    from ml_collections import config_flags
-
-    from hcnet import tools
-    config_flags.DEFINE_config_file("config", None, "configs/*.py[:arg], then --config.field=value overrides")
-    flags.DEFINE_string("topology", None, "a Cloud TPU slice: v4-N, v5p-N (TensorCores), v5e-N, v6e-N (chips)")
-    flags.DEFINE_list("parts", ["eval", "augmentation"], "what else to compile beside the train step: the eval "
-                      "step, the augmentation alone (classification; empty for neither)")
-    flags.mark_flags_as_required(["config", "topology"])
-    for _name in ("out", "json"):
-        flags.declare_key_flag(_name)
-    tools.run(main)

@@ -9,7 +9,7 @@ The training step (`train_steps`) is the reference's main.py loop: Swin's weight
 label-smoothing loss, global-norm clipping, torch's AdamW and timm's cosine scheduler stepped after
 each update.
 
-  python -m hcnet.tools.torch_fixtures --out=tests/fixtures
+  python -m reference.fixtures --out=tests/fixtures
 """
 import copy
 import math

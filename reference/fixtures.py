@@ -1,6 +1,6 @@
 """Writes the PyTorch parity fixtures the suite checks against (needs torch).
 
-    python -m hcnet.tools.torch_fixtures --out=tests/fixtures [--kinds=logits,steps]
+    python -m reference.fixtures --out=tests/fixtures [--kinds=logits,steps]
 
 logits: a randomised mu per operator form and its logits (tests/test_convert.py). steps: the
 reference-initialised mu, mean8 and learned5, trained STEP_RECIPE's updates by the reference's loop on
@@ -18,7 +18,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    from hcnet import torch_model
+    from reference import torch_model
     tools.require(out=FLAGS.out)
     unknown = set(KINDS.value) - {"logits", "steps"}
     if unknown:

@@ -1,0 +1,1 @@
+"""Serving a trained network: predictions (arrays in, arrays out), figures, and exports."""

@@ -1,0 +1,55 @@
+"""A run's training step compiled for a Cloud TPU slice ahead of time, on any machine with libtpu (a CPU
+one included): per-chip memory against HBM, XLA's flops and bytes per image, the compile time and a
+verdict (what each figure is: hcnet.measure.aot).
+
+    pip install -r requirements-tpu.txt
+    python -m hcnet.tools.aot --config=configs/hcnet_t.py --topology=v5e-64 [--config.field=value ...]
+        [--out=F.json] [--parts=eval,augmentation] [--json]
+
+Exits 1 with the one-line verdict when the step does not fit.
+"""
+import json
+import os
+
+from absl import flags
+from ml_collections import config_flags
+
+from hcnet import tools
+from hcnet.errors import UserError
+
+config_flags.DEFINE_config_file("config", None, "configs/*.py[:arg], then --config.field=value overrides")
+flags.DEFINE_string("topology", None, "a Cloud TPU slice: v4-N, v5p-N (TensorCores), v5e-N, v6e-N (chips)")
+flags.DEFINE_list("parts", ["eval", "augmentation"], "what else to compile beside the train step: the eval "
+                  "step, the augmentation alone (empty for neither)")
+flags.mark_flags_as_required(["config", "topology"])
+for _name in ("out", "json"):
+    flags.declare_key_flag(_name)
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    from hcnet import paths
+    from hcnet.measure import aot
+
+    parts = set(FLAGS.parts)
+    if not parts <= {"eval", "augmentation"}:
+        raise UserError(f"--parts={','.join(FLAGS.parts)}: any of eval, augmentation (the train step is "
+                        "always compiled)")
+    report = aot.compile_train_step(FLAGS.config, FLAGS.topology, eval_step="eval" in parts,
+                                    augmentation="augmentation" in parts)
+    report = {"config": config_flags.get_config_filename(FLAGS["config"]), **report}
+    line = aot.verdict(report)
+    text = json.dumps({**report, "verdict": line}, indent=1)
+    if FLAGS.out:
+        paths.path(FLAGS.out).write_text(text + "\n")
+    print(text if FLAGS.json else aot.describe(report, line))
+    if not report["fits"]:
+        raise UserError(line)
+
+
+if __name__ == "__main__":
+    # compile-only devices need no chip: stay off any local TPU (a training job may hold it), and let several
+    # compiling processes share libtpu (by default it takes a lock file for its first process alone)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    tools.run(main)
