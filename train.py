@@ -38,8 +38,10 @@ def main(argv):
     elif _cluster():
         jax.distributed.initialize()
 
-    from hcnet import checkpoint, trainer
+    from hcnet import checkpoint, paths, trainer
     from hcnet.errors import UserError
+
+    paths.configure_gcs()
     checkpoint.configure_orbax()
     try:
         trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)

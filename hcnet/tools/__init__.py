@@ -1,6 +1,6 @@
 """The command-line tools, apart from the library: `python -m hcnet.tools.NAME --flag=value ... [files]`.
 
-    count  convert  export  predict  visualize  bench  roofline  prepare  data_bench  torch_fixtures  aot_table
+    count  convert  export  predict  visualize  bench  roofline  prepare  data_bench  aot  aot_table
 
 Every tool, like train.py and eval.py, takes absl flags (`--image_size=224`, `--json`/`--nojson`;
 `--help` lists a tool's own). Flags that several tools share are defined here, once. A problem the
@@ -55,7 +55,11 @@ def _one_line(main):
 
 
 def run(main) -> None:
-    """absl's app.run(main) with the tools' one-line errors."""
+    """absl's app.run(main) with the tools' one-line errors, after the process-wide settings every command
+    makes (Cloud Storage through gcsfs: hcnet.paths.configure_gcs)."""
+    from hcnet import paths
+
+    paths.configure_gcs()
     app.run(_one_line(main))
 
 
