@@ -13,7 +13,7 @@ on train[:80%], scored on train[80%:]. Expected (BENCHMARKS.md, learning parity;
 2-core AMD EPYC): held-out top-1 0.921 (0.875-0.979), mean training loss over the last 40 updates 1.310;
 the PyTorch statement of the reference on the same batches: 0.935 and 1.300.
 """
-from hcnet.config import defaults
+from hcnet.config import NO_AUGMENTATION, defaults
 
 
 def get_config():
@@ -37,10 +37,7 @@ def get_config():
     c.dataset.crop_pct = 0.875
     c.dataset.threads = 2
 
-    c.augment.randaugment = ""
-    c.augment.reprob = 0.0
-    c.augment.mixup = 0.0
-    c.augment.cutmix = 0.0
+    c.augment.update(NO_AUGMENTATION)
     c.augment.smoothing = 0.1
 
     c.optim.lr = 1e-3

@@ -11,6 +11,7 @@ perturb fixed features; the backbone, GroupNorm included (no running statistics)
 loaded. The values below are this project's choice, not a published recipe.
 """
 from configs import hcnet_t
+from hcnet.config import NO_AUGMENTATION
 
 
 def get_config():
@@ -23,9 +24,6 @@ def get_config():
     c.optim.lr = 1e-3                   # per 512 images
     c.optim.weight_decay = 0.0
     c.model.drop_path = 0.0
-    c.augment.randaugment = ""
-    c.augment.reprob = 0.0
-    c.augment.mixup = 0.0
-    c.augment.cutmix = 0.0
+    c.augment.update(NO_AUGMENTATION)
     c.augment.smoothing = 0.0
     return c

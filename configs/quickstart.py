@@ -6,7 +6,7 @@ Hardware: any CPU; about 2 minutes on a 2-core machine. Expected: eval/top1 >= 0
 digits (measured 0.9611 with this recipe). Nothing downloads: the dataset is built from scikit-learn
 on first use in ~/tensorflow_datasets (or dataset.data_dir).
 """
-from hcnet.config import defaults
+from hcnet.config import NO_AUGMENTATION, defaults
 
 
 def get_config():
@@ -32,10 +32,7 @@ def get_config():
     c.dataset.hflip = 0.0            # a mirrored digit is another symbol
     c.dataset.threads = 2
 
-    c.augment.randaugment = ""
-    c.augment.reprob = 0.0
-    c.augment.mixup = 0.0
-    c.augment.cutmix = 0.0
+    c.augment.update(NO_AUGMENTATION)
     c.augment.smoothing = 0.1
 
     c.optim.lr = 2e-3

@@ -63,8 +63,6 @@ def get_config():
     s.ms_ratios = ()                    # eval.py's multi-scale: [mmseg] img_ratios=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
     s.ms_flip = True                    # [mmseg] MultiScaleFlipAug flip=True (aug_test)
 
-    c.augment.randaugment = ""          # the classification recipe is not used by this task
-    c.augment.reprob = c.augment.mixup = c.augment.cutmix = c.augment.smoothing = 0.0
 
     o = c.optim
     o.schedule = "poly"                 # [swin] lr_config policy='poly', power=1.0, min_lr=0.0, by_epoch=False

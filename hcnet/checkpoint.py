@@ -29,8 +29,8 @@ def configure_orbax(min_replica_slice_bytes: int = 2 ** 24) -> None:
     """Replicated arrays under 16 MiB are written whole by one replica (a process-wide Orbax setting).
 
     Orbax splits every replicated array across its replicas to write in parallel, and the slicing
-    compiles one small program per array and replica: about 8 s per save for HcNet-mu on 8 CPU devices,
-    for nothing on arrays this small. train.py calls this at the top of main().
+    compiles one small program per array and replica: seconds per save for nothing on arrays this small.
+    train.py calls this at the top of main().
     """
     ocp.type_handlers.register_type_handler(
         jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=min_replica_slice_bytes),

@@ -18,7 +18,8 @@ from hcnet.errors import ConfigError
 
 
 def defaults() -> ml_collections.ConfigDict:
-    """Every field a config may set. The values are HcNet-T's reference recipe (see configs/hcnet_t.py)."""
+    """Every field a config may set. The values are HcNet-T's reference recipe, held here once
+    (configs/hcnet_t.py names the source of each)."""
     c = ml_collections.ConfigDict()
     c.task = "classification"     # what is trained and evaluated: hcnet.tasks.TASKS
     c.seed = 0
@@ -79,6 +80,11 @@ def defaults() -> ml_collections.ConfigDict:
         eval_mode="slide", eval_stride=(341, 341),                          # single-scale test: "slide"/"whole"
         ms_ratios=(), ms_flip=True))                                         # () or mmseg's (0.5, ..., 1.75)
     return c
+
+
+# config.augment without the recipe's randomness beyond crops and flips (label smoothing stays the config's):
+# small data, probes, benchmarks
+NO_AUGMENTATION = {"randaugment": "", "reprob": 0.0, "mixup": 0.0, "cutmix": 0.0}
 
 
 def load(spec: str) -> ml_collections.ConfigDict:

@@ -7,12 +7,11 @@ scripts and notebooks; `table` and `default_out` shape what eval.py prints and w
 import jax
 
 from hcnet import monitor, nets, paths, sharding, tasks, trained, trainer
-from hcnet import config as config_lib
 
 
 def evaluate(c, path, *, step: int | None = None, weights=None) -> dict:
     """{"results": {"raw": metrics, "ema": metrics}} (those available or asked) and what was run."""
-    config_lib.validate(c, jax.device_count(), training=False)
+    tasks.validate(c, jax.device_count(), training=False)
     task = tasks.create(c)
     if c.dataset.get("data_dir"):
         paths.check(c.dataset.data_dir)

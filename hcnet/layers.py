@@ -198,8 +198,7 @@ class Stage(nnx.Module):
                 return block.residuals(y, lambda m: drop_path(next(ks), m, rate)), None
             return block.residuals(y, lambda m: m), None
         # the backward pass keeps each block's matmul and convolution outputs and recomputes the elementwise
-        # work between them (model.remat: recomputes everything). For HcNet-T's step on v5e-64, 16 images a
-        # chip: 1.87 GiB a chip, against 4.16 keeping everything the scan's backward needs and 2.76 unrolled
+        # work between them (model.remat: recomputes everything): the least memory of the forms compared
         # (BENCHMARKS.md, "Compile time")
         body = jax.checkpoint(body, policy=None if self.remat else jax.checkpoint_policies.dots_saveable)
         return jax.lax.scan(body, x, (params, rates, keys))[0]

@@ -39,10 +39,8 @@ def depthwise_conv(x, kernel, impl: str = "auto"):
 def per_platform(f, *args):
     """f(*args, impl=...) with the implementation chosen for the platform the program is lowered for:
     XLA's grouped convolution and autodiff on TPU, the shifted multiply-adds with their hand-written
-    backward pass elsewhere. Both were chosen from compiled programs (BENCHMARKS.md, "Per-platform
-    choices"): on XLA:CPU the shifted form is the faster step; for a TPU v5e, HcNet-T's train step at 16
-    images per chip needs 2.8 GiB with grouped convolutions against 15.9 GiB shifted, and XLA counts 2.9
-    GB accessed per image against 6.6."""
+    backward pass elsewhere: each is the smaller or faster program on its platform (the compiled figures:
+    BENCHMARKS.md, "Per-platform choices")."""
     return jax.lax.platform_dependent(*args, tpu=lambda *a: f(*a, impl="conv"),
                                       default=lambda *a: f(*a, impl="shift"))
 
@@ -137,7 +135,7 @@ def _gelu_filter_fwd(h, kernel):
 def _gelu_filter_bwd(res, g):
     h, x, kernel = res
     # keeps XLA from merging the erf below with the forward pass's, which would hold that map from
-    # the forward pass to the backward (HcNet-T, batch 16: 3.3 GiB of temporaries instead of 2.7)
+    # the forward pass to the backward (more temporaries: BENCHMARKS.md)
     h, x, g = jax.lax.optimization_barrier((h, x, g))
     if kernel is None:
         return g * _gelu_grad(h), None

@@ -209,7 +209,7 @@ class Run:
         """What train_and_evaluate runs for config c on `devices` (default: all of this job's);
         train_examples: the task's own count unless given (the schedule's length depends on it)."""
         devices = jax.devices() if devices is None else list(devices)
-        config_lib.validate(c, len(devices))
+        tasks.validate(c, len(devices))
         task = tasks.create(c)
         examples = task.train_examples() if train_examples is None else train_examples
         total, warmup, per_epoch = config_lib.steps(c, examples)

@@ -21,7 +21,7 @@ FINE_TUNES = ["finetune_t_384.py", "linear_probe.py", "transfer_folder.py", "dig
 @pytest.mark.parametrize("name", CONFIGS)
 def test_shipped_configs_validate_and_document_their_command(name):
     c = config_lib.load(str(ROOT / "configs" / name))
-    config_lib.validate(c, num_devices=8)
+    tasks.validate(c, num_devices=8)
     doc = (ROOT / "configs" / name.split(":")[0]).read_text()
     assert f"python train.py --config=configs/{name.split(':')[0]}" in doc and "Hardware" in doc
     spec = tasks.create(c).spec
@@ -33,9 +33,9 @@ def test_fine_tuning_configs_stop_in_one_line_until_given_their_starting_checkpo
     c = config_lib.load(str(ROOT / "configs" / name))
     with pytest.raises(ConfigError, match=r"^config.init_from='required': this config fine-tunes: give the "
                                           r"checkpoint to start from, --config.init_from="):
-        config_lib.validate(c, num_devices=8)
+        tasks.validate(c, num_devices=8)
     c.init_from = "/runs/pretrained"
-    config_lib.validate(c, num_devices=8)
+    tasks.validate(c, num_devices=8)
     assert f"python train.py --config=configs/{name.split(':')[0]}" in (ROOT / "configs" / name.split(":")[0]).read_text()
 
 
@@ -95,7 +95,7 @@ def test_bad_fields_stop_with_one_line_naming_field_value_and_what_is_accepted(o
         section, _, leaf = key.rpartition(".")
         (c[section] if section else c)[leaf] = value
     with pytest.raises(config_lib.ConfigError) as e:
-        config_lib.validate(c, num_devices=8)
+        tasks.validate(c, num_devices=8)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
@@ -122,4 +122,4 @@ def test_a_bad_extra_evaluation_is_one_line(evals, message):
     c = config_lib.load(str(ROOT / "configs/smoke.py"))
     c.evals = evals
     with pytest.raises(ConfigError, match="^" + message):
-        config_lib.validate(c, num_devices=8)
+        tasks.validate(c, num_devices=8)

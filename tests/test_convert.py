@@ -139,6 +139,6 @@ def test_unreadable_paths_say_what_is_accepted(tmp_path):
 
 
 def test_model_and_conversion_import_without_tensorflow():
-    code = ("import sys, hcnet, hcnet.count, hcnet.convert, hcnet.checkpoint; "
+    code = ("import sys, hcnet, hcnet.measure.count, hcnet.convert, hcnet.checkpoint; "
             "bad = [m for m in ('tensorflow', 'torch') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -82,7 +82,7 @@ def test_the_savedmodels_tensorflow_crop_is_eval_image_pixel_for_pixel(width, he
     """Pillow's fixed-point weights, float32 box and pass order (vertical first for some of these shapes)."""
     import tensorflow as tf
 
-    from hcnet.savedmodel import eval_crop
+    from hcnet.serve.savedmodel import eval_crop
     im = images.photo("chelsea", (width, height))
     for size, crop_pct in ((32, 0.875), (24, 1.0), (40, 0.9)):
         got = eval_crop(tf.constant(np.stack([im, im[::-1]])), size, crop_pct).numpy()

@@ -98,7 +98,7 @@ def bench_config(variant: str, batch: int, image_size: int, *, dtype: str = "flo
     c.model.update(variant=variant, dtype=dtype, heat_operator=heat_operator, remat=remat, drop_path=drop_path,
                    depthwise_impl=depthwise_impl, block_loop=block_loop)
     c.dataset.update(name="synthetic", image_size=image_size, num_classes=num_classes)
-    c.augment.update(randaugment="", reprob=0.0, mixup=0.0, cutmix=0.0, smoothing=0.1)
+    c.augment.update(config_lib.NO_AUGMENTATION, smoothing=0.1)
     c.optim.update(scale_by_batch=0, warmup_steps=10)
     c.total_steps = 1000  # the schedule's length only
     return c

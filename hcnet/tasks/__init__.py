@@ -7,6 +7,7 @@ evaluators (hcnet.evaluators). A new task is a module here, a line in TASKS, and
 import importlib
 from typing import Protocol
 
+from hcnet import config as config_lib
 from hcnet.errors import ConfigError
 
 TASKS = {"classification": "hcnet.tasks.classification", "segmentation": "hcnet.tasks.segmentation"}
@@ -50,10 +51,21 @@ class Task(Protocol):
         or None where the evaluation is driven from the host."""
 
 
-def create(c) -> Task:
-    """The task `c.task` names, set up from the config after it has checked its own config section."""
+def _task_class(c):
     if c.task not in TASKS:
         raise ConfigError(f"config.task={c.task!r}: one of {', '.join(TASKS)}")
-    task = importlib.import_module(TASKS[c.task]).Task
+    return importlib.import_module(TASKS[c.task]).Task
+
+
+def validate(c, num_devices: int, *, training: bool = True) -> None:
+    """Every check a config gets before anything is built or compiled: the run-wide fields
+    (hcnet.config.validate; training=False: what evaluation reads), then the task's own section."""
+    config_lib.validate(c, num_devices, training=training)
+    _task_class(c).validate(c)
+
+
+def create(c) -> Task:
+    """The task `c.task` names, set up from the config after it has checked its own config section."""
+    task = _task_class(c)
     task.validate(c)
     return task(c)
