@@ -9,6 +9,7 @@
 workdir and, without --config, reads the dataset from the run's config.json. Prints a table and writes
 the JSON report to --out (default CHECKPOINT/eval/<dataset>_<split>_<size>_<crop>[_step<N>].json).
 """
+
 import json
 
 from absl import app, flags, logging
@@ -17,12 +18,22 @@ from ml_collections import config_flags
 from hcnet import tools
 from hcnet.errors import UserError
 
-config_flags.DEFINE_config_file("config", None, "configs/*.py[:arg] for the dataset (default: the workdir's run)")
-flags.DEFINE_string("split", None, "TFDS split string, e.g. validation or 'validation[:1000]' (default: eval_split)")
-flags.DEFINE_integer("batch_size", None, "global evaluation batch (default: eval_batch_size or batch_size)")
+config_flags.DEFINE_config_file(
+    "config", None, "configs/*.py[:arg] for the dataset (default: the workdir's run)"
+)
+flags.DEFINE_string(
+    "split", None, "TFDS split string, e.g. validation or 'validation[:1000]' (default: eval_split)"
+)
+flags.DEFINE_integer(
+    "batch_size", None, "global evaluation batch (default: eval_batch_size or batch_size)"
+)
 flags.DEFINE_list("weights", None, "raw, ema or both (default: all the checkpoint has)")
-flags.DEFINE_bool("multiscale", False, "segmentation: also mmseg's multi-scale test with flip (`ms`; ratios "
-                  "config.segmentation.ms_ratios, or 0.5, 0.75, 1.0, 1.25, 1.5, 1.75)")
+flags.DEFINE_bool(
+    "multiscale",
+    False,
+    "segmentation: also mmseg's multi-scale test with flip (`ms`; ratios "
+    "config.segmentation.ms_ratios, or 0.5, 0.75, 1.0, 1.25, 1.5, 1.75)",
+)
 # hcnet.tools' shared flags; --workdir is a training workdir (same as --checkpoint; its config.json is the default)
 for _name in ("checkpoint", "workdir", "image_size", "crop_pct", "step", "out"):
     flags.declare_key_flag(_name)
@@ -41,7 +52,11 @@ def main(argv):
     from hcnet import eval_report, paths, trained
 
     c = FLAGS.config if FLAGS.config is not None else trained.read_config(path)
-    for field, value in (("eval_split", FLAGS.split), ("image_size", FLAGS.image_size), ("crop_pct", FLAGS.crop_pct)):
+    for field, value in (
+        ("eval_split", FLAGS.split),
+        ("image_size", FLAGS.image_size),
+        ("crop_pct", FLAGS.crop_pct),
+    ):
         if value is not None:
             c.dataset[field] = value
     if FLAGS.multiscale:
@@ -59,5 +74,6 @@ def main(argv):
 
 if __name__ == "__main__":
     from hcnet import hostenv
+
     hostenv.reexec_on_cpu()  # before JAX starts; see hcnet/hostenv.py
     tools.run(main)

@@ -7,6 +7,7 @@
 Hardware and time as configs/hcnet_t.py. The paper reports input-dependent k best; the fixed values
 of its table are not given in the paper's text we work from, so we sweep 0.1, 0.3, 0.5, 0.7 and 0.9.
 """
+
 from configs import hcnet_t
 
 
@@ -18,6 +19,8 @@ def get_config(arg="input"):
         try:
             k = float(arg)
         except ValueError:
-            raise ValueError(f"--config=configs/ablate_k.py:{arg}: use input, learned or a number in [0, 1]") from None
+            raise ValueError(
+                f"--config=configs/ablate_k.py:{arg}: use input, learned or a number in [0, 1]"
+            ) from None
         c.model.k_mode, c.model.k_value = "fixed", k
     return c

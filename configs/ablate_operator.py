@@ -6,6 +6,7 @@
 
 Hardware and time as configs/hcnet_t.py. The README's operator table says how the forms differ.
 """
+
 from configs import hcnet_t
 
 

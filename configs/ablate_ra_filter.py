@@ -4,6 +4,7 @@
 
 Hardware and time as configs/hcnet_t.py; the paper reports a drop in top-1 without the filter.
 """
+
 from configs import hcnet_t
 
 

@@ -10,11 +10,12 @@ Compiled for v4-64 by `python -m hcnet.tools.aot --config=configs/hcnet_b.py --t
 not hardware; blocks scanned on TPU): 8.5 of 32 GiB per chip at 32 images per chip, 219 s to compile on a
 2-core VM (BENCHMARKS.md, "Compiled for Cloud TPU slices").
 """
+
 from configs import hcnet_t
 
 
 def get_config():
     c = hcnet_t.get_config()
-    c.model.variant = "B"       # [paper] Table 1: depths 10,10,28,10, dims 96,192,384,768
-    c.model.drop_path = 0.5     # [swin] swin_base
+    c.model.variant = "B"  # [paper] Table 1: depths 10,10,28,10, dims 96,192,384,768
+    c.model.drop_path = 0.5  # [swin] swin_base
     return c

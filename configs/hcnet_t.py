@@ -23,6 +23,7 @@ switch_prob 0.5, smoothing 0.1 [swin]. optim: lr 1e-3 [yaml] (x batch / 512), wa
 scale_by_batch 512, AdamW (0.9, 0.999, 1e-8), weight_decay 0.05 (none on norms, biases and k), clip_norm 5.0,
 no accumulation [swin]; no EMA [ref]. The README's audit table lists each beside the reference's.
 """
+
 from hcnet.config import defaults
 
 

@@ -13,6 +13,7 @@ on train[:80%], scored on train[80%:]. Expected (BENCHMARKS.md, learning parity;
 2-core AMD EPYC): held-out top-1 0.921 (0.875-0.979), mean training loss over the last 40 updates 1.310;
 the PyTorch statement of the reference on the same batches: 0.935 and 1.300.
 """
+
 from hcnet.config import NO_AUGMENTATION, defaults
 
 
@@ -20,7 +21,7 @@ def get_config():
     c = defaults()
     c.batch_size = 16
     c.total_steps = 400
-    c.log_every_steps = 40            # the last log: the mean training loss over the last 40 updates
+    c.log_every_steps = 40  # the last log: the mean training loss over the last 40 updates
     c.eval_every_steps = 0
     c.checkpoint_every_steps = 400
     c.keep_checkpoints = 1
@@ -33,7 +34,7 @@ def get_config():
     c.dataset.train_split = "train[:80%]"
     c.dataset.eval_split = "train[80%:]"
     c.dataset.image_size = 64
-    c.dataset.num_classes = 1000      # the builder's classes; five of them hold images
+    c.dataset.num_classes = 1000  # the builder's classes; five of them hold images
     c.dataset.crop_pct = 0.875
     c.dataset.threads = 2
 
@@ -43,6 +44,6 @@ def get_config():
     c.optim.lr = 1e-3
     c.optim.warmup_lr = 1e-5
     c.optim.min_lr = 1e-5
-    c.optim.scale_by_batch = 0        # the lr as given
+    c.optim.scale_by_batch = 0  # the lr as given
     c.optim.warmup_steps = 20
     return c

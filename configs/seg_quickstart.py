@@ -12,6 +12,7 @@ The recipe is the ADE20K one's shape (mmseg's pipeline, the auxiliary head, Adam
 size: 64x64 crops of collages rescaled around their own size, a mu backbone, 64-channel heads, and a
 learning rate for training from scratch rather than from an ImageNet backbone.
 """
+
 from configs import upernet_hcnet_t_ade20k
 
 
@@ -26,7 +27,7 @@ def get_config():
 
     c.model.variant = "mu"
     c.model.drop_path = 0.1
-    c.model.dtype = "float32"           # CPUs gain nothing from bf16
+    c.model.dtype = "float32"  # CPUs gain nothing from bf16
 
     c.dataset.name = "hcnet_collages"
     c.dataset.train_split = "train"
@@ -37,8 +38,8 @@ def get_config():
     s = c.segmentation
     s.channels, s.aux_channels = 64, 32
     s.crop = (64, 64)
-    s.scale = (128, 72)                 # a collage (96x72) keeps its size at ratio 1
-    s.eval_mode = "whole"               # every test collage is 96x72: one compiled shape
+    s.scale = (128, 72)  # a collage (96x72) keeps its size at ratio 1
+    s.eval_mode = "whole"  # every test collage is 96x72: one compiled shape
 
     o = c.optim
     o.lr = 2e-3

@@ -6,6 +6,7 @@ on the device except RandAugment; EMA, drop path, checkpoints and evaluation).
 Hardware: any CPU. Expected: it runs, checkpoints and evaluates; synthetic labels carry no signal,
 so eval/top1 stays near chance (0.1).
 """
+
 from hcnet.config import defaults
 
 
@@ -35,5 +36,5 @@ def get_config():
     c.augment.randaugment = ""
     c.optim.scale_by_batch = 0
     c.optim.warmup_steps = 2
-    c.optim.ema_decay = 0.9         # exercises EMA evaluation
+    c.optim.ema_decay = 0.9  # exercises EMA evaluation
     return c

@@ -8,11 +8,12 @@ and 51.5 multi-scale mIoU; 96M parameters, 1095G MACs at 512x2048. Nothing measu
 Sources: [swinb] upernet_swin_base_patch4_window7_512x512_160k_ade20k.py: the T setting with the base
 backbone; its decode head's in_channels follow the backbone (here HcNet-B's 96, 192, 384, 768).
 """
+
 from configs import upernet_hcnet_t_ade20k
 
 
 def get_config():
     c = upernet_hcnet_t_ade20k.get_config()
     c.model.variant = "B"
-    c.model.drop_path = 0.3             # [swinb] drop_path_rate=0.3
+    c.model.drop_path = 0.3  # [swinb] drop_path_rate=0.3
     return c

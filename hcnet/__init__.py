@@ -1,9 +1,17 @@
 """HcNet, the Heat Conduction Network vision backbone, in JAX/Flax NNX."""
+
 import importlib
 
-_EXPORTS = {"load": "hcnet.trained", "save": "hcnet.checkpoint", "HEAT_OPERATORS": "hcnet.model",
-            "K_MODES": "hcnet.model", "VARIANTS": "hcnet.model", "HcNet": "hcnet.model",
-            "create_model": "hcnet.model", "model_spec": "hcnet.model"}
+_EXPORTS = {
+    "load": "hcnet.trained",
+    "save": "hcnet.checkpoint",
+    "HEAT_OPERATORS": "hcnet.model",
+    "K_MODES": "hcnet.model",
+    "VARIANTS": "hcnet.model",
+    "HcNet": "hcnet.model",
+    "create_model": "hcnet.model",
+    "model_spec": "hcnet.model",
+}
 __all__ = sorted(_EXPORTS)
 
 

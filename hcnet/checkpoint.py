@@ -10,6 +10,7 @@ gs:// (no renames there) it writes in place and marks the step complete with a l
 (commit_success.txt). Either way a save cut short by a kill is never listed; a step that lists but
 does not read is skipped with a warning and the one before used. Every directory may be gs://.
 """
+
 import json
 
 import jax
@@ -18,14 +19,17 @@ from absl import logging
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
-from hcnet import paths
-from hcnet import nets
+from hcnet import nets, paths
 
 SPEC_FILE, PARAMS_DIR, CHECKPOINTS = "model.json", "params", "checkpoints"
-TRAIN_KEYS = ("opt", "step", "nonfinite_step")  # the "train" item: optimizer state, updates done, first bad step
+TRAIN_KEYS = (
+    "opt",
+    "step",
+    "nonfinite_step",
+)  # the "train" item: optimizer state, updates done, first bad step
 
 
-def configure_orbax(min_replica_slice_bytes: int = 2 ** 24) -> None:
+def configure_orbax(min_replica_slice_bytes: int = 2**24) -> None:
     """Replicated arrays under 16 MiB are written whole by one replica (a process-wide Orbax setting).
 
     Orbax splits every replicated array across its replicas to write in parallel, and the slicing
@@ -33,12 +37,18 @@ def configure_orbax(min_replica_slice_bytes: int = 2 ** 24) -> None:
     train.py calls this at the top of main().
     """
     ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=min_replica_slice_bytes),
-        override=True)
+        jax.Array,
+        ocp.type_handlers.ArrayHandler(
+            min_slice_bytes_for_replica_parallel=min_replica_slice_bytes
+        ),
+        override=True,
+    )
 
 
 def write_spec(directory, spec: dict) -> None:
-    (paths.path(directory) / SPEC_FILE).write_text(json.dumps(nets.spec_json(spec), indent=2) + "\n")
+    (paths.path(directory) / SPEC_FILE).write_text(
+        json.dumps(nets.spec_json(spec), indent=2) + "\n"
+    )
 
 
 def read_spec(directory) -> dict:
@@ -61,8 +71,9 @@ def save(directory, model: nnx.Module, spec: dict) -> paths.Path:
 
 
 def _reader(directory) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(paths.path(directory) / CHECKPOINTS,
-                                 options=ocp.CheckpointManagerOptions(create=False))  # read_only=True logs warnings
+    return ocp.CheckpointManager(
+        paths.path(directory) / CHECKPOINTS, options=ocp.CheckpointManagerOptions(create=False)
+    )  # read_only=True logs warnings
 
 
 def choose_step(run_dir, step: int | None = None) -> int:
@@ -70,8 +81,10 @@ def choose_step(run_dir, step: int | None = None) -> int:
     with _reader(run_dir) as manager:
         steps = sorted(manager.all_steps())
     if not steps or (step is not None and step not in steps):
-        raise FileNotFoundError(f"{paths.path(run_dir) / CHECKPOINTS}: no checkpoint "
-                                f"{'at step %d ' % step if step is not None else ''}(steps there: {steps or 'none'})")
+        raise FileNotFoundError(
+            f"{paths.path(run_dir) / CHECKPOINTS}: no checkpoint "
+            f"{f'at step {step} ' if step is not None else ''}(steps there: {steps or 'none'})"
+        )
     return steps[-1] if step is None else step
 
 
@@ -84,24 +97,37 @@ def restore_params(path, target: dict, *, ema: bool = False, step: int | None = 
             return ckptr.restore(path / PARAMS_DIR, target)
     item, step = "ema" if ema else "params", choose_step(path, step)
     if not (path / CHECKPOINTS / str(step) / item).is_dir():
-        raise FileNotFoundError(f"{path / CHECKPOINTS / str(step)} has no {item!r} weights"
-                                + (" (the run had optim.ema_decay=0)" if ema else ""))
+        raise FileNotFoundError(
+            f"{path / CHECKPOINTS / str(step)} has no {item!r} weights"
+            + (" (the run had optim.ema_decay=0)" if ema else "")
+        )
     with _reader(path) as manager:
-        return manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))[item]
+        return manager.restore(
+            step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)})
+        )[item]
 
 
 class Checkpoints:
     """A run's CheckpointManager: async saves, the latest `keep` steps plus the best `best_metric`
     (highest, or lowest for a metric whose name ends in 'loss')."""
 
-    def __init__(self, workdir, *, keep: int = 3, async_save: bool = True, best_metric: str = "eval/top1"):
+    def __init__(
+        self, workdir, *, keep: int = 3, async_save: bool = True, best_metric: str = "eval/top1"
+    ):
         self.best_metric = best_metric
         keep_last = policies.LatestN(n=keep or None)
-        keep_best = policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_metric.endswith("loss"),
-                                   n=1, keep_checkpoints_without_metrics=False)
+        keep_best = policies.BestN(
+            get_metric_fn=lambda m: m[best_metric],
+            reverse=best_metric.endswith("loss"),
+            n=1,
+            keep_checkpoints_without_metrics=False,
+        )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy([keep_last, keep_best]),
-            enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+            create=True,
+        )
         self.directory = paths.path(workdir) / CHECKPOINTS
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -113,7 +139,11 @@ class Checkpoints:
 
     def save(self, step: int, state: dict, data_state: dict, metrics: dict | None = None) -> None:
         items = {**self._items(state, ocp.args.StandardSave), "data": ocp.args.JsonSave(data_state)}
-        best = {self.best_metric: float(metrics[self.best_metric])} if metrics and self.best_metric in metrics else None
+        best = (
+            {self.best_metric: float(metrics[self.best_metric])}
+            if metrics and self.best_metric in metrics
+            else None
+        )
         self.manager.save(step, args=ocp.args.Composite(**items), metrics=best, force=True)
 
     def steps(self) -> list[int]:
@@ -121,13 +151,21 @@ class Checkpoints:
 
     def restore(self, abstract_state: dict):
         """(step, state, data state) of the newest readable checkpoint, or None; onto the given shardings."""
-        items = {**self._items(abstract_state, ocp.args.StandardRestore), "data": ocp.args.JsonRestore()}
+        items = {
+            **self._items(abstract_state, ocp.args.StandardRestore),
+            "data": ocp.args.JsonRestore(),
+        }
         for step in reversed(self.steps()):
             try:
                 got = self.manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:  # a damaged step: say so, fall back to the one before
-                logging.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
-                                self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
+                logging.warning(
+                    "checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
+                    self.directory,
+                    step,
+                    type(e).__name__,
+                    str(e).splitlines()[0][:200],
+                )
                 continue
             state = {"params": got["params"], **got["train"]}
             if "ema" in abstract_state:

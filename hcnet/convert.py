@@ -6,6 +6,7 @@ PATH is a `.pth`/`.pt` (needs torch), `.safetensors` or `.npz` file. The operato
 the key names unless given. Every key must be used and every shape must match; the model comes back
 in eval mode.
 """
+
 import io
 
 import numpy as np
@@ -24,52 +25,72 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     path = paths.path(path)
     paths.check(path)
     if not path.is_file():
-        raise ConversionError(f"{path}: no such file (expected a .pth, .pt, .safetensors or .npz state_dict)")
+        raise ConversionError(
+            f"{path}: no such file (expected a .pth, .pt, .safetensors or .npz state_dict)"
+        )
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".safetensors", ".pth", ".pt", ".bin"):
-        raise ConversionError(f"{path}: unknown suffix {suffix!r} (expected .pth, .pt, .safetensors or .npz)")
+        raise ConversionError(
+            f"{path}: unknown suffix {suffix!r} (expected .pth, .pt, .safetensors or .npz)"
+        )
     data = path.read_bytes()
     if suffix == ".npz":
         with np.load(io.BytesIO(data)) as f:
             state = {k: f[k] for k in f.files}
     elif suffix == ".safetensors":
         from safetensors.numpy import load
+
         state = load(data)
     else:
         try:
             import torch
         except ImportError:
-            raise ConversionError(f"{path}: reading {suffix} needs torch (pip install torch), or give "
-                                  "the weights as .safetensors or .npz") from None
+            raise ConversionError(
+                f"{path}: reading {suffix} needs torch (pip install torch), or give "
+                "the weights as .safetensors or .npz"
+            ) from None
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     for wrapper in ("model", "state_dict", "model_ema"):
         if isinstance(state.get(wrapper), dict):
             state = state[wrapper]
             break
-    return {k.removeprefix("module."): np.asarray(v.float().numpy() if hasattr(v, "numpy") else v)
-            for k, v in state.items()}
+    return {
+        k.removeprefix("module."): np.asarray(v.float().numpy() if hasattr(v, "numpy") else v)
+        for k, v in state.items()
+    }
 
 
 def infer_heat_operator(keys) -> str:
     """mean8 (fc_0 + mlp.dwconv), learned3 (fc_0 + Anisotropic_conv), learned5 (DeltaT_DeltaD)."""
     keys = list(keys)
-    has = lambda part: any(part in k for k in keys)
+
+    def has(part):
+        return any(part in k for k in keys)
+
     if has(".DeltaT_DeltaD."):
         return "learned5"
     if has(".Anisotropic_conv."):
         return "learned3"
     if has(".fc_0.") and has(".mlp.dwconv."):
         return "mean8"
-    raise ConversionError("cannot tell the operator form from the keys (expected fc_0 with mlp.dwconv, "
-                          "Anisotropic_conv, or DeltaT_DeltaD); pass --heat-operator")
+    raise ConversionError(
+        "cannot tell the operator form from the keys (expected fc_0 with mlp.dwconv, "
+        "Anisotropic_conv, or DeltaT_DeltaD); pass --heat-operator"
+    )
 
 
 def reference_name(path: tuple, heat_operator: str) -> str:
     """The reference's state_dict key for one of our parameter paths."""
-    rename = {"stem": "patch_embed", "stages": "layers", "ra": "mlp", "kernel": "weight",
-              "scale": "weight", "stencil": "Anisotropic_conv.weight",
-              "gate": "DeltaT_DeltaD" if heat_operator == "learned5" else "fc_0",
-              "filter": ("mlp.dwconv" if heat_operator == "mean8" else "mlp.Filters") + ".weight"}
+    rename = {
+        "stem": "patch_embed",
+        "stages": "layers",
+        "ra": "mlp",
+        "kernel": "weight",
+        "scale": "weight",
+        "stencil": "Anisotropic_conv.weight",
+        "gate": "DeltaT_DeltaD" if heat_operator == "learned5" else "fc_0",
+        "filter": ("mlp.dwconv" if heat_operator == "mean8" else "mlp.Filters") + ".weight",
+    }
     parts = [str(p) for p in path]
     if len(parts) > 4 and parts[2] == "blocks" and parts[4] == "norm":
         parts[4] = "norm2"
@@ -104,8 +125,10 @@ def check_buffers(state: dict, keys: set):
     for key in sorted(k for k in keys if k.endswith(".mean_num")):
         buf = state[key]
         if buf.ndim != 4 or not np.array_equal(buf[0, 0], neighbour_count(*buf.shape[2:])[..., 0]):
-            raise ConversionError(f"{key}: not the border-aware neighbour count for a "
-                                  f"{buf.shape[2:]} map (expected 8 inside, 5 on edges, 3 at corners)")
+            raise ConversionError(
+                f"{key}: not the border-aware neighbour count for a "
+                f"{buf.shape[2:]} map (expected 8 inside, 5 on edges, 3 at corners)"
+            )
         keys.discard(key)
 
 
@@ -125,15 +148,26 @@ def torch_params(state: dict, shapes: dict, heat_operator: str) -> dict:
         unused.discard(key)
         value = to_ours(state[key], want.shape)
         if value.shape != want.shape:
-            mismatched.append(f"{key} {tuple(state[key].shape)} (expected {reference_shape(want.shape, key)})")
+            mismatched.append(
+                f"{key} {tuple(state[key].shape)} (expected {reference_shape(want.shape, key)})"
+            )
             continue
         values[path] = value.astype(want.dtype)
-    problems = [f"{label}: {', '.join(sorted(items)[:8])}{' ...' if len(items) > 8 else ''}"
-                for label, items in (("missing keys", missing), ("unused keys", unused),
-                                     ("wrong shapes", mismatched)) if items]
+    problems = [
+        f"{label}: {', '.join(sorted(items)[:8])}{' ...' if len(items) > 8 else ''}"
+        for label, items in (
+            ("missing keys", missing),
+            ("unused keys", unused),
+            ("wrong shapes", mismatched),
+        )
+        if items
+    ]
     if problems:
-        raise ConversionError("state_dict does not fit the model; " + "; ".join(problems)
-                              + " (check --variant, --depths and --heat_operator)")
+        raise ConversionError(
+            "state_dict does not fit the model; "
+            + "; ".join(problems)
+            + " (check --variant, --depths and --heat_operator)"
+        )
     return values
 
 

@@ -4,6 +4,7 @@ It runs the evaluators the config's task gives (the ones training runs), on the 
 when the run kept an EMA, the EMA weights. `eval.py` is the command line; `evaluate` is the same for
 scripts and notebooks; `table` and `default_out` shape what eval.py prints and writes.
 """
+
 import jax
 
 from hcnet import monitor, nets, paths, sharding, tasks, trained, trainer
@@ -25,14 +26,30 @@ def evaluate(c, path, *, step: int | None = None, weights=None) -> dict:
     results = {}
     for w in weights:
         scalars = trainer.evaluate(evaluators, {"params": source.weights(target, ema=w == "ema")})
-        results[w] = {k.removeprefix("eval/"): v for k, v in scalars.items()}  # the main evaluator's: bare
+        results[w] = {
+            k.removeprefix("eval/"): v for k, v in scalars.items()
+        }  # the main evaluator's: bare
     evals = []
     for ev in evaluators:
         where = {"dataset": ev.source.name, "split": ev.source.split, "examples": len(ev.source)}
-        evals.append({"name": ev.name, **where, **ev.settings, "metrics": list(ev.metrics),
-                      "columns": ev.columns, "tag": ev.tag})
+        evals.append(
+            {
+                "name": ev.name,
+                **where,
+                **ev.settings,
+                "metrics": list(ev.metrics),
+                "columns": ev.columns,
+                "tag": ev.tag,
+            }
+        )
     main = {k: v for k, v in evals[0].items() if k not in ("name", "metrics", "columns", "tag")}
-    return {"checkpoint": str(source.path), "step": source.step, **main, "evals": evals, "results": results}
+    return {
+        "checkpoint": str(source.path),
+        "step": source.step,
+        **main,
+        "evals": evals,
+        "results": results,
+    }
 
 
 def table(report: dict) -> str:

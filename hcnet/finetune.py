@@ -11,6 +11,7 @@ a checkpoint trained at 224 loads unchanged at any resolution. A segmentation ne
 from a classification checkpoint by its backbone: the checkpoint's arrays load under `backbone/`, its
 classification head is left unused and the decoder's heads are new.
 """
+
 import re
 
 import jax
@@ -29,7 +30,10 @@ def merge(ours: dict, theirs: dict, skip=()) -> tuple[dict, dict]:
     Counts: loaded, skipped (by `skip` or a head of another shape), new (not in theirs), unused (in
     theirs only). Raises ConfigError naming every other array whose shape differs.
     """
-    head_differs = any(re.search(HEAD, k) and k in theirs and np.shape(theirs[k]) != np.shape(v) for k, v in ours.items())
+    head_differs = any(
+        re.search(HEAD, k) and k in theirs and np.shape(theirs[k]) != np.shape(v)
+        for k, v in ours.items()
+    )
     patterns = [*skip, *([HEAD] if head_differs else [])]
     out, counts, wrong = {}, dict(loaded=0, skipped=0, new=0), []
     for name, value in ours.items():
@@ -42,9 +46,11 @@ def merge(ours: dict, theirs: dict, skip=()) -> tuple[dict, dict]:
         else:
             out[name], counts["loaded"] = theirs[name], counts["loaded"] + 1
     if wrong:
-        raise ConfigError(f"config.init_from: {len(wrong)} arrays differ in shape from this network's: "
-                          f"{', '.join(wrong[:6])}{' ...' if len(wrong) > 6 else ''}; match the model fields to the "
-                          "checkpoint's (its model.json) or leave them new with config.init_skip=('PATTERN',)")
+        raise ConfigError(
+            f"config.init_from: {len(wrong)} arrays differ in shape from this network's: "
+            f"{', '.join(wrong[:6])}{' ...' if len(wrong) > 6 else ''}; match the model fields to the "
+            "checkpoint's (its model.json) or leave them new with config.init_skip=('PATTERN',)"
+        )
     counts["unused"] = sum(1 for name in theirs if name not in ours)
     return out, counts
 
@@ -52,8 +58,10 @@ def merge(ours: dict, theirs: dict, skip=()) -> tuple[dict, dict]:
 def check_source(init_from: str) -> None:
     """One line unless config.init_from names a checkpoint (what train.py checks before it compiles)."""
     if not (paths.path(init_from) / checkpoint.SPEC_FILE).is_file():
-        raise ConfigError(f"config.init_from={init_from}: not a checkpoint (no {checkpoint.SPEC_FILE}); give a "
-                          "training workdir, an export (hcnet.tools.export) or a converted checkpoint")
+        raise ConfigError(
+            f"config.init_from={init_from}: not a checkpoint (no {checkpoint.SPEC_FILE}); give a "
+            "training workdir, an export (hcnet.tools.export) or a converted checkpoint"
+        )
 
 
 def start_from(c, state: dict, say=print) -> dict:
@@ -62,20 +70,31 @@ def start_from(c, state: dict, say=print) -> dict:
     source = trained.open(c.init_from, step=c.init_step or None)
     path, step = source.path, source.step
     if c.init_ema and "ema" not in source.available:
-        raise ConfigError(f"config.init_ema=True: {path} has no EMA weights (available: "
-                          f"{', '.join(source.available)})")
+        raise ConfigError(
+            f"config.init_ema=True: {path} has no EMA weights (available: "
+            f"{', '.join(source.available)})"
+        )
     _, shapes = nets.ModelDef.from_spec(source.spec)
     mesh = jax.tree.leaves(state["params"])[0].sharding.mesh
     theirs = source.weights(sharding.placed(shapes, sharding.replicated(mesh)), ema=c.init_ema)
     ours, theirs = _by_name(state["params"]), _by_name(theirs)
-    if any(n.startswith(BACKBONE) for n in ours) and not any(n.startswith(BACKBONE) for n in theirs):
-        theirs = {BACKBONE + n: v for n, v in theirs.items()}  # a classification network as a backbone
+    if any(n.startswith(BACKBONE) for n in ours) and not any(
+        n.startswith(BACKBONE) for n in theirs
+    ):
+        theirs = {
+            BACKBONE + n: v for n, v in theirs.items()
+        }  # a classification network as a backbone
     merged, counts = merge(ours, theirs, tuple(c.init_skip))
-    params = jax.tree_util.tree_unflatten(jax.tree.structure(state["params"]), [
-        jax.device_put(merged[n].astype(v.dtype), v.sharding) for n, v in ours.items()])
-    say(f"init_from {path}" + (f" (step {step}{', EMA' if c.init_ema else ''})" if step is not None else "")
+    params = jax.tree_util.tree_unflatten(
+        jax.tree.structure(state["params"]),
+        [jax.device_put(merged[n].astype(v.dtype), v.sharding) for n, v in ours.items()],
+    )
+    say(
+        f"init_from {path}"
+        + (f" (step {step}{', EMA' if c.init_ema else ''})" if step is not None else "")
         + f": {counts['loaded']} arrays loaded, {counts['skipped']} skipped on purpose, {counts['new']} new"
-        + (f", {counts['unused']} of the checkpoint's unused" if counts["unused"] else ""))
+        + (f", {counts['unused']} of the checkpoint's unused" if counts["unused"] else "")
+    )
     state = {**state, "params": params}
     if "ema" in state:
         state["ema"] = jax.tree.map(lambda p: p.copy(), params)

@@ -9,6 +9,7 @@ process start, so `reexec_on_cpu()` starts the process again with the tunable se
 It changes nothing where an accelerator is installed or JAX_PLATFORMS names another platform,
 off Linux or before glibc 2.35, where the tunable is already set, or when HCNET_KEEP_MALLOC=1.
 """
+
 import importlib.metadata
 import os
 import sys
@@ -32,8 +33,13 @@ def accelerator_installed() -> bool:
     return any(n.lower().startswith(ACCELERATOR_DISTRIBUTIONS) for n in names)
 
 
-def cpu_malloc_env(environ, *, platform: str = sys.platform, glibc: tuple[int, int] | None = None,
-                   accelerator: bool | None = None) -> dict | None:
+def cpu_malloc_env(
+    environ,
+    *,
+    platform: str = sys.platform,
+    glibc: tuple[int, int] | None = None,
+    accelerator: bool | None = None,
+) -> dict | None:
     """The environment to restart with, or None where there is nothing to change."""
     if environ.get(OPT_OUT, "") not in ("", "0") or platform != "linux":
         return None
@@ -57,6 +63,10 @@ def reexec_on_cpu() -> None:
     env = cpu_malloc_env(os.environ)
     if env is None:
         return
-    print(f"hcnet: restarting with GLIBC_TUNABLES={env['GLIBC_TUNABLES']} for XLA:CPU's buffers "
-          f"(see BENCHMARKS.md; {OPT_OUT}=1 skips this)", file=sys.stderr, flush=True)
+    print(
+        f"hcnet: restarting with GLIBC_TUNABLES={env['GLIBC_TUNABLES']} for XLA:CPU's buffers "
+        f"(see BENCHMARKS.md; {OPT_OUT}=1 skips this)",
+        file=sys.stderr,
+        flush=True,
+    )
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

@@ -1,6 +1,7 @@
 """HcNet's parts, in Flax NNX with NHWC tensors: initialisers, the heat conduction layer, the Refinement
 Approximation, the Hc-Ra block and its drop path, the stem, downsampling and a stage of blocks (run unrolled,
 or as one jax.lax.scan). hcnet.model assembles them into the network."""
+
 import math
 from collections.abc import Sequence
 
@@ -21,7 +22,9 @@ def trunc_normal(key, shape, dtype=jnp.float32):
 def torch_default_bias(fan_in):
     """PyTorch's default conv bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+        key, shape, dtype, -bound, bound
+    )
 
 
 def conv_out_size(size: int, stride: int = 2) -> int:
@@ -37,8 +40,15 @@ def drop_path_rates(depths: Sequence[int], rate: float) -> list[float]:
 # ---------------------------------------------------------------- layers
 def group_norm(dim, dtype, param_dtype, rngs):
     """GroupNorm(1): normalises over (H, W, C) per example, per-channel affine, eps 1e-5."""
-    return nnx.GroupNorm(dim, num_groups=1, epsilon=1e-5, use_fast_variance=False,
-                         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    return nnx.GroupNorm(
+        dim,
+        num_groups=1,
+        epsilon=1e-5,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
 
 
 def conv3x3(cin, cout, *, use_bias, init, dtype, param_dtype, rngs):
@@ -51,29 +61,60 @@ def conv3x3(cin, cout, *, use_bias, init, dtype, param_dtype, rngs):
     if init == "trunc_normal":
         inits = dict(kernel_init=trunc_normal, bias_init=nnx.initializers.zeros)
     else:
-        inits = dict(kernel_init=nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-                     bias_init=torch_default_bias(9 * cin))
-    return nnx.Conv(cin, cout, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=use_bias,
-                    dtype=dtype, param_dtype=param_dtype, rngs=rngs, **inits)
+        inits = dict(
+            kernel_init=nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+            bias_init=torch_default_bias(9 * cin),
+        )
+    return nnx.Conv(
+        cin,
+        cout,
+        (3, 3),
+        strides=(2, 2),
+        padding=((1, 1), (1, 1)),
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+        **inits,
+    )
 
 
 def linear(din, dout, *, use_bias=True, dtype, param_dtype, rngs):
-    return nnx.Linear(din, dout, use_bias=use_bias, kernel_init=trunc_normal, dtype=dtype,
-                      param_dtype=param_dtype, rngs=rngs)
+    return nnx.Linear(
+        din,
+        dout,
+        use_bias=use_bias,
+        kernel_init=trunc_normal,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
 
 
 class HeatConduction(nnx.Module):
     """The increment k(x) * L(x) of one explicit heat-equation step."""
 
-    def __init__(self, dim, *, heat_operator, k_mode, k_value, dtype, param_dtype,
-                 depthwise_impl, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim,
+        *,
+        heat_operator,
+        k_mode,
+        k_value,
+        dtype,
+        param_dtype,
+        depthwise_impl,
+        rngs: nnx.Rngs,
+    ):
         self.heat_operator, self.k_mode, self.k_value = heat_operator, k_mode, k_value
         self.depthwise_impl = depthwise_impl
         if heat_operator != "mean8":
             size = 3 if heat_operator == "learned3" else 5
             self.stencil = nnx.Param(trunc_normal(rngs.params(), (size, size, 1, dim), param_dtype))
         if k_mode == "input":
-            self.gate = linear(dim, dim, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            self.gate = linear(
+                dim, dim, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+            )
         elif k_mode == "learned":
             self.k = nnx.Param(jnp.full((), k_value, param_dtype))
 
@@ -98,10 +139,15 @@ class HeatConduction(nnx.Module):
 class RefinementApproximation(nnx.Module):
     """RA(x) = fc2(DWConv3x3(GELU(fc1(x)))), the 'filter' being Table 6's ablation."""
 
-    def __init__(self, dim, hidden, *, ra_filter, dropout, dtype, param_dtype, depthwise_impl,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, dim, hidden, *, ra_filter, dropout, dtype, param_dtype, depthwise_impl, rngs: nnx.Rngs
+    ):
         self.fc1 = linear(dim, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.filter = nnx.Param(trunc_normal(rngs.params(), (3, 3, 1, hidden), param_dtype)) if ra_filter else None
+        self.filter = (
+            nnx.Param(trunc_normal(rngs.params(), (3, 3, 1, hidden), param_dtype))
+            if ra_filter
+            else None
+        )
         self.fc2 = linear(hidden, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.drop = nnx.Dropout(dropout, rngs=rngs)
         self.depthwise_impl = depthwise_impl
@@ -119,13 +165,30 @@ class RefinementApproximation(nnx.Module):
 class HcRaBlock(nnx.Module):
     """x += k L(x); x += DropPath(RA(GroupNorm(x))). mean8 also drops the heat branch."""
 
-    def __init__(self, dim, *, heat_operator, k_mode, k_value, ra_filter, mlp_ratio, drop_path,
-                 dropout, dtype, param_dtype, depthwise_impl, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim,
+        *,
+        heat_operator,
+        k_mode,
+        k_value,
+        ra_filter,
+        mlp_ratio,
+        drop_path,
+        dropout,
+        dtype,
+        param_dtype,
+        depthwise_impl,
+        rngs: nnx.Rngs,
+    ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, depthwise_impl=depthwise_impl, rngs=rngs)
-        self.heat = HeatConduction(dim, heat_operator=heat_operator, k_mode=k_mode, k_value=k_value, **kw)
+        self.heat = HeatConduction(
+            dim, heat_operator=heat_operator, k_mode=k_mode, k_value=k_value, **kw
+        )
         self.norm = group_norm(dim, dtype, param_dtype, rngs)
-        self.ra = RefinementApproximation(dim, int(dim * mlp_ratio), ra_filter=ra_filter,
-                                          dropout=dropout, **kw)
+        self.ra = RefinementApproximation(
+            dim, int(dim * mlp_ratio), ra_filter=ra_filter, dropout=dropout, **kw
+        )
         self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2, 3), rngs=rngs)  # per example
         self.drop_heat = heat_operator == "mean8"
 
@@ -150,8 +213,15 @@ class Downsample(nnx.Module):
     """conv3x3 stride 2 without bias, then GroupNorm(1)."""
 
     def __init__(self, cin, cout, *, conv_init, dtype, param_dtype, rngs: nnx.Rngs):
-        self.conv = conv3x3(cin, cout, use_bias=False, init=conv_init, dtype=dtype,
-                            param_dtype=param_dtype, rngs=rngs)
+        self.conv = conv3x3(
+            cin,
+            cout,
+            use_bias=False,
+            init=conv_init,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
         self.norm = group_norm(cout, dtype, param_dtype, rngs)
 
     def __call__(self, x):
@@ -161,7 +231,14 @@ class Downsample(nnx.Module):
 class Stage(nnx.Module):
     """depth Hc-Ra blocks at one width, then (except the last stage) a Downsample."""
 
-    def __init__(self, blocks: list[HcRaBlock], downsample: Downsample | None, remat: bool, *, scan: bool = False):
+    def __init__(
+        self,
+        blocks: list[HcRaBlock],
+        downsample: Downsample | None,
+        remat: bool,
+        *,
+        scan: bool = False,
+    ):
         self.blocks = nnx.List(blocks)
         self.downsample = downsample
         self.remat = remat
@@ -197,10 +274,13 @@ class Stage(nnx.Module):
                 ks = iter((k_heat, k_ra) if block.drop_heat else (k_ra,))
                 return block.residuals(y, lambda m: drop_path(next(ks), m, rate)), None
             return block.residuals(y, lambda m: m), None
+
         # the backward pass keeps each block's matmul and convolution outputs and recomputes the elementwise
         # work between them (model.remat: recomputes everything): the least memory of the forms compared
         # (BENCHMARKS.md, "Compile time")
-        body = jax.checkpoint(body, policy=None if self.remat else jax.checkpoint_policies.dots_saveable)
+        body = jax.checkpoint(
+            body, policy=None if self.remat else jax.checkpoint_policies.dots_saveable
+        )
         return jax.lax.scan(body, x, (params, rates, keys))[0]
 
 

@@ -10,6 +10,7 @@ combination (no new extrema), and with Table 1's depths it gives the paper's 28M
 the count nearest its 4.1G MACs (4.154G; learned3 4.177G, learned5 4.217G). `learned5` is the
 form the released training code trains (with depths 3,8,18,3); a config picks it by name.
 """
+
 from collections.abc import Sequence
 
 import jax
@@ -41,16 +42,41 @@ VARIANTS = {
 class HcNet(nnx.Module):
     """The network: stem, four stages, GroupNorm, global mean, linear head (B, H, W, 3) -> logits."""
 
-    def __init__(self, depths: Sequence[int], dims: Sequence[int], *, num_classes: int = 1000,
-                 in_chans: int = 3, heat_operator: str = "mean8", k_mode: str = "input",
-                 k_value: float = 0.5, ra_filter: bool = True, mlp_ratio: float = 4.0,
-                 drop_path: float = 0.0, dropout: float = 0.0, dtype=jnp.float32,
-                 param_dtype=jnp.float32, remat: bool = False, block_loop: str = "auto",
-                 depthwise_impl: str = "auto",
-                 conv_init: str = "torch_default", rngs: nnx.Rngs):
-        check_args(depths, dims, heat_operator=heat_operator, k_mode=k_mode, k_value=k_value, conv_init=conv_init,
-                   depthwise_impl=depthwise_impl, drop_path=drop_path, dropout=dropout, dtype=dtype,
-                   block_loop=block_loop)
+    def __init__(
+        self,
+        depths: Sequence[int],
+        dims: Sequence[int],
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        heat_operator: str = "mean8",
+        k_mode: str = "input",
+        k_value: float = 0.5,
+        ra_filter: bool = True,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        dropout: float = 0.0,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        remat: bool = False,
+        block_loop: str = "auto",
+        depthwise_impl: str = "auto",
+        conv_init: str = "torch_default",
+        rngs: nnx.Rngs,
+    ):
+        check_args(
+            depths,
+            dims,
+            heat_operator=heat_operator,
+            k_mode=k_mode,
+            k_value=k_value,
+            conv_init=conv_init,
+            depthwise_impl=depthwise_impl,
+            drop_path=drop_path,
+            dropout=dropout,
+            dtype=dtype,
+            block_loop=block_loop,
+        )
         dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
         self.dtype = dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -59,11 +85,26 @@ class HcNet(nnx.Module):
         self.stem_drop = nnx.Dropout(dropout if heat_operator != "learned5" else 0.0, rngs=rngs)
         rates, stages = iter(drop_path_rates(depths, drop_path)), []
         for i, (depth, dim) in enumerate(zip(depths, dims)):
-            blocks = [HcRaBlock(dim, heat_operator=heat_operator, k_mode=k_mode, k_value=k_value,
-                                ra_filter=ra_filter, mlp_ratio=mlp_ratio, drop_path=next(rates),
-                                dropout=dropout, depthwise_impl=depthwise_impl, **kw)
-                      for _ in range(depth)]
-            down = Downsample(dim, dims[i + 1], conv_init=conv_init, **kw) if i + 1 < len(dims) else None
+            blocks = [
+                HcRaBlock(
+                    dim,
+                    heat_operator=heat_operator,
+                    k_mode=k_mode,
+                    k_value=k_value,
+                    ra_filter=ra_filter,
+                    mlp_ratio=mlp_ratio,
+                    drop_path=next(rates),
+                    dropout=dropout,
+                    depthwise_impl=depthwise_impl,
+                    **kw,
+                )
+                for _ in range(depth)
+            ]
+            down = (
+                Downsample(dim, dims[i + 1], conv_init=conv_init, **kw)
+                if i + 1 < len(dims)
+                else None
+            )
             stages.append(Stage(blocks, down, remat, scan=block_loop == "scan"))
         self.stages = nnx.List(stages)
         self.norm = group_norm(dims[-1], dtype, param_dtype, rngs)
@@ -96,30 +137,55 @@ class HcNet(nnx.Module):
         return self.classify(self.features(x)[-1])
 
 
-def check_args(depths, dims, *, heat_operator="mean8", k_mode="input", k_value=0.5, conv_init="torch_default",
-               depthwise_impl="auto", drop_path=0.0, dropout=0.0, dtype=jnp.float32, block_loop="auto", **_) -> None:
+def check_args(
+    depths,
+    dims,
+    *,
+    heat_operator="mean8",
+    k_mode="input",
+    k_value=0.5,
+    conv_init="torch_default",
+    depthwise_impl="auto",
+    drop_path=0.0,
+    dropout=0.0,
+    dtype=jnp.float32,
+    block_loop="auto",
+    **_,
+) -> None:
     """Stops on a bad model argument with one line naming it, its value and what is accepted."""
-    choices = dict(heat_operator=(heat_operator, HEAT_OPERATORS), k_mode=(k_mode, K_MODES),
-                   conv_init=(conv_init, CONV_INITS), depthwise_impl=(depthwise_impl, DEPTHWISE_IMPLS),
-                   block_loop=(block_loop, BLOCK_LOOPS),
-                   dtype=(jnp.dtype(dtype).name if _is_dtype(dtype) else dtype, DTYPES))
+    choices = dict(
+        heat_operator=(heat_operator, HEAT_OPERATORS),
+        k_mode=(k_mode, K_MODES),
+        conv_init=(conv_init, CONV_INITS),
+        depthwise_impl=(depthwise_impl, DEPTHWISE_IMPLS),
+        block_loop=(block_loop, BLOCK_LOOPS),
+        dtype=(jnp.dtype(dtype).name if _is_dtype(dtype) else dtype, DTYPES),
+    )
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"model.{name}={value!r}: one of {', '.join(allowed)}")
     if len(depths) != 4 or len(dims) != 4 or min(depths) < 1 or min(dims) < 2:
-        raise ConfigError(f"model.depths={tuple(depths)} and model.dims={tuple(dims)}: four positive depths "
-                          "and four widths >= 2")
+        raise ConfigError(
+            f"model.depths={tuple(depths)} and model.dims={tuple(dims)}: four positive depths "
+            "and four widths >= 2"
+        )
     if dims[0] % 2:
-        raise ConfigError(f"model.dims[0]={dims[0]}: must be even (the stem's first conv has dims[0] // 2)")
+        raise ConfigError(
+            f"model.dims[0]={dims[0]}: must be even (the stem's first conv has dims[0] // 2)"
+        )
     for name, rate in (("drop_path", drop_path), ("dropout", dropout)):
         if not 0.0 <= rate < 1.0:
             raise ConfigError(f"model.{name}={rate}: must be in [0, 1)")
     if block_loop == "scan" and dropout > 0:
-        raise ConfigError(f"model.block_loop='scan' with model.dropout={dropout}: a scanned stage draws drop path "
-                          "masks only; set dropout=0 (every shipped config does) or block_loop='unroll' or 'auto'")
+        raise ConfigError(
+            f"model.block_loop='scan' with model.dropout={dropout}: a scanned stage draws drop path "
+            "masks only; set dropout=0 (every shipped config does) or block_loop='unroll' or 'auto'"
+        )
     if k_mode == "fixed" and not 0.0 <= k_value <= 1.0:
-        raise ConfigError(f"model.k_value={k_value}: a fixed conductivity must be in [0, 1] (the stable range "
-                          "of the explicit step)")
+        raise ConfigError(
+            f"model.k_value={k_value}: a fixed conductivity must be in [0, 1] (the stable range "
+            "of the explicit step)"
+        )
 
 
 def _is_dtype(value) -> bool:
@@ -133,11 +199,15 @@ def _is_dtype(value) -> bool:
 def model_spec(variant: str | None = None, **overrides) -> dict:
     """The full keyword arguments of HcNet for a variant name, with overrides (depths/dims too)."""
     if variant is not None and variant not in VARIANTS:
-        raise ConfigError(f"model.variant={variant!r}: one of {', '.join(VARIANTS)} (or give depths and dims, four each)")
+        raise ConfigError(
+            f"model.variant={variant!r}: one of {', '.join(VARIANTS)} (or give depths and dims, four each)"
+        )
     spec = dict(VARIANTS[variant]) if variant is not None else {}
     spec.update({k: v for k, v in overrides.items() if v is not None})
     if "depths" not in spec or "dims" not in spec:
-        raise ConfigError("model: give a variant (one of " + ", ".join(VARIANTS) + ") or both depths and dims")
+        raise ConfigError(
+            "model: give a variant (one of " + ", ".join(VARIANTS) + ") or both depths and dims"
+        )
     spec["depths"], spec["dims"] = tuple(spec["depths"]), tuple(spec["dims"])
     return spec
 

@@ -1,4 +1,5 @@
 """Seeing a run: metric writers (TensorBoard and JSON lines), the console line with speed and ETA, text tables."""
+
 import datetime
 import itertools
 import json
@@ -24,12 +25,19 @@ class JsonLinesWriter:
 
     def __init__(self, path, first_step: int = 1):
         path = paths.path(path)
-        kept = [line for line in (path.read_text().splitlines() if path.exists() else [])
-                if _step(line) < first_step]
+        kept = [
+            line
+            for line in (path.read_text().splitlines() if path.exists() else [])
+            if _step(line) < first_step
+        ]
         self._file = paths.LogFile(path, "".join(line + "\n" for line in kept).encode())
 
     def write_scalars(self, step: int, scalars: dict):
-        self._file.write((json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n").encode())
+        self._file.write(
+            (
+                json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n"
+            ).encode()
+        )
         self._file.flush()
 
     def flush(self):
@@ -58,6 +66,7 @@ class TensorBoardWriter:
     def __init__(self, logdir, first_step: int = 1):
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.summary.writer.record_writer import RecordWriter
+
         self._event, self._summary = event_pb2.Event, summary_pb2.Summary
         # TensorBoard reads a folder's files in name order: the counter is zero-padded, or a process's 10th file
         # would sort before its 9th (and, written in the same second, replay a resumed run's steps first)
@@ -65,8 +74,13 @@ class TensorBoardWriter:
         self._file = paths.LogFile(paths.path(logdir) / name)
         self._records = RecordWriter(self._file)
         self._write(self._event(wall_time=time.time(), file_version="brain.Event:2"))
-        self._write(self._event(wall_time=time.time(), step=first_step,
-                                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+        self._write(
+            self._event(
+                wall_time=time.time(),
+                step=first_step,
+                session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+            )
+        )
         self._file.flush()
 
     def _write(self, event):
@@ -74,7 +88,9 @@ class TensorBoardWriter:
 
     def write_scalars(self, step: int, scalars: dict):
         values = [self._summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
-        self._write(self._event(wall_time=time.time(), step=int(step), summary=self._summary(value=values)))
+        self._write(
+            self._event(wall_time=time.time(), step=int(step), summary=self._summary(value=values))
+        )
         self._file.flush()
 
     def flush(self):
@@ -109,7 +125,12 @@ def create_writer(workdir, first_step: int = 1) -> Writers:
     if jax.process_index() != 0:
         return Writers([])
     workdir = paths.path(workdir)
-    return Writers([TensorBoardWriter(workdir, first_step), JsonLinesWriter(workdir / METRICS_FILE, first_step)])
+    return Writers(
+        [
+            TensorBoardWriter(workdir, first_step),
+            JsonLinesWriter(workdir / METRICS_FILE, first_step),
+        ]
+    )
 
 
 def read_metrics(workdir) -> list[dict]:
@@ -145,15 +166,20 @@ class Console:
         seconds = max(time.perf_counter() - self.t0, 1e-9)
         rate = (step - self.step0) * self.batch / seconds
         eta = (self.total - step) * self.batch / rate if rate > 0 else 0.0
-        speed = {"train/images_per_s": rate, "train/images_per_s_per_device": rate / self.devices,
-                 "train/input_wait": self.wait / seconds}
+        speed = {
+            "train/images_per_s": rate,
+            "train/images_per_s_per_device": rate / self.devices,
+            "train/input_wait": self.wait / seconds,
+        }
         if jax.process_index() == 0:
-            self.stream.write(("\r" if self.interactive else "") +
-                              f"step {step}/{self.total} epoch {step / self.per_epoch:.2f} "
-                              f"loss {scalars['train/loss']:.4f} lr {scalars['train/lr']:.3g} | "
-                              f"{rate:.1f} img/s, {rate / self.devices:.1f}/device, "
-                              f"input wait {100 * speed['train/input_wait']:.0f}% | "
-                              f"eta {datetime.timedelta(seconds=round(eta))}\n")
+            self.stream.write(
+                ("\r" if self.interactive else "")
+                + f"step {step}/{self.total} epoch {step / self.per_epoch:.2f} "
+                f"loss {scalars['train/loss']:.4f} lr {scalars['train/lr']:.3g} | "
+                f"{rate:.1f} img/s, {rate / self.devices:.1f}/device, "
+                f"input wait {100 * speed['train/input_wait']:.0f}% | "
+                f"eta {datetime.timedelta(seconds=round(eta))}\n"
+            )
             self.stream.flush()
         self.mark(step)
         return speed
@@ -167,4 +193,6 @@ class Console:
 def text_table(head: tuple, rows: list) -> str:
     """Rows of strings as aligned columns under `head` (two spaces apart)."""
     widths = [max(len(row[i]) for row in (head, *rows)) for i in range(len(head))]
-    return "\n".join("  ".join(v.ljust(n) for v, n in zip(row, widths)).rstrip() for row in (head, *rows))
+    return "\n".join(
+        "  ".join(v.ljust(n) for v, n in zip(row, widths)).rstrip() for row in (head, *rows)
+    )

@@ -5,6 +5,7 @@ one way (`predict_fn`: uint8 images in, outputs out, in evaluation mode).
 A spec is HcNet's arguments (`hcnet.model.model_spec`) or, with a `decoder` entry, a segmentation
 network on an HcNet backbone (`hcnet.upernet.spec`).
 """
+
 import dataclasses
 from collections.abc import Callable
 

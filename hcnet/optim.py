@@ -18,6 +18,7 @@ runs use it: update n (0, 1, ...) runs at lr(n) = (base - min) (1 - n / T)^power
 warmup at that lr times 1 - (1 - n / warmup)(1 - warmup_lr / base) (mmcv's warmup_ratio is
 warmup_lr / base); mmcv sets the lr before each update from the updates done, so no step lag.
 """
+
 import re
 
 import jax
@@ -32,22 +33,36 @@ def scale_lr(lr: float, global_batch: int, base_batch: int = 512) -> float:
     return lr * global_batch / base_batch
 
 
-def lr_schedule(*, base_lr: float, warmup_lr: float, min_lr: float, warmup_steps: int,
-                total_steps: int) -> optax.Schedule:
+def lr_schedule(
+    *, base_lr: float, warmup_lr: float, min_lr: float, warmup_steps: int, total_steps: int
+) -> optax.Schedule:
     """The lr of update `step` (0, 1, ...): timm's lr(max(step - 1, 0)), as the reference applies it."""
+
     def schedule(step):
         t = jnp.maximum(jnp.asarray(step, jnp.float32) - 1.0, 0.0)  # set after the previous update
         # (1 + cos a) / 2 as cos(a / 2)^2: no cancellation in float32 near the end
-        cosine = min_lr + (base_lr - min_lr) * jnp.cos(0.5 * jnp.pi * jnp.minimum(t, total_steps) / total_steps) ** 2
+        cosine = (
+            min_lr
+            + (base_lr - min_lr)
+            * jnp.cos(0.5 * jnp.pi * jnp.minimum(t, total_steps) / total_steps) ** 2
+        )
         if warmup_steps == 0:
             return cosine
         warm = warmup_lr + t * (base_lr - warmup_lr) / warmup_steps
         return jnp.where(t < warmup_steps, warm, cosine)
+
     return schedule
 
 
-def poly_schedule(*, base_lr: float, warmup_lr: float, min_lr: float, warmup_steps: int, total_steps: int,
-                  power: float = 1.0) -> optax.Schedule:
+def poly_schedule(
+    *,
+    base_lr: float,
+    warmup_lr: float,
+    min_lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    power: float = 1.0,
+) -> optax.Schedule:
     """mmcv's poly decay with linear warmup: the lr of update `step` (0, 1, ...)."""
     ratio = warmup_lr / base_lr if base_lr else 1.0
 
@@ -56,8 +71,11 @@ def poly_schedule(*, base_lr: float, warmup_lr: float, min_lr: float, warmup_ste
         poly = (base_lr - min_lr) * (1.0 - t / total_steps) ** power + min_lr
         if warmup_steps == 0:
             return poly
-        a = t / warmup_steps  # 1 - (1 - a)(1 - ratio) written without the cancellation near a = 0 (float32)
+        a = (
+            t / warmup_steps
+        )  # 1 - (1 - a)(1 - ratio) written without the cancellation near a = 0 (float32)
         return jnp.where(t < warmup_steps, poly * (a + ratio * (1.0 - a)), poly)
+
     return schedule
 
 
@@ -69,8 +87,15 @@ def decay_mask(params):
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def make_optimizer(schedule: optax.Schedule, *, weight_decay: float = 0.05, b1: float = 0.9, b2: float = 0.999,
-                   eps: float = 1e-8, clip_norm: float | None = 5.0) -> optax.GradientTransformation:
+def make_optimizer(
+    schedule: optax.Schedule,
+    *,
+    weight_decay: float = 0.05,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    clip_norm: float | None = 5.0,
+) -> optax.GradientTransformation:
     """Clip by global norm, then AdamW on `schedule` (steps count optimizer updates).
 
     Gradient accumulation happens inside the training step (hcnet.trainer.train_step), so one
@@ -105,32 +130,62 @@ def layer_id(name: str, depths) -> int:
 def layer_decay(decay: float, depths) -> optax.GradientTransformation:
     """Scales each parameter's update by decay^(L + 1 - layer_id), L = sum(depths) (one optax.scale per layer)."""
     last = sum(depths) + 1
-    labels = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: str(layer_id(path_name(p), depths)), params)
-    return optax.multi_transform({str(i): optax.scale(decay ** (last - i)) for i in range(last + 1)}, labels)
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda p, _: str(layer_id(path_name(p), depths)), params
+        )
+
+    return optax.multi_transform(
+        {str(i): optax.scale(decay ** (last - i)) for i in range(last + 1)}, labels
+    )
 
 
 def only_trainable(tx: optax.GradientTransformation, pattern: str) -> optax.GradientTransformation:
     """`tx` for the parameters whose path matches `pattern` (re.search); the others never change."""
-    labels = lambda params: jax.tree_util.tree_map_with_path(
-        lambda p, _: "train" if re.search(pattern, path_name(p)) else "frozen", params)
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda p, _: "train" if re.search(pattern, path_name(p)) else "frozen", params
+        )
+
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def from_config(o, batch_size: int, total_steps: int, warmup_steps: int, depths=None):
     """(optimizer, its learning-rate schedule) from config.optim, the lrs scaled by batch_size / o.scale_by_batch.
     `depths`: the network's blocks per stage, for layer-wise lr decay (o.layer_decay < 1)."""
-    scale = (lambda lr: scale_lr(lr, batch_size, o.scale_by_batch)) if o.scale_by_batch else (lambda lr: lr)
+    scale = (
+        (lambda lr: scale_lr(lr, batch_size, o.scale_by_batch))
+        if o.scale_by_batch
+        else (lambda lr: lr)
+    )
     if o.schedule not in SCHEDULES:
         raise ConfigError(f"config.optim.schedule={o.schedule!r}: one of {', '.join(SCHEDULES)}")
     extra = {"power": o.power} if o.schedule == "poly" else {}
     make = lr_schedule if o.schedule == "cosine" else poly_schedule
-    schedule = make(base_lr=scale(o.lr), warmup_lr=scale(o.warmup_lr), min_lr=scale(o.min_lr),
-                    warmup_steps=warmup_steps, total_steps=total_steps, **extra)
-    tx = make_optimizer(schedule, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, clip_norm=o.clip_norm or None)
+    schedule = make(
+        base_lr=scale(o.lr),
+        warmup_lr=scale(o.warmup_lr),
+        min_lr=scale(o.min_lr),
+        warmup_steps=warmup_steps,
+        total_steps=total_steps,
+        **extra,
+    )
+    tx = make_optimizer(
+        schedule,
+        weight_decay=o.weight_decay,
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.eps,
+        clip_norm=o.clip_norm or None,
+    )
     if o.layer_decay < 1:
         if not depths:
-            raise ConfigError(f"config.optim.layer_decay={o.layer_decay}: needs a network of stages and blocks "
-                              "(this task's spec has no depths); set it to 1")
+            raise ConfigError(
+                f"config.optim.layer_decay={o.layer_decay}: needs a network of stages and blocks "
+                "(this task's spec has no depths); set it to 1"
+            )
         tx = optax.chain(tx, layer_decay(o.layer_decay, tuple(depths)))
     if o.trainable:
         tx = only_trainable(tx, o.trainable)

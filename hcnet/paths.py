@@ -11,6 +11,7 @@ What Cloud Storage cannot do is handled here:
 - a missing bucket, missing credentials or permissions surface deep in a client library:
   `check` says which, in one line, before anything is built.
 """
+
 import contextlib
 import functools
 import os
@@ -24,8 +25,8 @@ from etils import epath
 from hcnet.errors import UserError
 
 Path = epath.Path
-PACKAGE = epath.Path(__file__).resolve().parent          # hcnet/ (its data files)
-REPO = PACKAGE.parent                                     # the checkout (git commit of a run)
+PACKAGE = epath.Path(__file__).resolve().parent  # hcnet/ (its data files)
+REPO = PACKAGE.parent  # the checkout (git commit of a run)
 REMOTE = ("gs://",)
 
 
@@ -63,7 +64,7 @@ def local(p, flag: str, why: str) -> epath.Path:
 
 
 def bucket_of(p) -> str:
-    return os.fspath(p)[len("gs://"):].split("/", 1)[0]
+    return os.fspath(p)[len("gs://") :].split("/", 1)[0]
 
 
 def check(p, *, write: bool = False) -> None:
@@ -73,11 +74,12 @@ def check(p, *, write: bool = False) -> None:
         _check_bucket(bucket_of(p), os.fspath(p), write)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _check_bucket(bucket: str, where: str, write: bool) -> None:
     import google.auth.exceptions
     from google.api_core import exceptions
     from google.cloud import storage
+
     if not bucket:
         raise UserError(f"{where}: no bucket named; paths look like gs://BUCKET/folder")
     try:
@@ -85,22 +87,30 @@ def _check_bucket(bucket: str, where: str, write: bool) -> None:
         blobs = client.bucket(bucket)
         list(blobs.list_blobs(max_results=1))
         if write:
-            probe = blobs.blob(f"{where[len('gs://') + len(bucket) + 1:].rstrip('/')}/.hcnet-write-check-"
-                               f"{uuid.uuid4().hex}".lstrip("/"))
+            probe = blobs.blob(
+                f"{where[len('gs://') + len(bucket) + 1 :].rstrip('/')}/.hcnet-write-check-"
+                f"{uuid.uuid4().hex}".lstrip("/")
+            )
             probe.upload_from_string(b"")
             probe.delete()
     except google.auth.exceptions.DefaultCredentialsError:
-        raise UserError(f"{where}: no Google Cloud credentials on this machine; on a workstation run "
-                        "`gcloud auth application-default login`, on a Cloud TPU or GCE VM give the VM a "
-                        "service account with access to the bucket") from None
+        raise UserError(
+            f"{where}: no Google Cloud credentials on this machine; on a workstation run "
+            "`gcloud auth application-default login`, on a Cloud TPU or GCE VM give the VM a "
+            "service account with access to the bucket"
+        ) from None
     except exceptions.NotFound:
-        raise UserError(f"{where}: bucket gs://{bucket} does not exist; create it with `gcloud storage "
-                        f"buckets create gs://{bucket} --location=REGION` (the TPU's region) or fix the name") from None
+        raise UserError(
+            f"{where}: bucket gs://{bucket} does not exist; create it with `gcloud storage "
+            f"buckets create gs://{bucket} --location=REGION` (the TPU's region) or fix the name"
+        ) from None
     except (exceptions.Forbidden, exceptions.Unauthorized) as e:
         need = "list, write and delete objects" if write else "list and read objects"
-        raise UserError(f"{where}: these credentials may not {need} in gs://{bucket} "
-                        f"({e.code} {_first_line(e.message)}); grant them roles/storage.objectAdmin on the "
-                        "bucket (roles/storage.objectViewer to read only)") from None
+        raise UserError(
+            f"{where}: these credentials may not {need} in gs://{bucket} "
+            f"({e.code} {_first_line(e.message)}); grant them roles/storage.objectAdmin on the "
+            "bucket (roles/storage.objectViewer to read only)"
+        ) from None
 
 
 def _first_line(text) -> str:
@@ -129,7 +139,7 @@ def walk(p):
 def copy_file(src, dst) -> None:
     """Streams one file between any two places (local, gs://)."""
     with path(src).open("rb") as a, path(dst).open("wb") as b:
-        shutil.copyfileobj(a, b, 2 ** 24)
+        shutil.copyfileobj(a, b, 2**24)
 
 
 def copy_tree(src, dst, *, last: str | None = None) -> list[str]:
@@ -137,8 +147,11 @@ def copy_tree(src, dst, *, last: str | None = None) -> list[str]:
     `last` (e.g. the one that marks a dataset complete) is copied after all the others. Returns the
     relative names copied."""
     src, dst = path(src), path(dst)
-    names = sorted(os.path.relpath(os.fspath(root / f), os.fspath(src)) for root, _, files in walk(src)
-                   for f in files)
+    names = sorted(
+        os.path.relpath(os.fspath(root / f), os.fspath(src))
+        for root, _, files in walk(src)
+        for f in files
+    )
     names.sort(key=lambda n: os.path.basename(n) == last)  # stable: `last` files go to the end
     for name in names:
         target = dst / name
@@ -180,7 +193,9 @@ class LogFile:
             self.flush()
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if (self.path.read_bytes() if self.path.exists() else b"") != start:  # a rewrite, replaced in one rename
+        if (
+            self.path.read_bytes() if self.path.exists() else b""
+        ) != start:  # a rewrite, replaced in one rename
             tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex}"
             tmp.write_bytes(start)
             tmp.replace(self.path)

@@ -13,6 +13,7 @@ one batch, so a jitted `logits_fn` over a sharded batch spreads them over the de
            align_corners=False) and made probabilities; the flipped image likewise, its output flipped
            back; the probabilities are averaged.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +21,9 @@ import numpy as np
 from hcnet.data import seg_transforms
 
 
-def windows(height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+def windows(
+    height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
     """mmseg's slide_inference grid: (y0, y1, x0, x1) for each window; windows are crop-sized, or the image's
     size along a side shorter than the crop."""
     rows = max(height - crop[0] + stride[0] - 1, 0) // stride[0] + 1
@@ -33,7 +36,9 @@ def windows(height: int, width: int, crop: tuple[int, int], stride: tuple[int, i
     return boxes
 
 
-def slide_logits(logits_fn, image: np.ndarray, crop=(512, 512), stride=(341, 341), pad_to: int = 1) -> np.ndarray:
+def slide_logits(
+    logits_fn, image: np.ndarray, crop=(512, 512), stride=(341, 341), pad_to: int = 1
+) -> np.ndarray:
     """(H, W, classes) float32: overlapping windows' logits averaged per pixel. `pad_to` rounds the batch of
     windows up (repeating the last) to a multiple, e.g. the device count."""
     h, w = image.shape[:2]
@@ -56,10 +61,18 @@ def whole_logits(logits_fn, image: np.ndarray, pad_to: int = 1) -> np.ndarray:
     return np.asarray(logits_fn(np.repeat(image[None].astype(np.float32), pad_to, 0)))[0]
 
 
-
-
-def probability_map(logits_fn, image: np.ndarray, *, scale=(2048, 512), ratios=(1.0,), flip: bool = False,
-                  mode: str = "slide", crop=(512, 512), stride=(341, 341), pad_to: int = 1) -> np.ndarray:
+def probability_map(
+    logits_fn,
+    image: np.ndarray,
+    *,
+    scale=(2048, 512),
+    ratios=(1.0,),
+    flip: bool = False,
+    mode: str = "slide",
+    crop=(512, 512),
+    stride=(341, 341),
+    pad_to: int = 1,
+) -> np.ndarray:
     """(H, W, classes) class probabilities of a uint8 image (H, W, 3) at its own size; single-scale is
     ratios=(1.0,) without flip, mmseg's multi-scale test is ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip."""
     if mode not in ("slide", "whole"):
@@ -69,10 +82,13 @@ def probability_map(logits_fn, image: np.ndarray, *, scale=(2048, 512), ratios=(
     for ratio in ratios:
         sw, sh = seg_transforms.rescale_size(w, h, (int(scale[0] * ratio), int(scale[1] * ratio)))
         scaled = seg_transforms.resize_image(image, sh, sw)
-        for flipped in ((False, True) if flip else (False,)):
+        for flipped in (False, True) if flip else (False,):
             x = np.ascontiguousarray(scaled[:, ::-1]) if flipped else scaled
-            logits = slide_logits(logits_fn, x, crop, stride, pad_to) if mode == "slide" \
+            logits = (
+                slide_logits(logits_fn, x, crop, stride, pad_to)
+                if mode == "slide"
                 else whole_logits(logits_fn, x, pad_to)
+            )
             if logits.shape[:2] != (h, w):
                 logits = seg_transforms.resize_bilinear(logits, h, w)
             p = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))

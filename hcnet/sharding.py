@@ -4,9 +4,11 @@ Batches split over every device (both axes). Parameters and optimizer state are 
 except, when the mesh has an fsdp axis larger than 1, arrays of at least `fsdp_min_size`
 elements, which are split over fsdp along their largest dimension that it divides.
 """
+
 import jax
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from hcnet.errors import ConfigError
 
@@ -19,8 +21,10 @@ def check_mesh(data: int, fsdp: int, num_devices: int) -> int:
         raise ConfigError(f"mesh.fsdp={fsdp}: a positive divisor of the {num_devices} devices")
     size = num_devices // fsdp if data == -1 else data
     if size < 1 or size * fsdp != num_devices:
-        raise ConfigError(f"mesh.data={data}: data x fsdp must equal the {num_devices} devices "
-                          "(-1 fills in the rest)")
+        raise ConfigError(
+            f"mesh.data={data}: data x fsdp must equal the {num_devices} devices "
+            "(-1 fills in the rest)"
+        )
     return size
 
 
@@ -28,7 +32,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> jax.sharding.Mesh:
     """A (data, fsdp) mesh over `devices` (all by default); data=-1 takes what fsdp leaves."""
     devices = list(devices if devices is not None else jax.devices())
     data = check_mesh(data, fsdp, len(devices))
-    return jax.make_mesh((data, fsdp), (DATA, FSDP), (AxisType.Auto, AxisType.Auto), devices=devices)
+    return jax.make_mesh(
+        (data, fsdp), (DATA, FSDP), (AxisType.Auto, AxisType.Auto), devices=devices
+    )
 
 
 def batch_sharding(mesh) -> NamedSharding:
@@ -45,7 +51,7 @@ def replicated_key(seed: int, mesh) -> jax.Array:
     return jax.jit(lambda: jax.random.key(seed), out_shardings=replicated(mesh))()
 
 
-def param_sharding(mesh, shape, fsdp_min_size: int = 2 ** 18) -> NamedSharding:
+def param_sharding(mesh, shape, fsdp_min_size: int = 2**18) -> NamedSharding:
     """The rule for one array: replicated, or split over fsdp along its largest divisible dimension."""
     ways = mesh.shape[FSDP]
     if ways == 1 or int(np.prod(shape)) < fsdp_min_size:
@@ -58,7 +64,7 @@ def param_sharding(mesh, shape, fsdp_min_size: int = 2 ** 18) -> NamedSharding:
     return NamedSharding(mesh, P(*spec))
 
 
-def state_shardings(mesh, abstract_state, fsdp_min_size: int = 2 ** 18):
+def state_shardings(mesh, abstract_state, fsdp_min_size: int = 2**18):
     """param_sharding for every array leaf of a (possibly abstract) state pytree."""
     return jax.tree.map(lambda x: param_sharding(mesh, np.shape(x), fsdp_min_size), abstract_state)
 
@@ -77,7 +83,9 @@ def placed(shapes, shardings):
 
 def to_host(tree):
     """Replicated device values (and pytrees of them, e.g. clu metrics) as numpy, on any number of processes."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+    return jax.tree.map(
+        lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree
+    )
 
 
 _entered: set = set()
@@ -96,5 +104,8 @@ def enter_together(jitted, *args, name: str, timeout_s: int = 3600) -> None:
         return
     jitted.lower(*args).compile()
     from jax._src import distributed  # the coordination service's client; JAX has no public barrier
-    distributed.global_state.client.wait_at_barrier(f"hcnet-compiled-{name}", timeout_in_ms=timeout_s * 1000)
+
+    distributed.global_state.client.wait_at_barrier(
+        f"hcnet-compiled-{name}", timeout_in_ms=timeout_s * 1000
+    )
     _entered.add(name)

@@ -5,6 +5,7 @@ nine shifted multiply-adds instead of a grouped convolution, compile-time consta
 neighbour counts, and a hand-written backward pass for the depthwise filter and GELU that keeps two
 maps, not the nine shifted copies autodiff would keep.
 """
+
 import math
 
 import jax
@@ -31,8 +32,13 @@ def depthwise_conv(x, kernel, impl: str = "auto"):
     if impl == "conv":
         kh, kw = kernel.shape[:2]
         return jax.lax.conv_general_dilated(
-            x, kernel, (1, 1), ((kh // 2, kh // 2), (kw // 2, kw // 2)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+            x,
+            kernel,
+            (1, 1),
+            ((kh // 2, kh // 2), (kw // 2, kw // 2)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=x.shape[-1],
+        )
     return _depthwise(x, kernel)
 
 
@@ -41,8 +47,9 @@ def per_platform(f, *args):
     XLA's grouped convolution and autodiff on TPU, the shifted multiply-adds with their hand-written
     backward pass elsewhere: each is the smaller or faster program on its platform (the compiled figures:
     BENCHMARKS.md, "Per-platform choices")."""
-    return jax.lax.platform_dependent(*args, tpu=lambda *a: f(*a, impl="conv"),
-                                      default=lambda *a: f(*a, impl="shift"))
+    return jax.lax.platform_dependent(
+        *args, tpu=lambda *a: f(*a, impl="conv"), default=lambda *a: f(*a, impl="shift")
+    )
 
 
 def _pad_same(x, kh: int, kw: int):
@@ -56,7 +63,7 @@ def _shifted_sum(x, kernel):
     kh, kw = kernel.shape[:2]
     h, w = x.shape[1:3]
     xp = _pad_same(x, kh, kw)
-    taps = [xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0] for i in range(kh) for j in range(kw)]
+    taps = [xp[:, i : i + h, j : j + w, :] * kernel[i, j, 0] for i in range(kh) for j in range(kw)]
     return sum(taps[1:], taps[0])
 
 
@@ -70,11 +77,20 @@ def _kernel_grad(x, g, kernel):
     h, w = x.shape[1:3]
     x = x.astype(jnp.float32)
     gp = _pad_same(g.astype(jnp.float32), kh, kw)
-    products = tuple(x * gp[:, kh - 1 - i:kh - 1 - i + h, kw - 1 - j:kw - 1 - j + w, :]
-                     for i in range(kh) for j in range(kw))
-    partial = jax.lax.reduce(products, (np.float32(0),) * len(products),
-                             lambda a, b: tuple(u + v for u, v in zip(a, b)), (0,))
-    return jnp.stack([p.sum(axis=(0, 1)) for p in partial]).reshape(kernel.shape).astype(kernel.dtype)
+    products = tuple(
+        x * gp[:, kh - 1 - i : kh - 1 - i + h, kw - 1 - j : kw - 1 - j + w, :]
+        for i in range(kh)
+        for j in range(kw)
+    )
+    partial = jax.lax.reduce(
+        products,
+        (np.float32(0),) * len(products),
+        lambda a, b: tuple(u + v for u, v in zip(a, b)),
+        (0,),
+    )
+    return (
+        jnp.stack([p.sum(axis=(0, 1)) for p in partial]).reshape(kernel.shape).astype(kernel.dtype)
+    )
 
 
 @jax.custom_vjp
@@ -117,7 +133,9 @@ def gelu(x):
 
 def _gelu_grad(h):
     """d/dh of h * Phi(h): Phi(h) + h * phi(h)."""
-    return 0.5 * (1.0 + jax.lax.erf(h * (1 / math.sqrt(2)))) + h * jnp.exp(-0.5 * h * h) * (1 / math.sqrt(2 * math.pi))
+    return 0.5 * (1.0 + jax.lax.erf(h * (1 / math.sqrt(2)))) + h * jnp.exp(-0.5 * h * h) * (
+        1 / math.sqrt(2 * math.pi)
+    )
 
 
 @jax.custom_vjp
@@ -150,8 +168,8 @@ def box_sum3(x):
     """Sum over each zero-padded 3x3 window. x (B, H, W, C)."""
     h, w = x.shape[1:3]
     xp = _pad_same(x, 3, 3)
-    rows = xp[:, 0:h] + xp[:, 1:h + 1] + xp[:, 2:h + 2]
-    return rows[:, :, 0:w] + rows[:, :, 1:w + 1] + rows[:, :, 2:w + 2]
+    rows = xp[:, 0:h] + xp[:, 1 : h + 1] + xp[:, 2 : h + 2]
+    return rows[:, :, 0:w] + rows[:, :, 1 : w + 1] + rows[:, :, 2 : w + 2]
 
 
 def mean8_laplacian(x):
@@ -160,7 +178,9 @@ def mean8_laplacian(x):
     (The reference divides 0 by 0 there, i.e. at the last stage of a 32x32 input.)
     """
     count = neighbour_count(*x.shape[1:3])  # a compile-time constant
-    return (box_sum3(x) - jnp.asarray(count + 1, x.dtype) * x) / jnp.asarray(np.maximum(count, 1), x.dtype)
+    return (box_sum3(x) - jnp.asarray(count + 1, x.dtype) * x) / jnp.asarray(
+        np.maximum(count, 1), x.dtype
+    )
 
 
 def stencil_kernel(w, heat_operator: str):

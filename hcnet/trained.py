@@ -8,6 +8,7 @@ export), local or gs://, opened once (`open`) and passed on.
 `Trained` holds what the tools ask of one: its spec, its config (when it has one), the checkpoint step,
 which weights it has, the evaluation preprocessing, the class names, and the weights themselves.
 """
+
 import dataclasses
 import subprocess
 
@@ -40,7 +41,9 @@ def read_config(directory):
     """The config a run wrote (config.json; export copies it) over today's defaults."""
     file = paths.path(directory) / CONFIG_FILE
     if not file.is_file():
-        raise ConfigError(f"{file}: no config.json there; give --config=configs/<the run's config>.py")
+        raise ConfigError(
+            f"{file}: no config.json there; give --config=configs/<the run's config>.py"
+        )
     return config_lib.from_json(file.read_text())
 
 
@@ -76,7 +79,11 @@ class Trained:
 
     @property
     def num_classes(self) -> int:
-        return self.spec["decoder"]["num_classes"] if self.is_segmentation else self.spec["num_classes"]
+        return (
+            self.spec["decoder"]["num_classes"]
+            if self.is_segmentation
+            else self.spec["num_classes"]
+        )
 
     def check_weights(self, weights) -> list[str]:
         """`weights` (None: all there are) as a list; one line for one the directory does not have."""
@@ -88,7 +95,8 @@ class Trained:
         if missing:
             raise FileNotFoundError(
                 f"{self.path}: no {', '.join(missing)} weights here (available: "
-                f"{', '.join(self.available)})" + (" (the run had optim.ema_decay=0)" if self.step else "")
+                f"{', '.join(self.available)})"
+                + (" (the run had optim.ema_decay=0)" if self.step else "")
             )
         return weights
 
@@ -121,7 +129,12 @@ class Trained:
     def segmentation_test(self) -> dict:
         """The run's single-scale test (config.segmentation: mode, crop, stride, scale), or mmseg's."""
         s = (self.config or config_lib.defaults()).segmentation
-        return {"mode": s.eval_mode, "crop": tuple(s.crop), "stride": tuple(s.eval_stride), "scale": tuple(s.scale)}
+        return {
+            "mode": s.eval_mode,
+            "crop": tuple(s.crop),
+            "stride": tuple(s.eval_stride),
+            "scale": tuple(s.scale),
+        }
 
     def class_names(self) -> list[str]:
         """Names of the head's classes: ImageNet's, the run's dataset's, or 'class N'."""

@@ -10,6 +10,7 @@ they were, so the state is never broken; the loop stops at the next log or check
 the step. Randomness is a function of (seed, step) alone, so a resumed run repeats an uninterrupted
 one bit for bit on the same devices.
 """
+
 import contextlib
 import dataclasses
 import functools
@@ -43,14 +44,20 @@ def init_state(spec: dict, tx, seed, ema: bool, build_fn=nets.build) -> dict:
     program serves every seed)."""
     rngs = nnx.Rngs(params=jax.random.key(seed), dropout=0)
     params = nets.weights_of(build_fn(spec, rngs=rngs))
-    state = {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32),
-             "nonfinite_step": jnp.full((), -1, jnp.int32)}
+    state = {
+        "params": params,
+        "opt": tx.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "nonfinite_step": jnp.full((), -1, jnp.int32),
+    }
     if ema:
         state["ema"] = jax.tree.map(jnp.copy, params)
     return state
 
 
-def train_step(state, batch, key, *, task, model_def: ModelDef, tx, schedule, accum: int, ema_decay: float):
+def train_step(
+    state, batch, key, *, task, model_def: ModelDef, tx, schedule, accum: int, ema_decay: float
+):
     """One optimizer update from one global batch -> (state, TrainMetrics)."""
     key = jax.random.fold_in(key, state["step"])
     k_inputs, k_drop = jax.random.split(key)
@@ -68,31 +75,54 @@ def train_step(state, batch, key, *, task, model_def: ModelDef, tx, schedule, ac
     if accum == 1:
         (loss, stats), grads = grad_fn(params, inputs, targets, mask, k_drop)
     else:  # micro-batch i takes rows i, i + accum, ...: every device keeps its share of each
-        split = lambda a: a.reshape(a.shape[0] // accum, accum, *a.shape[1:])
+
+        def split(a):
+            return a.reshape(a.shape[0] // accum, accum, *a.shape[1:])
+
         parts = jax.tree.map(split, (inputs, targets, mask))
 
         def micro(carry, i):  # running statistics go from one micro-batch to the next
-            x, t, m = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, 1, keepdims=False), parts)
+            x, t, m = jax.tree.map(
+                lambda a: jax.lax.dynamic_index_in_dim(a, i, 1, keepdims=False), parts
+            )
             total, grads, weights = carry
             (loss_i, stats_i), grads_i = grad_fn(weights, x, t, m, jax.random.fold_in(k_drop, i))
-            return (total + loss_i, jax.tree.map(jnp.add, grads, grads_i), with_statistics(weights, stats_i)), stats_i
+            return (
+                total + loss_i,
+                jax.tree.map(jnp.add, grads, grads_i),
+                with_statistics(weights, stats_i),
+            ), stats_i
+
         zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params), params)
         (loss, grads, _), stats = jax.lax.scan(micro, zero, jnp.arange(accum))
         stats = jax.tree.map(lambda a: a[-1], stats)  # after the last micro-batch
 
-    grad_norm = optax.tree.norm(grads)  # (running statistics have none: the loss does not depend on them)
+    grad_norm = optax.tree.norm(
+        grads
+    )  # (running statistics have none: the loss does not depend on them)
     updates, opt = tx.update(grads, state["opt"], params)
     new_params = with_statistics(optax.apply_updates(params, updates), stats)
     earlier = state["nonfinite_step"] >= 0
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & ~earlier
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+    def keep(new, old):
+        return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
     step = state["step"] + 1
-    new = {"params": keep(new_params, params), "opt": keep(opt, state["opt"]), "step": step,
-           "nonfinite_step": jnp.where(ok | earlier, state["nonfinite_step"], step)}
+    new = {
+        "params": keep(new_params, params),
+        "opt": keep(opt, state["opt"]),
+        "step": step,
+        "nonfinite_step": jnp.where(ok | earlier, state["nonfinite_step"], step),
+    }
     if "ema" in state:
-        ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema"], new_params)
+        ema = jax.tree.map(
+            lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema"], new_params
+        )
         new["ema"] = keep(ema, state["ema"])
-    metrics = TrainMetrics.single_from_model_output(loss=loss, grad_norm=grad_norm, lr=schedule(state["step"]))
+    metrics = TrainMetrics.single_from_model_output(
+        loss=loss, grad_norm=grad_norm, lr=schedule(state["step"])
+    )
     return new, metrics
 
 
@@ -112,13 +142,25 @@ class Program:
     model_def: ModelDef
     spec: dict  # the network's spec as compiled on the mesh (model.block_loop resolved)
     init: object  # () -> state, jitted onto the state's shardings
-    abstract_state: dict  # the state's shapes, dtypes and shardings (what a checkpoint is restored onto)
+    abstract_state: (
+        dict  # the state's shapes, dtypes and shardings (what a checkpoint is restored onto)
+    )
     batch_sharding: object
     step: object  # jitted (state, batch, key) -> (state, TrainMetrics), state donated
 
     @classmethod
-    def build(cls, task, tx, schedule, mesh, *, seed: int, accum: int = 1, ema_decay: float = 0.0,
-              fsdp_min_size: int = 2**18) -> "Program":
+    def build(
+        cls,
+        task,
+        tx,
+        schedule,
+        mesh,
+        *,
+        seed: int,
+        accum: int = 1,
+        ema_decay: float = 0.0,
+        fsdp_min_size: int = 2**18,
+    ) -> "Program":
         # the network as the mesh's devices run it best (model.block_loop="auto": scanned stages on a TPU)
         spec = nets.for_mesh(task.spec, mesh)
         build_fn = getattr(task, "build", nets.build)  # a task's own network, or one hcnet knows
@@ -127,10 +169,21 @@ class Program:
         shapes = jax.eval_shape(init, seed)
         state_sh = sharding.state_shardings(mesh, shapes, fsdp_min_size)
         batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-        train = functools.partial(train_step, task=task, model_def=model_def, tx=tx, schedule=schedule,
-                                  accum=accum, ema_decay=ema_decay)
-        step = jax.jit(train, in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
-                       donate_argnums=0)
+        train = functools.partial(
+            train_step,
+            task=task,
+            model_def=model_def,
+            tx=tx,
+            schedule=schedule,
+            accum=accum,
+            ema_decay=ema_decay,
+        )
+        step = jax.jit(
+            train,
+            in_shardings=(state_sh, batch_sh, repl),
+            out_shardings=(state_sh, repl),
+            donate_argnums=0,
+        )
         # the seed is an argument, not a constant: runs that differ only in it share the compiled program
         init = functools.partial(jax.jit(init, out_shardings=state_sh), np.int32(seed))
         abstract_state = sharding.placed(shapes, state_sh)
@@ -143,7 +196,9 @@ def evaluate(evaluators, state) -> dict:
     for weights, suffix in (("params", ""), ("ema", "_ema")):
         if weights in state:
             for ev in evaluators:
-                out.update({metric_key(ev.name, suffix, k): v for k, v in ev(state[weights]).items()})
+                out.update(
+                    {metric_key(ev.name, suffix, k): v for k, v in ev(state[weights]).items()}
+                )
     return out
 
 
@@ -153,9 +208,13 @@ def metric_key(evaluator: str, suffix: str, metric: str) -> str:
 
 
 def check_best_metric(name: str, evaluators) -> None:
-    reported = [metric_key(ev.name, s, m) for ev in evaluators for s in ("", "_ema") for m in ev.metrics]
+    reported = [
+        metric_key(ev.name, s, m) for ev in evaluators for s in ("", "_ema") for m in ev.metrics
+    ]
     if name not in reported:
-        raise ConfigError(f"config.best_metric={name!r}: one of the evaluators' metrics ({', '.join(reported)})")
+        raise ConfigError(
+            f"config.best_metric={name!r}: one of the evaluators' metrics ({', '.join(reported)})"
+        )
 
 
 class Stop:
@@ -189,7 +248,8 @@ def check_finite(state, step: int, checkpoints: checkpoint.Checkpoints) -> None:
         where = f"step {last[-1]} in {checkpoints.directory}" if last else "none"
         raise FloatingPointError(
             f"non-finite loss or gradient at step {bad} (stopped at step {step}); the last good checkpoint is "
-            f"{where}; lower config.optim.lr or check the data")
+            f"{where}; lower config.optim.lr or check the data"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,8 +276,16 @@ class Run:
         depths = task.spec.get("depths")
         tx, schedule = optim.from_config(c.optim, c.batch_size, total, warmup, depths=depths)
         mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, devices=devices)
-        program = Program.build(task, tx, schedule, mesh, seed=c.seed, accum=c.optim.accum_steps,
-                                ema_decay=c.optim.ema_decay, fsdp_min_size=c.mesh.fsdp_min_size)
+        program = Program.build(
+            task,
+            tx,
+            schedule,
+            mesh,
+            seed=c.seed,
+            accum=c.optim.accum_steps,
+            ema_decay=c.optim.ema_decay,
+            fsdp_min_size=c.mesh.fsdp_min_size,
+        )
         return cls(task, total, per_epoch, tx, mesh, program)
 
     def predict(self):
@@ -246,8 +314,9 @@ def train_and_evaluate(c, workdir) -> dict:
     check_best_metric(c.best_metric, evaluators)
 
     trained.write_run_files(workdir, c, run.task.spec)
-    checkpoints = checkpoint.Checkpoints(workdir, keep=c.keep_checkpoints, async_save=c.checkpoint_async,
-                                         best_metric=c.best_metric)
+    checkpoints = checkpoint.Checkpoints(
+        workdir, keep=c.keep_checkpoints, async_save=c.checkpoint_async, best_metric=c.best_metric
+    )
     console = monitor.Console(run.total, run.per_epoch, c.batch_size)
     writer = monitor.Writers([])
     stop = Stop(checkpoints)
@@ -351,8 +420,10 @@ class Loop:
         check_finite(state, step, self.checkpoints)
         self.checkpoints.save(step, state, self.loader.get_state())
         self.checkpoints.wait()
-        self.console.say(f"stopping at step {step} on SIGTERM / preemption: checkpoint saved in "
-                         f"{self.checkpoints.directory}/{step}; the same command resumes")
+        self.console.say(
+            f"stopping at step {step} on SIGTERM / preemption: checkpoint saved in "
+            f"{self.checkpoints.directory}/{step}; the same command resumes"
+        )
         return {"step": step, "preempted": True, **self.last}
 
     def log(self, step: int, state) -> None:

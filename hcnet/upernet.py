@@ -11,7 +11,8 @@ NHWC throughout; logits at stride 4 (`__call__`), upsampled to the image by the 
 BatchNorm: under jit over a batch sharded across devices (and hosts) its statistics are over the whole
 global batch, which is what mmseg's SyncBN computes.
 """
-from typing import Sequence
+
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,8 +49,12 @@ def resize(x, height: int, width: int):
 
 class ConvBNReLU(nnx.Module):
     def __init__(self, cin: int, cout: int, kernel: int, *, dtype, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(cin, cout, (kernel, kernel), padding="SAME", use_bias=False, dtype=dtype, rngs=rngs)
-        self.bn = nnx.BatchNorm(cout, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)  # torch momentum 0.1
+        self.conv = nnx.Conv(
+            cin, cout, (kernel, kernel), padding="SAME", use_bias=False, dtype=dtype, rngs=rngs
+        )
+        self.bn = nnx.BatchNorm(
+            cout, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs
+        )  # torch momentum 0.1
 
     def __call__(self, x):
         return jax.nn.relu(self.bn(self.conv(x)))
@@ -67,12 +72,23 @@ class Classifier(nnx.Module):
 
 
 class UperHead(nnx.Module):
-    def __init__(self, in_channels: Sequence[int], num_classes: int, *, channels: int = 512,
-                 pool_scales=POOL_SCALES, dropout: float = 0.1, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_classes: int,
+        *,
+        channels: int = 512,
+        pool_scales=POOL_SCALES,
+        dropout: float = 0.1,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         kw = dict(dtype=dtype, rngs=rngs)
         self.pool_scales = tuple(pool_scales)
         self.ppm = nnx.List([ConvBNReLU(in_channels[-1], channels, 1, **kw) for _ in pool_scales])
-        self.bottleneck = ConvBNReLU(in_channels[-1] + len(pool_scales) * channels, channels, 3, **kw)
+        self.bottleneck = ConvBNReLU(
+            in_channels[-1] + len(pool_scales) * channels, channels, 3, **kw
+        )
         self.laterals = nnx.List([ConvBNReLU(c, channels, 1, **kw) for c in in_channels[:-1]])
         self.fpn = nnx.List([ConvBNReLU(channels, channels, 3, **kw) for _ in in_channels[:-1]])
         self.fuse = ConvBNReLU(len(in_channels) * channels, channels, 3, **kw)
@@ -81,10 +97,15 @@ class UperHead(nnx.Module):
     def __call__(self, feats):
         last = feats[-1]
         h, w = last.shape[1:3]
-        pooled = [resize(conv(adaptive_avg_pool(last, s)), h, w) for s, conv in zip(self.pool_scales, self.ppm)]
+        pooled = [
+            resize(conv(adaptive_avg_pool(last, s)), h, w)
+            for s, conv in zip(self.pool_scales, self.ppm)
+        ]
         levels = [lat(f) for lat, f in zip(self.laterals, feats[:-1])]
         levels.append(self.bottleneck(jnp.concatenate([last, *pooled], axis=-1)))
-        for i in range(len(levels) - 1, 0, -1):  # top-down: each level adds the coarser one, enlarged
+        for i in range(
+            len(levels) - 1, 0, -1
+        ):  # top-down: each level adds the coarser one, enlarged
             levels[i - 1] = levels[i - 1] + resize(levels[i], *levels[i - 1].shape[1:3])
         outs = [conv(x) for conv, x in zip(self.fpn, levels[:-1])] + [levels[-1]]
         h, w = outs[0].shape[1:3]
@@ -93,8 +114,16 @@ class UperHead(nnx.Module):
 
 
 class FCNHead(nnx.Module):
-    def __init__(self, cin: int, num_classes: int, *, channels: int = 256, dropout: float = 0.1,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cin: int,
+        num_classes: int,
+        *,
+        channels: int = 256,
+        dropout: float = 0.1,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.conv = ConvBNReLU(cin, channels, 3, dtype=dtype, rngs=rngs)
         self.classifier = Classifier(channels, num_classes, dropout=dropout, dtype=dtype, rngs=rngs)
 
@@ -105,11 +134,25 @@ class FCNHead(nnx.Module):
 class UperNet(nnx.Module):
     """HcNet backbone (no classification head) + UperHead + the auxiliary FCNHead on stage 3."""
 
-    def __init__(self, backbone: HcNet, dims: Sequence[int], num_classes: int, *, channels: int = 512,
-                 aux_channels: int = 256, dropout: float = 0.1, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        backbone: HcNet,
+        dims: Sequence[int],
+        num_classes: int,
+        *,
+        channels: int = 512,
+        aux_channels: int = 256,
+        dropout: float = 0.1,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.backbone = backbone
-        self.decode = UperHead(dims, num_classes, channels=channels, dropout=dropout, dtype=dtype, rngs=rngs)
-        self.aux = FCNHead(dims[2], num_classes, channels=aux_channels, dropout=dropout, dtype=dtype, rngs=rngs)
+        self.decode = UperHead(
+            dims, num_classes, channels=channels, dropout=dropout, dtype=dtype, rngs=rngs
+        )
+        self.aux = FCNHead(
+            dims[2], num_classes, channels=aux_channels, dropout=dropout, dtype=dtype, rngs=rngs
+        )
 
     def logits(self, x):
         """(decode logits, auxiliary logits), both float32 at strides 4 and 16. x (B, H, W, 3)."""
@@ -121,18 +164,33 @@ class UperNet(nnx.Module):
         return resize(self.decode(self.backbone.features(x)), *x.shape[1:3])
 
 
-def decoder_spec(num_classes: int = 150, *, channels: int = 512, aux_channels: int = 256,
-                 dropout: float = 0.1) -> dict:
+def decoder_spec(
+    num_classes: int = 150, *, channels: int = 512, aux_channels: int = 256, dropout: float = 0.1
+) -> dict:
     """What a spec's `decoder` entry holds (mmseg's head sizes by default)."""
-    return {"kind": "upernet", "num_classes": num_classes, "channels": channels, "aux_channels": aux_channels,
-            "dropout": dropout}
+    return {
+        "kind": "upernet",
+        "num_classes": num_classes,
+        "channels": channels,
+        "aux_channels": aux_channels,
+        "dropout": dropout,
+    }
 
 
-def spec(variant: str | None, num_classes: int = 150, *, channels: int = 512, aux_channels: int = 256,
-         dropout: float = 0.1, **overrides) -> dict:
+def spec(
+    variant: str | None,
+    num_classes: int = 150,
+    *,
+    channels: int = 512,
+    aux_channels: int = 256,
+    dropout: float = 0.1,
+    **overrides,
+) -> dict:
     """A whole network's spec (hcnet.nets.build takes it): the HcNet `variant` without its classification
     head, and the decoder."""
-    decoder = decoder_spec(num_classes, channels=channels, aux_channels=aux_channels, dropout=dropout)
+    decoder = decoder_spec(
+        num_classes, channels=channels, aux_channels=aux_channels, dropout=dropout
+    )
     return {**model.model_spec(variant, **{**overrides, "num_classes": 0}), "decoder": decoder}
 
 
@@ -140,6 +198,13 @@ def from_spec(backbone: dict, decoder: dict, *, rngs: nnx.Rngs) -> UperNet:
     """UperNet from a backbone spec (HcNet's keyword arguments) and a decoder entry (`decoder_spec`)."""
     if decoder.get("kind") != "upernet":
         raise ValueError(f"decoder {decoder.get('kind')!r}: this version builds 'upernet'")
-    return UperNet(model.from_spec(backbone, rngs=rngs), backbone["dims"], decoder["num_classes"],
-                   channels=decoder["channels"], aux_channels=decoder["aux_channels"], dropout=decoder["dropout"],
-                   dtype=backbone.get("dtype", jnp.float32), rngs=rngs)
+    return UperNet(
+        model.from_spec(backbone, rngs=rngs),
+        backbone["dims"],
+        decoder["num_classes"],
+        channels=decoder["channels"],
+        aux_channels=decoder["aux_channels"],
+        dropout=decoder["dropout"],
+        dtype=backbone.get("dtype", jnp.float32),
+        rngs=rngs,
+    )

@@ -4,6 +4,7 @@ statement of it (reference/torch_model.py), in one run; from the repository root
     python -m reference.bench --variant=T --batch=16 --image_size=224 [--mode=train,infer] [--repeats=5]
         [--dtype=float32] [--torch_compile] [--channels_last] [--json]
 """
+
 import dataclasses
 import json
 import time
@@ -22,21 +23,39 @@ for _name in ("variant", "heat_operator", "batch", "image_size", "repeats", "jso
 FLAGS = flags.FLAGS
 
 
-def measure_torch(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode: str = "train",
-                  dtype: str = "float32", repeats: int = 5, heat_operator: str = "mean8", drop_path: float = 0.0,
-                  num_classes: int = 1000, compile: bool = False, channels_last: bool = False):
+def measure_torch(
+    variant: str = "T",
+    batch: int = 64,
+    image_size: int = 224,
+    *,
+    mode: str = "train",
+    dtype: str = "float32",
+    repeats: int = 5,
+    heat_operator: str = "mean8",
+    drop_path: float = 0.0,
+    num_classes: int = 1000,
+    compile: bool = False,
+    channels_last: bool = False,
+):
     """The same step in PyTorch (reference/torch_model.py): AdamW + clipping, bf16 autocast for bfloat16."""
     try:
         import torch
     except ImportError:
-        raise UserError("reference.bench needs PyTorch: pip install torch==2.13.0 (not a requirement)") from None
+        raise UserError(
+            "reference.bench needs PyTorch: pip install torch==2.13.0 (not a requirement)"
+        ) from None
     from hcnet.measure.bench import Result, median_seconds
     from hcnet.model import VARIANTS
     from reference.torch_model import TorchHcNet
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net = TorchHcNet(**VARIANTS[variant], num_classes=num_classes, heat_operator=heat_operator,
-                     drop_path=drop_path, img_size=image_size).to(device)
+    net = TorchHcNet(
+        **VARIANTS[variant],
+        num_classes=num_classes,
+        heat_operator=heat_operator,
+        drop_path=drop_path,
+        img_size=image_size,
+    ).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt)
     autocast = dtype != "float32"
@@ -71,11 +90,34 @@ def measure_torch(variant: str = "T", batch: int = 64, image_size: int = 224, *,
     step_s, host = median_seconds(lambda: (fn(), sync()), (), repeats)
     peak_bytes = int(torch.cuda.max_memory_allocated()) if device.type == "cuda" else None
     kind = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    note = ", ".join(n for n, on in (("torch.compile", compile), ("channels_last", channels_last),
-                                     ("autocast", autocast)) if on)
-    return Result("torch", mode, variant, batch, image_size, dtype, 1, kind, max(first - step_s, 0.0), step_s,
-                  batch / step_s, batch / step_s, peak_bytes=peak_bytes, peak_source="device" if peak_bytes else "",
-                  page_faults=host["page_faults"], system_s=host["system_s"], note=note)
+    note = ", ".join(
+        n
+        for n, on in (
+            ("torch.compile", compile),
+            ("channels_last", channels_last),
+            ("autocast", autocast),
+        )
+        if on
+    )
+    return Result(
+        "torch",
+        mode,
+        variant,
+        batch,
+        image_size,
+        dtype,
+        1,
+        kind,
+        max(first - step_s, 0.0),
+        step_s,
+        batch / step_s,
+        batch / step_s,
+        peak_bytes=peak_bytes,
+        peak_source="device" if peak_bytes else "",
+        page_faults=host["page_faults"],
+        system_s=host["system_s"],
+        note=note,
+    )
 
 
 def main(argv):
@@ -86,9 +128,18 @@ def main(argv):
     results = []
     for mode in FLAGS.mode:
         results.append(bench.measure(**shape, mode=mode, **common))
-        results.append(measure_torch(**shape, mode=mode, compile=FLAGS.torch_compile,
-                                     channels_last=FLAGS.channels_last, **common))
-    print(json.dumps([dataclasses.asdict(r) for r in results]) if FLAGS.json else bench.table(results))
+        results.append(
+            measure_torch(
+                **shape,
+                mode=mode,
+                compile=FLAGS.torch_compile,
+                channels_last=FLAGS.channels_last,
+                **common,
+            )
+        )
+    print(
+        json.dumps([dataclasses.asdict(r) for r in results]) if FLAGS.json else bench.table(results)
+    )
 
 
 if __name__ == "__main__":

@@ -19,11 +19,14 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     from reference import torch_model
+
     tools.require(out=FLAGS.out)
     unknown = set(KINDS.value) - {"logits", "steps"}
     if unknown:
         raise UserError(f"--kinds={','.join(KINDS.value)}: each one of logits, steps")
-    out = paths.local(FLAGS.out, "--out", "fixtures are written to a folder of this checkout (tests/fixtures)")
+    out = paths.local(
+        FLAGS.out, "--out", "fixtures are written to a folder of this checkout (tests/fixtures)"
+    )
     out.mkdir(parents=True, exist_ok=True)
     if "logits" in KINDS.value:
         torch_model.write_fixtures(out)

@@ -11,6 +11,7 @@ each update.
 
   python -m reference.fixtures --out=tests/fixtures
 """
+
 import copy
 import math
 
@@ -44,7 +45,9 @@ class RA(nn.Module):
         self.fc1 = nn.Conv2d(dim, hidden, 1)
         self.fc2 = nn.Conv2d(hidden, dim, 1)
         self.filter_name = filter_name
-        setattr(self, filter_name, nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False))
+        setattr(
+            self, filter_name, nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False)
+        )
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
@@ -59,7 +62,9 @@ class Block(nn.Module):
         self.gate_name = "DeltaT_DeltaD" if heat_operator == "learned5" else "fc_0"
         setattr(self, self.gate_name, nn.Conv2d(dim, dim, 1, bias=False))
         if heat_operator == "mean8":
-            self.register_buffer("mean_num", torch.from_numpy(neighbour_count(*resolution)[None, None, ..., 0]))
+            self.register_buffer(
+                "mean_num", torch.from_numpy(neighbour_count(*resolution)[None, None, ..., 0])
+            )
         else:
             k = 3 if heat_operator == "learned3" else 5
             self.Anisotropic_conv = nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim, bias=False)
@@ -129,23 +134,46 @@ def trunc_normal_init(module: nn.Module):
 
 
 class TorchHcNet(nn.Module):
-    def __init__(self, depths, dims, *, num_classes=1000, in_chans=3, heat_operator="mean8",
-                 drop_path=0.0, dropout=0.0, img_size=224, conv_init="torch_default"):
+    def __init__(
+        self,
+        depths,
+        dims,
+        *,
+        num_classes=1000,
+        in_chans=3,
+        heat_operator="mean8",
+        drop_path=0.0,
+        dropout=0.0,
+        img_size=224,
+        conv_init="torch_default",
+    ):
         super().__init__()
         self.patch_embed = Stem(in_chans, dims[0])
         self.stem_drop = nn.Dropout(dropout if heat_operator != "learned5" else 0.0)
-        rates, layers, res = iter(drop_path_rates(depths, drop_path)), [], (img_size // 4, img_size // 4)
+        rates, layers, res = (
+            iter(drop_path_rates(depths, drop_path)),
+            [],
+            (img_size // 4, img_size // 4),
+        )
         for i, (depth, dim) in enumerate(zip(depths, dims)):
             blocks = [Block(dim, heat_operator, res, next(rates), dropout) for _ in range(depth)]
-            layers.append(Layer(blocks, Downsample(dim, dims[i + 1]) if i + 1 < len(dims) else None))
+            layers.append(
+                Layer(blocks, Downsample(dim, dims[i + 1]) if i + 1 < len(dims) else None)
+            )
             res = (res[0] // 2, res[1] // 2)
         self.layers = nn.ModuleList(layers)
         self.norm = group_norm(dims[-1])
         self.head = nn.Linear(dims[-1], num_classes)
-        for layer in self.layers:  # the reference's blocks re-initialise every conv inside them, its
-            layer.blocks.apply(trunc_normal_init)  # network the Linear head; stem and downsample keep torch's
+        for (
+            layer
+        ) in self.layers:  # the reference's blocks re-initialise every conv inside them, its
+            layer.blocks.apply(
+                trunc_normal_init
+            )  # network the Linear head; stem and downsample keep torch's
         trunc_normal_init(self.head)
-        if conv_init == "trunc_normal":  # hcnet.model's other form: stem and downsample as the blocks
+        if (
+            conv_init == "trunc_normal"
+        ):  # hcnet.model's other form: stem and downsample as the blocks
             self.patch_embed.apply(trunc_normal_init)
             for layer in self.layers:
                 if layer.downsample is not None:
@@ -173,7 +201,11 @@ FIXTURE_SIZES = ((224, 224), (160, 96))  # square, and non-square with odd stage
 
 def fixture_input(height, width, batch=2):
     """The parity input, NCHW float32, reproducible from numpy's frozen legacy generator."""
-    return np.random.RandomState(height * 1000 + width).standard_normal((batch, 3, height, width)).astype(np.float32)
+    return (
+        np.random.RandomState(height * 1000 + width)
+        .standard_normal((batch, 3, height, width))
+        .astype(np.float32)
+    )
 
 
 def write_fixtures(out_dir: paths.Path):
@@ -186,8 +218,12 @@ def write_fixtures(out_dir: paths.Path):
         state = {k: v.float().numpy() for k, v in model.state_dict().items()}
         np.savez(out_dir / f"parity_{form}.npz", **state)
         with torch.no_grad():
-            logits = {f"{h}x{w}": model(torch.from_numpy(fixture_input(h, w)).double()).numpy().astype(np.float32)
-                      for h, w in FIXTURE_SIZES}
+            logits = {
+                f"{h}x{w}": model(torch.from_numpy(fixture_input(h, w)).double())
+                .numpy()
+                .astype(np.float32)
+                for h, w in FIXTURE_SIZES
+            }
         np.savez(out_dir / f"parity_{form}_logits.npz", **logits)
         print(f"wrote {form}: {len(state)} tensors, logits at {', '.join(logits)}")
 
@@ -207,7 +243,10 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def label_smoothing_loss(logits, labels, smoothing: float):
@@ -220,13 +259,28 @@ def label_smoothing_loss(logits, labels, smoothing: float):
 def normalize(images: np.ndarray, dtype=torch.float64):
     """uint8 NHWC -> (x / 255 - mean) / std, NCHW (torchvision's ToTensor then Normalize)."""
     x = torch.from_numpy(images).to(dtype).permute(0, 3, 1, 2) / 255.0
-    mean, std = (torch.tensor(v, dtype=dtype).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    mean, std = (
+        torch.tensor(v, dtype=dtype).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD)
+    )
     return (x - mean) / std
 
 
-def train_steps(model: nn.Module, batches, *, steps: int, lr: float, warmup_lr: float, min_lr: float,
-                warmup_steps: int, weight_decay: float, clip_norm: float, smoothing: float,
-                b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> dict:
+def train_steps(
+    model: nn.Module,
+    batches,
+    *,
+    steps: int,
+    lr: float,
+    warmup_lr: float,
+    min_lr: float,
+    warmup_steps: int,
+    weight_decay: float,
+    clip_norm: float,
+    smoothing: float,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+) -> dict:
     """The reference's loop for `steps` updates over `batches` [(uint8 NHWC images, labels)], cycled.
 
     Per update: loss, backward, clip_grad_norm_ over all parameters, AdamW step, then the scheduler's
@@ -234,8 +288,12 @@ def train_steps(model: nn.Module, batches, *, steps: int, lr: float, warmup_lr: 
     Returns each update's loss, gradient norm before clipping and lr.
     """
     dtype = next(model.parameters()).dtype
-    schedule = dict(lr=lr, warmup_lr=warmup_lr, min_lr=min_lr, warmup_steps=warmup_steps, total_steps=steps)
-    opt = torch.optim.AdamW(weight_decay_groups(model, weight_decay), lr=lr, betas=(b1, b2), eps=eps)
+    schedule = dict(
+        lr=lr, warmup_lr=warmup_lr, min_lr=min_lr, warmup_steps=warmup_steps, total_steps=steps
+    )
+    opt = torch.optim.AdamW(
+        weight_decay_groups(model, weight_decay), lr=lr, betas=(b1, b2), eps=eps
+    )
     for group in opt.param_groups:  # timm's scheduler starts the optimizer at warmup_lr_init
         group["lr"] = warmup_lr if warmup_steps else lr
     model.train()
@@ -244,9 +302,13 @@ def train_steps(model: nn.Module, batches, *, steps: int, lr: float, warmup_lr: 
         images, labels = batches[n % len(batches)]
         out["lr"].append(opt.param_groups[0]["lr"])
         opt.zero_grad()
-        loss = label_smoothing_loss(model(normalize(images, dtype)), torch.from_numpy(labels).long(), smoothing)
+        loss = label_smoothing_loss(
+            model(normalize(images, dtype)), torch.from_numpy(labels).long(), smoothing
+        )
         loss.backward()
-        out["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)))
+        out["grad_norm"].append(
+            float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm))
+        )
         opt.step()
         for group in opt.param_groups:  # lr_scheduler.step_update(n)
             group["lr"] = reference_lr(n, **schedule)
@@ -256,17 +318,30 @@ def train_steps(model: nn.Module, batches, *, steps: int, lr: float, warmup_lr: 
 
 # The step-parity fixture: mu on real photo crops, every part of the recipe switched on; the clip norm
 # is chosen per form (write_step_fixtures) so that some updates clip and some do not.
-STEP_RECIPE = dict(steps=24, lr=2e-3, warmup_lr=1e-5, min_lr=1e-5, warmup_steps=4, weight_decay=0.05,
-                   smoothing=0.1, b1=0.9, b2=0.999, eps=1e-8)
+STEP_RECIPE = dict(
+    steps=24,
+    lr=2e-3,
+    warmup_lr=1e-5,
+    min_lr=1e-5,
+    warmup_steps=4,
+    weight_decay=0.05,
+    smoothing=0.1,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+)
 STEP_DATA = dict(batches=3, batch=8, image_size=64, seed=0)
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
 
 
-def photo_crops(count: int, size: int, seed: int, sides=(0.25, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+def photo_crops(
+    count: int, size: int, seed: int, sides=(0.25, 1.0)
+) -> tuple[np.ndarray, np.ndarray]:
     """`count` random square crops (sides a fraction in `sides` of the short side) of scikit-image's
     sample photographs, resized to `size` (bicubic), labelled by photograph: (uint8 NHWC, int labels)."""
     import skimage.data
     from PIL import Image
+
     rng = np.random.RandomState(seed)
     photos = [getattr(skimage.data, name)() for name in PHOTOS]
     images, labels = [], []
@@ -278,7 +353,9 @@ def photo_crops(count: int, size: int, seed: int, sides=(0.25, 1.0)) -> tuple[np
         short = min(a.shape[:2])
         side = rng.randint(int(sides[0] * short), int(sides[1] * short) + 1)
         y, x = rng.randint(0, a.shape[0] - side + 1), rng.randint(0, a.shape[1] - side + 1)
-        crop = Image.fromarray(a[y:y + side, x:x + side, :3]).resize((size, size), Image.Resampling.BICUBIC)
+        crop = Image.fromarray(a[y : y + side, x : x + side, :3]).resize(
+            (size, size), Image.Resampling.BICUBIC
+        )
         images.append(np.asarray(crop))
         labels.append(label)
     return np.stack(images), np.asarray(labels, np.int32)
@@ -295,17 +372,28 @@ def write_step_fixtures(out_dir: paths.Path, forms=("mean8", "learned5")):
     batches = list(zip(images, labels))
     for seed, form in enumerate(forms):
         torch.manual_seed(seed)
-        model = TorchHcNet(**VARIANTS["mu"], heat_operator=form, num_classes=len(PHOTOS), img_size=d["image_size"])
+        model = TorchHcNet(
+            **VARIANTS["mu"], heat_operator=form, num_classes=len(PHOTOS), img_size=d["image_size"]
+        )
         init = {k: v.numpy().copy() for k, v in model.state_dict().items()}  # float32 draws
         # the median of the unclipped gradient norms: about half the updates clip
-        probe = train_steps(copy.deepcopy(model).double(), batches, **STEP_RECIPE, clip_norm=math.inf)
+        probe = train_steps(
+            copy.deepcopy(model).double(), batches, **STEP_RECIPE, clip_norm=math.inf
+        )
         recipe = {**STEP_RECIPE, "clip_norm": float(np.round(np.median(probe["grad_norm"]), 3))}
         trajectory = train_steps(model.double(), batches, **recipe)
         final = {k: v.float().numpy() for k, v in model.state_dict().items()}
-        np.savez_compressed(out_dir / f"steps_{form}.npz", images=images, labels=labels,
-                            **{f"recipe.{k}": v for k, v in recipe.items()},
-                            **{f"torch.{k}": v for k, v in trajectory.items()},
-                            **{f"init.{k}": v for k, v in init.items()}, **{f"final.{k}": v for k, v in final.items()})
+        np.savez_compressed(
+            out_dir / f"steps_{form}.npz",
+            images=images,
+            labels=labels,
+            **{f"recipe.{k}": v for k, v in recipe.items()},
+            **{f"torch.{k}": v for k, v in trajectory.items()},
+            **{f"init.{k}": v for k, v in init.items()},
+            **{f"final.{k}": v for k, v in final.items()},
+        )
         clipped = int((trajectory["grad_norm"] > recipe["clip_norm"]).sum())
-        print(f"wrote steps_{form}: {recipe['steps']} updates, {clipped} clipped at {recipe['clip_norm']}, "
-              f"loss {trajectory['loss'][0]:.4f} -> {trajectory['loss'][-1]:.4f}")
+        print(
+            f"wrote steps_{form}: {recipe['steps']} updates, {clipped} clipped at {recipe['clip_norm']}, "
+            f"loss {trajectory['loss'][0]:.4f} -> {trajectory['loss'][-1]:.4f}"
+        )

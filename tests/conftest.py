@@ -1,5 +1,6 @@
 """Every test sees 8 fake CPU devices and, for gs:// paths, a local Cloud Storage emulator (tests/gcs.py);
 both set before jax or any storage client is imported anywhere."""
+
 import os
 import sys
 import tempfile
@@ -9,12 +10,20 @@ import gcs
 # Compile time is most of this suite's time: optimisation level 0, and XLA:CPU's older elemental emitters
 # rather than its fusion emitters (the smoke train step compiled in 16 s instead of 25 s on a 2-core AMD EPYC).
 os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
-     "--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"]).strip()
+    [
+        os.environ.get("XLA_FLAGS", ""),
+        "--xla_force_host_platform_device_count=8",
+        "--xla_backend_optimization_level=0",
+        "--xla_cpu_use_fusion_emitters=false",
+    ]
+).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # test workers compiling for TPU share libtpu (no lock)
+os.environ.setdefault(
+    "ALLOW_MULTIPLE_LIBTPU_LOAD", "1"
+)  # test workers compiling for TPU share libtpu (no lock)
 # what hcnet.hostenv would restart train.py and eval.py with; set here, their subprocesses start once
 from hcnet import hostenv  # noqa: E402  (imports no JAX)
+
 os.environ.update(hostenv.cpu_malloc_env(os.environ) or {})
 
 # One compilation cache for this session's workers and the processes the tests start: training
@@ -30,10 +39,10 @@ if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not i
 # processes the tests start inherit the settings and the offline guard (a PYTHONPATH entry).
 GCS_PORT = gcs.free_port()
 os.environ.update(gcs.environment(GCS_PORT, closed_port=gcs.free_port()))
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (gcs.OFFLINE, os.environ.get("PYTHONPATH")) if p)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (gcs.OFFLINE, os.environ.get("PYTHONPATH")) if p
+)
 sys.path.insert(0, gcs.OFFLINE)
-import sitecustomize  # noqa: E402,F401  (the offline guard, in this process too)
-
 import contextlib  # noqa: E402  (after the environment above)
 import fcntl  # noqa: E402
 import io  # noqa: E402
@@ -42,12 +51,17 @@ import pathlib  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
+import sitecustomize  # noqa: E402,F401  (the offline guard, in this process too)
 
 
 def once_per_session(tmp_path_factory, worker_id, name: str, make) -> dict:
     """`make(directory)` (a JSON-able dict) run once per session, shared by the xdist workers: the first worker
     to ask runs it in <basetemp>/<name>, the others wait for it and read its result."""
-    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    shared = (
+        tmp_path_factory.getbasetemp()
+        if worker_id == "master"
+        else tmp_path_factory.getbasetemp().parent
+    )
     done = shared / f"{name}.json"
     with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -59,8 +73,10 @@ def once_per_session(tmp_path_factory, worker_id, name: str, make) -> dict:
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, worker_id):
     """One uninterrupted smoke run per session, shared by the xdist workers: (workdir, metrics, console)."""
-    from hcnet import checkpoint, trainer
     from runs import smoke
+
+    from hcnet import checkpoint, trainer
+
     checkpoint.configure_orbax()
 
     def make(run_dir):
@@ -68,6 +84,7 @@ def smoke_run(tmp_path_factory, worker_id):
         with contextlib.redirect_stdout(out):
             result = trainer.train_and_evaluate(smoke(profile_steps=(2, 4)), run_dir)
         return {"result": result, "console": out.getvalue(), "dir": str(run_dir)}
+
     saved = once_per_session(tmp_path_factory, worker_id, "smoke-run", make)
     return pathlib.Path(saved["dir"]), saved["result"], saved["console"]
 
@@ -89,7 +106,9 @@ def bucket(gcs_emulator):
 # The longest tests (marked heavy) first, so neither worker is left with one at the end; the first test that
 # needs the smoke run goes first of all, so it trains while the other worker takes tests that do not need it.
 def pytest_collection_modifyitems(config, items):
-    heavy_first = lambda group: sorted(group, key=lambda item: item.get_closest_marker("heavy") is None)  # stable
+    def heavy_first(group):
+        return sorted(group, key=lambda item: item.get_closest_marker("heavy") is None)  # stable
+
     smoke = [item for item in items if "smoke_run" in getattr(item, "fixturenames", ())]
     rest = [item for item in items if "smoke_run" not in getattr(item, "fixturenames", ())]
     items[:] = smoke[:1] + heavy_first(rest) + heavy_first(smoke[1:])

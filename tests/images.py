@@ -1,4 +1,5 @@
 """Small real image data for tests, made from the photographs that ship with scikit-image."""
+
 import io
 import json
 import pathlib
@@ -45,8 +46,13 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes):
     tar.addfile(info, io.BytesIO(data))
 
 
-def imagenet_tars(directory, synsets=("n01440764", "n01443537"), per_class: int = 3, val: int = 5,
-                  extra_train: dict | None = None) -> pathlib.Path:
+def imagenet_tars(
+    directory,
+    synsets=("n01440764", "n01443537"),
+    per_class: int = 3,
+    val: int = 5,
+    extra_train: dict | None = None,
+) -> pathlib.Path:
     """Miniature ILSVRC2012_img_{train,val}.tar in the official layout (validation labels come from
     TFDS's own list, keyed by the sorted file names)."""
     directory = pathlib.Path(directory)
@@ -63,12 +69,21 @@ def imagenet_tars(directory, synsets=("n01440764", "n01443537"), per_class: int 
             _add(train, f"{synset}.tar", inner.getvalue())
     with tarfile.open(directory / "ILSVRC2012_img_val.tar", "w") as tar:
         for i in range(val):
-            _add(tar, f"ILSVRC2012_val_{i + 1:08d}.JPEG", encode(photo(PHOTOS[i % len(PHOTOS)], (140, 100))))
+            _add(
+                tar,
+                f"ILSVRC2012_val_{i + 1:08d}.JPEG",
+                encode(photo(PHOTOS[i % len(PHOTOS)], (140, 100))),
+            )
     return directory
 
 
-def image_folder(root, splits=("train", "val"), classes=("cat", "coffee", "rocket"), per_class: int = 2,
-                 bad: dict | None = None) -> pathlib.Path:
+def image_folder(
+    root,
+    splits=("train", "val"),
+    classes=("cat", "coffee", "rocket"),
+    per_class: int = 2,
+    bad: dict | None = None,
+) -> pathlib.Path:
     """root/<split>/<class>/<i>.jpg from photographs; `bad` files go into the first split's first class."""
     root = pathlib.Path(root)
     sources = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket"}
@@ -91,9 +106,13 @@ def real_json(directory, labels) -> pathlib.Path:
     return path
 
 
-def imagenet_v2_archive(directory, classes=(0, 1, 999), per_class: int = 2,
-                        top: str = "imagenetv2-matched-frequency-format-val",
-                        fname: str = "imagenetv2-matched-frequency.tar.gz") -> pathlib.Path:
+def imagenet_v2_archive(
+    directory,
+    classes=(0, 1, 999),
+    per_class: int = 2,
+    top: str = "imagenetv2-matched-frequency-format-val",
+    fname: str = "imagenetv2-matched-frequency.tar.gz",
+) -> pathlib.Path:
     """A miniature ImageNet-V2 archive in the published layout: TOP/<class id>/<n>.jpeg."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

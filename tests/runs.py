@@ -1,4 +1,5 @@
 """The smoke config with overrides, for tests that train."""
+
 import pathlib
 
 from hcnet import config as config_lib

@@ -2,42 +2,65 @@
 
 The compiling tests need libtpu (requirements-tpu.txt) and are skipped without it: the suite's install does
 not carry the 684 MB wheel (see the README's "Compiling for a TPU slice ahead of time")."""
+
 import importlib.util
 import json
 import math
 
 import pytest
-
-from hcnet.measure import aot
-from hcnet.errors import ConfigError, UserError
 from runs import smoke
 
-needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
-                                  reason="libtpu not installed (pip install -r requirements-tpu.txt)")
+from hcnet.errors import ConfigError, UserError
+from hcnet.measure import aot
+
+needs_libtpu = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None,
+    reason="libtpu not installed (pip install -r requirements-tpu.txt)",
+)
 
 
-@pytest.mark.parametrize("name, chips, topology", [
-    ("v5e-4", 4, "v5e:2x2"), ("v5e-64", 64, "v5e:8x8"), ("v6e-256", 256, "v6e:16x16"), ("v5e-1", 1, "v5e:1x1"),
-    ("v4-8", 4, "v4:2x2x1"), ("v4-32", 16, "v4:2x2x4"), ("v4-128", 64, "v4:4x4x4"), ("v5p-128", 64, "v5p:4x4x4"),
-])
+@pytest.mark.parametrize(
+    "name, chips, topology",
+    [
+        ("v5e-4", 4, "v5e:2x2"),
+        ("v5e-64", 64, "v5e:8x8"),
+        ("v6e-256", 256, "v6e:16x16"),
+        ("v5e-1", 1, "v5e:1x1"),
+        ("v4-8", 4, "v4:2x2x1"),
+        ("v4-32", 16, "v4:2x2x4"),
+        ("v4-128", 64, "v4:4x4x4"),
+        ("v5p-128", 64, "v5p:4x4x4"),
+    ],
+)
 def test_slice_names_are_cloud_tpus_own(name, chips, topology):
     """v5e / v6e names count chips, v4 / v5p names TensorCores (two a chip); the shapes are Cloud TPU's tori."""
     assert aot.parse_topology(name) == (name.split("-")[0], chips, topology)
 
 
-@pytest.mark.parametrize("name, message", [
-    ("v5litepod-4", "--topology='v5litepod-4': a Cloud TPU slice name: v4-N or v5p-N (N TensorCores)"),
-    ("v5e-6", "--topology='v5e-6': v5e-N counts chips; N must be a power of two (e.g. v5e-4)"),
-    ("v4-9", "--topology='v4-9': v4-N counts TensorCores; N must be 2 x a power of two (e.g. v4-8)"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        (
+            "v5litepod-4",
+            "--topology='v5litepod-4': a Cloud TPU slice name: v4-N or v5p-N (N TensorCores)",
+        ),
+        ("v5e-6", "--topology='v5e-6': v5e-N counts chips; N must be a power of two (e.g. v5e-4)"),
+        (
+            "v4-9",
+            "--topology='v4-9': v4-N counts TensorCores; N must be 2 x a power of two (e.g. v4-8)",
+        ),
+    ],
+)
 def test_a_bad_slice_name_is_one_line(name, message):
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
         aot.parse_topology(name)
 
 
 @needs_libtpu
-@pytest.mark.parametrize("name, devices", [("v5e-1", 1), ("v5e-2", 2), ("v6e-1", 1), ("v4-2", 1), ("v4-8", 4),
-                                           ("v5p-16", 8)])
+@pytest.mark.parametrize(
+    "name, devices",
+    [("v5e-1", 1), ("v5e-2", 2), ("v6e-1", 1), ("v4-2", 1), ("v4-8", 4), ("v5p-16", 8)],
+)
 def test_a_slice_has_one_device_per_chip(name, devices):
     """libtpu's default host is 2x2 chips (one or two chips are a host of their own); v4 and v5p names count
     TensorCores, two a chip, which JAX drives as one device."""
@@ -49,13 +72,21 @@ def test_a_tpu_program_gets_grouped_convolutions():
     """depthwise_impl='auto' lowered for TPU devices: XLA's grouped convolutions in the backward pass."""
     import jax
     import jax.numpy as jnp
+
     from hcnet import stencils
+
     device = aot.devices("v5e-1")[2][0]
     on_tpu = jax.sharding.SingleDeviceSharding(device)
     h = jax.ShapeDtypeStruct((2, 40, 36, 3), jnp.float32, sharding=on_tpu)
     k = jax.ShapeDtypeStruct((3, 3, 1, 3), jnp.float32, sharding=on_tpu)
-    text = jax.jit(jax.grad(lambda h, k: stencils.gelu_filter(h, k).sum(), (0, 1))).lower(h, k).as_text()
-    assert text.count("stablehlo.convolution") == 2  # the input's and the kernel's gradients (a sum's needs no forward)
+    text = (
+        jax.jit(jax.grad(lambda h, k: stencils.gelu_filter(h, k).sum(), (0, 1)))
+        .lower(h, k)
+        .as_text()
+    )
+    assert (
+        text.count("stablehlo.convolution") == 2
+    )  # the input's and the kernel's gradients (a sum's needs no forward)
 
 
 @needs_libtpu
@@ -64,7 +95,9 @@ def test_the_program_for_a_tpu_scans_its_blocks_and_elsewhere_unrolls():
     its mesh is a TPU slice (one block body per stage for the TPU compiler) and unrolls them on this CPU's
     devices; a loop chosen in the config holds on either."""
     import jax
+
     from hcnet import optim, sharding, tasks, trainer
+
     scanned = {}
     for loop in ("auto", "unroll"):
         c = smoke()
@@ -72,11 +105,21 @@ def test_the_program_for_a_tpu_scans_its_blocks_and_elsewhere_unrolls():
         task = tasks.create(c)
         tx, schedule = optim.from_config(c.optim, c.batch_size, 8, 2)
         for platform, devices in (("tpu", aot.devices("v5e-4")[2]), ("cpu", jax.devices()[:4])):
-            program = trainer.Program.build(task, tx, schedule, sharding.make_mesh(4, 1, devices=devices), seed=0)
-            zeros = jax.tree.map(lambda a: jax.numpy.zeros(a.shape, a.dtype), program.abstract_state["params"])
-            scanned[loop, platform] = [s.scan for s in program.model_def.bind(jax.device_get(zeros)).stages]
-    assert scanned == {("auto", "tpu"): [True] * 4, ("auto", "cpu"): [False] * 4,
-                       ("unroll", "tpu"): [False] * 4, ("unroll", "cpu"): [False] * 4}, scanned
+            program = trainer.Program.build(
+                task, tx, schedule, sharding.make_mesh(4, 1, devices=devices), seed=0
+            )
+            zeros = jax.tree.map(
+                lambda a: jax.numpy.zeros(a.shape, a.dtype), program.abstract_state["params"]
+            )
+            scanned[loop, platform] = [
+                s.scan for s in program.model_def.bind(jax.device_get(zeros)).stages
+            ]
+    assert scanned == {
+        ("auto", "tpu"): [True] * 4,
+        ("auto", "cpu"): [False] * 4,
+        ("unroll", "tpu"): [False] * 4,
+        ("unroll", "cpu"): [False] * 4,
+    }, scanned
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +127,9 @@ def smoke_on_v5e():
     """(config, report) of the smoke config's whole step (augmentation, EMA, donation) compiled for v5e-4,
     with its eval step."""
     c = smoke()
-    return c, aot.compile_train_step(c, "v5e-4", augmentation=False)  # the augmentation: its own test below
+    return c, aot.compile_train_step(
+        c, "v5e-4", augmentation=False
+    )  # the augmentation: its own test below
 
 
 def tiled_bytes(shape, itemsize: int) -> int:
@@ -99,25 +144,41 @@ def test_the_smoke_train_step_compiles_for_a_v5e_slice_within_a_hand_bound(smoke
     the EMA, counters) and a quarter of the batch: at least their bytes, at most those bytes padded to TPU
     tiles; the state is donated (aliased to the output)."""
     import jax
+
     c, report = smoke_on_v5e
     from hcnet import optim, tasks, trainer
+
     task = tasks.create(c)
     tx, schedule = optim.from_config(c.optim, c.batch_size, 8, 2)
     shapes = jax.eval_shape(lambda: trainer.init_state(task.spec, tx, 0, ema=True))
     leaves = jax.tree.leaves(shapes)
     rows = c.batch_size // 4
-    batch = [((rows, 32, 32, 3), 1), ((rows,), 4), ((rows,), 1), ((rows,), 4)]  # image, label, mask, index
+    batch = [
+        ((rows, 32, 32, 3), 1),
+        ((rows,), 4),
+        ((rows,), 1),
+        ((rows,), 4),
+    ]  # image, label, mask, index
     low = sum(x.size * x.dtype.itemsize for x in leaves) + sum(math.prod(s) * b for s, b in batch)
-    high = (sum(tiled_bytes(x.shape, max(x.dtype.itemsize, 4)) for x in leaves)
-            + sum(tiled_bytes(s, 4) for s, _ in batch) + tiled_bytes((), 8))  # + the key
+    high = (
+        sum(tiled_bytes(x.shape, max(x.dtype.itemsize, 4)) for x in leaves)
+        + sum(tiled_bytes(s, 4) for s, _ in batch)
+        + tiled_bytes((), 8)
+    )  # + the key
     got = report["memory_bytes"]
-    assert report["devices"] == 4 and report["hbm_bytes"] == 16 * 2 ** 30 and report["fits"]
+    assert report["devices"] == 4 and report["hbm_bytes"] == 16 * 2**30 and report["fits"]
     assert low <= got["arguments"] <= high, (low, got["arguments"], high)
-    assert got["aliased"] >= sum(x.size * x.dtype.itemsize for x in leaves) - 64  # the state, donated
+    assert (
+        got["aliased"] >= sum(x.size * x.dtype.itemsize for x in leaves) - 64
+    )  # the state, donated
     assert report["flops_per_image"] > 0 and report["compile_seconds"] > 0
-    assert report["model"]["block_loop"] == "scan" and report["cost_counts_loops_once"]  # counted once: said
+    assert (
+        report["model"]["block_loop"] == "scan" and report["cost_counts_loops_once"]
+    )  # counted once: said
     params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes["params"]))
-    evaluation = report["eval"]["memory_bytes"]  # the parameters alone and a quarter of the eval batch
+    evaluation = report["eval"][
+        "memory_bytes"
+    ]  # the parameters alone and a quarter of the eval batch
     assert params <= evaluation["arguments"] < got["arguments"] and report["eval_fits"]
     assert report["eval"]["batch_per_device"] == (c.eval_batch_size or c.batch_size) // 4
 
@@ -128,10 +189,14 @@ def test_the_augmentation_compiled_for_tpu_looks_up_tables_without_gathers():
     each (two per image), so about 1.1 GB per 32x32 image; with lut_impl='auto' the TPU program contracts
     one-hot pixels instead. The smoke config's augmentation with RandAugment on, compiled both ways."""
     import jax
+
     from hcnet import sharding, tasks
+
     devices = aot.devices("v5e-4")[2]
     batch_sh = sharding.batch_sharding(sharding.make_mesh(4, 1, devices=devices))
-    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(batch_sh.mesh))
+    key = jax.ShapeDtypeStruct(
+        (), jax.random.key(0).dtype, sharding=sharding.replicated(batch_sh.mesh)
+    )
     per_image = {}
     for impl in ("auto", "gather"):
         c = smoke()
@@ -147,39 +212,72 @@ def test_the_augmentation_compiled_for_tpu_looks_up_tables_without_gathers():
 def test_a_step_that_cannot_fit_is_refused_in_one_line_naming_what_would(smoke_on_v5e):
     """The compiled smoke step against a device of 16 MiB (it needs about 32)."""
     _, report = smoke_on_v5e
-    small = aot.judge(report, 16 * 2 ** 20)
+    small = aot.judge(report, 16 * 2**20)
     assert not small["fits"] and aot.judge(report, report["needed_bytes"])["fits"]
     line = aot.verdict(small)
-    assert line.startswith("v5e-4: needs 0.03 GiB of 0.02 GiB per device (batch 4 per device; evaluation 0.00 GiB "
-                           "at 4), does not fit: raise config.optim.accum_steps (now 1)")
+    assert line.startswith(
+        "v5e-4: needs 0.03 GiB of 0.02 GiB per device (batch 4 per device; evaluation 0.00 GiB "
+        "at 4), does not fit: raise config.optim.accum_steps (now 1)"
+    )
     assert "config.mesh.fsdp" in line and "config.model.remat=True" in line and "\n" not in line
     big_eval = {**report, "eval": {**report["eval"], "needed_bytes": report["needed_bytes"] + 1}}
     line = aot.verdict(aot.judge(big_eval, report["needed_bytes"]))
-    assert line.endswith("), evaluation does not fit: lower config.eval_batch_size") and "\n" not in line
+    assert (
+        line.endswith("), evaluation does not fit: lower config.eval_batch_size")
+        and "\n" not in line
+    )
 
 
 def test_the_largest_batch_grows_the_temporaries_alone():
     """16 GiB of HBM, 6 GiB of state and code, 8 GiB of temporaries for 64 images: 80 images would fit."""
-    memory = {"arguments": 5 * aot.GIB, "outputs": 5 * aot.GIB, "aliased": 5 * aot.GIB, "temporaries": 8 * aot.GIB,
-              "code": aot.GIB, "peak": 12 * aot.GIB}
-    report = aot.judge({"memory_bytes": memory, "needed_bytes": 14 * aot.GIB, "batch_per_device": 64}, 16 * aot.GIB)
+    memory = {
+        "arguments": 5 * aot.GIB,
+        "outputs": 5 * aot.GIB,
+        "aliased": 5 * aot.GIB,
+        "temporaries": 8 * aot.GIB,
+        "code": aot.GIB,
+        "peak": 12 * aot.GIB,
+    }
+    report = aot.judge(
+        {"memory_bytes": memory, "needed_bytes": 14 * aot.GIB, "batch_per_device": 64}, 16 * aot.GIB
+    )
     assert report["fits"] and report["largest_batch_per_device_estimate"] == 80
 
 
 def test_reports_become_one_markdown_table(tmp_path, capsys):
     from hcnet.tools import aot_table, invoke
-    memory = {"arguments": aot.GIB, "outputs": aot.GIB, "aliased": aot.GIB, "temporaries": 2 * aot.GIB,
-              "code": 0, "peak": 2 * aot.GIB}
-    report = aot.judge({"config": "configs/hcnet_t.py", "topology": "v5e-64", "devices": 64, "memory_bytes": memory,
-                        "needed_bytes": 3 * aot.GIB, "batch_per_device": 16, "flops_per_image": 25.9e9,
-                        "bytes_accessed_per_image": 2.9e9, "roofline_bytes_per_image": 386e6,
-                        "compile_seconds": 403.4}, 16 * aot.GIB)
+
+    memory = {
+        "arguments": aot.GIB,
+        "outputs": aot.GIB,
+        "aliased": aot.GIB,
+        "temporaries": 2 * aot.GIB,
+        "code": 0,
+        "peak": 2 * aot.GIB,
+    }
+    report = aot.judge(
+        {
+            "config": "configs/hcnet_t.py",
+            "topology": "v5e-64",
+            "devices": 64,
+            "memory_bytes": memory,
+            "needed_bytes": 3 * aot.GIB,
+            "batch_per_device": 16,
+            "flops_per_image": 25.9e9,
+            "bytes_accessed_per_image": 2.9e9,
+            "roofline_bytes_per_image": 386e6,
+            "compile_seconds": 403.4,
+        },
+        16 * aot.GIB,
+    )
     (tmp_path / "t.json").write_text(json.dumps(report))
     invoke(aot_table.main, [str(tmp_path / "t.json")])
     header, rule, row = capsys.readouterr().out.strip().splitlines()
     assert header.count("|") == rule.count("|") == row.count("|")
-    assert row == ("| `configs/hcnet_t.py` | v5e-64 (64 devices) | 16 | yes | 3.00 / 16 GiB (2.00) | 120 | 25.90 "
-                   "| 2,900 (386) | - | - | 403 s |")  # 120 = (16 - 1) GiB / (2 GiB / 16)
+    assert row == (
+        "| `configs/hcnet_t.py` | v5e-64 (64 devices) | 16 | yes | 3.00 / 16 GiB (2.00) | 120 | 25.90 "
+        "| 2,900 (386) | - | - | 403 s |"
+    )  # 120 = (16 - 1) GiB / (2 GiB / 16)
     (tmp_path / "t.json").write_text(json.dumps({**report, "cost_counts_loops_once": True}))
     invoke(aot_table.main, [str(tmp_path / "t.json")])
     assert "| 120 | - (loop) | - (loop) (386) | - | - | 403 s |" in capsys.readouterr().out
@@ -190,12 +288,17 @@ def test_reports_become_one_markdown_table(tmp_path, capsys):
 
 def test_without_libtpu_the_tool_says_what_to_install(monkeypatch):
     import builtins
+
     real = builtins.__import__
 
     def no_libtpu(name, *args, **kwargs):
         if name == "libtpu":
             raise ImportError("no libtpu")
         return real(name, *args, **kwargs)
+
     monkeypatch.setattr(builtins, "__import__", no_libtpu)
-    with pytest.raises(UserError, match=r"^hcnet.tools.aot needs the TPU compiler: pip install -r requirements-tpu.txt"):
+    with pytest.raises(
+        UserError,
+        match=r"^hcnet.tools.aot needs the TPU compiler: pip install -r requirements-tpu.txt",
+    ):
         aot.devices("v5e-4")

@@ -1,13 +1,14 @@
 """Device-side augmentation against PIL/timm semantics on real photographs, and its statistics."""
+
 import math
 
+import images
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-import images
 from hcnet import sharding
 from hcnet.data import augment as A
 
@@ -20,13 +21,16 @@ def timm_op(img: Image.Image, name: str, level: float, sign: float) -> Image.Ima
     factor = max(0.1, 1.0 + sign * level * 0.9)
     s, (w, h) = sign * level, img.size
     if name == "PosterizeIncreasing":
-        bits = 4 - int(level * 4)  # Pillow 13 refuses bits=0, which older Pillow (and timm) turned black
+        bits = 4 - int(
+            level * 4
+        )  # Pillow 13 refuses bits=0, which older Pillow (and timm) turned black
         return img.point(lambda i: 0) if bits == 0 else ImageOps.posterize(img, bits)
     if name == "SolarizeAdd":
         add = min(128, int(level * 110))
         return img.point([min(255, i + add) if i < 128 else i for i in range(256)] * 3)
     ops = {
-        "AutoContrast": lambda: ImageOps.autocontrast(img), "Equalize": lambda: ImageOps.equalize(img),
+        "AutoContrast": lambda: ImageOps.autocontrast(img),
+        "Equalize": lambda: ImageOps.equalize(img),
         "Invert": lambda: ImageOps.invert(img),
         "SolarizeIncreasing": lambda: ImageOps.solarize(img, 256 - int(level * 256)),
         "ColorIncreasing": lambda: ImageEnhance.Color(img).enhance(factor),
@@ -37,9 +41,15 @@ def timm_op(img: Image.Image, name: str, level: float, sign: float) -> Image.Ima
     }
     if name in ops:
         return ops[name]()
-    affine = {"ShearX": (1, s * 0.3, 0, 0, 1, 0), "ShearY": (1, 0, 0, s * 0.3, 1, 0),
-              "TranslateXRel": (1, 0, s * 0.45 * w, 0, 1, 0), "TranslateYRel": (1, 0, 0, 0, 1, s * 0.45 * h)}[name]
-    return img.transform(img.size, Image.Transform.AFFINE, affine, resample=BILINEAR, fillcolor=A.FILL)
+    affine = {
+        "ShearX": (1, s * 0.3, 0, 0, 1, 0),
+        "ShearY": (1, 0, 0, s * 0.3, 1, 0),
+        "TranslateXRel": (1, 0, s * 0.45 * w, 0, 1, 0),
+        "TranslateYRel": (1, 0, 0, 0, 1, s * 0.45 * h),
+    }[name]
+    return img.transform(
+        img.size, Image.Transform.AFFINE, affine, resample=BILINEAR, fillcolor=A.FILL
+    )
 
 
 @jax.jit
@@ -63,7 +73,11 @@ def test_each_randaugment_op_matches_pil(photos, name):
             got = np.asarray(one_op(jnp.asarray(a), op, level, sign)).astype(int)
             diff = np.abs(want - got)
             assert diff.max() <= 1, (name, level, diff.max())
-            assert (diff == 0).mean() > (0.5 if name in A.GEOMETRIC else 0.999), (name, level, diff.mean())
+            assert (diff == 0).mean() > (0.5 if name in A.GEOMETRIC else 0.999), (
+                name,
+                level,
+                diff.mean(),
+            )
 
 
 def test_lookup_implementations_agree_exactly(photos):
@@ -72,24 +86,41 @@ def test_lookup_implementations_agree_exactly(photos):
     bits at HIGHEST precision is the compiler's contract, not checked here: this CPU's dots are float32
     at any precision.)"""
     x = jnp.asarray(np.stack(photos), jnp.float32)
-    luts = jax.vmap(lambda im: A._luts(im, A.grayscale(im), 0.7, 1.0, True)[0])(x)  # (3 photos, 15 ops, 3, 256)
-    luts = jnp.concatenate([luts, jax.random.uniform(jax.random.key(1), (3, 1, 3, 256), minval=-1e4, maxval=1e4)], 1)
-    apply = lambda impl: jax.jit(jax.vmap(jax.vmap(lambda im, lut: A.apply_lut(im, lut, impl), (None, 0))))
+    luts = jax.vmap(lambda im: A._luts(im, A.grayscale(im), 0.7, 1.0, True)[0])(
+        x
+    )  # (3 photos, 15 ops, 3, 256)
+    luts = jnp.concatenate(
+        [luts, jax.random.uniform(jax.random.key(1), (3, 1, 3, 256), minval=-1e4, maxval=1e4)], 1
+    )
+
+    def apply(impl):
+        return jax.jit(jax.vmap(jax.vmap(lambda im, lut: A.apply_lut(im, lut, impl), (None, 0))))
+
     gathered = np.asarray(apply("gather")(x, luts))
     np.testing.assert_array_equal(np.asarray(apply("onehot")(x, luts)), gathered)
-    np.testing.assert_array_equal(np.asarray(apply("auto")(x, luts)), gathered)  # gather on this CPU
-    assert not np.array_equal(gathered[:, -1], gathered[:, -2])  # the random tables differ from Brightness's
+    np.testing.assert_array_equal(
+        np.asarray(apply("auto")(x, luts)), gathered
+    )  # gather on this CPU
+    assert not np.array_equal(
+        gathered[:, -1], gathered[:, -2]
+    )  # the random tables differ from Brightness's
 
 
 def test_geometric_ops_compose_into_one_warp(photos):
     """Rotate then ShearX as one map: PIL's single transform by that map within one interpolation's error,
     and PIL's two transforms in a row within two interpolations' blur."""
     a = photos[0]
-    m = A._geometry(A.INCREASING_OPS.index("Rotate"), 0.5, 1.0, 72, 96, 0.45) @ \
-        A._geometry(A.INCREASING_OPS.index("ShearX"), 0.5, 1.0, 72, 96, 0.45)
+    m = A._geometry(A.INCREASING_OPS.index("Rotate"), 0.5, 1.0, 72, 96, 0.45) @ A._geometry(
+        A.INCREASING_OPS.index("ShearX"), 0.5, 1.0, 72, 96, 0.45
+    )
     got = np.asarray(jnp.round(A.warp(jnp.asarray(a, jnp.float32), m))).astype(int)
-    once = Image.fromarray(a).transform((96, 72), Image.Transform.AFFINE, tuple(np.asarray(m)[:2].ravel()),
-                                        resample=BILINEAR, fillcolor=A.FILL)
+    once = Image.fromarray(a).transform(
+        (96, 72),
+        Image.Transform.AFFINE,
+        tuple(np.asarray(m)[:2].ravel()),
+        resample=BILINEAR,
+        fillcolor=A.FILL,
+    )
     assert np.abs(np.asarray(once).astype(int) - got).max() <= 1
     twice = timm_op(timm_op(Image.fromarray(a), "Rotate", 0.5, 1.0), "ShearX", 0.5, 1.0)
     diff = np.abs(np.asarray(twice).astype(int) - got)
@@ -113,17 +144,29 @@ def test_randaugment_statistics(photos):
 
 def test_randaugment_spec_grammar():
     ra = A.RandAugment.parse("rand-m7-n3-mstd0.25-mmax12-inc0")
-    assert (ra.magnitude, ra.num_layers, ra.magnitude_std, ra.magnitude_max, ra.increasing) == (7, 3, 0.25, 12, False)
+    assert (ra.magnitude, ra.num_layers, ra.magnitude_std, ra.magnitude_max, ra.increasing) == (
+        7,
+        3,
+        0.25,
+        12,
+        False,
+    )
     assert ra.ops[4] == "Posterize"
     for bad in ("rand-x9", "augmix-m3", "rand-m"):
-        with pytest.raises(ValueError, match="is not a RandAugment spec like 'rand-m9-mstd0.5-inc1'"):
+        with pytest.raises(
+            ValueError, match="is not a RandAugment spec like 'rand-m9-mstd0.5-inc1'"
+        ):
             A.RandAugment.parse(bad)
 
 
 def test_random_erasing_probability_area_and_values():
     n, h, w = 2000, 32, 48
     x = jnp.full((h, w, 3), 7.0)
-    out = np.asarray(jax.jit(jax.vmap(lambda k: A.random_erase(k, x, 0.25)))(jax.random.split(jax.random.key(1), n)))
+    out = np.asarray(
+        jax.jit(jax.vmap(lambda k: A.random_erase(k, x, 0.25)))(
+            jax.random.split(jax.random.key(1), n)
+        )
+    )
     erased = out != 7.0
     hit = erased.any(axis=(1, 2, 3))
     p = hit.mean()
@@ -149,7 +192,9 @@ def test_mixup_cutmix_statistics_and_targets():
     cutmix = ~mixed_pixels
     assert abs(cutmix.mean() - 0.5) < 0.04
     lam_target = (ys[:, 0, 0] - 0.1 / k) / 0.9  # label 0 is example 0's own class
-    np.testing.assert_allclose(lam_target[cutmix], own[cutmix], atol=1e-5)  # cutmix: lam = pixel share
+    np.testing.assert_allclose(
+        lam_target[cutmix], own[cutmix], atol=1e-5
+    )  # cutmix: lam = pixel share
     lam_mixup = 1 - xs[~cutmix, 0, 0, 0, 0] / 7
     np.testing.assert_allclose(lam_target[~cutmix], lam_mixup, atol=1e-5)
     assert abs(lam_mixup.mean() - 0.5) < 0.02
@@ -163,12 +208,17 @@ def test_a_masked_example_is_never_mixed_into_another():
     for seed in range(20):
         xs, ys = A.mix(jax.random.key(seed), x, jnp.arange(b), mask, k)
         assert np.all(np.asarray(xs[0]) == 1.0)  # partner 3 is masked: example 0 stays itself
-        np.testing.assert_allclose(np.asarray(ys[0]), np.asarray(A.smooth_one_hot(jnp.array(0), k, 0.1)), atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(ys[0]), np.asarray(A.smooth_one_hot(jnp.array(0), k, 0.1)), atol=1e-6
+        )
 
 
 def test_switches_turn_each_part_off():
-    batch = {"image": jnp.asarray(np.stack([images.photo("coffee", (24, 16))] * 4)), "label": jnp.arange(4),
-             "mask": jnp.ones(4, bool)}
+    batch = {
+        "image": jnp.asarray(np.stack([images.photo("coffee", (24, 16))] * 4)),
+        "label": jnp.arange(4),
+        "mask": jnp.ones(4, bool),
+    }
     off = A.Recipe(randaugment=None, reprob=0.0, mixup=0.0, cutmix=0.0, smoothing=0.0)
     x, y = A.train_inputs(jax.random.key(0), batch, 4, off)
     np.testing.assert_allclose(np.asarray(x), np.asarray(A.eval_inputs(batch)), atol=1e-6)

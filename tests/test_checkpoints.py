@@ -1,4 +1,5 @@
 """The run's CheckpointManager and the training step's pieces: retention, damage, accumulation, EMA, bf16."""
+
 import pathlib
 
 import jax
@@ -7,30 +8,40 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from runs import smoke
 
 from hcnet import checkpoint, sharding, tasks, trainer
 from hcnet.optim import lr_schedule, make_optimizer
-from runs import smoke
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 checkpoint.configure_orbax()
 
 
 def tiny_state(value: float) -> dict:
-    return {"params": {"w": jnp.full((4, 4), value)}, "opt": {"mu": jnp.zeros((4, 4))},
-            "step": jnp.asarray(int(value), jnp.int32), "nonfinite_step": jnp.asarray(-1, jnp.int32)}
+    return {
+        "params": {"w": jnp.full((4, 4), value)},
+        "opt": {"mu": jnp.zeros((4, 4))},
+        "step": jnp.asarray(int(value), jnp.int32),
+        "nonfinite_step": jnp.asarray(-1, jnp.int32),
+    }
 
 
 def abstract(state):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(
-        sharding.make_mesh())), state)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=sharding.replicated(sharding.make_mesh())
+        ),
+        state,
+    )
 
 
 def test_keeps_the_latest_n_plus_the_best_top1(tmp_path):
     ckpt = checkpoint.Checkpoints(tmp_path, keep=2, async_save=True)
     top1 = {1: 0.1, 2: 0.9, 3: 0.2, 4: None, 5: 0.4, 6: 0.3}
     for step, t in top1.items():
-        ckpt.save(step, tiny_state(step), {"next_index": step}, None if t is None else {"eval/top1": t})
+        ckpt.save(
+            step, tiny_state(step), {"next_index": step}, None if t is None else {"eval/top1": t}
+        )
     ckpt.wait()
     assert ckpt.steps() == [2, 5, 6]
     step, state, data = ckpt.restore(abstract(tiny_state(0)))
@@ -60,25 +71,49 @@ def test_half_written_and_damaged_checkpoints_are_skipped(tmp_path):
 def _step(accum=1, ema=0.0, dtype="float32", tx=None):
     """The smoke config's jitted train step (no RandAugment or erasing; mixing stays on: one lambda per
     whole batch) and its initial state."""
-    c = smoke(**{"model.dtype": dtype, "model.drop_path": 0.0, "augment.randaugment": "", "augment.reprob": 0.0})
+    c = smoke(
+        **{
+            "model.dtype": dtype,
+            "model.drop_path": 0.0,
+            "augment.randaugment": "",
+            "augment.reprob": 0.0,
+        }
+    )
     task = tasks.create(c)
-    schedule = lr_schedule(base_lr=1e-2, warmup_lr=1e-2, min_lr=1e-2, warmup_steps=0, total_steps=10)
-    program = trainer.Program.build(task, tx or make_optimizer(schedule), schedule, sharding.make_mesh(), seed=0,
-                                    accum=accum, ema_decay=ema)
+    schedule = lr_schedule(
+        base_lr=1e-2, warmup_lr=1e-2, min_lr=1e-2, warmup_steps=0, total_steps=10
+    )
+    program = trainer.Program.build(
+        task,
+        tx or make_optimizer(schedule),
+        schedule,
+        sharding.make_mesh(),
+        seed=0,
+        accum=accum,
+        ema_decay=ema,
+    )
     return program.step, program.init()
 
 
 def keep_gradients() -> optax.GradientTransformation:
     """An 'optimizer' that leaves the parameters alone and keeps the step's gradients as its state."""
-    zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
-    return optax.GradientTransformation(zeros, lambda grads, state, params=None: (zeros(grads), grads))
+
+    def zeros(tree):
+        return jax.tree.map(jnp.zeros_like, tree)
+
+    return optax.GradientTransformation(
+        zeros, lambda grads, state, params=None: (zeros(grads), grads)
+    )
 
 
 @pytest.fixture(scope="module")
 def batch():
     rng = np.random.default_rng(0)
-    return {"image": jnp.asarray(rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)),
-            "label": jnp.asarray(rng.integers(0, 10, 16), jnp.int32), "mask": jnp.asarray(np.arange(16) != 3)}
+    return {
+        "image": jnp.asarray(rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)),
+        "label": jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
+        "mask": jnp.asarray(np.arange(16) != 3),
+    }
 
 
 @pytest.mark.heavy
@@ -91,7 +126,7 @@ def test_accumulated_micro_batches_give_the_gradient_of_the_whole_batch(batch):
     gradient stands in. The gradients are compared, not the parameters after AdamW, whose first step
     divides by |g| + eps and so turns a rounding difference in a gradient near 0 into any difference.
     """
-    tolerance = 2 * (16 * 16 * 16 - 1) * 2.0 ** -24
+    tolerance = 2 * (16 * 16 * 16 - 1) * 2.0**-24
     one, state = _step(tx=keep_gradients())
     four, state4 = _step(accum=4, tx=keep_gradients())
     new1, m1 = one(state, batch, jax.random.key(1))
@@ -111,9 +146,15 @@ def test_ema_and_bf16_compute_keep_fp32_parameters_and_optimizer_state(batch):
     new, _ = step(state, batch, jax.random.key(1))
     for e, o, p in zip(*(jax.tree.leaves(t) for t in (new["ema"], old, new["params"]))):
         np.testing.assert_allclose(e, 0.75 * o + 0.25 * p, rtol=1e-6, atol=1e-7)
-    floats = [x for x in jax.tree.leaves((new["params"], new["opt"], new["ema"])) if jnp.issubdtype(x.dtype, jnp.floating)]
+    floats = [
+        x
+        for x in jax.tree.leaves((new["params"], new["opt"], new["ema"]))
+        if jnp.issubdtype(x.dtype, jnp.floating)
+    ]
     assert floats and all(x.dtype == jnp.float32 for x in floats)
-    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new["params"])))
+    assert not all(
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new["params"]))
+    )
 
 
 @pytest.mark.heavy
@@ -123,7 +164,10 @@ def test_a_nonfinite_step_leaves_the_state_as_it_was_and_records_the_step(batch)
     before = jax.tree.map(jnp.copy, state)
     new, m = step(state, batch, jax.random.key(1))
     assert int(new["nonfinite_step"]) == 1 and not np.isfinite(float(m.loss.compute()))
-    for a, b in zip(jax.tree.leaves((before["params"], before["opt"])), jax.tree.leaves((new["params"], new["opt"]))):
+    for a, b in zip(
+        jax.tree.leaves((before["params"], before["opt"])),
+        jax.tree.leaves((new["params"], new["opt"])),
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -140,6 +184,7 @@ class _BatchNormNet(nnx.Module):
 
 class _BatchNormTask:
     """The least a task needs for trainer.Program: a network with BatchNorm, inputs, a loss."""
+
     spec = {"num_classes": 3}
 
     @staticmethod
@@ -161,9 +206,17 @@ def test_running_statistics_travel_in_the_weights_and_follow_batchnorms_momentum
     """The statistics sit beside the parameters (one tree, so checkpoints, EMA and loading carry them); the step
     updates them as BatchNorm does over the global batch (micro-batch after micro-batch when accumulating), and
     the optimizer leaves them alone (the loss does not depend on them: no gradient, no weight decay on 1-D)."""
-    schedule = lr_schedule(base_lr=1e-2, warmup_lr=1e-2, min_lr=1e-2, warmup_steps=0, total_steps=10)
-    program = trainer.Program.build(_BatchNormTask(), make_optimizer(schedule), schedule, sharding.make_mesh(),
-                                    seed=0, accum=accum)
+    schedule = lr_schedule(
+        base_lr=1e-2, warmup_lr=1e-2, min_lr=1e-2, warmup_steps=0, total_steps=10
+    )
+    program = trainer.Program.build(
+        _BatchNormTask(),
+        make_optimizer(schedule),
+        schedule,
+        sharding.make_mesh(),
+        seed=0,
+        accum=accum,
+    )
     state = program.init()
     bn = jax.device_get(state["params"]["bn"])
     assert set(bn) == {"scale", "bias", "mean", "var"}

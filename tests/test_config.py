@@ -1,4 +1,5 @@
 """Configs: every shipped config validates; a bad field stops with one line before anything compiles."""
+
 import pathlib
 import subprocess
 import sys
@@ -11,11 +12,29 @@ from hcnet.errors import ConfigError
 from hcnet.model import VARIANTS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CONFIGS = ["hcnet_t.py", "hcnet_s.py", "hcnet_b.py", "quickstart.py", "smoke.py", "ablate_ra_filter.py",
-           "ablate_k.py:input", "ablate_k.py:learned", "ablate_k.py:0.3", "ablate_operator.py:learned5",
-           "digits_transfer.py:pretrain", "digits_transfer.py:scratch", "seg_quickstart.py"]
-FINE_TUNES = ["finetune_t_384.py", "linear_probe.py", "transfer_folder.py", "digits_transfer.py:finetune",
-              "upernet_hcnet_t_ade20k.py", "upernet_hcnet_b_ade20k.py"]
+CONFIGS = [
+    "hcnet_t.py",
+    "hcnet_s.py",
+    "hcnet_b.py",
+    "quickstart.py",
+    "smoke.py",
+    "ablate_ra_filter.py",
+    "ablate_k.py:input",
+    "ablate_k.py:learned",
+    "ablate_k.py:0.3",
+    "ablate_operator.py:learned5",
+    "digits_transfer.py:pretrain",
+    "digits_transfer.py:scratch",
+    "seg_quickstart.py",
+]
+FINE_TUNES = [
+    "finetune_t_384.py",
+    "linear_probe.py",
+    "transfer_folder.py",
+    "digits_transfer.py:finetune",
+    "upernet_hcnet_t_ade20k.py",
+    "upernet_hcnet_b_ade20k.py",
+]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -25,44 +44,94 @@ def test_shipped_configs_validate_and_document_their_command(name):
     doc = (ROOT / "configs" / name.split(":")[0]).read_text()
     assert f"python train.py --config=configs/{name.split(':')[0]}" in doc and "Hardware" in doc
     spec = tasks.create(c).spec
-    assert spec.get("decoder", spec)["num_classes"] == c.dataset.num_classes  # a segmentation head's, or the classifier's
+    assert (
+        spec.get("decoder", spec)["num_classes"] == c.dataset.num_classes
+    )  # a segmentation head's, or the classifier's
 
 
 @pytest.mark.parametrize("name", FINE_TUNES)
 def test_fine_tuning_configs_stop_in_one_line_until_given_their_starting_checkpoint(name):
     c = config_lib.load(str(ROOT / "configs" / name))
-    with pytest.raises(ConfigError, match=r"^config.init_from='required': this config fine-tunes: give the "
-                                          r"checkpoint to start from, --config.init_from="):
+    with pytest.raises(
+        ConfigError,
+        match=r"^config.init_from='required': this config fine-tunes: give the "
+        r"checkpoint to start from, --config.init_from=",
+    ):
         tasks.validate(c, num_devices=8)
     c.init_from = "/runs/pretrained"
     tasks.validate(c, num_devices=8)
-    assert f"python train.py --config=configs/{name.split(':')[0]}" in (ROOT / "configs" / name.split(":")[0]).read_text()
+    assert (
+        f"python train.py --config=configs/{name.split(':')[0]}"
+        in (ROOT / "configs" / name.split(":")[0]).read_text()
+    )
 
 
 def test_swins_ade20k_upernet_recipe_in_the_segmentation_configs():
     c = config_lib.load(str(ROOT / "configs/upernet_hcnet_t_ade20k.py"))
     o, s = c.optim, c.segmentation
     assert (c.task, c.dataset.name, c.dataset.num_classes, c.batch_size, c.total_steps) == (
-        "segmentation", "hcnet_ade20k", 150, 16, 160_000)
+        "segmentation",
+        "hcnet_ade20k",
+        150,
+        16,
+        160_000,
+    )
     assert (o.schedule, o.power, o.lr, o.b1, o.b2, o.weight_decay, o.min_lr, o.warmup_steps) == (
-        "poly", 1.0, 6e-5, 0.9, 0.999, 0.01, 0.0, 1500)
-    assert o.warmup_lr / o.lr == pytest.approx(1e-6) and o.scale_by_batch == 0 and c.model.drop_path == 0.3
+        "poly",
+        1.0,
+        6e-5,
+        0.9,
+        0.999,
+        0.01,
+        0.0,
+        1500,
+    )
+    assert (
+        o.warmup_lr / o.lr == pytest.approx(1e-6)
+        and o.scale_by_batch == 0
+        and c.model.drop_path == 0.3
+    )
     assert (s.channels, s.aux_channels, s.dropout, s.aux_weight) == (512, 256, 0.1, 0.4)
     assert (s.crop, s.scale, s.ratio_range, s.cat_max_ratio, s.flip, s.photometric) == (
-        (512, 512), (2048, 512), (0.5, 2.0), 0.75, 0.5, True)
+        (512, 512),
+        (2048, 512),
+        (0.5, 2.0),
+        0.75,
+        0.5,
+        True,
+    )
     assert (s.eval_stride, c.best_metric) == ((341, 341), "eval/mIoU")
     assert config_lib.load(str(ROOT / "configs/upernet_hcnet_b_ade20k.py")).model.variant == "B"
 
 
 def test_the_reference_recipe_in_hcnet_t():
     c = config_lib.load(str(ROOT / "configs/hcnet_t.py"))
-    assert (c.model.variant, c.model.drop_path, c.epochs, c.optim.warmup_epochs) == ("T", 0.2, 300, 20)
-    assert (c.optim.lr, c.optim.warmup_lr, c.optim.min_lr, c.optim.scale_by_batch) == (1e-3, 5e-7, 5e-6, 512)
+    assert (c.model.variant, c.model.drop_path, c.epochs, c.optim.warmup_epochs) == (
+        "T",
+        0.2,
+        300,
+        20,
+    )
+    assert (c.optim.lr, c.optim.warmup_lr, c.optim.min_lr, c.optim.scale_by_batch) == (
+        1e-3,
+        5e-7,
+        5e-6,
+        512,
+    )
     assert (c.optim.weight_decay, c.optim.clip_norm, c.augment.smoothing) == (0.05, 5.0, 0.1)
     assert (c.augment.mixup, c.augment.cutmix, c.augment.reprob) == (0.8, 1.0, 0.25)
     total, warmup, per_epoch = config_lib.steps(c, 1_281_167)
-    assert (total, warmup, per_epoch) == (375_300, 25_020, 1251)  # the reference: 1251 updates an epoch
-    assert VARIANTS[config_lib.load(str(ROOT / "configs/hcnet_b.py")).model.variant]["depths"] == (10, 10, 28, 10)
+    assert (total, warmup, per_epoch) == (
+        375_300,
+        25_020,
+        1251,
+    )  # the reference: 1251 updates an epoch
+    assert VARIANTS[config_lib.load(str(ROOT / "configs/hcnet_b.py")).model.variant]["depths"] == (
+        10,
+        10,
+        28,
+        10,
+    )
     ablation = config_lib.load(str(ROOT / "configs/ablate_k.py") + ":0.7")
     assert (ablation.model.k_mode, ablation.model.k_value) == ("fixed", 0.7)
 
@@ -70,21 +139,42 @@ def test_the_reference_recipe_in_hcnet_t():
 BAD = [
     ({"optim.learning_rate": 1.0}, "config.optim.learning_rate is not a field"),
     ({"batch_size": 12}, "config.batch_size=12: must be a positive multiple of 8 devices"),
-    ({"batch_size": 16, "optim.accum_steps": 4}, "config.batch_size=16: must be a positive multiple of 8 devices x 4"),
+    (
+        {"batch_size": 16, "optim.accum_steps": 4},
+        "config.batch_size=16: must be a positive multiple of 8 devices x 4",
+    ),
     ({"optim.lr": -0.001}, "config.optim.lr=-0.001: must be >= 0"),
     ({"model.variant": "XL"}, "config.model.variant='XL': one of mu, T, S, B"),
-    ({"model.heat_operator": "mean4"}, "config.model.heat_operator='mean4': one of mean8, learned3, learned5"),
+    (
+        {"model.heat_operator": "mean4"},
+        "config.model.heat_operator='mean4': one of mean8, learned3, learned5",
+    ),
     ({"model.k_mode": "fixed", "model.k_value": 1.5}, "config.model.k_value=1.5"),
     ({"mesh.fsdp": 3}, "config.mesh.fsdp=3: a positive divisor of the 8 devices"),
     ({"augment.randaugment": "rand-x"}, "config.augment.randaugment='rand-x'"),
     ({"augment.lut_impl": "table"}, "config.augment.lut_impl='table': one of auto, gather, onehot"),
-    ({"model.block_loop": "scan", "model.dropout": 0.1}, "model.block_loop='scan' with model.dropout=0.1: a scanned"),
+    (
+        {"model.block_loop": "scan", "model.dropout": 0.1},
+        "model.block_loop='scan' with model.dropout=0.1: a scanned",
+    ),
     ({"model.block_loop": "loop"}, "config.model.block_loop='loop': one of auto, scan, unroll"),
     ({"model.dtype": "int8"}, "config.model.dtype='int8': one of float32, bfloat16, float16"),
-    ({"optim.schedule": "step"}, "config.optim.schedule='step': 'cosine' (the reference's) or 'poly'"),
-    ({"task": "segmentation", "segmentation.eval_mode": "tiles"}, "config.segmentation.eval_mode='tiles': 'slide' or"),
-    ({"task": "segmentation", "segmentation.crop": (512,)}, "config.segmentation.crop=(512,): two positive integers"),
-    ({"task": "segmentation", "segmentation.ms_ratios": (0.5, 0.0)}, "config.segmentation.ms_ratios=(0.5, 0.0): ()"),
+    (
+        {"optim.schedule": "step"},
+        "config.optim.schedule='step': 'cosine' (the reference's) or 'poly'",
+    ),
+    (
+        {"task": "segmentation", "segmentation.eval_mode": "tiles"},
+        "config.segmentation.eval_mode='tiles': 'slide' or",
+    ),
+    (
+        {"task": "segmentation", "segmentation.crop": (512,)},
+        "config.segmentation.crop=(512,): two positive integers",
+    ),
+    (
+        {"task": "segmentation", "segmentation.ms_ratios": (0.5, 0.0)},
+        "config.segmentation.ms_ratios=(0.5, 0.0): ()",
+    ),
 ]
 
 
@@ -99,25 +189,61 @@ def test_bad_fields_stop_with_one_line_naming_field_value_and_what_is_accepted(o
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("flag,message", [
-    ("--config.optim.lr=-1", "error: config.optim.lr=-1.0: must be >= 0"),
-    ("--config.dataset.name=no_such_dataset", "error: dataset.name='no_such_dataset' is neither a TFDS dataset"),
-])
+@pytest.mark.parametrize(
+    "flag,message",
+    [
+        ("--config.optim.lr=-1", "error: config.optim.lr=-1.0: must be >= 0"),
+        (
+            "--config.dataset.name=no_such_dataset",
+            "error: dataset.name='no_such_dataset' is neither a TFDS dataset",
+        ),
+    ],
+)
 def test_train_py_exits_with_the_one_line_before_compiling(tmp_path, flag, message):
-    run = subprocess.run([sys.executable, str(ROOT / "train.py"), f"--config={ROOT / 'configs/smoke.py'}",
-                          f"--workdir={tmp_path}", flag, f"--config.dataset.data_dir={tmp_path}"],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith(message), run.stderr[-1500:]
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"--config={ROOT / 'configs/smoke.py'}",
+            f"--workdir={tmp_path}",
+            flag,
+            f"--config.dataset.data_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith(message), (
+        run.stderr[-1500:]
+    )
     assert not (tmp_path / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("evals, message", [
-    ((dict(name="eval", split="validation"),), r"config.evals\[0\].name='eval': a new snake_case name \(taken: eval\)"),
-    ((dict(name="a", split="x"), dict(name="a", split="y")), r"config.evals\[1\].name='a': a new snake_case name"),
-    ((dict(name="b"),), r"config.evals\[0\]=\{'name': 'b'\}: a dict with name and split, and optionally dataset"),
-    ((dict(name="c", split="test", crop_pct=1.5),), r"config.evals\[0\].crop_pct=1.5: must be in \(0, 1\]"),
-    ((dict(name="d", split="test", label_key="Real"),), r"config.evals\[0\].label_key='Real': a label feature's name"),
-])
+@pytest.mark.parametrize(
+    "evals, message",
+    [
+        (
+            (dict(name="eval", split="validation"),),
+            r"config.evals\[0\].name='eval': a new snake_case name \(taken: eval\)",
+        ),
+        (
+            (dict(name="a", split="x"), dict(name="a", split="y")),
+            r"config.evals\[1\].name='a': a new snake_case name",
+        ),
+        (
+            (dict(name="b"),),
+            r"config.evals\[0\]=\{'name': 'b'\}: a dict with name and split, and optionally dataset",
+        ),
+        (
+            (dict(name="c", split="test", crop_pct=1.5),),
+            r"config.evals\[0\].crop_pct=1.5: must be in \(0, 1\]",
+        ),
+        (
+            (dict(name="d", split="test", label_key="Real"),),
+            r"config.evals\[0\].label_key='Real': a label feature's name",
+        ),
+    ],
+)
 def test_a_bad_extra_evaluation_is_one_line(evals, message):
     c = config_lib.load(str(ROOT / "configs/smoke.py"))
     c.evals = evals

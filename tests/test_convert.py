@@ -1,4 +1,5 @@
 """Reference checkpoints: logit parity with the PyTorch statement, and errors that name the keys."""
+
 import pathlib
 import subprocess
 import sys
@@ -68,7 +69,9 @@ def test_load_returns_the_model_in_eval_mode(tmp_path):
     loaded = hcnet.load(tmp_path / "ckpt")
     x = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
     np.testing.assert_array_equal(logits(loaded, x), logits(loaded, x))
-    np.testing.assert_allclose(logits(loaded, x), logits(nnx.view(model, deterministic=True), x), rtol=1e-6)
+    np.testing.assert_allclose(
+        logits(loaded, x), logits(nnx.view(model, deterministic=True), x), rtol=1e-6
+    )
     assert hcnet.load(tmp_path / "ckpt", dtype="bfloat16").stem.conv1.dtype == jnp.bfloat16
 
 
@@ -84,15 +87,22 @@ def test_operator_form_is_read_off_the_key_names(form):
 
 def test_safetensors_and_wrapped_pth_read_the_same_tensors(tmp_path):
     from safetensors.numpy import save_file
+
     tensors = state("learned3")
     save_file(tensors, str(tmp_path / "w.safetensors"))
     again = read_state_dict(tmp_path / "w.safetensors")
-    assert again.keys() == tensors.keys() and all(np.array_equal(again[k], tensors[k]) for k in tensors)
+    assert again.keys() == tensors.keys() and all(
+        np.array_equal(again[k], tensors[k]) for k in tensors
+    )
     torch = pytest.importorskip("torch")
-    torch.save({"model": {f"module.{k}": torch.from_numpy(v) for k, v in tensors.items()}, "epoch": 3},
-               tmp_path / "w.pth")
+    torch.save(
+        {"model": {f"module.{k}": torch.from_numpy(v) for k, v in tensors.items()}, "epoch": 3},
+        tmp_path / "w.pth",
+    )
     again = read_state_dict(tmp_path / "w.pth")
-    assert again.keys() == tensors.keys() and all(np.array_equal(again[k], tensors[k]) for k in tensors)
+    assert again.keys() == tensors.keys() and all(
+        np.array_equal(again[k], tensors[k]) for k in tensors
+    )
 
 
 def write(tmp_path, tensors):
@@ -118,7 +128,9 @@ def test_weights_of_another_model_do_not_fit(tmp_path):
     with pytest.raises(ConversionError) as err:
         convert(FIXTURES / "parity_mean8.npz", variant="mu", dims=(16, 32, 48, 96))
     assert "wrong shapes: head.weight (10, 64) (expected (10, 96))" in str(err.value)
-    assert "layers.3.blocks.0.mlp.fc1.weight (256, 64, 1, 1) (expected (384, 96, 1, 1))" in str(err.value)
+    assert "layers.3.blocks.0.mlp.fc1.weight (256, 64, 1, 1) (expected (384, 96, 1, 1))" in str(
+        err.value
+    )
     assert str(err.value).endswith("(check --variant, --depths and --heat_operator)")
 
 
@@ -139,6 +151,8 @@ def test_unreadable_paths_say_what_is_accepted(tmp_path):
 
 
 def test_model_and_conversion_import_without_tensorflow():
-    code = ("import sys, hcnet, hcnet.measure.count, hcnet.convert, hcnet.checkpoint; "
-            "bad = [m for m in ('tensorflow', 'torch') if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, hcnet, hcnet.measure.count, hcnet.convert, hcnet.checkpoint; "
+        "bad = [m for m in ('tensorflow', 'torch') if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

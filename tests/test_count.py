@@ -1,4 +1,5 @@
 """Parameter and MAC counts against REFERENCE.md's table, and the command line."""
+
 import json
 import subprocess
 import sys
@@ -6,8 +7,8 @@ import sys
 import pytest
 
 from hcnet import tools
-from hcnet.measure.count import classifier_counts, count_macs, count_params
 from hcnet.layers import conv_out_size
+from hcnet.measure.count import classifier_counts, count_macs, count_params
 from hcnet.model import VARIANTS, model_spec
 from hcnet.nets import abstract
 from hcnet.tools import count as count_tool
@@ -38,7 +39,9 @@ def hand_macs(depths, dims, form, size=(224, 224), num_classes=1000, mlp_ratio=4
     stencil = STENCIL[form]
     for i, (depth, c) in enumerate(zip(depths, dims)):
         hidden = mlp_ratio * c
-        block = c * c + h * w * (c * stencil + 2 * c * hidden + 9 * hidden)  # gate on the pooled map
+        block = c * c + h * w * (
+            c * stencil + 2 * c * hidden + 9 * hidden
+        )  # gate on the pooled map
         macs += depth * block
         if i < 3:
             h, w = conv_out_size(h), conv_out_size(w)
@@ -72,10 +75,18 @@ def test_learned_forms_add_one_stencil_per_block(variant, form):
     assert abs(macs / 1e9 - gmacs) < 0.000504
 
 
-@pytest.mark.parametrize("depths, form, params, gmacs", [
-    ((4, 4, 12, 4), "mean8", 23_972_328, 3.508),     # the first upload's demo
-    ((3, 8, 18, 3), "learned5", 27_988_200, 4.762),  # the reference training config HcNet-T.yaml
-])
+@pytest.mark.parametrize(
+    "depths, form, params, gmacs",
+    [
+        ((4, 4, 12, 4), "mean8", 23_972_328, 3.508),  # the first upload's demo
+        (
+            (3, 8, 18, 3),
+            "learned5",
+            27_988_200,
+            4.762,
+        ),  # the reference training config HcNet-T.yaml
+    ],
+)
 def test_counts_of_the_reference_depth_lists(depths, form, params, gmacs):
     out = classifier_counts(model_spec("T", depths=depths, heat_operator=form), with_xla=False)
     assert out["params"] == params
@@ -85,21 +96,39 @@ def test_counts_of_the_reference_depth_lists(depths, form, params, gmacs):
 @pytest.mark.parametrize("form", ["mean8", "learned3", "learned5"])
 def test_macs_at_a_non_square_size(form):
     spec = model_spec("mu", heat_operator=form, num_classes=10)
-    assert count_macs(spec, 97, 161) == hand_macs(**VARIANTS["mu"], form=form, size=(97, 161), num_classes=10)
+    assert count_macs(spec, 97, 161) == hand_macs(
+        **VARIANTS["mu"], form=form, size=(97, 161), num_classes=10
+    )
 
 
 def test_command_line_json(capsys):
-    tools.invoke(count_tool.main, ["--variant=mu", "--heat_operator=learned5", "--image_size=64", "--image_width=96",
-                                   "--json"])
+    tools.invoke(
+        count_tool.main,
+        [
+            "--variant=mu",
+            "--heat_operator=learned5",
+            "--image_size=64",
+            "--image_width=96",
+            "--json",
+        ],
+    )
     out = json.loads(capsys.readouterr().out)
     spec = model_spec("mu", heat_operator="learned5")
     assert out["params"] == count_params(abstract(spec))
     assert out["macs"] == count_macs(spec, 64, 96)
-    assert 2 * out["macs"] < out["xla_flops"] < 4 * out["macs"]  # 2 per MAC plus the elementwise work
+    assert (
+        2 * out["macs"] < out["xla_flops"] < 4 * out["macs"]
+    )  # 2 per MAC plus the elementwise work
 
 
 def test_command_line_rejects_a_bad_image_size():
-    proc = subprocess.run([sys.executable, "-m", "hcnet.tools.count", "--variant=mu", "--image_size=16", "--noxla"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == \
-        "error: --image_size=16 --image_width=16: each side must be at least 32"
+    proc = subprocess.run(
+        [sys.executable, "-m", "hcnet.tools.count", "--variant=mu", "--image_size=16", "--noxla"],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        proc.returncode == 1
+        and proc.stderr.strip().splitlines()[-1]
+        == "error: --image_size=16 --image_width=16: each side must be at least 32"
+    )

@@ -1,4 +1,5 @@
 """The input benchmark runs and reports what the README quotes."""
+
 import json
 
 import pytest
@@ -11,7 +12,11 @@ from hcnet.tools import data_bench
 def test_bench_host_part_reports_rates(capsys):
     tools.invoke(data_bench.main, ["--nodevice", "--seconds=0.05", "--image_size=64", "--json"])
     out = json.loads(capsys.readouterr().out)
-    for key in ("train_images_per_s_per_core", "train_no_draft_images_per_s_per_core", "eval_images_per_s_per_core"):
+    for key in (
+        "train_images_per_s_per_core",
+        "train_no_draft_images_per_s_per_core",
+        "eval_images_per_s_per_core",
+    ):
         assert out[key] > 0
     assert len(bench.imagenet_like_jpegs()) == len(bench.PHOTOS)
 
@@ -19,4 +24,8 @@ def test_bench_host_part_reports_rates(capsys):
 @pytest.mark.heavy
 def test_bench_device_part_times_augmentation_against_a_step():
     out = bench.device_costs(batch=2, image_size=32, variant="mu", repeats=1)
-    assert 0 < out["augment_s"] and 0 < out["step_s"] and out["augment_share"] == out["augment_s"] / out["step_s"]
+    assert (
+        0 < out["augment_s"]
+        and 0 < out["step_s"]
+        and out["augment_share"] == out["augment_s"] / out["step_s"]
+    )

@@ -1,9 +1,10 @@
 """grain loading: order fixed by the seed, resumable state, host independence, exact evaluation."""
+
+import images
 import jax
 import numpy as np
 import pytest
 
-import images
 from hcnet import sharding
 from hcnet.data import pipeline, sources, transforms
 
@@ -11,7 +12,9 @@ from hcnet.data import pipeline, sources, transforms
 def photo_source(n: int, bad_at=()) -> sources.Source:
     """n small JPEG records (labels i % 5); positions in bad_at hold a zero-byte file."""
     photos = [images.encode(images.photo(p, (40, 32))) for p in images.PHOTOS]
-    records = [{"image": b"" if i in bad_at else photos[i % len(photos)], "label": i % 5} for i in range(n)]
+    records = [
+        {"image": b"" if i in bad_at else photos[i % len(photos)], "label": i % 5} for i in range(n)
+    ]
     return sources.Source(records, "photos", "train", 5)
 
 
@@ -41,8 +44,12 @@ def test_hosts_read_disjoint_rows_and_together_make_the_one_host_batch():
     kw = dict(global_batch=8, seed=3, threads=2)
     one = local_batches(pipeline.train_dataset(src, TRAIN16, row0=0, rows=8, **kw), 3)
     for hosts in (2, 4):
-        parts = [local_batches(pipeline.train_dataset(src, TRAIN16, row0=h * 8 // hosts, rows=8 // hosts, **kw), 3)
-                 for h in range(hosts)]
+        parts = [
+            local_batches(
+                pipeline.train_dataset(src, TRAIN16, row0=h * 8 // hosts, rows=8 // hosts, **kw), 3
+            )
+            for h in range(hosts)
+        ]
         for k in range(3):
             joined = {f: np.concatenate([p[k][f] for p in parts]) for f in one[k]}
             assert all(np.array_equal(joined[f], one[k][f]) for f in joined)
@@ -65,8 +72,13 @@ def test_loader_gives_sharded_global_arrays_and_resumes_from_its_state():
     src = photo_source(30)
     loader = pipeline.train_loader(src, s, 16, TRAIN16, seed=5, threads=2, prefetch=3)
     first = next(loader)
-    assert first["image"].shape == (16, 16, 16, 3) and first["image"].sharding.is_equivalent_to(s, 4)
-    assert len(first["image"].addressable_shards) == 8 and first["image"].addressable_shards[0].data.shape[0] == 2
+    assert first["image"].shape == (16, 16, 16, 3) and first["image"].sharding.is_equivalent_to(
+        s, 4
+    )
+    assert (
+        len(first["image"].addressable_shards) == 8
+        and first["image"].addressable_shards[0].data.shape[0] == 2
+    )
     state = loader.get_state()
     assert state == {"next_index": 1}  # batches returned, not batches prefetched
     rest = [next(loader) for _ in range(3)]
@@ -102,19 +114,27 @@ def test_evaluation_over_hosts_covers_the_split_once(hosts):
         rows = global_batch // hosts
         ds = pipeline.eval_dataset(src, EVAL16, global_batch=global_batch, row0=h * rows, rows=rows)
         batches = list(ds)
-        assert len(batches) == pipeline.eval_batches(37, global_batch)  # every host steps the same count
+        assert len(batches) == pipeline.eval_batches(
+            37, global_batch
+        )  # every host steps the same count
         seen += [i for b in batches for i in b["index"].tolist() if i >= 0]
     assert sorted(seen) == list(range(37))
 
 
 def test_host_rows_follow_the_sharding():
     mesh = sharding.make_mesh(data=4, fsdp=2)
-    assert pipeline.host_rows(sharding.batch_sharding(mesh), 32) == (0, 32)  # one process holds all rows
+    assert pipeline.host_rows(sharding.batch_sharding(mesh), 32) == (
+        0,
+        32,
+    )  # one process holds all rows
 
 
 def test_worker_processes_change_speed_not_content():
     from absl import flags
-    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; train.py parses them in main()
+
+    if (
+        not flags.FLAGS.is_parsed()
+    ):  # grain's workers read absl flags; train.py parses them in main()
         flags.FLAGS.mark_as_parsed()
     src = photo_source(24)
     kw = dict(global_batch=4, row0=0, rows=4, seed=9, threads=1)

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from hcnet.layers import HeatConduction
@@ -13,8 +14,16 @@ from hcnet.stencils import depthwise_conv, mean8_laplacian, neighbour_count, ste
 
 
 def heat_layer(form, k_mode="input", k_value=0.5, dim=4, seed=0):
-    return HeatConduction(dim, heat_operator=form, k_mode=k_mode, k_value=k_value, dtype=jnp.float32,
-                          param_dtype=jnp.float32, depthwise_impl="shift", rngs=nnx.Rngs(seed))
+    return HeatConduction(
+        dim,
+        heat_operator=form,
+        k_mode=k_mode,
+        k_value=k_value,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        depthwise_impl="shift",
+        rngs=nnx.Rngs(seed),
+    )
 
 
 def test_neighbour_count_is_8_inside_5_on_edges_3_at_corners():
@@ -31,8 +40,12 @@ def test_mean8_laplacian_matches_a_direct_loop():
     want = np.zeros_like(x)
     for i in range(5):
         for j in range(6):
-            nbrs = [x[0, a, b] for a in range(i - 1, i + 2) for b in range(j - 1, j + 2)
-                    if (a, b) != (i, j) and 0 <= a < 5 and 0 <= b < 6]
+            nbrs = [
+                x[0, a, b]
+                for a in range(i - 1, i + 2)
+                for b in range(j - 1, j + 2)
+                if (a, b) != (i, j) and 0 <= a < 5 and 0 <= b < 6
+            ]
             want[0, i, j] = np.mean(nbrs, axis=0) - x[0, i, j]
     np.testing.assert_allclose(mean8_laplacian(jnp.asarray(x)), want, rtol=1e-5, atol=1e-6)
 
@@ -71,14 +84,24 @@ def test_folded_stencil_kernel_equals_the_reference_formula(form):
     total = w.sum(axis=(0, 1))[0]
     want = conv - x * total if form == "learned5" else conv - x * w[1, 1, 0] - 2.0 * x * total
     np.testing.assert_allclose(layer.laplacian(x), want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(depthwise_conv(x, stencil_kernel(w, form), "shift"),
-                               depthwise_conv(x, stencil_kernel(w, form), "conv"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        depthwise_conv(x, stencil_kernel(w, form), "shift"),
+        depthwise_conv(x, stencil_kernel(w, form), "conv"),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 @settings(max_examples=30, deadline=None)
-@given(x=hnp.arrays(np.float32, st.tuples(st.just(1), st.integers(1, 6), st.integers(1, 6), st.just(3)),
-                    elements=st.floats(-1e3, 1e3, width=32)),
-       k=st.floats(0.0, 1.0), k_mode=st.sampled_from(["fixed", "input"]))
+@given(
+    x=hnp.arrays(
+        np.float32,
+        st.tuples(st.just(1), st.integers(1, 6), st.integers(1, 6), st.just(3)),
+        elements=st.floats(-1e3, 1e3, width=32),
+    ),
+    k=st.floats(0.0, 1.0),
+    k_mode=st.sampled_from(["fixed", "input"]),
+)
 def test_mean8_with_k_in_0_1_creates_no_new_extrema(x, k, k_mode):
     """Discrete maximum principle: each channel's new field stays within its old min and max."""
     layer = heat_layer("mean8", k_mode, k_value=k, dim=3)
@@ -95,7 +118,9 @@ def test_conductivity_modes():
     assert float(heat_layer("mean8", "fixed", k_value=0.3).conductivity(x)) == pytest.approx(0.3)
     learned = heat_layer("mean8", "learned", k_value=0.7)
     assert isinstance(learned.k, nnx.Param) and float(learned.conductivity(x)) == pytest.approx(0.7)
-    np.testing.assert_allclose(heat_layer("mean8", "fixed", k_value=0.3)(x), 0.3 * mean8_laplacian(x), rtol=1e-6)
+    np.testing.assert_allclose(
+        heat_layer("mean8", "fixed", k_value=0.3)(x), 0.3 * mean8_laplacian(x), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("form", ["mean8", "learned3", "learned5"])
@@ -107,7 +132,11 @@ def test_the_heat_step_holds_only_the_padded_map(form, k_mode):
     layer = heat_layer(form, k_mode, dim=8)
     graphdef, state = nnx.split(layer)
     step = jax.jit(lambda s, x: x + nnx.merge(graphdef, s)(x))
-    memory = step.lower(state, jax.ShapeDtypeStruct((2, 16, 16, 8), jnp.float32)).compile().memory_analysis()
+    memory = (
+        step.lower(state, jax.ShapeDtypeStruct((2, 16, 16, 8), jnp.float32))
+        .compile()
+        .memory_analysis()
+    )
     r = 2 if form == "learned5" else 1
     padded = 2 * (16 + 2 * r) ** 2 * 8 * 4
     assert padded <= memory.temp_size_in_bytes <= padded + 4096

@@ -1,6 +1,7 @@
 """The package's imports go one way: each module imports only modules below it in LAYERS (function-level
 imports included), so there is no cycle; heavy optional libraries are imported only where they are used,
 and importing the library changes no global state."""
+
 import ast
 import json
 import pathlib
@@ -14,25 +15,60 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 LAYERS = [
     ["hcnet.errors", "hcnet.hostenv"],
     ["hcnet.paths"],
-    ["hcnet.data.transforms", "hcnet.data.augment", "hcnet.data.seg_transforms", "hcnet.data.builders",
-     "hcnet.data.segmentation", "hcnet.data.prepare", "hcnet.data.sources", "hcnet.data.pipeline", "hcnet.data"],
+    [
+        "hcnet.data.transforms",
+        "hcnet.data.augment",
+        "hcnet.data.seg_transforms",
+        "hcnet.data.builders",
+        "hcnet.data.segmentation",
+        "hcnet.data.prepare",
+        "hcnet.data.sources",
+        "hcnet.data.pipeline",
+        "hcnet.data",
+    ],
     ["hcnet.stencils", "hcnet.layers", "hcnet.model", "hcnet.upernet", "hcnet.nets"],
-    ["hcnet.sharding", "hcnet.optim", "hcnet.config", "hcnet.convert", "hcnet.checkpoint", "hcnet.trained",
-     "hcnet.finetune", "hcnet.monitor", "hcnet.seg_inference"],
-    ["hcnet.evaluators", "hcnet.evaluators.classification", "hcnet.evaluators.multilabel",
-     "hcnet.evaluators.segmentation"],
+    [
+        "hcnet.sharding",
+        "hcnet.optim",
+        "hcnet.config",
+        "hcnet.convert",
+        "hcnet.checkpoint",
+        "hcnet.trained",
+        "hcnet.finetune",
+        "hcnet.monitor",
+        "hcnet.seg_inference",
+    ],
+    [
+        "hcnet.evaluators",
+        "hcnet.evaluators.classification",
+        "hcnet.evaluators.multilabel",
+        "hcnet.evaluators.segmentation",
+    ],
     ["hcnet.tasks", "hcnet.tasks.classification", "hcnet.tasks.segmentation"],
     ["hcnet.trainer", "hcnet.eval_report"],
-    ["hcnet.serve", "hcnet.serve.predict", "hcnet.serve.visualize", "hcnet.serve.savedmodel", "hcnet.serve.export",
-     "hcnet.measure", "hcnet.measure.count", "hcnet.measure.roofline", "hcnet.measure.bench",
-     "hcnet.measure.data_bench", "hcnet.measure.aot"],
+    [
+        "hcnet.serve",
+        "hcnet.serve.predict",
+        "hcnet.serve.visualize",
+        "hcnet.serve.savedmodel",
+        "hcnet.serve.export",
+        "hcnet.measure",
+        "hcnet.measure.count",
+        "hcnet.measure.roofline",
+        "hcnet.measure.bench",
+        "hcnet.measure.data_bench",
+        "hcnet.measure.aot",
+    ],
     ["hcnet.tools"],
     ["hcnet"],  # the package's lazy exports (importlib), and the commands' home
 ]
 # optional heavy dependencies: imported inside the functions that need them, never at a module's top, but
 # in the modules whose job they are (TFDS's dataset builders)
 LAZY_ONLY = {"tensorflow", "tensorflow_datasets", "torch", "matplotlib", "libtpu"}
-OWNERS = {"hcnet.data.builders": {"tensorflow_datasets"}, "hcnet.data.segmentation": {"tensorflow_datasets"}}
+OWNERS = {
+    "hcnet.data.builders": {"tensorflow_datasets"},
+    "hcnet.data.segmentation": {"tensorflow_datasets"},
+}
 
 
 def rank(module: str) -> tuple[int, int]:
@@ -62,8 +98,10 @@ def imported(f: pathlib.Path, known) -> list[tuple[str, int, bool]]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
-                     for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                for a in node.names
+            ]
         else:
             continue
         out += [(n, node.lineno, id(node) in top) for n in names]
@@ -78,7 +116,11 @@ def test_every_import_points_down_the_layers():
             if not target.startswith("hcnet") or target == name:
                 continue
             target = target if target in known else target.rsplit(".", 1)[0]
-            if name != "hcnet" and rank(target) >= rank(name) and not name.startswith("hcnet.tools"):
+            if (
+                name != "hcnet"
+                and rank(target) >= rank(name)
+                and not name.startswith("hcnet.tools")
+            ):
                 wrong.append(f"{f.relative_to(ROOT)}:{line} imports {target}")
             if name.startswith("hcnet.tools.") and target.startswith("hcnet.tools."):
                 wrong.append(f"{f.relative_to(ROOT)}:{line} imports another tool, {target}")
@@ -123,5 +165,11 @@ fs = json.dumps(fsspec.config.conf, sort_keys=True, default=str) != before_fs
 jx = {{k: str(v) for k, v in jax.config.values.items() if before_jax.get(k) != str(v)}}
 print(json.dumps({{"env": env, "fsspec": fs, "jax": jx}}))
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"env": {}, "fsspec": False, "jax": {}}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+        "env": {},
+        "fsspec": False,
+        "jax": {},
+    }

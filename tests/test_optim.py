@@ -1,4 +1,5 @@
 """The optimiser: the reference's schedule, the linear scaling rule, decay mask and clipping."""
+
 import math
 
 import jax
@@ -22,12 +23,18 @@ def test_schedule_follows_the_reference_semantics():
     kw = dict(base_lr=2e-3, warmup_lr=1e-6, min_lr=1e-5, warmup_steps=20, total_steps=300)
     schedule = lr_schedule(**kw)
     for n in [0, 1, 2, 10, 20, 21, 22, 150, 299, 300, 400]:
-        want = timm_cosine(min(max(n - 1, 0), 300), kw["base_lr"], kw["warmup_lr"], kw["min_lr"], 20, 300)
+        want = timm_cosine(
+            min(max(n - 1, 0), 300), kw["base_lr"], kw["warmup_lr"], kw["min_lr"], 20, 300
+        )
         assert float(schedule(n)) == pytest.approx(want, rel=1e-5), n
-    assert float(schedule(0)) == float(schedule(1)) == pytest.approx(kw["warmup_lr"])  # two updates at warmup_lr
+    assert (
+        float(schedule(0)) == float(schedule(1)) == pytest.approx(kw["warmup_lr"])
+    )  # two updates at warmup_lr
     assert float(schedule(21)) == pytest.approx(timm_cosine(20, 2e-3, 1e-6, 1e-5, 20, 300))
     assert float(schedule(21)) < kw["base_lr"]  # the cosine runs from step 0, as in the reference
-    assert float(schedule(299)) == pytest.approx(timm_cosine(298, 2e-3, 1e-6, 1e-5, 20, 300))  # the last update
+    assert float(schedule(299)) == pytest.approx(
+        timm_cosine(298, 2e-3, 1e-6, 1e-5, 20, 300)
+    )  # the last update
 
 
 def test_linear_scaling_rule():
@@ -36,15 +43,24 @@ def test_linear_scaling_rule():
 
 
 def test_no_weight_decay_on_norms_biases_and_scalars():
-    params = {"kernel": jnp.ones((3, 3)), "bias": jnp.ones(3), "scale": jnp.ones(3), "k": jnp.ones(())}
+    params = {
+        "kernel": jnp.ones((3, 3)),
+        "bias": jnp.ones(3),
+        "scale": jnp.ones(3),
+        "k": jnp.ones(()),
+    }
     assert decay_mask(params) == {"kernel": True, "bias": False, "scale": False, "k": False}
     tx = make_optimizer(optax.constant_schedule(0.0), weight_decay=0.5)
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)
-    assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates))  # lr 0: nothing moves
+    assert all(
+        float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates)
+    )  # lr 0: nothing moves
     tx = optax.adamw(1.0, weight_decay=0.5, mask=decay_mask)
     updates, _ = tx.update(zeros, tx.init(params), params)
-    assert float(updates["kernel"][0, 0]) == pytest.approx(-0.5) and float(updates["bias"][0]) == 0.0
+    assert (
+        float(updates["kernel"][0, 0]) == pytest.approx(-0.5) and float(updates["bias"][0]) == 0.0
+    )
 
 
 def test_gradients_are_clipped_to_global_norm_5():
@@ -71,12 +87,19 @@ def test_poly_schedule_is_mmcvs_with_linear_warmup():
     """mmcv's PolyLrUpdaterHook (power 1, min 0) with warmup='linear', warmup_ratio r, as Swin's ADE20K runs set
     it before each update from the updates done: lr(n) = base (1 - n / T), times 1 - (1 - n / W)(1 - r) for n < W."""
     from hcnet.optim import poly_schedule
+
     base, total, warm, ratio = 6e-5, 160_000, 1500, 1e-6
-    f = poly_schedule(base_lr=base, warmup_lr=base * ratio, min_lr=0.0, warmup_steps=warm, total_steps=total)
+    f = poly_schedule(
+        base_lr=base, warmup_lr=base * ratio, min_lr=0.0, warmup_steps=warm, total_steps=total
+    )
     for n in (0, 1, 750, 1499, 1500, 80_000, 159_999, 160_000):
         poly = base * (1 - n / total)
         want = poly * (1 - (1 - n / warm) * (1 - ratio)) if n < warm else poly
         assert float(f(n)) == pytest.approx(want, rel=1e-5, abs=1e-12), n
-    assert float(f(0)) == pytest.approx(base * ratio, rel=1e-5)  # no lag: update 0 runs at the warmup start
-    squared = poly_schedule(base_lr=1.0, warmup_lr=1.0, min_lr=0.1, warmup_steps=0, total_steps=10, power=2.0)
+    assert float(f(0)) == pytest.approx(
+        base * ratio, rel=1e-5
+    )  # no lag: update 0 runs at the warmup start
+    squared = poly_schedule(
+        base_lr=1.0, warmup_lr=1.0, min_lr=0.1, warmup_steps=0, total_steps=10, power=2.0
+    )
     assert float(squared(5)) == pytest.approx(0.9 * 0.25 + 0.1)

@@ -1,6 +1,7 @@
 """Segmentation end to end: train.py trains UperNet on HcNet-mu on real photographs (hcnet_collages) from a
 classification checkpoint's backbone, and the run's checkpoint is evaluated (eval.py's path) and predicted
 (masks and overlays)."""
+
 import io
 import json
 import os
@@ -11,19 +12,21 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import once_per_session
 from PIL import Image
+from runs import ROOT
 
 from hcnet import config as config_lib
 from hcnet import eval_report
 from hcnet import trained as trained_lib
-from hcnet.serve import export, visualize
 from hcnet.data import segmentation
 from hcnet.errors import UserError
-from conftest import once_per_session
-from runs import ROOT
+from hcnet.serve import export, visualize
 
 STEPS = 80
-CHANCE = 0.25  # a constant answer scores share / 4 <= 0.25 mIoU on 4 classes; a uniform guess about 0.14
+CHANCE = (
+    0.25  # a constant answer scores share / 4 <= 0.25 mIoU on 4 classes; a uniform guess about 0.14
+)
 
 
 @pytest.fixture(scope="session")
@@ -32,32 +35,64 @@ def seg_run(smoke_run, tmp_path_factory, worker_id):
     HcNet-mu: (workdir, data_dir, console). It runs as a user runs it: train.py, one process of one CPU device,
     at XLA's optimisation level 1 (this suite's level 0 runs the steps 4x slower; level 1 compiles 20 s faster
     than the default here). Once per session, shared by the xdist workers."""
-    return once_per_session(tmp_path_factory, worker_id, "seg-run", lambda base: _train(base, smoke_run[0]))
+    return once_per_session(
+        tmp_path_factory, worker_id, "seg-run", lambda base: _train(base, smoke_run[0])
+    )
 
 
 def _train(base, init_from) -> tuple:
     workdir, data_dir = base / "run", base / "tfds"
     env = dict(os.environ)
-    env["XLA_FLAGS"] = " ".join([*(f for f in env.get("XLA_FLAGS", "").split()
-                                   if "device_count" not in f and "optimization_level" not in f),
-                                 "--xla_backend_optimization_level=1"])
-    flags = {"total_steps": STEPS, "eval_every_steps": 0, "checkpoint_every_steps": 0, "log_every_steps": 20,
-             "optim.warmup_steps": 10, "dataset.eval_split": "test[:40]", "dataset.data_dir": data_dir,
-             "init_from": init_from}
-    proc = subprocess.run([sys.executable, "train.py", "--config=configs/seg_quickstart.py", f"--workdir={workdir}",
-                           *(f"--config.{k}={v}" for k, v in flags.items())],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    env["XLA_FLAGS"] = " ".join(
+        [
+            *(
+                f
+                for f in env.get("XLA_FLAGS", "").split()
+                if "device_count" not in f and "optimization_level" not in f
+            ),
+            "--xla_backend_optimization_level=1",
+        ]
+    )
+    flags = {
+        "total_steps": STEPS,
+        "eval_every_steps": 0,
+        "checkpoint_every_steps": 0,
+        "log_every_steps": 20,
+        "optim.warmup_steps": 10,
+        "dataset.eval_split": "test[:40]",
+        "dataset.data_dir": data_dir,
+        "init_from": init_from,
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--config=configs/seg_quickstart.py",
+            f"--workdir={workdir}",
+            *(f"--config.{k}={v}" for k, v in flags.items()),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return str(workdir), str(data_dir), proc.stdout
 
 
 @pytest.mark.heavy
-def test_training_on_real_photographs_lifts_miou_far_above_chance_from_a_classification_backbone(seg_run):
+def test_training_on_real_photographs_lifts_miou_far_above_chance_from_a_classification_backbone(
+    seg_run,
+):
     workdir, _, console = seg_run
     workdir = pathlib.Path(workdir)
     # the backbone's arrays came from the classification run, under backbone/; the heads are new
-    loaded = re.search(r"init_from \S+ \(step 8\): (\d+) arrays loaded, 0 skipped on purpose, (\d+) new, (\d+) of the "
-                       r"checkpoint's unused", console)
+    loaded = re.search(
+        r"init_from \S+ \(step 8\): (\d+) arrays loaded, 0 skipped on purpose, (\d+) new, (\d+) of the "
+        r"checkpoint's unused",
+        console,
+    )
     assert loaded, console
     config = json.loads((workdir / "model.json").read_text())
     assert config["decoder"]["kind"] == "upernet" and config["num_classes"] == 0
@@ -96,19 +131,27 @@ def test_an_exported_segmentation_checkpoint_predicts_masks_and_overlays(seg_run
     it: a mask PNG of class ids at the image's own size that mostly names the right photograph, an overlay with
     its legend; an unreadable file is skipped. Serving formats say in one line that they are for classifiers."""
     workdir = export.export(seg_run[0], tmp_path / "export")
-    with pytest.raises(UserError, match="is a segmentation network: it exports as --format=checkpoint"):
+    with pytest.raises(
+        UserError, match="is a segmentation network: it exports as --format=checkpoint"
+    ):
         export.export_stablehlo(workdir, tmp_path / "served")
     image, truth = segmentation.collage(7, "test", segmentation.collage_photos())
     (tmp_path / "collage.png").write_bytes(_png(image))
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    written, failed = visualize.visualize(trained_lib.open(workdir), [tmp_path / "collage.png", tmp_path / "broken.jpg"], tmp_path / "out")
+    written, failed = visualize.visualize(
+        trained_lib.open(workdir),
+        [tmp_path / "collage.png", tmp_path / "broken.jpg"],
+        tmp_path / "out",
+    )
     assert [f for f, _ in failed] == [str(tmp_path / "broken.jpg")]
     files = written[str(tmp_path / "collage.png")]
     mask = np.asarray(Image.open(files["mask"]))
     assert mask.shape == truth.shape and mask.max() < 4
     assert (mask == truth).mean() > 0.7
     overlay = Image.open(files["overlay"])
-    assert overlay.size[0] > 2 * overlay.size[1] * 96 / 72 * 0.8  # image and overlay side by side, then the legend
+    assert (
+        overlay.size[0] > 2 * overlay.size[1] * 96 / 72 * 0.8
+    )  # image and overlay side by side, then the legend
 
 
 def _png(a) -> bytes:

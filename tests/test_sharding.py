@@ -1,4 +1,5 @@
 """The mesh, the batch sharding and the parameter rule, on 8 fake CPU devices."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,16 +13,21 @@ def test_eight_fake_devices():
     assert jax.device_count() == 8
 
 
-@pytest.mark.parametrize("data, fsdp, shape", [(-1, 1, (8, 1)), (-1, 2, (4, 2)), (2, 4, (2, 4)), (1, 8, (1, 8))])
+@pytest.mark.parametrize(
+    "data, fsdp, shape", [(-1, 1, (8, 1)), (-1, 2, (4, 2)), (2, 4, (2, 4)), (1, 8, (1, 8))]
+)
 def test_mesh_shapes(data, fsdp, shape):
     mesh = make_mesh(data, fsdp)
     assert tuple(mesh.shape.values()) == shape and mesh.axis_names == ("data", "fsdp")
 
 
-@pytest.mark.parametrize("data, fsdp, message", [
-    (3, 1, "mesh.data=3: data x fsdp must equal the 8 devices"),
-    (-1, 3, "mesh.fsdp=3: a positive divisor of the 8 devices"),
-])
+@pytest.mark.parametrize(
+    "data, fsdp, message",
+    [
+        (3, 1, "mesh.data=3: data x fsdp must equal the 8 devices"),
+        (-1, 3, "mesh.fsdp=3: a positive divisor of the 8 devices"),
+    ],
+)
 def test_bad_meshes_stop_with_one_line(data, fsdp, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         make_mesh(data, fsdp)
@@ -34,13 +40,19 @@ def test_batches_split_over_every_device():
 
 
 def test_parameter_rule_replicates_by_default_and_shards_large_arrays_over_fsdp():
-    params = {"kernel": jnp.zeros((512, 2048)), "bias": jnp.zeros(2048), "odd": jnp.zeros((1023, 1025))}
+    params = {
+        "kernel": jnp.zeros((512, 2048)),
+        "bias": jnp.zeros(2048),
+        "odd": jnp.zeros((1023, 1025)),
+    }
     replicated = state_shardings(make_mesh(-1, 1), params)
     assert all(s.spec == P() for s in jax.tree.leaves(replicated))
     sharded = state_shardings(make_mesh(-1, 4), params)
     assert sharded["kernel"].spec == P(None, FSDP) and sharded["bias"].spec == P()
     assert sharded["odd"].spec == P()  # no dimension divisible by 4
-    assert param_sharding(make_mesh(-1, 4), (3, 3, 1, 1024), fsdp_min_size=1).spec == P(None, None, None, FSDP)
+    assert param_sharding(make_mesh(-1, 4), (3, 3, 1, 1024), fsdp_min_size=1).spec == P(
+        None, None, None, FSDP
+    )
 
 
 def test_sharded_matmul_gives_the_unsharded_result():
@@ -79,16 +91,34 @@ def test_processes_compile_then_meet_before_a_programs_first_collective():
     import socket
     import subprocess
     import sys
+
     with socket.socket() as s:
         s.bind(("localhost", 0))
         address = f"localhost:{s.getsockname()[1]}"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    procs = [subprocess.Popen([sys.executable, "-c", MEET, str(i), address, "4"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MEET, str(i), address, "4"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     results = []
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
-        results.append([float(v) for v in next(ln for ln in out.splitlines() if ln.startswith("RESULT")).split()[1:]])
-    assert results[0][0] > 3.0 and results[1][0] < results[0][0]  # process 0 waited for process 1's 4 s
+        results.append(
+            [
+                float(v)
+                for v in next(ln for ln in out.splitlines() if ln.startswith("RESULT")).split()[1:]
+            ]
+        )
+    assert (
+        results[0][0] > 3.0 and results[1][0] < results[0][0]
+    )  # process 0 waited for process 1's 4 s
     assert results[0][1] == results[1][1] == 4.0

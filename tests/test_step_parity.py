@@ -6,6 +6,7 @@ torch_model.py: Swin's weight-decay groups, timm's label smoothing, global-norm 
 cosine scheduler stepped after each update) did with them in float64. Here the same weights, through
 the converter, take the same updates through what train.py runs (config -> trainer.Run).
 """
+
 import pathlib
 
 import jax
@@ -27,16 +28,19 @@ FORMS = ("mean8", "learned5")
 # 1.8e-4, set from the arithmetic, not fitted to one machine. Measured on an AMD EPYC:
 # 3.1e-5 (mean8) and 3.3e-5 (learned5) at worst over all arrays, losses within 3.6e-6 and gradient
 # norms within 8.8e-6; each single change of the recipe below moves some array by 0.13 to 0.40.
-TOL = 3 * 1023 * 2.0 ** -24
+TOL = 3 * 1023 * 2.0**-24
 # The lr is cos^2 of a float32 angle: near the cosine's end (angle 0.92 pi/2 at update 22 of 24, tan 7.6)
 # a 2-ulp error in the angle becomes 2 tan(angle) angle x 2 ulps = 44 ulps of the lr (measured 13).
-LR_TOL = 64 * 2.0 ** -24
+LR_TOL = 64 * 2.0**-24
 
 
 def fixture(form):
     with np.load(FIXTURES / f"steps_{form}.npz") as f:
         data = {k: f[k] for k in f.files}
-    part = lambda prefix: {k.removeprefix(prefix): v for k, v in data.items() if k.startswith(prefix)}
+
+    def part(prefix):
+        return {k.removeprefix(prefix): v for k, v in data.items() if k.startswith(prefix)}
+
     recipe = {k: v.item() for k, v in part("recipe.").items()}
     return data, recipe, part("torch."), part("init."), part("final.")
 
@@ -46,10 +50,21 @@ def config(form, recipe, images):
     c.batch_size, c.total_steps = images.shape[1], recipe["steps"]
     c.model.update(variant="mu", heat_operator=form, drop_path=0.0, dropout=0.0, dtype="float32")
     c.dataset.update(image_size=images.shape[2], num_classes=5)
-    c.augment.update(randaugment="", reprob=0.0, mixup=0.0, cutmix=0.0, smoothing=recipe["smoothing"])
-    c.optim.update(lr=recipe["lr"], warmup_lr=recipe["warmup_lr"], min_lr=recipe["min_lr"], scale_by_batch=0,
-                   warmup_steps=recipe["warmup_steps"], weight_decay=recipe["weight_decay"], b1=recipe["b1"],
-                   b2=recipe["b2"], eps=recipe["eps"], clip_norm=recipe["clip_norm"])
+    c.augment.update(
+        randaugment="", reprob=0.0, mixup=0.0, cutmix=0.0, smoothing=recipe["smoothing"]
+    )
+    c.optim.update(
+        lr=recipe["lr"],
+        warmup_lr=recipe["warmup_lr"],
+        min_lr=recipe["min_lr"],
+        scale_by_batch=0,
+        warmup_steps=recipe["warmup_steps"],
+        weight_decay=recipe["weight_decay"],
+        b1=recipe["b1"],
+        b2=recipe["b2"],
+        eps=recipe["eps"],
+        clip_norm=recipe["clip_norm"],
+    )
     return c
 
 
@@ -71,8 +86,14 @@ def run_steps(c, form, data, init):
     losses, norms, lrs = [], [], []
     for n in range(run.total):
         k = n % data["images"].shape[0]
-        batch = {"image": data["images"][k], "label": data["labels"][k], "mask": np.ones(c.batch_size, bool)}
-        state, metrics = run.program.step(state, jax.device_put(batch, run.program.batch_sharding), key)
+        batch = {
+            "image": data["images"][k],
+            "label": data["labels"][k],
+            "mask": np.ones(c.batch_size, bool),
+        }
+        state, metrics = run.program.step(
+            state, jax.device_put(batch, run.program.batch_sharding), key
+        )
         m = metrics.compute()
         losses.append(float(m["loss"]))
         norms.append(float(m["grad_norm"]))
@@ -83,8 +104,12 @@ def run_steps(c, form, data, init):
 def distance_errors(ours, final, init):
     """Per array: |ours - reference| / |reference - initial|, the error as a fraction of the distance moved."""
     ours, final, init = (flatten_dict(t) for t in (ours, final, init))
-    return {"/".join(map(str, k)): float(np.linalg.norm(ours[k] - final[k]) / np.linalg.norm(final[k] - init[k]))
-            for k in ours}
+    return {
+        "/".join(map(str, k)): float(
+            np.linalg.norm(ours[k] - final[k]) / np.linalg.norm(final[k] - init[k])
+        )
+        for k in ours
+    }
 
 
 @pytest.fixture(scope="module", params=FORMS)
@@ -93,14 +118,25 @@ def parity(request):
     data, recipe, ref, init, final = fixture(form)
     c = config(form, recipe, data["images"])
     ours, losses, norms, lrs = run_steps(c, form, data, init)
-    return dict(form=form, recipe=recipe, ref=ref, ours=ours, losses=losses, norms=norms, lrs=lrs,
-                init=params_of(init, form, ours), final=params_of(final, form, ours))
+    return dict(
+        form=form,
+        recipe=recipe,
+        ref=ref,
+        ours=ours,
+        losses=losses,
+        norms=norms,
+        lrs=lrs,
+        init=params_of(init, form, ours),
+        final=params_of(final, form, ours),
+    )
 
 
 @pytest.mark.heavy
 def test_the_fixture_exercises_the_whole_recipe(parity):
     r, ref = parity["recipe"], parity["ref"]
-    assert r["steps"] >= 20 and r["warmup_steps"] > 0 and r["weight_decay"] > 0 and r["smoothing"] > 0
+    assert (
+        r["steps"] >= 20 and r["warmup_steps"] > 0 and r["weight_decay"] > 0 and r["smoothing"] > 0
+    )
     clipped = ref["grad_norm"] > r["clip_norm"]
     assert 0 < clipped.sum() < len(clipped)  # some updates clip, some do not
     assert ref["lr"][0] == ref["lr"][1] == r["warmup_lr"] and ref["lr"].max() > 10 * r["warmup_lr"]
@@ -114,12 +150,14 @@ def test_every_update_matches_the_reference(parity):
     np.testing.assert_allclose(parity["norms"], ref["grad_norm"], rtol=TOL)
     errors = distance_errors(parity["ours"], parity["final"], parity["init"])
     worst = max(errors, key=errors.get)
-    assert errors[worst] < TOL, f"{parity['form']}: {worst} is {errors[worst]:.2e} of its distance from the reference"
+    assert errors[worst] < TOL, (
+        f"{parity['form']}: {worst} is {errors[worst]:.2e} of its distance from the reference"
+    )
 
 
 def _schedule_one_update_early(c, mp):
     lagged = optim.lr_schedule
-    mp.setattr(optim, "lr_schedule", lambda **kw: (lambda step, s=lagged(**kw): s(step + 1)))
+    mp.setattr(optim, "lr_schedule", lambda **kw: lambda step, s=lagged(**kw): s(step + 1))
 
 
 # Two changes, one in the optimizer's schedule and one in the loss, each a separate compile (~25 s on a 2-core

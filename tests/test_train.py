@@ -1,4 +1,5 @@
 """train.py end to end on the smoke config: metrics, checkpoints, resume, faults, determinism, hosts."""
+
 import contextlib
 import io
 import json
@@ -15,20 +16,22 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from runs import smoke
 
 import hcnet
 import hcnet.errors
 from hcnet import checkpoint, monitor, tools, trainer
 from hcnet.serve.export import export
 from hcnet.tools import export as export_tool
-from runs import smoke
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 checkpoint.configure_orbax()
 
 
 def params_of(run_dir, **kw) -> dict:
-    return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(hcnet.load(run_dir, **kw), nnx.Param)))
+    return jax.tree.map(
+        np.asarray, nnx.to_pure_dict(nnx.state(hcnet.load(run_dir, **kw), nnx.Param))
+    )
 
 
 def assert_same(a: dict, b: dict, rtol=0.0):
@@ -42,13 +45,20 @@ def assert_same(a: dict, b: dict, rtol=0.0):
 
 
 def train_cmd(run_dir, *flags):
-    return [sys.executable, str(ROOT / "train.py"), f"--config={ROOT / 'configs/smoke.py'}", f"--workdir={run_dir}",
-            *flags]
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        f"--config={ROOT / 'configs/smoke.py'}",
+        f"--workdir={run_dir}",
+        *flags,
+    ]
 
 
 def env_with(devices: int = 8) -> dict:
     env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]  # conftest's others stay
+    flags = [
+        f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f
+    ]  # conftest's others stay
     env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
@@ -60,7 +70,10 @@ def test_smoke_run_writes_metrics_checkpoints_and_run_files(smoke_run):
     rows = monitor.read_metrics(run_dir)
     train_rows = [r for r in rows if "train/loss" in r]
     eval_rows = [r for r in rows if "eval/top1" in r]
-    assert [r["step"] for r in train_rows] == [2, 4, 6, 8] and [r["step"] for r in eval_rows] == [4, 8]
+    assert [r["step"] for r in train_rows] == [2, 4, 6, 8] and [r["step"] for r in eval_rows] == [
+        4,
+        8,
+    ]
     for r in train_rows:
         assert np.isfinite(r["train/loss"]) and r["train/lr"] > 0 and r["train/images_per_s"] > 0
         assert 0 <= r["train/input_wait"] <= 1
@@ -72,16 +85,21 @@ def test_smoke_run_writes_metrics_checkpoints_and_run_files(smoke_run):
     for part in ("epoch 0.25", "loss", "lr", "img/s", "/device", "input wait", "eta"):
         assert part in line, (part, line)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     events = EventAccumulator(str(run_dir))
     events.Reload()  # TensorBoard reads what monitor.TensorBoardWriter wrote, without TensorFlow in the run
-    assert [(e.step, e.value) for e in events.Scalars("eval/top1")] == \
-        [(r["step"], pytest.approx(r["eval/top1"])) for r in eval_rows]
+    assert [(e.step, e.value) for e in events.Scalars("eval/top1")] == [
+        (r["step"], pytest.approx(r["eval/top1"])) for r in eval_rows
+    ]
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6, 8]
     assert any(p.is_file() for p in (run_dir / "profile").rglob("*"))
     assert json.loads((run_dir / "config.json").read_text())["model"]["variant"] == "mu"
     assert json.loads((run_dir / "model.json").read_text())["num_classes"] == 10
     assert (run_dir / "commit.txt").read_text().strip()
-    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 8]
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [
+        4,
+        8,
+    ]
     data = json.loads(next((run_dir / "checkpoints/8/data").glob("*")).read_text())
     assert data["next_index"] > 0  # the iterator state travels with the weights
 
@@ -91,7 +109,10 @@ def test_load_and_export_give_the_trained_model(smoke_run, tmp_path):
     run_dir, _, _ = smoke_run
     raw, ema = params_of(run_dir), params_of(run_dir, ema=True)
     old = params_of(run_dir, step=4)
-    leaf = lambda p: jax.tree.leaves(p)[0]
+
+    def leaf(p):
+        return jax.tree.leaves(p)[0]
+
     assert not np.array_equal(leaf(raw), leaf(ema)) and not np.array_equal(leaf(raw), leaf(old))
     out = export(run_dir, tmp_path / "exported", ema=True)
     assert_same(params_of(out), ema)
@@ -129,7 +150,9 @@ def _run_until(cmd, env, marker: str, sig, ready=None) -> subprocess.CompletedPr
 
 
 @pytest.mark.heavy
-def test_sigterm_saves_and_resumes_then_sigkill_mid_save_and_a_rerun_ends_bitwise_identical(smoke_run, tmp_path):
+def test_sigterm_saves_and_resumes_then_sigkill_mid_save_and_a_rerun_ends_bitwise_identical(
+    smoke_run, tmp_path
+):
     """SIGTERM after step 2 saves and exits cleanly; the resumed run is killed (SIGKILL) while its next checkpoint
     is being written, right after its eval line; the next run resumes and ends as the uninterrupted run did."""
     run_dir, _, _ = smoke_run
@@ -139,11 +162,15 @@ def test_sigterm_saves_and_resumes_then_sigkill_mid_save_and_a_rerun_ends_bitwis
     assert "stopping at step" in stopped.stdout
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and saved[-1] < 8
-    marker = "step 4 eval" if saved[-1] < 4 else "step 8 eval"  # (the signal can land after step 4 on a fast machine)
+    marker = (
+        "step 4 eval" if saved[-1] < 4 else "step 8 eval"
+    )  # (the signal can land after step 4 on a fast machine)
     killed = _run_until(train_cmd(tmp_path), env, marker, signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert f"resumed from {tmp_path / 'checkpoints'}/{saved[-1]}" in killed.stdout
-    rerun = subprocess.run(train_cmd(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        train_cmd(tmp_path), env=env, capture_output=True, text=True, timeout=300
+    )
     assert rerun.returncode == 0 and "resumed from" in rerun.stdout, rerun.stderr[-2000:]
     assert_same(params_of(tmp_path), params_of(run_dir))
     assert_same(params_of(tmp_path, ema=True), params_of(run_dir, ema=True))
@@ -158,11 +185,20 @@ def _free_port() -> int:
 def train_in_two_processes(workdir) -> list[str]:
     """The smoke config as two processes of 4 fake devices into `workdir`; their stdouts."""
     address = f"localhost:{_free_port()}"
-    procs = [subprocess.Popen(train_cmd(workdir, f"--coordinator={address}", "--num_processes=2",
-                                        f"--process_id={i}"), env=env_with(4), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            train_cmd(
+                workdir, f"--coordinator={address}", "--num_processes=2", f"--process_id={i}"
+            ),
+            env=env_with(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=400) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     return [out for out, _ in outs]
 
@@ -180,26 +216,54 @@ def test_restore_onto_another_mesh_shape(smoke_run, tmp_path):
     assert f"resumed from {tmp_path / 'checkpoints'}/4" in out.getvalue()
     assert_same(params_of(tmp_path), params_of(run_dir), rtol=1e-4)
     from hcnet import sharding
+
     mesh = sharding.make_mesh(2, 4)
-    assert any(sharding.param_sharding(mesh, np.shape(p), 1024).spec != () for p in jax.tree.leaves(params_of(run_dir)))
+    assert any(
+        sharding.param_sharding(mesh, np.shape(p), 1024).spec != ()
+        for p in jax.tree.leaves(params_of(run_dir))
+    )
 
 
 @pytest.mark.heavy
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    c = smoke(**{"optim.lr": 1e30, "optim.warmup_steps": 0, "checkpoint_every_steps": 1, "log_every_steps": 1,
-                 "optim.ema_decay": 0.0, "augment.randaugment": ""})
-    with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step 2 .*last good checkpoint is step 1"):
+    c = smoke(
+        **{
+            "optim.lr": 1e30,
+            "optim.warmup_steps": 0,
+            "checkpoint_every_steps": 1,
+            "log_every_steps": 1,
+            "optim.ema_decay": 0.0,
+            "augment.randaugment": "",
+        }
+    )
+    with pytest.raises(
+        FloatingPointError,
+        match=r"non-finite loss or gradient at step 2 .*last good checkpoint is step 1",
+    ):
         trainer.train_and_evaluate(c, tmp_path)
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [1]
+    assert sorted(
+        int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()
+    ) == [1]
 
 
 @pytest.mark.heavy
-def test_a_task_defined_outside_hcnet_trains_with_its_own_loss_evaluator_and_best_metric(tmp_path, monkeypatch):
+def test_a_task_defined_outside_hcnet_trains_with_its_own_loss_evaluator_and_best_metric(
+    tmp_path, monkeypatch
+):
     """The seam: the loop runs a task it was never told about (tests/toy_task.py), registered by name."""
-    from hcnet import tasks
     import toy_task
+
+    from hcnet import tasks
+
     monkeypatch.setitem(tasks.TASKS, "toy", "toy_task")
-    c = smoke(**{"task": "toy", "total_steps": 4, "best_metric": "probe/first_logit", "optim.ema_decay": 0.0})
+    c = smoke(
+        **{
+            "task": "toy",
+            "total_steps": 4,
+            "best_metric": "probe/first_logit",
+            "optim.ema_decay": 0.0,
+        }
+    )
     with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
         result = trainer.train_and_evaluate(c, tmp_path)
     rows = monitor.read_metrics(tmp_path)
@@ -207,16 +271,23 @@ def test_a_task_defined_outside_hcnet_trains_with_its_own_loss_evaluator_and_bes
     assert not any("eval/top1" in r for r in rows)
     # squared error on probabilities is at most 2 per example; cross-entropy at chance would be log(10)
     assert 0 < result["train/loss"] <= 2 * toy_task.LOSS_SCALE and result["train/loss"] > 10
-    with pytest.raises(hcnet.errors.ConfigError, match=r"config.best_metric='eval/top1': one of the evaluators' "
-                                                       r"metrics \(probe/first_logit"):
+    with pytest.raises(
+        hcnet.errors.ConfigError,
+        match=r"config.best_metric='eval/top1': one of the evaluators' "
+        r"metrics \(probe/first_logit",
+    ):
         trainer.train_and_evaluate(smoke(task="toy", best_metric="eval/top1"), tmp_path / "other")
-    with pytest.raises(hcnet.errors.ConfigError, match="config.task='nope': one of classification, segmentation, toy"):
+    with pytest.raises(
+        hcnet.errors.ConfigError,
+        match="config.task='nope': one of classification, segmentation, toy",
+    ):
         trainer.train_and_evaluate(smoke(task="nope"), tmp_path / "other")
 
 
 def served_probabilities(run_dir):
     """uint8 crops -> the EMA model's class probabilities, computed by jax here (one compiled call)."""
     from hcnet.data.augment import normalize
+
     model = hcnet.load(run_dir, ema=True)
     step = nnx.jit(lambda m, x: jax.nn.softmax(m(normalize(x)), axis=-1))
     return lambda images: np.asarray(step(model, images))
@@ -227,23 +298,39 @@ def test_stablehlo_export_serves_the_models_probabilities_without_hcnet(smoke_ru
     run_dir, _, _ = smoke_run
     out = tmp_path / "served"
     with contextlib.redirect_stdout(io.StringIO()):
-        tools.invoke(export_tool.main, ["--format=stablehlo", f"--checkpoint={run_dir}", "--ema", f"--out={out}"])
+        tools.invoke(
+            export_tool.main,
+            ["--format=stablehlo", f"--checkpoint={run_dir}", "--ema", f"--out={out}"],
+        )
     info = json.loads((out / "serving.json").read_text())
-    assert info["image_size"] == 32 and len(info["classes"]) == 10 and info["platforms"] == ["cpu", "cuda", "tpu"]
+    assert (
+        info["image_size"] == 32
+        and len(info["classes"]) == 10
+        and info["platforms"] == ["cpu", "cuda", "tpu"]
+    )
     rng = np.random.default_rng(0)
     probabilities = served_probabilities(run_dir)
     for batch in (1, 5):
         x = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
         np.save(tmp_path / "x.npy", x)
-        code = ("import sys, jax, numpy as np; "
-                f"e = jax.export.deserialize(open({str(out / 'model.stablehlo')!r}, 'rb').read()); "
-                f"np.save({str(tmp_path / 'p.npy')!r}, np.asarray(e.call(np.load({str(tmp_path / 'x.npy')!r})))); "
-                "assert 'hcnet' not in sys.modules")
-        subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": ""}, timeout=120)
+        code = (
+            "import sys, jax, numpy as np; "
+            f"e = jax.export.deserialize(open({str(out / 'model.stablehlo')!r}, 'rb').read()); "
+            f"np.save({str(tmp_path / 'p.npy')!r}, np.asarray(e.call(np.load({str(tmp_path / 'x.npy')!r})))); "
+            "assert 'hcnet' not in sys.modules"
+        )
+        subprocess.run(
+            [sys.executable, "-c", code],
+            check=True,
+            env={**os.environ, "PYTHONPATH": ""},
+            timeout=120,
+        )
         expected = probabilities(x)
         # the same program compiled by the same XLA (equal in practice); the tolerance allows a reassociated
         # float32 sum in the head or the softmax, a few ulps of values at most 1
-        np.testing.assert_allclose(np.load(tmp_path / "p.npy"), expected, rtol=0, atol=16 * 2.0 ** -24)
+        np.testing.assert_allclose(
+            np.load(tmp_path / "p.npy"), expected, rtol=0, atol=16 * 2.0**-24
+        )
 
 
 # TensorFlow's XLA and jaxlib's are different builds compiling the same float32 program; either may
@@ -251,7 +338,7 @@ def test_stablehlo_export_serves_the_models_probabilities_without_hcnet(smoke_ru
 # n * 2^-24 of its magnitude. Through the smoke model's few layers and a softmax this stays far below
 # 2^-16 ~ 1.5e-5 in a probability (measured 3.0e-8); a wrong weight or a wrongly scaled input moves the
 # probabilities by far more.
-SAVEDMODEL_ATOL = 2.0 ** -16
+SAVEDMODEL_ATOL = 2.0**-16
 
 
 def test_savedmodel_serves_images_of_any_size_as_evaluation_preprocesses_them(smoke_run, tmp_path):
@@ -260,24 +347,36 @@ def test_savedmodel_serves_images_of_any_size_as_evaluation_preprocesses_them(sm
     Loaded in this process: a SavedModel holds graphs and constants, no Python, so nothing of hcnet
     could run in it."""
     import tensorflow as tf
+    from images import photo
 
     from hcnet.data.transforms import eval_image
-    from images import photo
+
     run_dir, _, _ = smoke_run
     out = tmp_path / "savedmodel"
     with contextlib.redirect_stdout(io.StringIO()):
-        tools.invoke(export_tool.main, ["--format=savedmodel", f"--checkpoint={run_dir}", "--ema", f"--out={out}"])
+        tools.invoke(
+            export_tool.main,
+            ["--format=savedmodel", f"--checkpoint={run_dir}", "--ema", f"--out={out}"],
+        )
     info = json.loads((out / "serving.json").read_text())
-    assert info["format"] == "savedmodel" and info["image_size"] == 32 and len(info["classes"]) == 10
+    assert (
+        info["format"] == "savedmodel" and info["image_size"] == 32 and len(info["classes"]) == 10
+    )
     served = tf.saved_model.load(str(out)).signatures
-    batches = [np.stack([photo(n, (90, 60)) for n in ("coffee", "chelsea", "rocket")]),
-               photo("astronaut", (47, 71))[None]]
-    probabilities = [served["serving_default"](images=tf.constant(b))["probabilities"].numpy() for b in batches]
+    batches = [
+        np.stack([photo(n, (90, 60)) for n in ("coffee", "chelsea", "rocket")]),
+        photo("astronaut", (47, 71))[None],
+    ]
+    probabilities = [
+        served["serving_default"](images=tf.constant(b))["probabilities"].numpy() for b in batches
+    ]
     crops = [served["preprocess"](images=tf.constant(b))["images"].numpy() for b in batches]
     for images, crop in zip(batches, crops):
         np.testing.assert_array_equal(crop, [eval_image(im, 32, info["crop_pct"]) for im in images])
     assert [p.shape for p in probabilities] == [(3, 10), (1, 10)]
     expected = served_probabilities(run_dir)(np.concatenate(crops))
-    np.testing.assert_allclose(np.concatenate(probabilities), expected, rtol=0, atol=SAVEDMODEL_ATOL)
+    np.testing.assert_allclose(
+        np.concatenate(probabilities), expected, rtol=0, atol=SAVEDMODEL_ATOL
+    )
     cropped = served["probabilities"](images=tf.constant(crops[0]))["probabilities"].numpy()
     np.testing.assert_array_equal(cropped, probabilities[0])

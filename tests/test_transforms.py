@@ -1,11 +1,12 @@
 """Host transforms: torchvision's RandomResizedCrop, timm's eval resize + centre crop, awkward files."""
+
 import math
 
+import images
 import numpy as np
 import pytest
 from PIL import Image
 
-import images
 from hcnet.data import transforms
 
 BICUBIC = Image.Resampling.BICUBIC
@@ -15,10 +16,17 @@ def test_random_resized_crop_box_follows_torchvision():
     rng = np.random.default_rng(0)
     boxes = np.array([transforms.random_resized_crop(500, 375, rng) for _ in range(3000)])
     left, top, w, h = boxes.T
-    assert (left >= 0).all() and (top >= 0).all() and (left + w <= 500).all() and (top + h <= 375).all()
+    assert (
+        (left >= 0).all()
+        and (top >= 0).all()
+        and (left + w <= 500).all()
+        and (top + h <= 375).all()
+    )
     area, aspect = w * h / (500 * 375), w / h
     assert area.min() > 0.075 and aspect.min() > 0.74 and aspect.max() < 1.35
-    assert 0.38 < area.mean() < 0.54  # below uniform(0.08, 1)'s 0.54: big tries that do not fit are redrawn
+    assert (
+        0.38 < area.mean() < 0.54
+    )  # below uniform(0.08, 1)'s 0.54: big tries that do not fit are redrawn
     # a strip no box of ratio 3/4..4/3 fits: the fallback is the centre crop at the nearest ratio
     assert transforms.random_resized_crop(1000, 10, rng) == ((1000 - 13) // 2, 0, 13, 10)
     assert transforms.random_resized_crop(10, 1000, rng) == (0, (1000 - 13) // 2, 10, 13)
@@ -39,9 +47,13 @@ def test_draft_decoding_of_a_large_jpeg_matches_full_decoding():
     a = images.photo("astronaut", (2048, 2048))
     data = images.encode(a)
     for seed in range(3):
-        fast = transforms.train_image(data, 96, np.random.default_rng(seed), draft=True).astype(float)
-        slow = transforms.train_image(data, 96, np.random.default_rng(seed), draft=False).astype(float)
-        psnr = 10 * math.log10(255 ** 2 / np.mean((fast - slow) ** 2))
+        fast = transforms.train_image(data, 96, np.random.default_rng(seed), draft=True).astype(
+            float
+        )
+        slow = transforms.train_image(data, 96, np.random.default_rng(seed), draft=False).astype(
+            float
+        )
+        psnr = 10 * math.log10(255**2 / np.mean((fast - slow) ** 2))
         assert psnr > 30, psnr
 
 
@@ -55,7 +67,11 @@ def test_eval_image_is_resize_shorter_side_then_centre_crop(size, crop_pct):
     left, top = int(round((resized.width - size) / 2)), int(round((resized.height - size) / 2))
     want = np.asarray(resized.crop((left, top, left + size, top + size))).astype(int)
     got = transforms.eval_image(data, size, crop_pct).astype(int)
-    assert got.shape == (size, size, 3) and np.abs(got - want).max() <= 2 and np.abs(got - want).mean() < 0.1
+    assert (
+        got.shape == (size, size, 3)
+        and np.abs(got - want).max() <= 2
+        and np.abs(got - want).mean() < 0.1
+    )
 
 
 def test_awkward_files_decode_to_rgb_or_are_masked():
@@ -77,14 +93,24 @@ def test_padding_records_are_zeros_with_mask_false():
     assert not out["mask"] and not out["image"].any() and int(out["index"]) == -1
 
 
-@pytest.mark.parametrize("width,height", [(47, 71), (90, 60), (20, 300), (300, 20), (36, 38), (512, 512)])
+@pytest.mark.parametrize(
+    "width,height", [(47, 71), (90, 60), (20, 300), (300, 20), (36, 38), (512, 512)]
+)
 def test_the_savedmodels_tensorflow_crop_is_eval_image_pixel_for_pixel(width, height):
     """Pillow's fixed-point weights, float32 box and pass order (vertical first for some of these shapes)."""
     import tensorflow as tf
 
     from hcnet.serve.savedmodel import eval_crop
+
     im = images.photo("chelsea", (width, height))
     for size, crop_pct in ((32, 0.875), (24, 1.0), (40, 0.9)):
         got = eval_crop(tf.constant(np.stack([im, im[::-1]])), size, crop_pct).numpy()
-        np.testing.assert_array_equal(got, np.stack([transforms.eval_image(im, size, crop_pct),
-                                                     transforms.eval_image(im[::-1].copy(), size, crop_pct)]))
+        np.testing.assert_array_equal(
+            got,
+            np.stack(
+                [
+                    transforms.eval_image(im, size, crop_pct),
+                    transforms.eval_image(im[::-1].copy(), size, crop_pct),
+                ]
+            ),
+        )

@@ -9,6 +9,7 @@ affine transform (fill = the mean colour). Two deviations from timm: one interpo
 per geometric op (the fill colour is not recoloured by a later colour op), and bilinear where Swin's
 timm config asks for bicubic.
 """
+
 import dataclasses
 import math
 
@@ -17,17 +18,35 @@ import jax.numpy as jnp
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FILL = tuple(round(255 * m) for m in MEAN)  # (124, 116, 104): timm's fill for geometric ops
-INCREASING_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
-                  "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
-                  "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+INCREASING_OPS = (
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "PosterizeIncreasing",
+    "SolarizeIncreasing",
+    "SolarizeAdd",
+    "ColorIncreasing",
+    "ContrastIncreasing",
+    "BrightnessIncreasing",
+    "SharpnessIncreasing",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
+)
 ORIGINAL_OPS = tuple(op.replace("Increasing", "") for op in INCREASING_OPS)
 GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
-_COLOR, _SHARPNESS = INCREASING_OPS.index("ColorIncreasing"), INCREASING_OPS.index("SharpnessIncreasing")
+_COLOR, _SHARPNESS = (
+    INCREASING_OPS.index("ColorIncreasing"),
+    INCREASING_OPS.index("SharpnessIncreasing"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class RandAugment:
     """timm's RandAugment: `num_layers` ops drawn with replacement, each applied with `prob`."""
+
     num_layers: int = 2
     magnitude: float = 9.0
     magnitude_std: float = 0.5
@@ -44,13 +63,18 @@ class RandAugment:
     def parse(cls, spec: str, field: str = "augment.randaugment") -> "RandAugment":
         """'rand-m9-mstd0.5-inc1' (timm's grammar: m, n, mstd, mmax, inc)."""
         parts = spec.split("-")
-        keys = {"m": "magnitude", "n": "num_layers", "mstd": "magnitude_std", "mmax": "magnitude_max",
-                "inc": "increasing"}
+        keys = {
+            "m": "magnitude",
+            "n": "num_layers",
+            "mstd": "magnitude_std",
+            "mmax": "magnitude_max",
+            "inc": "increasing",
+        }
         kwargs = {}
         for part in parts[1:]:
             key = part.rstrip("0123456789.")
             try:
-                value = float(part[len(key):])
+                value = float(part[len(key) :])
             except ValueError:
                 key = None
             if key not in keys:
@@ -59,11 +83,14 @@ class RandAugment:
         else:
             if parts[0] == "rand":
                 return cls(**kwargs)
-        raise ValueError(f"{field}={spec!r} is not a RandAugment spec like 'rand-m9-mstd0.5-inc1' "
-                         f"(keys {', '.join(keys)})")
+        raise ValueError(
+            f"{field}={spec!r} is not a RandAugment spec like 'rand-m9-mstd0.5-inc1' "
+            f"(keys {', '.join(keys)})"
+        )
 
 
 # --- colour ops: per-channel lookup tables (3, 256) or PIL blends on integer-valued float images.
+
 
 def _blend(degenerate, x, factor):
     """PIL's Image.blend on uint8: degenerate + f (x - degenerate), truncated, clipped."""
@@ -73,14 +100,16 @@ def _blend(degenerate, x, factor):
 def grayscale(x):
     """PIL's RGB -> L: (19595 R + 38470 G + 7471 B + 2^15) >> 16, shape (H, W, 1)."""
     xi = x.astype(jnp.int32)
-    return ((xi[..., :1] * 19595 + xi[..., 1:2] * 38470 + xi[..., 2:] * 7471 + 32768) >> 16).astype(x.dtype)
+    return ((xi[..., :1] * 19595 + xi[..., 1:2] * 38470 + xi[..., 2:] * 7471 + 32768) >> 16).astype(
+        x.dtype
+    )
 
 
 def smooth(x):
     """PIL's ImageFilter.SMOOTH (3x3, centre 5, others 1, /13, rounded); the border is kept."""
     p = jnp.pad(x, ((1, 1), (1, 1), (0, 0)))
     h, w = x.shape[:2]
-    s = sum(p[i:i + h, j:j + w] for i in range(3) for j in range(3)) + 4 * x
+    s = sum(p[i : i + h, j : j + w] for i in range(3) for j in range(3)) + 4 * x
     out = jnp.clip(jnp.floor(s / 13 + 0.5), 0, 255)
     inner = jnp.zeros((h, w, 1), bool).at[1:-1, 1:-1].set(True)
     return jnp.where(inner, out, x)
@@ -88,7 +117,9 @@ def smooth(x):
 
 def histogram(x):
     """(3, 256) pixel counts per channel."""
-    return jax.vmap(lambda c: jnp.bincount(c.ravel(), length=256))(jnp.moveaxis(x.astype(jnp.int32), -1, 0))
+    return jax.vmap(lambda c: jnp.bincount(c.ravel(), length=256))(
+        jnp.moveaxis(x.astype(jnp.int32), -1, 0)
+    )
 
 
 def autocontrast_lut(hist):
@@ -153,12 +184,23 @@ def _luts(x, gray, level, sign, increasing: bool):
     shift = 2.0 ** (8 - jnp.minimum(bits, 8))
     posterize = jnp.floor(i / shift) * shift
     solarize = jnp.where(i < threshold, i, 255 - i)
-    solarize_add = jnp.where(i < 128, jnp.minimum(i + jnp.minimum(128, jnp.floor(level * 110)), 255), i)
+    solarize_add = jnp.where(
+        i < 128, jnp.minimum(i + jnp.minimum(128, jnp.floor(level * 110)), 255), i
+    )
     mean = jnp.floor(gray.mean() + 0.5)
-    tables = {"AutoContrast": autocontrast_lut(hist), "Equalize": equalize_lut(hist), "Invert": 255 - i,
-              "PosterizeIncreasing": posterize, "SolarizeIncreasing": solarize, "SolarizeAdd": solarize_add,
-              "ContrastIncreasing": _blend(mean, i, factor), "BrightnessIncreasing": _blend(0.0, i, factor)}
-    return jnp.stack([tables.get(op, i) for op in INCREASING_OPS]), factor  # identity: blends and geometry
+    tables = {
+        "AutoContrast": autocontrast_lut(hist),
+        "Equalize": equalize_lut(hist),
+        "Invert": 255 - i,
+        "PosterizeIncreasing": posterize,
+        "SolarizeIncreasing": solarize,
+        "SolarizeAdd": solarize_add,
+        "ContrastIncreasing": _blend(mean, i, factor),
+        "BrightnessIncreasing": _blend(0.0, i, factor),
+    }
+    return jnp.stack(
+        [tables.get(op, i) for op in INCREASING_OPS]
+    ), factor  # identity: blends and geometry
 
 
 def _geometry(op, level, sign, height, width, translate_pct):
@@ -169,9 +211,13 @@ def _geometry(op, level, sign, height, width, translate_pct):
     rotate = jnp.array([[c, s, cx - c * cx - s * cy], [-s, c, cy + s * cx - c * cy], [0, 0, 1]])
     shear, shift = sign * level * 0.3, sign * level * translate_pct
     eye = jnp.eye(3)
-    maps = {"Rotate": rotate,
-            "ShearX": eye.at[0, 1].set(shear), "ShearY": eye.at[1, 0].set(shear),
-            "TranslateXRel": eye.at[0, 2].set(shift * width), "TranslateYRel": eye.at[1, 2].set(shift * height)}
+    maps = {
+        "Rotate": rotate,
+        "ShearX": eye.at[0, 1].set(shear),
+        "ShearY": eye.at[1, 0].set(shear),
+        "TranslateXRel": eye.at[0, 2].set(shift * width),
+        "TranslateYRel": eye.at[1, 2].set(shift * height),
+    }
     return jnp.stack([maps.get(n, eye) for n in INCREASING_OPS])[op]
 
 
@@ -184,8 +230,11 @@ def warp(x, m, fill=FILL):
     image, whose 3-wide minor axis the TPU pads to 128, costs 28x the bytes in XLA's TPU cost analysis).
     """
     h, w, c = x.shape
-    ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + 0.5, jnp.arange(w, dtype=jnp.float32) + 0.5,
-                          indexing="ij")
+    ys, xs = jnp.meshgrid(
+        jnp.arange(h, dtype=jnp.float32) + 0.5,
+        jnp.arange(w, dtype=jnp.float32) + 0.5,
+        indexing="ij",
+    )
     xi = m[0, 0] * xs + m[0, 1] * ys + m[0, 2] - 0.5  # index coordinates of the input sample
     yi = m[1, 0] * xs + m[1, 1] * ys + m[1, 2] - 0.5
     inside = (xi >= -0.5) & (xi < w - 0.5) & (yi >= -0.5) & (yi < h - 0.5)
@@ -196,12 +245,23 @@ def warp(x, m, fill=FILL):
 
     def tap(yy, xx):
         return planes[:, jnp.clip(yy, 0, h - 1), jnp.clip(xx, 0, w - 1)]
-    out = ((tap(y0, x0) * (1 - fx) + tap(y0, x0 + 1) * fx) * (1 - fy)
-           + (tap(y0 + 1, x0) * (1 - fx) + tap(y0 + 1, x0 + 1) * fx) * fy)
+
+    out = (tap(y0, x0) * (1 - fx) + tap(y0, x0 + 1) * fx) * (1 - fy) + (
+        tap(y0 + 1, x0) * (1 - fx) + tap(y0 + 1, x0 + 1) * fx
+    ) * fy
     return jnp.where(inside[..., None], jnp.moveaxis(out, 0, -1), jnp.asarray(fill, x.dtype))
 
 
-def apply_op(x, m, op, level, sign, increasing: bool = True, translate_pct: float = 0.45, lut_impl: str = "auto"):
+def apply_op(
+    x,
+    m,
+    op,
+    level,
+    sign,
+    increasing: bool = True,
+    translate_pct: float = 0.45,
+    lut_impl: str = "auto",
+):
     """One RandAugment op (index into the op table) at level = magnitude / 10: (image, geometry)."""
     gray = grayscale(x)
     luts, factor = _luts(x, gray, level, sign, increasing)
@@ -229,19 +289,28 @@ def randaugment(key, x, ra: RandAugment, lut_impl: str = "auto"):
 
 # --- after normalisation: random erasing, then batch-level mixing.
 
+
 def normalize(x, mean=MEAN, std=STD):
     """[0, 255] -> (x / 255 - mean) / std, float32."""
     return (x.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
 
 
-def random_erase(key, x, prob: float = 0.25, area=(0.02, 1 / 3), log_aspect=(math.log(0.3), math.log(1 / 0.3)),
-                 attempts: int = 10):
+def random_erase(
+    key,
+    x,
+    prob: float = 0.25,
+    area=(0.02, 1 / 3),
+    log_aspect=(math.log(0.3), math.log(1 / 0.3)),
+    attempts: int = 10,
+):
     """timm RandomErasing, pixel mode, one box: with `prob`, the first of 10 random boxes that fits
     gets per-pixel N(0, 1) values (the image is already normalised)."""
     h, w = x.shape[:2]
     k_apply, k_area, k_aspect, k_top, k_left, k_noise = jax.random.split(key, 6)
     target = jax.random.uniform(k_area, (attempts,), minval=area[0], maxval=area[1]) * (h * w)
-    aspect = jnp.exp(jax.random.uniform(k_aspect, (attempts,), minval=log_aspect[0], maxval=log_aspect[1]))
+    aspect = jnp.exp(
+        jax.random.uniform(k_aspect, (attempts,), minval=log_aspect[0], maxval=log_aspect[1])
+    )
     eh, ew = jnp.round(jnp.sqrt(target * aspect)), jnp.round(jnp.sqrt(target / aspect))
     fits = (ew < w) & (eh < h)
     first = jnp.argmax(fits)
@@ -262,7 +331,10 @@ def smooth_one_hot(labels, num_classes: int, smoothing: float):
 def cutmix_box(key, lam, height: int, width: int):
     """timm's rand_bbox: a box of side sqrt(1 - lam) centred uniformly, clipped; (mask (H, W), corrected lam)."""
     ratio = jnp.sqrt(1.0 - lam)
-    cut_h, cut_w = jnp.floor(height * ratio).astype(jnp.int32), jnp.floor(width * ratio).astype(jnp.int32)
+    cut_h, cut_w = (
+        jnp.floor(height * ratio).astype(jnp.int32),
+        jnp.floor(width * ratio).astype(jnp.int32),
+    )
     k_y, k_x = jax.random.split(key)
     cy, cx = jax.random.randint(k_y, (), 0, height), jax.random.randint(k_x, (), 0, width)
     y0, y1 = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)
@@ -272,16 +344,29 @@ def cutmix_box(key, lam, height: int, width: int):
     return box, 1.0 - ((y1 - y0) * (x1 - x0)) / (height * width)
 
 
-def mix(key, x, labels, mask, num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
-        prob: float = 1.0, switch_prob: float = 0.5, smoothing: float = 0.1):
+def mix(
+    key,
+    x,
+    labels,
+    mask,
+    num_classes: int,
+    mixup_alpha: float = 0.8,
+    cutmix_alpha: float = 1.0,
+    prob: float = 1.0,
+    switch_prob: float = 0.5,
+    smoothing: float = 0.1,
+):
     """timm Mixup in batch mode: one lambda per batch, each example paired with the flipped batch.
 
     x (B, H, W, C), labels (B,), mask (B,) False for skipped examples (never mixed into others).
     Returns (x, targets (B, num_classes)) with label smoothing folded into the targets.
     """
     k_mix, k_switch, k_mixup, k_cutmix, k_box = jax.random.split(key, 5)
-    use_cutmix = (jax.random.uniform(k_switch) < switch_prob) if mixup_alpha > 0 and cutmix_alpha > 0 \
+    use_cutmix = (
+        (jax.random.uniform(k_switch) < switch_prob)
+        if mixup_alpha > 0 and cutmix_alpha > 0
         else jnp.asarray(cutmix_alpha > 0)
+    )
     lam_mixup = jax.random.beta(k_mixup, mixup_alpha, mixup_alpha) if mixup_alpha > 0 else 1.0
     lam_cutmix = jax.random.beta(k_cutmix, cutmix_alpha, cutmix_alpha) if cutmix_alpha > 0 else 1.0
     enabled = (mixup_alpha > 0 or cutmix_alpha > 0) and prob > 0
@@ -301,6 +386,7 @@ def mix(key, x, labels, mask, num_classes: int, mixup_alpha: float = 0.8, cutmix
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """What happens to a training batch on the device; every part can be switched off."""
+
     randaugment: str | None = "rand-m9-mstd0.5-inc1"
     reprob: float = 0.25
     mixup: float = 0.8
@@ -310,7 +396,9 @@ class Recipe:
     smoothing: float = 0.1
     mean: tuple = MEAN
     std: tuple = STD
-    lut_impl: str = "auto"  # how RandAugment's lookup tables are applied (apply_lut): auto, gather, onehot
+    lut_impl: str = (
+        "auto"  # how RandAugment's lookup tables are applied (apply_lut): auto, gather, onehot
+    )
 
 
 def train_inputs(key, batch: dict, num_classes: int, recipe: Recipe = Recipe()):
@@ -320,12 +408,26 @@ def train_inputs(key, batch: dict, num_classes: int, recipe: Recipe = Recipe()):
     n = x.shape[0]
     if recipe.randaugment:
         ra = RandAugment.parse(recipe.randaugment)
-        x = jax.vmap(lambda k, im: randaugment(k, im, ra, recipe.lut_impl))(jax.random.split(k_ra, n), x)
+        x = jax.vmap(lambda k, im: randaugment(k, im, ra, recipe.lut_impl))(
+            jax.random.split(k_ra, n), x
+        )
     x = normalize(x, recipe.mean, recipe.std)
     if recipe.reprob > 0:
-        x = jax.vmap(lambda k, im: random_erase(k, im, recipe.reprob))(jax.random.split(k_erase, n), x)
-    return mix(k_mix, x, batch["label"], batch["mask"], num_classes, recipe.mixup, recipe.cutmix,
-               recipe.mix_prob, recipe.switch_prob, recipe.smoothing)
+        x = jax.vmap(lambda k, im: random_erase(k, im, recipe.reprob))(
+            jax.random.split(k_erase, n), x
+        )
+    return mix(
+        k_mix,
+        x,
+        batch["label"],
+        batch["mask"],
+        num_classes,
+        recipe.mixup,
+        recipe.cutmix,
+        recipe.mix_prob,
+        recipe.switch_prob,
+        recipe.smoothing,
+    )
 
 
 def eval_inputs(batch: dict, recipe: Recipe = Recipe()):

@@ -10,6 +10,7 @@ A transform (hcnet.data.transforms, or a task's own) maps a record, with its `in
 one example: a dict of arrays with at least `mask` (False for an example to leave out). Evaluation
 transforms also get the padding records `{"index": -1}` that fill the last batch.
 """
+
 import collections
 import math
 
@@ -65,8 +66,10 @@ def host_rows(sharding: jax.sharding.Sharding, global_batch: int) -> tuple:
     starts = sorted({idx[0].indices(global_batch)[:2] for idx in index_map.values()})
     row0, row1 = starts[0][0], starts[-1][1]
     if sum(b - a for a, b in starts) != row1 - row0:
-        raise ValueError("this process's devices do not hold one contiguous block of the batch; "
-                         "order the mesh's devices by process (jax.make_mesh does)")
+        raise ValueError(
+            "this process's devices do not hold one contiguous block of the batch; "
+            "order the mesh's devices by process (jax.make_mesh does)"
+        )
     return row0, row1 - row0
 
 
@@ -83,8 +86,17 @@ def _finish(ds: grain.MapDataset, rows: int, threads: int, workers: int) -> grai
     return it
 
 
-def train_dataset(source: Source, transform, *, global_batch: int, row0: int, rows: int, seed: int,
-                  threads: int = 8, workers: int = 0) -> grain.IterDataset:
+def train_dataset(
+    source: Source,
+    transform,
+    *,
+    global_batch: int,
+    row0: int,
+    rows: int,
+    seed: int,
+    threads: int = 8,
+    workers: int = 0,
+) -> grain.IterDataset:
     """Endless shuffled training batches of this host's `rows` rows of each global batch;
     `transform(record, rng)` makes each example (a grain random map)."""
     ds = grain.MapDataset.source(_Indexed(source.records)).seed(seed)
@@ -96,8 +108,16 @@ def eval_batches(num_examples: int, global_batch: int) -> int:
     return math.ceil(num_examples / global_batch)
 
 
-def eval_dataset(source: Source, transform, *, global_batch: int, row0: int, rows: int, threads: int = 8,
-                 workers: int = 0) -> grain.IterDataset:
+def eval_dataset(
+    source: Source,
+    transform,
+    *,
+    global_batch: int,
+    row0: int,
+    rows: int,
+    threads: int = 8,
+    workers: int = 0,
+) -> grain.IterDataset:
     """One pass over the split in order, padded to whole global batches; `transform(record)` makes each
     example, padding included."""
     padded = eval_batches(len(source), global_batch) * global_batch
@@ -112,8 +132,14 @@ class Loader:
     prefetched), so a checkpoint taken between steps resumes with exactly the next batch.
     """
 
-    def __init__(self, dataset: grain.IterDataset, sharding: jax.sharding.Sharding, global_batch: int,
-                 prefetch: int = 2, state: dict | None = None):
+    def __init__(
+        self,
+        dataset: grain.IterDataset,
+        sharding: jax.sharding.Sharding,
+        global_batch: int,
+        prefetch: int = 2,
+        state: dict | None = None,
+    ):
         self._dataset, self._sharding, self._global_batch = dataset, sharding, global_batch
         self._prefetch = prefetch
         self._iter = iter(dataset)
@@ -125,7 +151,10 @@ class Loader:
     def _put(self, local: dict) -> dict:
         def one(x):
             x = np.asarray(x)
-            return jax.make_array_from_process_local_data(self._sharding, x, (self._global_batch, *x.shape[1:]))
+            return jax.make_array_from_process_local_data(
+                self._sharding, x, (self._global_batch, *x.shape[1:])
+            )
+
         return {k: one(v) for k, v in local.items()}
 
     def _fill(self):
@@ -151,21 +180,54 @@ class Loader:
         return self._state
 
 
-def train_loader(source: Source, sharding, global_batch: int, transform, *, seed: int, state: dict | None = None,
-                 prefetch: int = 2, threads: int = 8, workers: int = 0) -> Loader:
+def train_loader(
+    source: Source,
+    sharding,
+    global_batch: int,
+    transform,
+    *,
+    seed: int,
+    state: dict | None = None,
+    prefetch: int = 2,
+    threads: int = 8,
+    workers: int = 0,
+) -> Loader:
     """Loader of train_dataset for this process's rows under `sharding`."""
     row0, rows = host_rows(sharding, global_batch)
-    ds = train_dataset(source, transform, global_batch=global_batch, row0=row0, rows=rows, seed=seed,
-                       threads=threads, workers=workers)
+    ds = train_dataset(
+        source,
+        transform,
+        global_batch=global_batch,
+        row0=row0,
+        rows=rows,
+        seed=seed,
+        threads=threads,
+        workers=workers,
+    )
     return Loader(ds, sharding, global_batch, prefetch, state)
 
 
-def eval_loader(source: Source, sharding, global_batch: int, transform, *, prefetch: int = 2, threads: int = 8,
-                workers: int = 0) -> Loader:
+def eval_loader(
+    source: Source,
+    sharding,
+    global_batch: int,
+    transform,
+    *,
+    prefetch: int = 2,
+    threads: int = 8,
+    workers: int = 0,
+) -> Loader:
     """Loader of eval_dataset (one exact pass) for this process's rows under `sharding`."""
     row0, rows = host_rows(sharding, global_batch)
-    ds = eval_dataset(source, transform, global_batch=global_batch, row0=row0, rows=rows, threads=threads,
-                      workers=workers)
+    ds = eval_dataset(
+        source,
+        transform,
+        global_batch=global_batch,
+        row0=row0,
+        rows=rows,
+        threads=threads,
+        workers=workers,
+    )
     return Loader(ds, sharding, global_batch, prefetch)
 
 
@@ -173,4 +235,7 @@ def batch_shapes(global_batch: int, **fields) -> dict:
     """The abstract global batch a loader yields: `fields` (name=(per-example shape, dtype)) and the
     loader's own `mask` and `index`, as jax.ShapeDtypeStruct."""
     fields = {**fields, "mask": ((), np.bool_), "index": ((), np.int32)}
-    return {k: jax.ShapeDtypeStruct((global_batch, *shape), dtype) for k, (shape, dtype) in fields.items()}
+    return {
+        k: jax.ShapeDtypeStruct((global_batch, *shape), dtype)
+        for k, (shape, dtype) in fields.items()
+    }

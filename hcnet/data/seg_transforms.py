@@ -11,6 +11,7 @@ then rounded: a grey level apart at most), and the hue and saturation changes ar
 floating-point HSV rather than through OpenCV's 8-bit HSV tables (a grey level or so apart). The random
 draws follow mmseg's order and ranges.
 """
+
 import dataclasses
 
 import numpy as np
@@ -52,8 +53,12 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def resize_nearest(label: np.ndarray, height: int, width: int) -> np.ndarray:
     """OpenCV's INTER_NEAREST: output pixel x takes source pixel floor(x * W / width)."""
-    ys = np.minimum(np.floor(np.arange(height) * (label.shape[0] / height)).astype(np.int64), label.shape[0] - 1)
-    xs = np.minimum(np.floor(np.arange(width) * (label.shape[1] / width)).astype(np.int64), label.shape[1] - 1)
+    ys = np.minimum(
+        np.floor(np.arange(height) * (label.shape[0] / height)).astype(np.int64), label.shape[0] - 1
+    )
+    xs = np.minimum(
+        np.floor(np.arange(width) * (label.shape[1] / width)).astype(np.int64), label.shape[1] - 1
+    )
     return label[ys[:, None], xs[None, :]]
 
 
@@ -72,7 +77,9 @@ def crop_box(h: int, w: int, crop: tuple[int, int], rng) -> tuple[int, int, int,
     return oy, oy + crop[0], ox, ox + crop[1]
 
 
-def random_crop(image, label, crop, rng, cat_max_ratio: float = 0.75, ignore_index: int = IGNORE_INDEX):
+def random_crop(
+    image, label, crop, rng, cat_max_ratio: float = 0.75, ignore_index: int = IGNORE_INDEX
+):
     """mmseg's RandomCrop: up to 10 draws until no class covers cat_max_ratio of the crop's labelled pixels
     (and more than one class is there); the last draw otherwise."""
     box = crop_box(*label.shape, crop, rng)
@@ -99,7 +106,9 @@ def _rgb_to_hsv(rgb):
     diff = v - rgb.min(-1)
     s = np.where(v > 0, 255.0 * diff / np.maximum(v, 1e-12), 0.0)
     safe = np.maximum(diff, 1e-12)
-    h = np.where(v == r, (g - b) / safe, np.where(v == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    h = np.where(
+        v == r, (g - b) / safe, np.where(v == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe)
+    )
     h = np.where(diff > 0, (h * 30.0) % 180.0, 0.0)
     return np.stack([h, s, v], -1)
 
@@ -117,8 +126,14 @@ def _hsv_to_rgb(hsv):
     return out
 
 
-def photometric_distortion(image: np.ndarray, rng, brightness_delta: int = 32, contrast=(0.5, 1.5),
-                           saturation=(0.5, 1.5), hue_delta: int = 18) -> np.ndarray:
+def photometric_distortion(
+    image: np.ndarray,
+    rng,
+    brightness_delta: int = 32,
+    contrast=(0.5, 1.5),
+    saturation=(0.5, 1.5),
+    hue_delta: int = 18,
+) -> np.ndarray:
     """mmseg's PhotoMetricDistortion: brightness, then contrast first or last (a coin), saturation, hue; each
     applied with probability 1/2, each rounded back to uint8 as mmseg does."""
     if rng.integers(2):
@@ -154,8 +169,9 @@ def pad_pair(image, label, size: tuple[int, int], ignore_index: int = IGNORE_IND
 class TrainTransform:
     """The whole training pipeline: (image uint8 (H, W, 3), label uint8 (H, W), rng) -> (image, label) at the
     crop size and (h, w), how much of them is image before the padding."""
-    crop: tuple = (512, 512)            # (h, w)
-    scale: tuple = (2048, 512)          # mmseg's img_scale: long side 2048, short side 512
+
+    crop: tuple = (512, 512)  # (h, w)
+    scale: tuple = (2048, 512)  # mmseg's img_scale: long side 2048, short side 512
     ratio_range: tuple = (0.5, 2.0)
     cat_max_ratio: float = 0.75
     flip: float = 0.5
@@ -165,12 +181,23 @@ class TrainTransform:
     def __call__(self, image, label, rng):
         ratio = rng.uniform(*self.ratio_range)
         scale = (int(self.scale[0] * ratio), int(self.scale[1] * ratio))
-        image, label = resize_pair(image, label, rescale_size(image.shape[1], image.shape[0], scale))
-        image, label = random_crop(image, label, self.crop, rng, self.cat_max_ratio, self.ignore_index)
+        image, label = resize_pair(
+            image, label, rescale_size(image.shape[1], image.shape[0], scale)
+        )
+        image, label = random_crop(
+            image, label, self.crop, rng, self.cat_max_ratio, self.ignore_index
+        )
         if rng.random() < self.flip:
             image, label = image[:, ::-1], label[:, ::-1]
         if self.photometric:
             image = photometric_distortion(np.ascontiguousarray(image), rng)
         valid = label.shape
-        return (*pad_pair(np.ascontiguousarray(image), np.ascontiguousarray(label), self.crop, self.ignore_index),
-                valid)
+        return (
+            *pad_pair(
+                np.ascontiguousarray(image),
+                np.ascontiguousarray(label),
+                self.crop,
+                self.ignore_index,
+            ),
+            valid,
+        )

@@ -7,6 +7,7 @@ Nothing downloads here: TFDS datasets must be prepared first (`hcnet.tools.prepa
 except the embedded digits, which are built from scikit-learn on first use. Synthetic data needs no
 TensorFlow or TFDS at all.
 """
+
 import dataclasses
 import re
 
@@ -53,8 +54,10 @@ def _slice_bounds(split: str, sizes: dict, field: str) -> tuple:
     """'train', 'train[:90%]', 'validation[100:-50]' -> (start, stop) within that split."""
     m = re.fullmatch(r"(\w+)(?:\[(-?\d*%?):(-?\d*%?)\])?", split)
     if not m or m[1] not in sizes:
-        raise DataError(f"{field}={split!r} is not a split of {SYNTHETIC}: use one of {sorted(sizes)}, "
-                        "optionally sliced like 'train[:90%]' or 'train[100:200]'")
+        raise DataError(
+            f"{field}={split!r} is not a split of {SYNTHETIC}: use one of {sorted(sizes)}, "
+            "optionally sliced like 'train[:90%]' or 'train[100:200]'"
+        )
     n = sizes[m[1]]
 
     def bound(s, default):
@@ -63,11 +66,20 @@ def _slice_bounds(split: str, sizes: dict, field: str) -> tuple:
         v = int(s.rstrip("%"))
         v = round(v * n / 100) if s.endswith("%") else v
         return min(max(v + n if v < 0 else v, 0), n)
+
     return bound(m[2], 0), bound(m[3], n)
 
 
-def open_split(name: str, split: str, *, data_dir=None, num_classes: int = 1000, image_size=224,
-               field: str = "dataset.train_split", label_key: str = "label") -> Source:
+def open_split(
+    name: str,
+    split: str,
+    *,
+    data_dir=None,
+    num_classes: int = 1000,
+    image_size=224,
+    field: str = "dataset.train_split",
+    label_key: str = "label",
+) -> Source:
     """The records of `name`/`split`; `num_classes` and `image_size` (N or (H, W)) only shape synthetic data."""
     if name == SYNTHETIC:
         if label_key != "label":
@@ -81,10 +93,12 @@ def open_split(name: str, split: str, *, data_dir=None, num_classes: int = 1000,
 
 def _prepare_hint(name: str, data_dir) -> str:
     where = f"--data_dir={data_dir}" if data_dir else "(default --data_dir ~/tensorflow_datasets)"
-    manual = {"imagenet2012": " --manual_dir=DIR_WITH_THE_TWO_TARS",
-              "imagenet_v2": " --manual_dir=DIR_WITH_THE_ARCHIVE",
-              "imagenet2012_real": " --manual_dir=DIR_WITH_ILSVRC2012_img_val.tar_AND_real.json",
-              "hcnet_ade20k": " --manual_dir=DIR_WITH_ADEChallengeData2016.zip"}
+    manual = {
+        "imagenet2012": " --manual_dir=DIR_WITH_THE_TWO_TARS",
+        "imagenet_v2": " --manual_dir=DIR_WITH_THE_ARCHIVE",
+        "imagenet2012_real": " --manual_dir=DIR_WITH_ILSVRC2012_img_val.tar_AND_real.json",
+        "hcnet_ade20k": " --manual_dir=DIR_WITH_ADEChallengeData2016.zip",
+    }
     manual = manual.get(name.split("/")[0], "")
     return f"python -m hcnet.tools.prepare --dataset={name}{manual} {where}"
 
@@ -93,33 +107,50 @@ def _tfds_records(name: str, split: str, data_dir, field: str, decoders: dict):
     """(builder, random-access records) of a prepared TFDS split; one line for whatever stands in the way."""
     import tensorflow_datasets as tfds
 
-    from hcnet.data import builders, segmentation  # registers hcnet_digits, hcnet_ade20k, hcnet_collages
+    from hcnet.data import (
+        builders,
+        segmentation,
+    )  # registers hcnet_digits, hcnet_ade20k, hcnet_collages
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        raise DataError(f"dataset.name={name!r} is neither a TFDS dataset nor one prepared in data_dir="
-                        f"{data_dir or '~/tensorflow_datasets'}; use a TFDS name, '{builders.DIGITS}', "
-                        f"'{SYNTHETIC}', or prepare an image folder with python -m hcnet.tools.prepare "
-                        "--dataset=image_folder") from None
+        raise DataError(
+            f"dataset.name={name!r} is neither a TFDS dataset nor one prepared in data_dir="
+            f"{data_dir or '~/tensorflow_datasets'}; use a TFDS name, '{builders.DIGITS}', "
+            f"'{SYNTHETIC}', or prepare an image folder with python -m hcnet.tools.prepare "
+            "--dataset=image_folder"
+        ) from None
     if not builder.is_prepared():
-        if name in (builders.DIGITS, segmentation.COLLAGES):  # embedded: building reads nothing from the network
+        if name in (
+            builders.DIGITS,
+            segmentation.COLLAGES,
+        ):  # embedded: building reads nothing from the network
             from hcnet.data import prepare
+
             prepare.prepare(name, data_dir)
             builder = tfds.builder(name, data_dir=data_dir)
         else:
-            raise DataError(f"dataset {name!r} is not prepared in {builder.data_dir}; run "
-                            f"{_prepare_hint(name, data_dir)}")
+            raise DataError(
+                f"dataset {name!r} is not prepared in {builder.data_dir}; run "
+                f"{_prepare_hint(name, data_dir)}"
+            )
     splits = builder.info.splits
     try:
-        records = tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders=decoders)
+        records = tfds.data_source(
+            name, split=split, data_dir=data_dir, download=False, decoders=decoders
+        )
     except NotImplementedError:
-        raise DataError(f"dataset {name!r} in {builder.data_dir} is in TFRecord format, which has no random "
-                        f"access; convert it in place with {_prepare_hint(name, data_dir)} --convert") from None
+        raise DataError(
+            f"dataset {name!r} in {builder.data_dir} is in TFRecord format, which has no random "
+            f"access; convert it in place with {_prepare_hint(name, data_dir)} --convert"
+        ) from None
     except (ValueError, KeyError, AssertionError) as e:
         sizes = ", ".join(f"{s} ({splits[s].num_examples})" for s in splits)
-        raise DataError(f"{field}={split!r} is not a valid split of {name} ({str(e).splitlines()[0]}); "
-                        f"splits: {sizes}; slices like 'train[:90%]' or 'train[100:]' work") from None
+        raise DataError(
+            f"{field}={split!r} is not a valid split of {name} ({str(e).splitlines()[0]}); "
+            f"splits: {sizes}; slices like 'train[:90%]' or 'train[100:]' work"
+        ) from None
     if len(records) == 0:
         raise DataError(f"{field}={split!r} selects no examples of {name}")
     return builder, records
@@ -128,11 +159,19 @@ def _tfds_records(name: str, split: str, data_dir, field: str, decoders: dict):
 def _tfds_split(name: str, split: str, data_dir, field: str, label_key: str) -> Source:
     import tensorflow_datasets as tfds
 
-    builder, records = _tfds_records(name, split, data_dir, field, {"image": tfds.decode.SkipDecoding()})
+    builder, records = _tfds_records(
+        name, split, data_dir, field, {"image": tfds.decode.SkipDecoding()}
+    )
     features = builder.info.features
-    labels = [k for k, f in features.items() if isinstance(getattr(f, "feature", f), tfds.features.ClassLabel)]
+    labels = [
+        k
+        for k, f in features.items()
+        if isinstance(getattr(f, "feature", f), tfds.features.ClassLabel)
+    ]
     if label_key not in labels:
-        raise DataError(f"label_key={label_key!r} is not a label feature of {name}; it has {', '.join(labels)}")
+        raise DataError(
+            f"label_key={label_key!r} is not a label feature of {name}; it has {', '.join(labels)}"
+        )
     label = features[label_key]
     multilabel = isinstance(label, tfds.features.Sequence)
     num_classes = label.feature.num_classes if multilabel else label.num_classes
@@ -143,6 +182,7 @@ def _tfds_split(name: str, split: str, data_dir, field: str, label_key: str) -> 
 class SegmentationSource:
     """Records {"image": encoded bytes, "segmentation": encoded PNG of stored ids, "file_name"}; what the ids
     mean comes from the dataset's metadata (hcnet.data.segmentation)."""
+
     records: object
     name: str
     split: str
@@ -164,27 +204,45 @@ class SegmentationSource:
         from PIL import Image
 
         from hcnet.data import segmentation
+
         with Image.open(io.BytesIO(record["segmentation"])) as im:
             stored = np.asarray(im)
         stored = stored[..., 0] if stored.ndim == 3 else stored
-        return segmentation.label_map(stored, self.reduce_zero_label, self.num_classes, self.ignore_index)
+        return segmentation.label_map(
+            stored, self.reduce_zero_label, self.num_classes, self.ignore_index
+        )
 
 
-def open_segmentation(name: str, split: str, *, data_dir=None, field: str = "dataset.train_split") -> SegmentationSource:
+def open_segmentation(
+    name: str, split: str, *, data_dir=None, field: str = "dataset.train_split"
+) -> SegmentationSource:
     """A split of a prepared segmentation dataset (hcnet_ade20k or a segmentation folder)."""
     import tensorflow_datasets as tfds
+
     skip = tfds.decode.SkipDecoding()
-    builder, records = _tfds_records(name, split, data_dir, field, {"image": skip, "segmentation": skip})
+    builder, records = _tfds_records(
+        name, split, data_dir, field, {"image": skip, "segmentation": skip}
+    )
     meta = builder.info.metadata or {}
     if "segmentation" not in builder.info.features or "classes" not in meta:
-        raise DataError(f"dataset.name={name!r} is not a segmentation dataset (no segmentation masks and class "
-                        "list); prepare one with --dataset=hcnet_ade20k or --dataset=segmentation_folder")
-    return SegmentationSource(records, name, split, tuple(meta["classes"]), bool(meta["reduce_zero_label"]),
-                              int(meta["ignore_index"]))
+        raise DataError(
+            f"dataset.name={name!r} is not a segmentation dataset (no segmentation masks and class "
+            "list); prepare one with --dataset=hcnet_ade20k or --dataset=segmentation_folder"
+        )
+    return SegmentationSource(
+        records,
+        name,
+        split,
+        tuple(meta["classes"]),
+        bool(meta["reduce_zero_label"]),
+        int(meta["ignore_index"]),
+    )
 
 
 # ---------------------------------------------------------------- class names
-IMAGENET_CLASSES = "imagenet_classes.tsv"  # in the package: synset and WordNet lemmas, TFDS label order
+IMAGENET_CLASSES = (
+    "imagenet_classes.tsv"  # in the package: synset and WordNet lemmas, TFDS label order
+)
 
 
 def _imagenet_rows() -> list[list[str]]:

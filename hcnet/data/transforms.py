@@ -6,6 +6,7 @@ training crops, JPEG DCT scaling (`Image.draft`) so that only the resolution the
 An image that cannot be decoded becomes zeros with `mask=False`, is logged, and is counted downstream:
 its position in the batch is kept, so skipping it never changes what any other example gets.
 """
+
 import dataclasses
 import io
 import math
@@ -33,8 +34,9 @@ def rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def random_resized_crop(width: int, height: int, rng: np.random.Generator, scale=(0.08, 1.0),
-                        ratio=(3 / 4, 4 / 3)) -> tuple:
+def random_resized_crop(
+    width: int, height: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+) -> tuple:
     """torchvision's RandomResizedCrop box (left, top, w, h): 10 tries, then a centre crop."""
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -54,14 +56,23 @@ def random_resized_crop(width: int, height: int, rng: np.random.Generator, scale
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def train_image(data, size: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                hflip: float = 0.5, draft: bool = True) -> np.ndarray:
+def train_image(
+    data,
+    size: int,
+    rng: np.random.Generator,
+    scale=(0.08, 1.0),
+    ratio=(3 / 4, 4 / 3),
+    hflip: float = 0.5,
+    draft: bool = True,
+) -> np.ndarray:
     """RandomResizedCrop (bicubic) and horizontal flip, uint8 (size, size, 3)."""
     im = open_image(data)
     width, height = im.size
     left, top, w, h = random_resized_crop(width, height, rng, scale, ratio)
     flip = rng.uniform() < hflip
-    if draft and im.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale while the crop keeps >= size
+    if (
+        draft and im.format == "JPEG"
+    ):  # decode at 1/2, 1/4 or 1/8 scale while the crop keeps >= size
         im.draft("RGB", (math.ceil(width * size / w), math.ceil(height * size / h)))
     s = im.size[0] / width, im.size[1] / height
     box = (left * s[0], top * s[1], (left + w) * s[0], (top + h) * s[1])
@@ -86,7 +97,9 @@ def eval_image(data, size: int, crop_pct: float = 0.875) -> np.ndarray:
 
 
 def _example(image, label, mask, index) -> dict:
-    label = np.asarray(label, np.bool_ if np.ndim(label) else np.int32)  # a class, or a multi-hot (classes,)
+    label = np.asarray(
+        label, np.bool_ if np.ndim(label) else np.int32
+    )  # a class, or a multi-hot (classes,)
     return {"image": image, "label": label, "mask": np.bool_(mask), "index": np.int32(index)}
 
 
@@ -99,7 +112,9 @@ def warn_skipped(record: dict, error: Exception) -> None:
         _warned.add(record["index"])
         name = record.get("file_name", b"")
         name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
-        logging.warning("skipping example %d %s: %s (counted in the batch mask)", record["index"], name, error)
+        logging.warning(
+            "skipping example %d %s: %s (counted in the batch mask)", record["index"], name, error
+        )
 
 
 def _failed(record: dict, size: int, error: Exception, label=0) -> dict:
@@ -110,6 +125,7 @@ def _failed(record: dict, size: int, error: Exception, label=0) -> dict:
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
     """grain random map: record (with "index") -> {image uint8, label, mask, index}."""
+
     size: int
     scale: tuple = (0.08, 1.0)
     ratio: tuple = (3 / 4, 4 / 3)
@@ -118,7 +134,9 @@ class TrainTransform:
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict:
         try:
-            image = train_image(record["image"], self.size, rng, self.scale, self.ratio, self.hflip, self.draft)
+            image = train_image(
+                record["image"], self.size, rng, self.scale, self.ratio, self.hflip, self.draft
+            )
         except Exception as e:  # noqa: BLE001  any decoder failure: skip this example, keep going
             return _failed(record, self.size, e)
         return _example(image, record["label"], True, record["index"])
@@ -128,6 +146,7 @@ class TrainTransform:
 class EvalTransform:
     """grain map: record (with "index"; index -1 is padding) -> {image uint8, label, mask, index}; with
     `multilabel_classes`, record[label_key] is a set of classes and label a multi-hot bool (classes,)."""
+
     size: int
     crop_pct: float = 0.875
     label_key: str = "label"
@@ -143,7 +162,9 @@ class EvalTransform:
 
     def __call__(self, record: dict) -> dict:
         if record["index"] == PAD_INDEX:
-            return _example(np.zeros((self.size, self.size, 3), np.uint8), self._label(), False, PAD_INDEX)
+            return _example(
+                np.zeros((self.size, self.size, 3), np.uint8), self._label(), False, PAD_INDEX
+            )
         try:
             image = eval_image(record["image"], self.size, self.crop_pct)
         except Exception as e:  # noqa: BLE001

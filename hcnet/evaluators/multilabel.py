@@ -3,6 +3,7 @@ top-1 prediction is right when it is one of the image's labels. Images whose lab
 out of top-1 (ReaL: 3,163 of ImageNet's 50,000 validation images) and reported as `unlabeled`; `count`
 is the number scored. Every image counts once on any number of devices and hosts, as in classification.
 """
+
 import flax
 import jax.numpy as jnp
 from clu import metrics as clu_metrics
@@ -37,6 +38,7 @@ def eval_step(weights, batch, *, predict):
 
 class Evaluator(classification.Evaluator):
     """ReaL-style top-1 of a multi-label `source` (hcnet.data.sources.Source with multilabel=True)."""
+
     metrics = ("top1", "count", "unlabeled")
     headline = ("top1",)
     eval_step = staticmethod(eval_step)

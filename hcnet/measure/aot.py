@@ -9,9 +9,10 @@ verdict, before anyone pays for the slice.
 The step is the one train_and_evaluate runs (hcnet.trainer.Run: the same config, mesh, shardings and
 donation, the augmentation inside it), lowered onto libtpu's compile-only devices of the named slice
 (jax.experimental.topologies) and compiled by the real TPU compiler; also the task's eval step (at
-eval_batch_size) where its evaluation runs on the device, and the on-device augmentation alone. Slice names are Cloud TPU's own: v5e-N and v6e-N count
-chips, v4-N and v5p-N count TensorCores (two per chip, compiled as one device per chip, as JAX drives
-them). Everything reported is the compiler's figure for a TPU, not a hardware measurement.
+eval_batch_size) where its evaluation runs on the device, and the on-device augmentation alone. Slice
+names are Cloud TPU's own: v5e-N and v6e-N count chips, v4-N and v5p-N count TensorCores (two per
+chip, compiled as one device per chip, as JAX drives them). Everything reported is the compiler's figure
+for a TPU, not a hardware measurement.
 
 Memory per device: arguments + outputs - what donation aliases + temporaries + generated code, from the
 compiled program's memory_analysis() (a bound: the compiler's own `peak` is reported beside it). A step
@@ -25,6 +26,7 @@ libtpu's own account of each program (its HBM use, reserved memory included) and
 stderr with `TPU_MIN_LOG_LEVEL=0 TPU_STDERR_LOG_LEVEL=0`; XLA's per-pass times with
 `TPU_VMODULE=hlo_pass_pipeline=1` (BENCHMARKS.md, "Compile time").
 """
+
 import contextlib
 import dataclasses
 import logging
@@ -38,15 +40,15 @@ from hcnet import sharding, trainer
 from hcnet.errors import ConfigError, UserError
 from hcnet.measure import roofline
 
-GIB = 2 ** 30
+GIB = 2**30
 
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-    hbm: int              # bytes per chip
-    cores: int            # TensorCores per chip, as Cloud TPU counts them in a slice's name
-    dims: int             # the torus's dimensions
-    name_counts: str      # what the number in a slice's name counts
+    hbm: int  # bytes per chip
+    cores: int  # TensorCores per chip, as Cloud TPU counts them in a slice's name
+    dims: int  # the torus's dimensions
+    name_counts: str  # what the number in a slice's name counts
 
 
 CHIPS = {
@@ -55,7 +57,9 @@ CHIPS = {
     "v5p": Chip(95 * GIB, 2, 3, "TensorCores"),
     "v6e": Chip(32 * GIB, 1, 2, "chips"),
 }
-TRAIN_EXAMPLES = {"imagenet2012": 1_281_167}  # for the schedule's constants only; shapes do not depend on it
+TRAIN_EXAMPLES = {
+    "imagenet2012": 1_281_167
+}  # for the schedule's constants only; shapes do not depend on it
 
 
 def chip_grid(chips: int, dims: int) -> tuple[int, ...]:
@@ -80,9 +84,11 @@ def parse_topology(name: str) -> tuple[str, int, str]:
     chip = CHIPS[kind]
     chips, extra = divmod(count, chip.cores)
     if extra or chips < 1 or chips & (chips - 1):
-        raise ConfigError(f"--topology={name!r}: {kind}-N counts {chip.name_counts}; N must be "
-                          + ("a power of two" if chip.cores == 1 else f"{chip.cores} x a power of two")
-                          + f" (e.g. {kind}-{chip.cores * 4})")
+        raise ConfigError(
+            f"--topology={name!r}: {kind}-N counts {chip.name_counts}; N must be "
+            + ("a power of two" if chip.cores == 1 else f"{chip.cores} x a power of two")
+            + f" (e.g. {kind}-{chip.cores * 4})"
+        )
     return kind, chips, f"{kind}:{'x'.join(map(str, chip_grid(chips, chip.dims)))}"
 
 
@@ -92,8 +98,11 @@ def devices(name: str):
     try:
         import libtpu  # noqa: F401
     except ImportError:
-        raise UserError("hcnet.tools.aot needs the TPU compiler: pip install -r requirements-tpu.txt (libtpu)") from None
+        raise UserError(
+            "hcnet.tools.aot needs the TPU compiler: pip install -r requirements-tpu.txt (libtpu)"
+        ) from None
     from jax.experimental import topologies
+
     grid = [int(n) for n in topology.split(":")[1].split("x")]
     # libtpu's default host holds 2x2(x1) chips; a slice smaller than that is one host of its own size
     host = {} if math.prod(grid) >= 4 else {"chips_per_host_bounds": (grid + [1])[:3]}
@@ -111,7 +120,9 @@ def without_persistent_cache():
     from jax.experimental.compilation_cache import compilation_cache
 
     was = jax.config.jax_enable_compilation_cache
-    logging.getLogger("jax._src.compilation_cache").setLevel(logging.WARNING)  # its reset logs at INFO
+    logging.getLogger("jax._src.compilation_cache").setLevel(
+        logging.WARNING
+    )  # its reset logs at INFO
     jax.config.update("jax_enable_compilation_cache", False)
     compilation_cache.reset_cache()
     try:
@@ -132,21 +143,42 @@ def figures(lowered, images: float, loops: bool = False) -> dict:
     m = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    memory = {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
-              "aliased": m.alias_size_in_bytes, "temporaries": m.temp_size_in_bytes,
-              "code": m.generated_code_size_in_bytes, "peak": m.peak_memory_in_bytes}
-    needed = memory["arguments"] + memory["outputs"] - memory["aliased"] + memory["temporaries"] + memory["code"]
-    return {"batch_per_device": images, "memory_bytes": memory, "needed_bytes": needed,
-            "flops_per_image": cost.get("flops", float("nan")) / images,  # cost_analysis is one device's program
-            "bytes_accessed_per_image": cost.get("bytes accessed", float("nan")) / images,
-            "cost_counts_loops_once": loops, "compile_seconds": compile_s}
+    memory = {
+        "arguments": m.argument_size_in_bytes,
+        "outputs": m.output_size_in_bytes,
+        "aliased": m.alias_size_in_bytes,
+        "temporaries": m.temp_size_in_bytes,
+        "code": m.generated_code_size_in_bytes,
+        "peak": m.peak_memory_in_bytes,
+    }
+    needed = (
+        memory["arguments"]
+        + memory["outputs"]
+        - memory["aliased"]
+        + memory["temporaries"]
+        + memory["code"]
+    )
+    return {
+        "batch_per_device": images,
+        "memory_bytes": memory,
+        "needed_bytes": needed,
+        "flops_per_image": cost.get("flops", float("nan"))
+        / images,  # cost_analysis is one device's program
+        "bytes_accessed_per_image": cost.get("bytes accessed", float("nan")) / images,
+        "cost_counts_loops_once": loops,
+        "compile_seconds": compile_s,
+    }
 
 
-def compile_train_step(c, topology: str, *, eval_step: bool = True, augmentation: bool = True) -> dict:
+def compile_train_step(
+    c, topology: str, *, eval_step: bool = True, augmentation: bool = True
+) -> dict:
     """Compiles config c's train step (and its task's eval step and its augmentation alone) for the slice
     `topology`; the report (see the module's docstring)."""
     kind, chips, devs = devices(topology)
-    if c.init_from == "required":  # a fine-tuning config: the step's shapes do not depend on where it starts
+    if (
+        c.init_from == "required"
+    ):  # a fine-tuning config: the step's shapes do not depend on where it starts
         c = c.copy_and_resolve_references()
         c.init_from = ""
     examples = TRAIN_EXAMPLES.get(c.dataset.name, TRAIN_EXAMPLES["imagenet2012"])
@@ -163,12 +195,19 @@ def compile_train_step(c, topology: str, *, eval_step: bool = True, augmentation
     height, width = batch["image"].shape[1:3]
     report = {
         "topology": topology,
-        "model": {**{k: c.model[k] for k in ("variant", "dtype", "remat")}, "block_loop": block_loop},
+        "model": {
+            **{k: c.model[k] for k in ("variant", "dtype", "remat")},
+            "block_loop": block_loop,
+        },
         "image_size": height if height == width else [height, width],
-        "chips": chips, "devices": per_device, "device_kind": devs[0].device_kind,
-        "global_batch": c.batch_size, "accum_steps": c.optim.accum_steps,
+        "chips": chips,
+        "devices": per_device,
+        "device_kind": devs[0].device_kind,
+        "global_batch": c.batch_size,
+        "accum_steps": c.optim.accum_steps,
         "mesh": {"data": run.mesh.shape[sharding.DATA], "fsdp": run.mesh.shape[sharding.FSDP]},
-        **train, "lower_seconds": lower_s,
+        **train,
+        "lower_seconds": lower_s,
         "note": "compiler figures for a TPU (libtpu's compile-only devices), not hardware measurements",
     }
     act_bytes = 4 if c.model.dtype == "float32" else 2
@@ -192,22 +231,34 @@ def largest_batch(report: dict) -> int:
     temporaries (activations, gradients' workspace) grow in proportion to the batch, the rest (the
     state, the code) does not. An estimate, to be confirmed by compiling at it."""
     per_image = report["memory_bytes"]["temporaries"] / report["batch_per_device"]
-    return int((report["hbm_bytes"] - (report["needed_bytes"] - report["memory_bytes"]["temporaries"])) // per_image)
+    return int(
+        (report["hbm_bytes"] - (report["needed_bytes"] - report["memory_bytes"]["temporaries"]))
+        // per_image
+    )
 
 
 def judge(report: dict, hbm_bytes: int) -> dict:
     """The report with the device's HBM and whether the train step (and the eval step) fit in it."""
     eval_fits = "eval" not in report or report["eval"]["needed_bytes"] <= hbm_bytes
-    report = {**report, "hbm_bytes": hbm_bytes, "fits": report["needed_bytes"] <= hbm_bytes and eval_fits,
-              "eval_fits": eval_fits}
+    report = {
+        **report,
+        "hbm_bytes": hbm_bytes,
+        "fits": report["needed_bytes"] <= hbm_bytes and eval_fits,
+        "eval_fits": eval_fits,
+    }
     return {**report, "largest_batch_per_device_estimate": largest_batch(report)}
 
 
 def verdict(report: dict) -> str:
     """One line: fits, or what would."""
-    gib = lambda b: f"{b / GIB:.2f} GiB"
-    head = (f"{report['topology']}: needs {gib(report['needed_bytes'])} of {gib(report['hbm_bytes'])} per device "
-            f"(batch {report['batch_per_device']:g} per device")
+
+    def gib(b):
+        return f"{b / GIB:.2f} GiB"
+
+    head = (
+        f"{report['topology']}: needs {gib(report['needed_bytes'])} of {gib(report['hbm_bytes'])} per device "
+        f"(batch {report['batch_per_device']:g} per device"
+    )
     if "eval" in report:
         e = report["eval"]
         head += f"; evaluation {gib(e['needed_bytes'])} at {e['batch_per_device']:g}"
@@ -215,24 +266,39 @@ def verdict(report: dict) -> str:
         return head + ", fits)"
     if report["needed_bytes"] <= report["hbm_bytes"]:
         return head + "), evaluation does not fit: lower config.eval_batch_size"
-    return (head + f"), does not fit: raise config.optim.accum_steps (now {report['accum_steps']}) to cut the "
-            "activations per micro-batch, shard parameters and optimizer state with config.mesh.fsdp, or recompute "
-            "activations with config.model.remat=True")
+    return (
+        head
+        + f"), does not fit: raise config.optim.accum_steps (now {report['accum_steps']}) to cut the "
+        "activations per micro-batch, shard parameters and optimizer state with config.mesh.fsdp, or recompute "
+        "activations with config.model.remat=True"
+    )
 
 
 def describe(report: dict, line: str) -> str:
     """The report for a terminal: the verdict, then each compiled program's figures."""
-    rows = [line, f"  largest batch per device that would fit, extrapolated from the temporaries: "
-                  f"{report['largest_batch_per_device_estimate']} (compile at it to confirm)"]
-    for name, r in (("train step", report), ("eval step", report.get("eval")),
-                    ("augmentation alone", report.get("augmentation"))):
+    rows = [
+        line,
+        f"  largest batch per device that would fit, extrapolated from the temporaries: "
+        f"{report['largest_batch_per_device_estimate']} (compile at it to confirm)",
+    ]
+    for name, r in (
+        ("train step", report),
+        ("eval step", report.get("eval")),
+        ("augmentation alone", report.get("augmentation")),
+    ):
         if r is None:
             continue
-        cost = (f"{r['flops_per_image'] / 1e9:.2f} GFLOP and {r['bytes_accessed_per_image'] / 1e6:.0f} MB accessed "
-                "per image (XLA's cost analysis")
+        cost = (
+            f"{r['flops_per_image'] / 1e9:.2f} GFLOP and {r['bytes_accessed_per_image'] / 1e6:.0f} MB accessed "
+            "per image (XLA's cost analysis"
+        )
         if r.get("cost_counts_loops_once"):
-            cost += (", which counts each loop body once: not the program's; --config.model.block_loop=unroll "
-                     "and optim.accum_steps=1 give the program's")
-        rows.append(f"  {name}: compile {r['compile_seconds']:.0f} s; {cost}); "
-                    + ", ".join(f"{k} {v / GIB:.3f} GiB" for k, v in r["memory_bytes"].items()))
+            cost += (
+                ", which counts each loop body once: not the program's; --config.model.block_loop=unroll "
+                "and optim.accum_steps=1 give the program's"
+            )
+        rows.append(
+            f"  {name}: compile {r['compile_seconds']:.0f} s; {cost}); "
+            + ", ".join(f"{k} {v / GIB:.3f} GiB" for k, v in r["memory_bytes"].items())
+        )
     return "\n".join(rows + [f"  {report['note']}"])

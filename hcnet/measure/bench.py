@@ -20,6 +20,7 @@ Compile time is reported apart from the step time (median of --repeats after one
 
 For scripts: `train_step_seconds(variant, batch, image_size, repeats)` is the step's wall seconds.
 """
+
 import dataclasses
 import resource
 import statistics
@@ -57,7 +58,7 @@ class Result:
     peak_bytes: int | None = None
     peak_source: str = ""
     page_faults: float | None = None  # host minor page faults per step (this process)
-    system_s: float | None = None     # host kernel seconds per step
+    system_s: float | None = None  # host kernel seconds per step
     note: str = ""
 
 
@@ -74,8 +75,10 @@ def median_seconds(fn, args, repeats: int, update=None) -> tuple[float, dict]:
         out = jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     after = resource.getrusage(resource.RUSAGE_SELF)
-    host = {"page_faults": (after.ru_minflt - before.ru_minflt) / max(repeats, 1),
-            "system_s": (after.ru_stime - before.ru_stime) / max(repeats, 1)}
+    host = {
+        "page_faults": (after.ru_minflt - before.ru_minflt) / max(repeats, 1),
+        "system_s": (after.ru_stime - before.ru_stime) / max(repeats, 1),
+    }
     return statistics.median(times), host
 
 
@@ -85,18 +88,37 @@ def _peak_memory(device, compiled) -> tuple[int | None, str]:
         return int(stats["peak_bytes_in_use"]), "device"
     memory = compiled.memory_analysis()
     if memory is not None:
-        return int(memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes), "xla"
+        return int(
+            memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+        ), "xla"
     return None, ""
 
 
-def bench_config(variant: str, batch: int, image_size: int, *, dtype: str = "float32", heat_operator: str = "mean8",
-                 remat: bool = False, drop_path: float = 0.0, num_classes: int = 1000, depthwise_impl: str = "auto",
-                 block_loop: str = "auto"):
+def bench_config(
+    variant: str,
+    batch: int,
+    image_size: int,
+    *,
+    dtype: str = "float32",
+    heat_operator: str = "mean8",
+    remat: bool = False,
+    drop_path: float = 0.0,
+    num_classes: int = 1000,
+    depthwise_impl: str = "auto",
+    block_loop: str = "auto",
+):
     """A classification config on synthetic data with no augmentation (label smoothing 0.1): what is timed."""
     c = config_lib.defaults()
     c.batch_size = batch
-    c.model.update(variant=variant, dtype=dtype, heat_operator=heat_operator, remat=remat, drop_path=drop_path,
-                   depthwise_impl=depthwise_impl, block_loop=block_loop)
+    c.model.update(
+        variant=variant,
+        dtype=dtype,
+        heat_operator=heat_operator,
+        remat=remat,
+        drop_path=drop_path,
+        depthwise_impl=depthwise_impl,
+        block_loop=block_loop,
+    )
     c.dataset.update(name="synthetic", image_size=image_size, num_classes=num_classes)
     c.augment.update(config_lib.NO_AUGMENTATION, smoothing=0.1)
     c.optim.update(scale_by_batch=0, warmup_steps=10)
@@ -125,24 +147,52 @@ def _infer_program(run, data):
     return jax.jit(forward, out_shardings=sharding.batch_sharding(run.mesh)), (weights, data), None
 
 
-def measure(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode: str = "train",
-            dtype: str = "float32", devices: int | None = None, repeats: int = 5, heat_operator: str = "mean8",
-            remat: bool = False, drop_path: float = 0.0, num_classes: int = 1000,
-            peak: float | None = None, model_flops: bool = True, depthwise_impl: str = "auto",
-            block_loop: str = "auto") -> Result:
+def measure(
+    variant: str = "T",
+    batch: int = 64,
+    image_size: int = 224,
+    *,
+    mode: str = "train",
+    dtype: str = "float32",
+    devices: int | None = None,
+    repeats: int = 5,
+    heat_operator: str = "mean8",
+    remat: bool = False,
+    drop_path: float = 0.0,
+    num_classes: int = 1000,
+    peak: float | None = None,
+    model_flops: bool = True,
+    depthwise_impl: str = "auto",
+    block_loop: str = "auto",
+) -> Result:
     """Times one jitted training step or forward pass of HcNet on synthetic data."""
     if mode not in MODES:
         raise UserError(f"--mode={mode!r}: one of {', '.join(MODES)}")
     if devices and devices > len(jax.devices()):
-        raise UserError(f"--devices={devices}: only {len(jax.devices())} {jax.devices()[0].platform} devices here")
+        raise UserError(
+            f"--devices={devices}: only {len(jax.devices())} {jax.devices()[0].platform} devices here"
+        )
     devs = jax.devices()[:devices] if devices else jax.devices()
     if batch % len(devs):
         raise UserError(f"--batch={batch} must be a multiple of the {len(devs)} devices")
-    c = bench_config(variant, batch, image_size, dtype=dtype, heat_operator=heat_operator, remat=remat,
-                     drop_path=drop_path, num_classes=num_classes, depthwise_impl=depthwise_impl, block_loop=block_loop)
+    c = bench_config(
+        variant,
+        batch,
+        image_size,
+        dtype=dtype,
+        heat_operator=heat_operator,
+        remat=remat,
+        drop_path=drop_path,
+        num_classes=num_classes,
+        depthwise_impl=depthwise_impl,
+        block_loop=block_loop,
+    )
     rng = np.random.default_rng(0)
-    data = {"image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
-            "label": rng.integers(0, num_classes, batch).astype(np.int32), "mask": np.ones(batch, bool)}
+    data = {
+        "image": rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
+        "label": rng.integers(0, num_classes, batch).astype(np.int32),
+        "mask": np.ones(batch, bool),
+    }
     run = trainer.Run.create(c, train_examples=batch, devices=devs)
     data = jax.device_put(data, run.program.batch_sharding)
     step, args, update = (_train_program if mode == "train" else _infer_program)(run, data)
@@ -155,33 +205,96 @@ def measure(variant: str = "T", batch: int = 64, image_size: int = 224, *, mode:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost["flops"]) * len(devs) / batch if cost and cost.get("flops") else None
-    moved = float(cost["bytes accessed"]) * len(devs) / batch if cost and cost.get("bytes accessed") else None
+    moved = (
+        float(cost["bytes accessed"]) * len(devs) / batch
+        if cost and cost.get("bytes accessed")
+        else None
+    )
     macs = count.count_macs(run.task.spec, image_size) if model_flops else None
     peak = peak if peak is not None else roofline.peak_tflops(devs[0].device_kind, dtype)
     mfu = flops * batch / step_s / (peak * 1e12 * len(devs)) if flops and peak else None
     peak_bytes, source = _peak_memory(devs[0], compiled)
-    return Result("jax", mode, variant, batch, image_size, dtype, len(devs), devs[0].device_kind, compile_s, step_s,
-                  batch / step_s, batch / step_s / len(devs), flops, moved,
-                  None if macs is None else 2.0 * macs * (3 if mode == "train" else 1), mfu, peak_bytes, source,
-                  host["page_faults"], host["system_s"])
+    return Result(
+        "jax",
+        mode,
+        variant,
+        batch,
+        image_size,
+        dtype,
+        len(devs),
+        devs[0].device_kind,
+        compile_s,
+        step_s,
+        batch / step_s,
+        batch / step_s / len(devs),
+        flops,
+        moved,
+        None if macs is None else 2.0 * macs * (3 if mode == "train" else 1),
+        mfu,
+        peak_bytes,
+        source,
+        host["page_faults"],
+        host["system_s"],
+    )
 
 
-def train_step_seconds(variant: str, batch: int, image_size: int, repeats: int = 3, **kwargs) -> float:
+def train_step_seconds(
+    variant: str, batch: int, image_size: int, repeats: int = 3, **kwargs
+) -> float:
     """Wall seconds of one HcNet training step after compilation (median of `repeats`); kwargs as `measure`."""
-    return measure(variant, batch, image_size, mode="train", repeats=repeats, model_flops=False, **kwargs).step_s
+    return measure(
+        variant, batch, image_size, mode="train", repeats=repeats, model_flops=False, **kwargs
+    ).step_s
 
 
 def table(results: list[Result]) -> str:
-    head = ("framework", "mode", "model", "batch", "size", "dtype", "devices", "compile s", "step ms", "img/s",
-            "img/s/dev", "GFLOP/img", "model GFLOP/img", "XLA MB/img", "MFU", "peak mem", "faults/step",
-            "sys s/step", "notes")
-    fmt_mem = lambda r: "-" if r.peak_bytes is None else f"{r.peak_bytes / 2 ** 30:.2f} GiB ({r.peak_source})"
-    rows = [(r.framework, r.mode, r.variant, str(r.batch), str(r.image_size), r.dtype, str(r.devices),
-             f"{r.compile_s:.1f}", f"{1e3 * r.step_s:.1f}", f"{r.images_per_s:.1f}", f"{r.images_per_s_per_device:.1f}",
-             "-" if r.flops_per_image is None else f"{r.flops_per_image / 1e9:.4g}",
-             "-" if r.model_flops_per_image is None else f"{r.model_flops_per_image / 1e9:.4g}",
-             "-" if r.bytes_per_image is None else f"{r.bytes_per_image / 1e6:.0f}",
-             "-" if r.mfu is None else f"{100 * r.mfu:.1f}%", fmt_mem(r),
-             "-" if r.page_faults is None else f"{r.page_faults:,.0f}", "-" if r.system_s is None else f"{r.system_s:.2f}",
-             r.note) for r in results]
+    head = (
+        "framework",
+        "mode",
+        "model",
+        "batch",
+        "size",
+        "dtype",
+        "devices",
+        "compile s",
+        "step ms",
+        "img/s",
+        "img/s/dev",
+        "GFLOP/img",
+        "model GFLOP/img",
+        "XLA MB/img",
+        "MFU",
+        "peak mem",
+        "faults/step",
+        "sys s/step",
+        "notes",
+    )
+
+    def fmt_mem(r):
+        return "-" if r.peak_bytes is None else f"{r.peak_bytes / 2**30:.2f} GiB ({r.peak_source})"
+
+    rows = [
+        (
+            r.framework,
+            r.mode,
+            r.variant,
+            str(r.batch),
+            str(r.image_size),
+            r.dtype,
+            str(r.devices),
+            f"{r.compile_s:.1f}",
+            f"{1e3 * r.step_s:.1f}",
+            f"{r.images_per_s:.1f}",
+            f"{r.images_per_s_per_device:.1f}",
+            "-" if r.flops_per_image is None else f"{r.flops_per_image / 1e9:.4g}",
+            "-" if r.model_flops_per_image is None else f"{r.model_flops_per_image / 1e9:.4g}",
+            "-" if r.bytes_per_image is None else f"{r.bytes_per_image / 1e6:.0f}",
+            "-" if r.mfu is None else f"{100 * r.mfu:.1f}%",
+            fmt_mem(r),
+            "-" if r.page_faults is None else f"{r.page_faults:,.0f}",
+            "-" if r.system_s is None else f"{r.system_s:.2f}",
+            r.note,
+        )
+        for r in results
+    ]
     return monitor.text_table(head, rows)

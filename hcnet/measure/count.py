@@ -5,6 +5,7 @@
 MACs follow the usual convention: convolutions and linear layers only, per image, with a
 depthwise filter counted as k*k MACs per output element (not as a dense convolution).
 """
+
 import math
 
 import jax
@@ -54,7 +55,9 @@ def _forward(model: HcNet, height: int, width: int):
     return (lambda s, x: nnx.merge(graphdef, s)(x)), (state, image)
 
 
-def classifier_counts(spec: dict, height: int = 224, width: int | None = None, with_xla: bool = True) -> dict:
+def classifier_counts(
+    spec: dict, height: int = 224, width: int | None = None, with_xla: bool = True
+) -> dict:
     """params, conv+linear MACs per image and (with_xla) XLA's FLOP estimate of the forward pass."""
     model = nets.abstract({**spec, "depthwise_impl": "conv"})  # depthwise filters as grouped convs
     fn, args = _forward(model, height, width or height)
@@ -68,10 +71,14 @@ def count_macs(spec: dict, height: int = 224, width: int | None = None) -> int:
     return classifier_counts(spec, height, width, with_xla=False)["macs"]
 
 
-def segmentation_counts(variant: str, num_classes: int = 150, height: int = 512, width: int = 2048) -> dict:
+def segmentation_counts(
+    variant: str, num_classes: int = 150, height: int = 512, width: int = 2048
+) -> dict:
     """Parameters (backbone, decode head, auxiliary head, all) of UperNet on HcNet and the MACs of one
     inference forward (backbone and decode head, as mmseg's get_flops counts them) at height x width."""
-    spec = upernet.spec(variant, num_classes, dtype="float32", depthwise_impl="conv")  # k*k MACs per filter
+    spec = upernet.spec(
+        variant, num_classes, dtype="float32", depthwise_impl="conv"
+    )  # k*k MACs per filter
     net = nets.abstract(spec)
     graphdef, state = nnx.split(net)
 

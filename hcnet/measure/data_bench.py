@@ -6,6 +6,7 @@ The JPEGs are scikit-image's photographs resized to ImageNet-like sizes (shorter
 3:4 to 16:9) and saved at quality 90. The device part times `augment.train_inputs` (RandAugment,
 erasing, mixing) on a batch against one HcNet training step (forward, backward, AdamW) on that batch.
 """
+
 import io
 import time
 
@@ -17,20 +18,40 @@ from PIL import Image
 from hcnet.data import augment, transforms
 from hcnet.measure.bench import median_seconds, train_step_seconds
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
-          "colorwheel", "cat")
-SIZES = ((500, 375), (500, 333), (375, 500), (500, 500), (640, 480), (600, 400), (480, 360), (500, 281))
+PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "retina",
+    "colorwheel",
+    "cat",
+)
+SIZES = (
+    (500, 375),
+    (500, 333),
+    (375, 500),
+    (500, 500),
+    (640, 480),
+    (600, 400),
+    (480, 360),
+    (500, 281),
+)
 
 
 def imagenet_like_jpegs() -> list:
     import skimage.data
+
     out = []
     for i, name in enumerate(PHOTOS):
         a = getattr(skimage.data, name)()
         a = a[..., :3] if a.ndim == 3 else np.stack([a] * 3, -1)
         buf = io.BytesIO()
-        Image.fromarray(a.astype(np.uint8)).resize(SIZES[i % len(SIZES)], Image.Resampling.BICUBIC).save(
-            buf, "JPEG", quality=90)
+        Image.fromarray(a.astype(np.uint8)).resize(
+            SIZES[i % len(SIZES)], Image.Resampling.BICUBIC
+        ).save(buf, "JPEG", quality=90)
         out.append(buf.getvalue())
     return out
 
@@ -50,14 +71,25 @@ def host_rate(fn, jpegs, seconds: float) -> float:
 def device_costs(batch: int, image_size: int, variant: str, repeats: int) -> dict:
     """Seconds per batch of the device augmentation and of one HcNet training step, on one device."""
     rng = np.random.default_rng(0)
-    data = {"image": jnp.asarray(rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)),
-            "label": jnp.asarray(rng.integers(0, 1000, batch)), "mask": jnp.ones(batch, bool)}
+    data = {
+        "image": jnp.asarray(
+            rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8)
+        ),
+        "label": jnp.asarray(rng.integers(0, 1000, batch)),
+        "mask": jnp.ones(batch, bool),
+    }
     aug = jax.jit(lambda key, b: augment.train_inputs(key, b, 1000))
     aug_s, _ = median_seconds(aug, (jax.random.key(0), data), repeats)
 
     step_s = train_step_seconds(variant, batch, image_size, repeats, devices=1)
-    return {"augment_s": aug_s, "step_s": step_s, "augment_share": aug_s / step_s,
-            "device": str(jax.devices()[0].device_kind), "batch": batch, "variant": variant}
+    return {
+        "augment_s": aug_s,
+        "step_s": step_s,
+        "augment_share": aug_s / step_s,
+        "device": str(jax.devices()[0].device_kind),
+        "batch": batch,
+        "variant": variant,
+    }
 
 
 def host_rates(image_size: int, seconds: float) -> dict:
@@ -67,9 +99,19 @@ def host_rates(image_size: int, seconds: float) -> dict:
     train = transforms.TrainTransform(image_size)
     return {
         "train_images_per_s_per_core": host_rate(
-            lambda j, i: train({"image": j, "label": 0, "index": i}, np.random.default_rng(i)), jpegs, seconds),
+            lambda j, i: train({"image": j, "label": 0, "index": i}, np.random.default_rng(i)),
+            jpegs,
+            seconds,
+        ),
         "train_no_draft_images_per_s_per_core": host_rate(
-            lambda j, i: transforms.train_image(j, image_size, np.random.default_rng(i), draft=False), jpegs, seconds),
-        "eval_images_per_s_per_core": host_rate(lambda j, i: transforms.eval_image(j, image_size), jpegs, seconds),
+            lambda j, i: transforms.train_image(
+                j, image_size, np.random.default_rng(i), draft=False
+            ),
+            jpegs,
+            seconds,
+        ),
+        "eval_images_per_s_per_core": host_rate(
+            lambda j, i: transforms.eval_image(j, image_size), jpegs, seconds
+        ),
         "image_size": image_size,
     }

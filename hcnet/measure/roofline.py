@@ -25,6 +25,7 @@ gradients, AdamW reads weights, gradients and both moments and writes weights an
 (36 bytes per parameter, bf16 copies included), shared by the batch. This is a floor for a fused
 implementation, not what any framework achieves; it is what the "within 2x of the floor" goal means.
 """
+
 from hcnet import nets
 from hcnet.layers import conv_out_size
 from hcnet.measure.count import count_macs, count_params
@@ -79,15 +80,20 @@ def training_bytes(spec: dict, image_size: int = 224, act_bytes: int = 2) -> dic
     mlp = spec.get("mlp_ratio", 4.0)
     units = block_units(mlp)
     blocks = sum(d * dims[i] * s[i + 1] ** 2 for i, d in enumerate(depths)) * (units[0] + units[1])
+
     # a conv + GroupNorm(+GELU): forward read in 1 write out 1, stats read 1; backward read dout 1 +
     # out 1 twice (norm), write d(pre-norm) 1, read it and the input for the conv grads 2, write din 1
-    conv_gn = lambda cin, hin, cout, hout: 3 * cin * hin ** 2 + 10 * cout * hout ** 2
+    def conv_gn(cin, hin, cout, hout):
+        return 3 * cin * hin**2 + 10 * cout * hout**2
+
     stem = conv_gn(3, image_size, dims[0] // 2, s[0]) + conv_gn(dims[0] // 2, s[0], dims[0], s[1])
     down = sum(conv_gn(dims[i], s[i + 1], dims[i + 1], s[i + 2]) for i in range(3))
     return {"blocks": blocks * act_bytes, "stem": stem * act_bytes, "downsample": down * act_bytes}
 
 
-def bytes_per_image(spec: dict, image_size: int = 224, batch: int = 128, act_bytes: int = 2) -> float | None:
+def bytes_per_image(
+    spec: dict, image_size: int = 224, batch: int = 128, act_bytes: int = 2
+) -> float | None:
     """The fewest bytes a training step of the classifier `spec` moves per square image: activations, and
     the parameters and optimizer state shared by the batch. None for a network this model does not
     describe (one with a decoder)."""
@@ -97,18 +103,36 @@ def bytes_per_image(spec: dict, image_size: int = 224, batch: int = 128, act_byt
     return acts + PARAM_BYTES * count_params(nets.abstract(spec)) / batch
 
 
-def estimate(variant: str = "T", image_size: int = 224, batch: int = 128, act_bytes: int = 2) -> dict:
+def estimate(
+    variant: str = "T", image_size: int = 224, batch: int = 128, act_bytes: int = 2
+) -> dict:
     spec = model_spec(variant)
     macs = count_macs(spec, image_size)
     params = count_params(nets.abstract(spec))
     acts = training_bytes(spec, image_size, act_bytes)
     per_image = bytes_per_image(spec, image_size, batch, act_bytes)
     flops = 6.0 * macs
-    floors = {name: {"compute_img_s": peak * 1e12 / flops, "memory_img_s": bw * 1e9 / per_image,
-                     "floor_img_s": min(peak * 1e12 / flops, bw * 1e9 / per_image),
-                     "bound": "memory" if bw * 1e9 / per_image < peak * 1e12 / flops else "compute"}
-              for name, (_, peaks, bw) in DEVICES.items() for peak in [peaks['bfloat16']]}
-    return {"variant": variant, "image_size": image_size, "batch": batch, "act_bytes": act_bytes,
-            "params": params, "macs": macs, "train_flops_per_image": flops, "bytes_per_image": per_image,
-            "activation_bytes": acts, "param_bytes_per_step": PARAM_BYTES * params,
-            "arithmetic_intensity": flops / per_image, "devices": floors}
+    floors = {
+        name: {
+            "compute_img_s": peak * 1e12 / flops,
+            "memory_img_s": bw * 1e9 / per_image,
+            "floor_img_s": min(peak * 1e12 / flops, bw * 1e9 / per_image),
+            "bound": "memory" if bw * 1e9 / per_image < peak * 1e12 / flops else "compute",
+        }
+        for name, (_, peaks, bw) in DEVICES.items()
+        for peak in [peaks["bfloat16"]]
+    }
+    return {
+        "variant": variant,
+        "image_size": image_size,
+        "batch": batch,
+        "act_bytes": act_bytes,
+        "params": params,
+        "macs": macs,
+        "train_flops_per_image": flops,
+        "bytes_per_image": per_image,
+        "activation_bytes": acts,
+        "param_bytes_per_step": PARAM_BYTES * params,
+        "arithmetic_intensity": flops / per_image,
+        "devices": floors,
+    }

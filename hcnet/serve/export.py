@@ -13,6 +13,7 @@ serving that needs nothing of this project (hcnet.tools.export).
 The weights are constants inside the exported program; the SavedModel runs the same program through
 TensorFlow's XlaCallModule (hcnet.serve.savedmodel says what it takes to make TensorFlow 2.21 read it).
 """
+
 import json
 
 import jax
@@ -31,7 +32,9 @@ def export(run_dir, out, *, ema: bool = False, step: int | None = None) -> paths
     run_dir = paths.path(run_dir)
     paths.check(run_dir)
     if not (run_dir / checkpoint.CHECKPOINTS).is_dir():
-        raise FileNotFoundError(f"{run_dir}: not a training workdir (expected model.json and checkpoints/)")
+        raise FileNotFoundError(
+            f"{run_dir}: not a training workdir (expected model.json and checkpoints/)"
+        )
     source = trained.open(run_dir, step=step)
     out = checkpoint.save(out, source.model(ema=ema), source.spec)
     if source.config is not None:  # image size, crop and dataset for predict and visualize
@@ -54,15 +57,22 @@ def _serving(path, ema, step, image_size, crop_pct, platforms):
     """(the jax.export program of probabilities_fn, serving.json's fields) for a checkpoint or workdir."""
     source = trained.open(path, step=step)
     if source.is_segmentation:
-        raise UserError(f"{path} is a segmentation network: it exports as --format=checkpoint (hcnet.load and "
-                        "hcnet.tools.predict read it); stablehlo and savedmodel serve classifiers")
+        raise UserError(
+            f"{path} is a segmentation network: it exports as --format=checkpoint (hcnet.load and "
+            "hcnet.tools.predict read it); stablehlo and savedmodel serve classifiers"
+        )
     size, crop = source.preprocessing(image_size, crop_pct)
-    batch, = jax.export.symbolic_shape("batch")
+    (batch,) = jax.export.symbolic_shape("batch")
     serve = jax.jit(probabilities_fn(*source.predictor(ema=ema)))
     images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
     exported = jax.export.export(serve, platforms=tuple(platforms))(images)
-    info = {"platforms": list(platforms), "image_size": size, "crop_pct": crop,
-            "classes": source.class_names(), "output": "float32 class probabilities (batch, classes)"}
+    info = {
+        "platforms": list(platforms),
+        "image_size": size,
+        "crop_pct": crop,
+        "classes": source.class_names(),
+        "output": "float32 class probabilities (batch, classes)",
+    }
     return exported, info
 
 
@@ -70,30 +80,61 @@ def _write_info(out, info: dict) -> None:
     (out / SERVING_FILE).write_text(json.dumps(info, indent=1) + "\n")
 
 
-def export_stablehlo(path, out, *, ema: bool = False, step: int | None = None, image_size: int | None = None,
-                     crop_pct: float | None = None, platforms=("cpu", "cuda", "tpu")) -> paths.Path:
+def export_stablehlo(
+    path,
+    out,
+    *,
+    ema: bool = False,
+    step: int | None = None,
+    image_size: int | None = None,
+    crop_pct: float | None = None,
+    platforms=("cpu", "cuda", "tpu"),
+) -> paths.Path:
     """The model of a checkpoint or workdir as serialized StableHLO for `platforms`, the batch size symbolic."""
     exported, info = _serving(path, ema, step, image_size, crop_pct, platforms)
     out = paths.new_dir(out)
     (out / STABLEHLO_FILE).write_bytes(exported.serialize())
-    _write_info(out, {"format": "stablehlo", **info,
-                      "input": "uint8 (batch, S, S, 3) RGB, shorter side resized to floor(S / crop_pct) (bicubic) "
-                               "and centre-cropped to S x S (hcnet.data.transforms.eval_image)"})
+    _write_info(
+        out,
+        {
+            "format": "stablehlo",
+            **info,
+            "input": "uint8 (batch, S, S, 3) RGB, shorter side resized to floor(S / crop_pct) (bicubic) "
+            "and centre-cropped to S x S (hcnet.data.transforms.eval_image)",
+        },
+    )
     return out
 
 
-def export_savedmodel(path, out, *, ema: bool = False, step: int | None = None, image_size: int | None = None,
-                      crop_pct: float | None = None, platforms=("cpu", "cuda", "tpu")) -> paths.Path:
+def export_savedmodel(
+    path,
+    out,
+    *,
+    ema: bool = False,
+    step: int | None = None,
+    image_size: int | None = None,
+    crop_pct: float | None = None,
+    platforms=("cpu", "cuda", "tpu"),
+) -> paths.Path:
     """The model of a checkpoint or workdir as a TensorFlow SavedModel, eval preprocessing included."""
     from hcnet.serve import savedmodel  # TensorFlow, only here
+
     exported, info = _serving(path, ema, step, image_size, crop_pct, platforms)
     out = paths.new_dir(out)
     with paths.staged(out) as local:
         savedmodel.save(exported, str(local), size=info["image_size"], crop_pct=info["crop_pct"])
-        _write_info(local, {"format": "savedmodel", **info, "signatures": {
-            "serving_default": "images: uint8 (batch, H, W, 3) RGB of any size -> probabilities; the shorter side "
-                               "resized to floor(S / crop_pct) and the centre S x S kept, as "
-                               "hcnet.data.transforms.eval_image does, pixel for pixel",
-            "preprocess": "images: uint8 (batch, H, W, 3) -> images: uint8 (batch, S, S, 3)",
-            "probabilities": "images: uint8 (batch, S, S, 3), already cropped -> probabilities"}})
+        _write_info(
+            local,
+            {
+                "format": "savedmodel",
+                **info,
+                "signatures": {
+                    "serving_default": "images: uint8 (batch, H, W, 3) RGB of any size -> probabilities; "
+                    "the shorter side resized to floor(S / crop_pct) and the centre S x S kept, as "
+                    "hcnet.data.transforms.eval_image does, pixel for pixel",
+                    "preprocess": "images: uint8 (batch, H, W, 3) -> images: uint8 (batch, S, S, 3)",
+                    "probabilities": "images: uint8 (batch, S, S, 3), already cropped -> probabilities",
+                },
+            },
+        )
     return out

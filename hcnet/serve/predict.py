@@ -5,6 +5,7 @@ run's size and crop (224 and 0.875 without a config; arguments override both) fo
 are taken at their own size by the run's single-scale test for a segmentation network. A file that
 cannot be read is reported with its reason and skipped; the others are still predicted.
 """
+
 import jax
 import numpy as np
 
@@ -69,8 +70,15 @@ def top_k(probs: np.ndarray, names: list[str], k: int = 5) -> list[list[dict]]:
     ]
 
 
-def classify(source, files, *, ema: bool = False, top: int = 5, image_size: int | None = None,
-             crop_pct: float | None = None) -> tuple[dict, list]:
+def classify(
+    source,
+    files,
+    *,
+    ema: bool = False,
+    top: int = 5,
+    image_size: int | None = None,
+    crop_pct: float | None = None,
+) -> tuple[dict, list]:
     """({file: top-k list}, [(file, reason) skipped]) of a classifier."""
     size, crop = source.preprocessing(image_size, crop_pct)
     images, ok, failed = read_images(files, size, crop)

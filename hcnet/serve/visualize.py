@@ -14,6 +14,7 @@ For each image it writes four PNGs and the numbers behind them (<stem>.json):
 - <stem>_gradcam.png: Grad-CAM of the predicted (or --class) class at each stage's output (the paper's
   Figure 5): ReLU(sum_c alpha_c A_c), alpha_c the spatial mean of d logit / d A_c, scaled to [0, 1].
 """
+
 import functools
 import json
 
@@ -46,12 +47,24 @@ def trace(model, x) -> dict:
         for _, block in sorted(stage["blocks"].items()):
             conductivity = jnp.asarray(block["heat"]["conductivity"][0], jnp.float32)
             width = block["__call__"][0].shape[-1]
-            k.append(jnp.broadcast_to(conductivity.reshape(conductivity.shape[0], -1) if conductivity.ndim == 4
-                                      else conductivity, (x.shape[0], width)))
+            k.append(
+                jnp.broadcast_to(
+                    conductivity.reshape(conductivity.shape[0], -1)
+                    if conductivity.ndim == 4
+                    else conductivity,
+                    (x.shape[0], width),
+                )
+            )
             blocks.append(block["__call__"][0])
             stage_of_block.append(s)
-    return {"stem": stem, "k": k, "blocks": blocks, "stage_of_block": stage_of_block,
-            "stages": out["features"][0], "logits": logits}
+    return {
+        "stem": stem,
+        "k": k,
+        "blocks": blocks,
+        "stage_of_block": stage_of_block,
+        "stages": out["features"][0],
+        "logits": logits,
+    }
 
 
 def power_spectrum(features) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +118,10 @@ def grad_cam_map(features, tail, target):
     (all zeros where nothing is positive).
     """
     target = jnp.asarray(target)
-    score = lambda a: jnp.take_along_axis(tail(a), target[:, None], axis=1).sum()
+
+    def score(a):
+        return jnp.take_along_axis(tail(a), target[:, None], axis=1).sum()
+
     grads = jax.grad(score)(jnp.asarray(features, jnp.float32))
     alpha = grads.mean(axis=(1, 2), keepdims=True)
     cam = jax.nn.relu((alpha * features).sum(axis=-1))
@@ -117,9 +133,14 @@ def grad_cam(model, features: list, target) -> list[jax.Array]:
     """Grad-CAM maps (B, H_i, W_i) at every stage output in `features` for classes `target` (B,)."""
     if model.head is None:
         raise UserError("Grad-CAM needs a classifier head; this model has num_classes=0")
-    return [grad_cam_map(jnp.asarray(f, jnp.float32),
-                         lambda a, i=i: model.logits_from_stage(i, a.astype(model.dtype)), target)
-            for i, f in enumerate(features)]
+    return [
+        grad_cam_map(
+            jnp.asarray(f, jnp.float32),
+            lambda a, i=i: model.logits_from_stage(i, a.astype(model.dtype)),
+            target,
+        )
+        for i, f in enumerate(features)
+    ]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -135,12 +156,15 @@ def analyse(model, image: np.ndarray, target: int | None = None) -> dict:
     """Every number the figures show, for one uint8 image (S, S, 3); one compiled program per model and size."""
     graphdef, state = nnx.split(model)
     wanted = jnp.full((1,), -1 if target is None else target, jnp.int32)
-    t, target, cams = jax.device_get(_device_part(graphdef, state, normalize(jnp.asarray(image)[None]), wanted))
+    t, target, cams = jax.device_get(
+        _device_part(graphdef, state, normalize(jnp.asarray(image)[None]), wanted)
+    )
     probs = np.asarray(jax.nn.softmax(t["logits"], axis=-1))[0]
     target = int(target[0])
     spectra = [power_spectrum(f) for f in [t["stem"], *t["blocks"]]]  # one FFT per feature map
     return {
-        "target": target, "probability": float(probs[target]),
+        "target": target,
+        "probability": float(probs[target]),
         "stage_of_block": [s for s, stage in enumerate(model.stages) for _ in stage.blocks],
         "k": [np.asarray(k[0]) for k in t["k"]],  # per block: (C,)
         "temperature": [temperature(f)[0] for f in t["stages"]],
@@ -155,7 +179,9 @@ def jsonable(numbers: dict) -> dict:
     out = dict(numbers)
     out["k"] = [k.tolist() for k in numbers["k"]]
     out["temperature"] = [m.tolist() for m in numbers["temperature"]]
-    out["spectrum"] = [{"cycles_per_pixel": f.tolist(), "power": p.tolist()} for f, p in numbers["spectrum"]]
+    out["spectrum"] = [
+        {"cycles_per_pixel": f.tolist(), "power": p.tolist()} for f, p in numbers["spectrum"]
+    ]
     out["grad_cam"] = [m.tolist() for m in numbers["grad_cam"]]
     return out
 
@@ -163,6 +189,7 @@ def jsonable(numbers: dict) -> dict:
 # ---------------------------------------------------------------- the figures
 def _upsample(m: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
+
     m = np.asarray(m, np.float32)
     return np.asarray(Image.fromarray(m).resize((size, size), Image.Resampling.BILINEAR))
 
@@ -187,6 +214,7 @@ def write_png(a: np.ndarray, path) -> None:
     import io
 
     from PIL import Image
+
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, "PNG")
     paths.path(path).write_bytes(buf.getvalue())
@@ -197,19 +225,34 @@ def palette(n: int) -> np.ndarray:
     import colorsys
 
     from matplotlib import colormaps
+
     if n <= 20:
-        return (np.asarray(colormaps["tab10" if n <= 10 else "tab20"].colors[:n]) * 255).round().astype(np.uint8)
+        return (
+            (np.asarray(colormaps["tab10" if n <= 10 else "tab20"].colors[:n]) * 255)
+            .round()
+            .astype(np.uint8)
+        )
     hues = (np.arange(n) * 0.618033988749895) % 1.0
-    rgb = [colorsys.hsv_to_rgb(h, 0.55 + 0.45 * (i % 3) / 2, 0.95 - 0.3 * (i % 2)) for i, h in enumerate(hues)]
+    rgb = [
+        colorsys.hsv_to_rgb(h, 0.55 + 0.45 * (i % 3) / 2, 0.95 - 0.3 * (i % 2))
+        for i, h in enumerate(hues)
+    ]
     return (np.asarray(rgb) * 255).round().astype(np.uint8)
 
 
-def plot_segmentation(image: np.ndarray, pred: np.ndarray, names: list[str], path, alpha: float = 0.55,
-                      legend: int = 20):
+def plot_segmentation(
+    image: np.ndarray,
+    pred: np.ndarray,
+    names: list[str],
+    path,
+    alpha: float = 0.55,
+    legend: int = 20,
+):
     """The image, and the predicted classes' colours over it with a legend of the classes present (the
     `legend` largest by area, each with its share of the pixels)."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
+
     colours = palette(len(names))
     overlay = (1 - alpha) * image.astype(np.float32) + alpha * colours[pred].astype(np.float32)
     h, w = pred.shape
@@ -223,26 +266,42 @@ def plot_segmentation(image: np.ndarray, pred: np.ndarray, names: list[str], pat
         ax.axis("off")
     share = np.bincount(pred.ravel(), minlength=len(names)) / pred.size
     present = [c for c in np.argsort(-share, kind="stable") if share[c] > 0][:legend]
-    fig.legend(handles=[Patch(color=colours[c] / 255, label=f"{names[c]} {share[c]:.0%}") for c in present],
-               loc="center right", fontsize=8, frameon=False)
+    fig.legend(
+        handles=[
+            Patch(color=colours[c] / 255, label=f"{names[c]} {share[c]:.0%}") for c in present
+        ],
+        loc="center right",
+        fontsize=8,
+        frameon=False,
+    )
     fig.tight_layout(rect=(0, 0, 0.8, 1))
     _save(fig, path)
 
 
 def plot_k(numbers: dict, path):
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(8, 4), dpi=120)
     ax = fig.add_subplot()
     ks = numbers["k"]
     x = np.arange(1, len(ks) + 1)
     q = np.array([np.percentile(k, [0, 10, 50, 90, 100]) for k in ks])
-    ax.fill_between(x, q[:, 0], q[:, 4], color="tab:orange", alpha=0.15, label="min-max over channels")
-    ax.fill_between(x, q[:, 1], q[:, 3], color="tab:orange", alpha=0.35, label="10th-90th percentile")
+    ax.fill_between(
+        x, q[:, 0], q[:, 4], color="tab:orange", alpha=0.15, label="min-max over channels"
+    )
+    ax.fill_between(
+        x, q[:, 1], q[:, 3], color="tab:orange", alpha=0.35, label="10th-90th percentile"
+    )
     ax.plot(x, q[:, 2], "o-", color="tab:red", label="median")
     for s, a, b in _stage_spans(numbers["stage_of_block"]):
         ax.axvspan(a - 0.5, b + 0.5, color="grey", alpha=0.08 * (s % 2))
         ax.text((a + b) / 2, 1.02, f"stage {s + 1}", ha="center", va="bottom", fontsize=8)
-    ax.set(xlabel="block (depth)", ylabel="heat conduction coefficient k", ylim=(0, 1.08), xlim=(0.5, len(ks) + 0.5))
+    ax.set(
+        xlabel="block (depth)",
+        ylabel="heat conduction coefficient k",
+        ylim=(0, 1.08),
+        xlim=(0.5, len(ks) + 0.5),
+    )
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     _save(fig, path)
@@ -251,6 +310,7 @@ def plot_k(numbers: dict, path):
 def _map_row(image: np.ndarray, maps: list, title: str, path, overlay: bool, cmap: str):
     """The input, then one panel per stage map upsampled to the input (over it when `overlay`)."""
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(3 * (len(maps) + 1), 3.2), dpi=120)
     axes = fig.subplots(1, len(maps) + 1)
     axes[0].imshow(image)
@@ -258,8 +318,12 @@ def _map_row(image: np.ndarray, maps: list, title: str, path, overlay: bool, cma
     for i, m in enumerate(maps):
         if overlay:
             axes[i + 1].imshow(image)
-        axes[i + 1].imshow(_upsample(m, image.shape[0]), cmap=cmap, alpha=0.5 if overlay else None,
-                           **(dict(vmin=0, vmax=1) if overlay else {}))
+        axes[i + 1].imshow(
+            _upsample(m, image.shape[0]),
+            cmap=cmap,
+            alpha=0.5 if overlay else None,
+            **(dict(vmin=0, vmax=1) if overlay else {}),
+        )
         axes[i + 1].set_title(f"stage {i + 1} ({m.shape[0]}x{m.shape[1]})")
     for ax in axes:
         ax.axis("off")
@@ -269,35 +333,64 @@ def _map_row(image: np.ndarray, maps: list, title: str, path, overlay: bool, cma
 
 
 def plot_temperature(image: np.ndarray, numbers: dict, path):
-    _map_row(image, numbers["temperature"], "temperature: channel mean of each stage's output", path,
-             overlay=False, cmap="inferno")
+    _map_row(
+        image,
+        numbers["temperature"],
+        "temperature: channel mean of each stage's output",
+        path,
+        overlay=False,
+        cmap="inferno",
+    )
 
 
 def plot_spectrum(numbers: dict, path):
     from matplotlib import colormaps
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(11, 4), dpi=120)
     left, right = fig.subplots(1, 2)
     spectra = numbers["spectrum"]
     colors = colormaps["viridis"](np.linspace(0, 1, len(spectra)))
     for (f, p), c, name in zip(spectra, colors, numbers["spectrum_depth"]):
-        left.semilogy(f, p / p.sum(), color=c, lw=1.2, label=name if name in ("stem", numbers["spectrum_depth"][-1]) else None)
-    left.set(xlabel="radial frequency (cycles / pixel)", ylabel="share of power", title="feature spectrum by depth")
+        left.semilogy(
+            f,
+            p / p.sum(),
+            color=c,
+            lw=1.2,
+            label=name if name in ("stem", numbers["spectrum_depth"][-1]) else None,
+        )
+    left.set(
+        xlabel="radial frequency (cycles / pixel)",
+        ylabel="share of power",
+        title="feature spectrum by depth",
+    )
     left.legend(fontsize=8)
     share = numbers["high_frequency_share"]
     right.plot(np.arange(len(share)), share, "o-", color="tab:blue")
-    right.set_xticks(np.arange(len(share)), ["stem", *[str(i) for i in range(1, len(share))]], fontsize=7)
+    right.set_xticks(
+        np.arange(len(share)), ["stem", *[str(i) for i in range(1, len(share))]], fontsize=7
+    )
     for s, a, b in _stage_spans(numbers["stage_of_block"]):
         right.axvspan(a - 0.5, b + 0.5, color="grey", alpha=0.08 * (s % 2))
-    right.set(xlabel="block (depth)", ylabel=f"energy share above {HIGH} cycles/pixel", ylim=(0, None),
-              title="high-frequency share")
+    right.set(
+        xlabel="block (depth)",
+        ylabel=f"energy share above {HIGH} cycles/pixel",
+        ylim=(0, None),
+        title="high-frequency share",
+    )
     fig.tight_layout()
     _save(fig, path)
 
 
 def plot_grad_cam(image: np.ndarray, numbers: dict, label: str, path):
-    _map_row(image, numbers["grad_cam"], f"Grad-CAM of '{label}' (p = {numbers['probability']:.2f})", path,
-             overlay=True, cmap="jet")
+    _map_row(
+        image,
+        numbers["grad_cam"],
+        f"Grad-CAM of '{label}' (p = {numbers['probability']:.2f})",
+        path,
+        overlay=True,
+        cmap="jet",
+    )
 
 
 def segment_files(source, files, out, *, ema: bool = False) -> tuple[dict, list]:
@@ -331,18 +424,30 @@ def _output_dir(out) -> paths.Path:
     return out
 
 
-def visualize(source, files, out, *, ema: bool = False, target: int | None = None,
-              image_size: int | None = None, crop_pct: float | None = None) -> tuple[dict, list]:
+def visualize(
+    source,
+    files,
+    out,
+    *,
+    ema: bool = False,
+    target: int | None = None,
+    image_size: int | None = None,
+    crop_pct: float | None = None,
+) -> tuple[dict, list]:
     """({file: {figure name: path}}, [(file, reason) skipped]) of a trained network (hcnet.trained.Trained);
     the numbers go to <stem>.json. A segmentation network gets its predicted mask over each image, with a
     legend (`segment_files`)."""
     if source.is_segmentation:
         written, failed = segment_files(source, files, out, ema=ema)
-        return {f: {k: v for k, v in w.items() if k != "classes"} for f, w in written.items()}, failed
+        return {
+            f: {k: v for k, v in w.items() if k != "classes"} for f, w in written.items()
+        }, failed
     model = source.model(ema=ema)
     classes = source.num_classes
     if target is not None and not 0 <= target < classes:
-        raise UserError(f"--target_class={target}: the model has {classes} classes; give 0 to {classes - 1}")
+        raise UserError(
+            f"--target_class={target}: the model has {classes} classes; give 0 to {classes - 1}"
+        )
     size, crop = source.preprocessing(image_size, crop_pct)
     images, ok, failed = predict.read_images(files, size, crop)
     out = _output_dir(out)

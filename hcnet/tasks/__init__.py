@@ -4,6 +4,7 @@ A task reads its config and gives the network (its spec, which hcnet.nets builds
 what happens to a batch on the device before the network sees it, the per-example loss, and its
 evaluators (hcnet.evaluators). A new task is a module here, a line in TASKS, and `config.task`.
 """
+
 import importlib
 from typing import Protocol
 

@@ -7,6 +7,7 @@ Every tool, like train.py and eval.py, takes absl flags (`--image_size=224`, `--
 user can fix (hcnet.errors.UserError, a missing or existing file) ends the command with one line,
 `error: ...`, and exit status 1.
 """
+
 import sys
 
 from absl import app, flags
@@ -16,7 +17,9 @@ from hcnet.errors import UserError
 FLAGS = flags.FLAGS
 # the flags several tools take; a tool lists those it uses with flags.declare_key_flag
 flags.DEFINE_string("variant", "T", "HcNet variant: mu, T, S or B")
-flags.DEFINE_string("heat_operator", "mean8", "the form of the heat operator: mean8, learned3 or learned5")
+flags.DEFINE_string(
+    "heat_operator", "mean8", "the form of the heat operator: mean8, learned3 or learned5"
+)
 flags.DEFINE_list("depths", None, "four block counts replacing the variant's, e.g. 3,8,18,3")
 flags.DEFINE_integer("image_size", None, "image side in pixels")
 flags.DEFINE_float("crop_pct", None, "evaluation centre crop fraction")
@@ -35,7 +38,9 @@ def depths() -> tuple | None:
     try:
         return tuple(int(d) for d in FLAGS.depths) if FLAGS.depths else None
     except ValueError:
-        raise UserError(f"--depths={','.join(FLAGS.depths)}: four integers, e.g. 3,8,18,3") from None
+        raise UserError(
+            f"--depths={','.join(FLAGS.depths)}: four integers, e.g. 3,8,18,3"
+        ) from None
 
 
 def require(**values) -> None:
@@ -51,6 +56,7 @@ def _one_line(main):
             return main(argv)
         except (UserError, FileNotFoundError, FileExistsError) as e:
             sys.exit(f"error: {e}")
+
     return wrapped
 
 
@@ -67,6 +73,7 @@ def invoke(main, argv: list[str]):
     """Runs a tool's main in this process with `argv` (flags and files), as the command line would; for
     tests and notebooks. Flag values are restored afterwards."""
     from absl.testing import flagsaver
+
     with flagsaver.flagsaver():
         rest = FLAGS(["hcnet", *argv])
         return _one_line(main)(rest)

@@ -8,6 +8,7 @@ verdict (what each figure is: hcnet.measure.aot).
 
 Exits 1 with the one-line verdict when the step does not fit.
 """
+
 import json
 import os
 
@@ -17,10 +18,18 @@ from ml_collections import config_flags
 from hcnet import tools
 from hcnet.errors import UserError
 
-config_flags.DEFINE_config_file("config", None, "configs/*.py[:arg], then --config.field=value overrides")
-flags.DEFINE_string("topology", None, "a Cloud TPU slice: v4-N, v5p-N (TensorCores), v5e-N, v6e-N (chips)")
-flags.DEFINE_list("parts", ["eval", "augmentation"], "what else to compile beside the train step: the eval "
-                  "step, the augmentation alone (empty for neither)")
+config_flags.DEFINE_config_file(
+    "config", None, "configs/*.py[:arg], then --config.field=value overrides"
+)
+flags.DEFINE_string(
+    "topology", None, "a Cloud TPU slice: v4-N, v5p-N (TensorCores), v5e-N, v6e-N (chips)"
+)
+flags.DEFINE_list(
+    "parts",
+    ["eval", "augmentation"],
+    "what else to compile beside the train step: the eval "
+    "step, the augmentation alone (empty for neither)",
+)
 flags.mark_flags_as_required(["config", "topology"])
 for _name in ("out", "json"):
     flags.declare_key_flag(_name)
@@ -33,10 +42,16 @@ def main(argv):
 
     parts = set(FLAGS.parts)
     if not parts <= {"eval", "augmentation"}:
-        raise UserError(f"--parts={','.join(FLAGS.parts)}: any of eval, augmentation (the train step is "
-                        "always compiled)")
-    report = aot.compile_train_step(FLAGS.config, FLAGS.topology, eval_step="eval" in parts,
-                                    augmentation="augmentation" in parts)
+        raise UserError(
+            f"--parts={','.join(FLAGS.parts)}: any of eval, augmentation (the train step is "
+            "always compiled)"
+        )
+    report = aot.compile_train_step(
+        FLAGS.config,
+        FLAGS.topology,
+        eval_step="eval" in parts,
+        augmentation="augmentation" in parts,
+    )
     report = {"config": config_flags.get_config_filename(FLAGS["config"]), **report}
     line = aot.verdict(report)
     text = json.dumps({**report, "verdict": line}, indent=1)

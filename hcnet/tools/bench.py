@@ -5,6 +5,7 @@
 
 What each column means: hcnet.measure.bench.
 """
+
 import dataclasses
 import json
 
@@ -16,10 +17,14 @@ flags.DEFINE_string("dtype", "float32", "compute dtype: float32, bfloat16 or flo
 flags.DEFINE_integer("devices", None, "the first N devices (default: all)")
 flags.DEFINE_list("mode", ["train", "infer"], "train, infer or both")
 flags.DEFINE_bool("remat", False, "recompute each block in the backward pass")
-flags.DEFINE_string("depthwise_impl", "auto", "the depthwise filters: auto (per platform), shift or conv")
+flags.DEFINE_string(
+    "depthwise_impl", "auto", "the depthwise filters: auto (per platform), shift or conv"
+)
 flags.DEFINE_string("block_loop", "auto", "a stage's blocks: auto (scanned on TPU), scan or unroll")
 flags.DEFINE_float("drop_path", 0.0, "stochastic depth rate of the last block")
-flags.DEFINE_float("peak_tflops", None, "per-device dense peak, for MFU (default: hcnet.measure.roofline.DEVICES)")
+flags.DEFINE_float(
+    "peak_tflops", None, "per-device dense peak, for MFU (default: hcnet.measure.roofline.DEVICES)"
+)
 for _name in ("variant", "heat_operator", "batch", "image_size", "repeats", "json"):
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
@@ -27,15 +32,31 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     from hcnet.measure import bench
+
     shape = dict(variant=FLAGS.variant, batch=FLAGS.batch or 64, image_size=FLAGS.image_size or 224)
-    common = dict(dtype=FLAGS.dtype, repeats=FLAGS.repeats or 5, heat_operator=FLAGS.heat_operator,
-                  drop_path=FLAGS.drop_path)
+    common = dict(
+        dtype=FLAGS.dtype,
+        repeats=FLAGS.repeats or 5,
+        heat_operator=FLAGS.heat_operator,
+        drop_path=FLAGS.drop_path,
+    )
     results = []
     for mode in FLAGS.mode:
-        results.append(bench.measure(**shape, mode=mode, devices=FLAGS.devices, remat=FLAGS.remat,
-                                     peak=FLAGS.peak_tflops, depthwise_impl=FLAGS.depthwise_impl,
-                                     block_loop=FLAGS.block_loop, **common))
-    print(json.dumps([dataclasses.asdict(r) for r in results]) if FLAGS.json else bench.table(results))
+        results.append(
+            bench.measure(
+                **shape,
+                mode=mode,
+                devices=FLAGS.devices,
+                remat=FLAGS.remat,
+                peak=FLAGS.peak_tflops,
+                depthwise_impl=FLAGS.depthwise_impl,
+                block_loop=FLAGS.block_loop,
+                **common,
+            )
+        )
+    print(
+        json.dumps([dataclasses.asdict(r) for r in results]) if FLAGS.json else bench.table(results)
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 PATH is a `.pth`/`.pt` (needs torch), `.safetensors` or `.npz` file. The operator form is read off
 the key names unless --heat_operator is given. Every key must be used and every shape must match.
 """
+
 from absl import flags
 
 from hcnet import tools
@@ -18,12 +19,19 @@ FLAGS = flags.FLAGS
 def main(argv):
     from hcnet.checkpoint import save
     from hcnet.convert import convert
+
     tools.require(from_torch=FLAGS.from_torch, out=FLAGS.out)
-    model, spec = convert(FLAGS.from_torch, variant=FLAGS.variant, depths=tools.depths(),
-                          heat_operator=FLAGS.heat_operator if FLAGS["heat_operator"].present else None)
+    model, spec = convert(
+        FLAGS.from_torch,
+        variant=FLAGS.variant,
+        depths=tools.depths(),
+        heat_operator=FLAGS.heat_operator if FLAGS["heat_operator"].present else None,
+    )
     save(FLAGS.out, model, spec)
-    print(f"wrote {FLAGS.out} (HcNet-{FLAGS.variant}, {spec['heat_operator']}, depths {list(spec['depths'])}, "
-          f"{spec['num_classes']} classes)")
+    print(
+        f"wrote {FLAGS.out} (HcNet-{FLAGS.variant}, {spec['heat_operator']}, depths {list(spec['depths'])}, "
+        f"{spec['num_classes']} classes)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Parameters, conv+linear MACs per image and XLA's FLOP estimate of an HcNet's forward pass.
 
-    python -m hcnet.tools.count --variant=T --heat_operator=mean8 [--image_size=224] [--image_width=W]
-        [--depths=3,8,18,3] [--num_classes=1000] [--noxla] [--json]
-    python -m hcnet.tools.count --segmentation --variant=T [--num_classes=150]   # UperNet at 512x2048, as mmseg counts
+python -m hcnet.tools.count --variant=T --heat_operator=mean8 [--image_size=224] [--image_width=W]
+    [--depths=3,8,18,3] [--num_classes=1000] [--noxla] [--json]
+python -m hcnet.tools.count --segmentation --variant=T [--num_classes=150]   # UperNet at 512x2048, as mmseg counts
 """
+
 import json
 
 from absl import flags
@@ -14,8 +15,12 @@ from hcnet.errors import UserError
 flags.DEFINE_integer("image_width", None, "image width when it differs from --image_size")
 flags.DEFINE_integer("num_classes", 1000, "classes of the head")
 flags.DEFINE_bool("xla", True, "also XLA's FLOP estimate (--noxla skips the compile)")
-flags.DEFINE_bool("segmentation", False, "UperNet on the variant (hcnet.upernet): parameters by part and the "
-                  "MACs of backbone + decode head at --image_size x --image_width (default 512 x 2048)")
+flags.DEFINE_bool(
+    "segmentation",
+    False,
+    "UperNet on the variant (hcnet.upernet): parameters by part and the "
+    "MACs of backbone + decode head at --image_size x --image_width (default 512 x 2048)",
+)
 for _name in ("variant", "heat_operator", "depths", "image_size", "json"):
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
@@ -24,29 +29,41 @@ FLAGS = flags.FLAGS
 def main(argv):
     from hcnet.measure.count import classifier_counts
     from hcnet.model import model_spec
+
     if FLAGS.segmentation:
         return _segmentation()
     height = FLAGS.image_size or 224
     width = FLAGS.image_width or height
     if min(height, width) < 32:
-        raise UserError(f"--image_size={height} --image_width={width}: each side must be at least 32")
-    spec = model_spec(FLAGS.variant, heat_operator=FLAGS.heat_operator, depths=tools.depths(),
-                      num_classes=FLAGS.num_classes)
+        raise UserError(
+            f"--image_size={height} --image_width={width}: each side must be at least 32"
+        )
+    spec = model_spec(
+        FLAGS.variant,
+        heat_operator=FLAGS.heat_operator,
+        depths=tools.depths(),
+        num_classes=FLAGS.num_classes,
+    )
     out = classifier_counts(spec, height, width, with_xla=FLAGS.xla)
     if FLAGS.json:
         print(json.dumps(out))
         return
-    print(f"HcNet-{FLAGS.variant} ({FLAGS.heat_operator}, depths {list(spec['depths'])}, "
-          f"dims {list(spec['dims'])}) at {height}x{width}")
+    print(
+        f"HcNet-{FLAGS.variant} ({FLAGS.heat_operator}, depths {list(spec['depths'])}, "
+        f"dims {list(spec['dims'])}) at {height}x{width}"
+    )
     print(f"  params            {out['params']:,}")
     print(f"  conv+linear MACs  {out['macs']:,} ({out['macs'] / 1e9:.3f} G)")
     if "xla_flops" in out:
-        print(f"  XLA FLOPs         {out['xla_flops']:,.0f} ({out['xla_flops'] / 1e9:.3f} G; "
-              "2 per MAC plus elementwise work)")
+        print(
+            f"  XLA FLOPs         {out['xla_flops']:,.0f} ({out['xla_flops'] / 1e9:.3f} G; "
+            "2 per MAC plus elementwise work)"
+        )
 
 
 def _segmentation():
     from hcnet.measure.count import segmentation_counts
+
     height, width = FLAGS.image_size or 512, FLAGS.image_width or 2048
     classes = 150 if FLAGS.num_classes == 1000 else FLAGS.num_classes  # ADE20K's unless given
     out = segmentation_counts(FLAGS.variant, classes, height, width)
@@ -54,7 +71,12 @@ def _segmentation():
         print(json.dumps(out))
         return
     print(f"UperNet + HcNet-{FLAGS.variant}, {classes} classes, at {height}x{width}")
-    for part, name in (("backbone", "backbone"), ("decode", "decode head"), ("aux", "auxiliary head"), ("params", "total")):
+    for part, name in (
+        ("backbone", "backbone"),
+        ("decode", "decode head"),
+        ("aux", "auxiliary head"),
+        ("params", "total"),
+    ):
         print(f"  params {name:15s} {out[part]:,} ({out[part] / 1e6:.2f}M)")
     print(f"  MACs (backbone + decode head)  {out['macs']:,} ({out['macs'] / 1e9:.1f} G)")
 

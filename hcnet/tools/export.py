@@ -13,12 +13,15 @@ savedmodel: DIR is a TensorFlow SavedModel whose serving_default signature takes
 images of any size, resizes and crops them exactly as evaluation does, and returns {"probabilities"};
 tf.saved_model.load("DIR").signatures["serving_default"](images=images) or TensorFlow Serving.
 """
+
 from absl import flags
 
 from hcnet import tools
 from hcnet.errors import UserError
 
-flags.DEFINE_enum("format", "checkpoint", ["checkpoint", "stablehlo", "savedmodel"], "what to write")
+flags.DEFINE_enum(
+    "format", "checkpoint", ["checkpoint", "stablehlo", "savedmodel"], "what to write"
+)
 for _name in ("workdir", "checkpoint", "out", "ema", "step", "image_size", "crop_pct"):
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
@@ -26,6 +29,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     from hcnet.serve import export
+
     tools.require(out=FLAGS.out)
     if FLAGS.format == "checkpoint":
         tools.require(workdir=FLAGS.workdir)
@@ -34,11 +38,21 @@ def main(argv):
         return
     source = FLAGS.checkpoint or FLAGS.workdir
     if not source:
-        raise UserError(f"--format={FLAGS.format} needs --checkpoint=DIR (a checkpoint or a training workdir)")
+        raise UserError(
+            f"--format={FLAGS.format} needs --checkpoint=DIR (a checkpoint or a training workdir)"
+        )
     write = export.export_stablehlo if FLAGS.format == "stablehlo" else export.export_savedmodel
-    out = write(source, FLAGS.out, ema=FLAGS.ema, step=FLAGS.step, image_size=FLAGS.image_size,
-                crop_pct=FLAGS.crop_pct)
-    print(f"wrote {out} ({FLAGS.format}; {out / export.SERVING_FILE} says the input and the classes)")
+    out = write(
+        source,
+        FLAGS.out,
+        ema=FLAGS.ema,
+        step=FLAGS.step,
+        image_size=FLAGS.image_size,
+        crop_pct=FLAGS.crop_pct,
+    )
+    print(
+        f"wrote {out} ({FLAGS.format}; {out / export.SERVING_FILE} says the input and the classes)"
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ single-scale test does; --out is where the masks (<stem>_mask.png, class ids) an
 A file that cannot be read is reported in one line (`skipped FILE: reason`) and the others are still
 predicted; the exit status is then 1.
 """
+
 import json
 import sys
 
@@ -38,8 +39,14 @@ def main(argv):
         results, failed = visualize.segment_files(source, argv[1:], FLAGS.out, ema=FLAGS.ema)
         describe = _segmentation_lines
     else:
-        results, failed = predict.classify(source, argv[1:], ema=FLAGS.ema, top=FLAGS.top,
-                                           image_size=FLAGS.image_size, crop_pct=FLAGS.crop_pct)
+        results, failed = predict.classify(
+            source,
+            argv[1:],
+            ema=FLAGS.ema,
+            top=FLAGS.top,
+            image_size=FLAGS.image_size,
+            crop_pct=FLAGS.crop_pct,
+        )
         describe = _classification_lines
     for f, reason in failed:
         print(f"skipped {f}: {reason}", file=sys.stderr)
@@ -53,7 +60,9 @@ def main(argv):
 
 
 def _segmentation_lines(f, written) -> list[str]:
-    shares = [f"  {c['share']:7.2%}  {c['name']}  ({c['class']})" for c in written["classes"][: FLAGS.top]]
+    shares = [
+        f"  {c['share']:7.2%}  {c['name']}  ({c['class']})" for c in written["classes"][: FLAGS.top]
+    ]
     return [f"{f}: {written['overlay']}", *shares]
 
 

@@ -17,28 +17,43 @@ imagenet2012_real reads ILSVRC2012_img_val.tar and real.json (github.com/google-
 from --manual_dir; imagenet_v2/<variant> reads the variant's .tar.gz (huggingface.co/datasets/vaishaal/
 ImageNetV2, e.g. imagenetv2-matched-frequency.tar.gz) from --manual_dir. Nothing is downloaded.
 """
+
 from absl import flags
 
 from hcnet import tools
 
-flags.DEFINE_string("dataset", None, "imagenet2012, image_folder, hcnet_digits, hcnet_ade20k, segmentation_folder or a TFDS name")
+flags.DEFINE_string(
+    "dataset",
+    None,
+    "imagenet2012, image_folder, hcnet_digits, hcnet_ade20k, segmentation_folder or a TFDS name",
+)
 flags.DEFINE_string("data_dir", None, "where TFDS datasets live (default ~/tensorflow_datasets)")
-flags.DEFINE_string("manual_dir", None, "the ImageNet tars (and real.json, the ImageNet-V2 archive), or the "
-                    "image folder's root")
+flags.DEFINE_string(
+    "manual_dir",
+    None,
+    "the ImageNet tars (and real.json, the ImageNet-V2 archive), or the image folder's root",
+)
 flags.DEFINE_string("name", None, "image_folder: the dataset name (default: the root's name)")
 flags.DEFINE_bool("convert", False, "convert an existing TFRecord build to ArrayRecord in place")
-flags.DEFINE_string("staging_dir", None, "with a gs:// --data_dir: the local folder the build is made in "
-                    "before the upload (room for the whole dataset; default a temporary folder)")
+flags.DEFINE_string(
+    "staging_dir",
+    None,
+    "with a gs:// --data_dir: the local folder the build is made in "
+    "before the upload (room for the whole dataset; default a temporary folder)",
+)
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     from hcnet.data import prepare
+
     tools.require(dataset=FLAGS.dataset)
     if FLAGS.convert:
         out = prepare.convert(FLAGS.dataset, FLAGS.data_dir)
     else:
-        out = prepare.prepare(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.name, FLAGS.staging_dir)
+        out = prepare.prepare(
+            FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.name, FLAGS.staging_dir
+        )
     print(f"{FLAGS.dataset}: ready in {out}")
 
 

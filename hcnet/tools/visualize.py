@@ -1,8 +1,9 @@
 """Figures of what the heat conduction does inside a trained HcNet, per image (see hcnet.visualize).
 
-    python -m hcnet.tools.visualize --checkpoint=/tmp/hcnet-quickstart digit.png --out=/tmp/hcnet-figures [--ema]
-        [--target_class=N]
+python -m hcnet.tools.visualize --checkpoint=/tmp/hcnet-quickstart digit.png --out=/tmp/hcnet-figures [--ema]
+    [--target_class=N]
 """
+
 import os
 import sys
 
@@ -11,7 +12,9 @@ from absl import flags
 from hcnet import tools
 from hcnet.errors import UserError
 
-flags.DEFINE_integer("target_class", None, "the class Grad-CAM explains (default: the predicted one)")
+flags.DEFINE_integer(
+    "target_class", None, "the class Grad-CAM explains (default: the predicted one)"
+)
 for _name in ("checkpoint", "out", "ema", "image_size", "crop_pct"):
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
@@ -25,8 +28,15 @@ def main(argv):
     if len(argv) < 2:
         raise UserError("give one or more image files after the flags")
     source = trained.open(FLAGS.checkpoint)
-    written, failed = visualize(source, argv[1:], FLAGS.out, ema=FLAGS.ema, target=FLAGS.target_class,
-                                image_size=FLAGS.image_size, crop_pct=FLAGS.crop_pct)
+    written, failed = visualize(
+        source,
+        argv[1:],
+        FLAGS.out,
+        ema=FLAGS.ema,
+        target=FLAGS.target_class,
+        image_size=FLAGS.image_size,
+        crop_pct=FLAGS.crop_pct,
+    )
     for f, reason in failed:
         print(f"skipped {f}: {reason}", file=sys.stderr)
     for f, files in written.items():

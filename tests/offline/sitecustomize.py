@@ -1,6 +1,7 @@
 """Loaded by each Python process the tests start (this folder is on their PYTHONPATH), and by conftest:
 looking up any host but this machine fails at once. A client that escaped the Cloud Storage emulator
 then fails fast instead of reaching, or waiting for, a real Google address."""
+
 import socket
 
 _LOCAL = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "", None, socket.gethostname()}
