@@ -1,13 +1,16 @@
 """Exact top-1/top-5 of a checkpoint on any split, resolution and crop; raw and EMA weights.
 
-    python eval.py --workdir=/tmp/hcnet-quickstart                       # the run's own config and split
+    # the run's own config and split
+    python eval.py --workdir=/tmp/hcnet-quickstart
     python eval.py --config=configs/hcnet_t.py --checkpoint=/ckpt/hcnet-t [--split=validation]
         [--image_size=288] [--crop_pct=1.0] [--weights=raw,ema] [--step=N] [--out=FILE.json]
-    python eval.py --workdir=/tmp/hcnet-seg-quickstart --multiscale     # segmentation: mIoU, + multi-scale
+    # segmentation: mIoU, + multi-scale
+    python eval.py --workdir=/tmp/hcnet-seg-quickstart --multiscale
 
 --checkpoint takes a checkpoint directory (convert/export) or a workdir; --workdir takes a training
-workdir and, without --config, reads the dataset from the run's config.json. Prints a table and writes
-the JSON report to --out (default CHECKPOINT/eval/<dataset>_<split>_<size>_<crop>[_step<N>].json).
+workdir and, without --config, reads the dataset from the run's config.json. Prints a table and
+writes the JSON report to --out (default
+CHECKPOINT/eval/<dataset>_<split>_<size>_<crop>[_step<N>].json).
 """
 
 import json
@@ -34,7 +37,8 @@ flags.DEFINE_bool(
     "segmentation: also mmseg's multi-scale test with flip (`ms`; ratios "
     "config.segmentation.ms_ratios, or 0.5, 0.75, 1.0, 1.25, 1.5, 1.75)",
 )
-# hcnet.tools' shared flags; --workdir is a training workdir (same as --checkpoint; its config.json is the default)
+# hcnet.tools' shared flags; --workdir is a training workdir (same as --checkpoint; its config.json
+# is the default)
 for _name in ("checkpoint", "workdir", "image_size", "crop_pct", "step", "out"):
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS

@@ -23,7 +23,8 @@ FLAGS = flags.FLAGS
 
 
 def _cluster() -> bool:
-    """True where JAX's runtime can find its peers alone (a multi-host TPU slice, SLURM, Open MPI)."""
+    """True where JAX's runtime can find its peers alone (a multi-host TPU slice, SLURM, Open
+    MPI)."""
 
     def value(name):
         return os.environ.get(name, "")

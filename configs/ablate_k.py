@@ -1,8 +1,11 @@
 """Paper Table 5: how the conductivity k is chosen, on HcNet-T's recipe.
 
-    python train.py --config=configs/ablate_k.py:input   --workdir=DIR   # k = sigmoid(W GAP(x)) (the default)
-    python train.py --config=configs/ablate_k.py:learned --workdir=DIR   # one learned scalar per block, from 0.5
-    python train.py --config=configs/ablate_k.py:0.3     --workdir=DIR   # k fixed at 0.3 (any value in [0, 1])
+    # k = sigmoid(W GAP(x)) (the default)
+    python train.py --config=configs/ablate_k.py:input   --workdir=DIR
+    # one learned scalar per block, from 0.5
+    python train.py --config=configs/ablate_k.py:learned --workdir=DIR
+    # k fixed at 0.3 (any value in [0, 1])
+    python train.py --config=configs/ablate_k.py:0.3     --workdir=DIR
 
 Hardware and time as configs/hcnet_t.py. The paper reports input-dependent k best; the fixed values
 of its table are not given in the paper's text we work from, so we sweep 0.1, 0.3, 0.5, 0.7 and 0.9.

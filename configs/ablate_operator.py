@@ -1,8 +1,11 @@
 """The three public forms of the heat operator L, on HcNet-T's recipe.
 
-    python train.py --config=configs/ablate_operator.py:mean8    --workdir=DIR  # the paper's FDM step (default)
-    python train.py --config=configs/ablate_operator.py:learned3 --workdir=DIR  # reference HcNet-architecture.py
-    python train.py --config=configs/ablate_operator.py:learned5 --workdir=DIR  # the released training code
+    # the paper's FDM step (default)
+    python train.py --config=configs/ablate_operator.py:mean8    --workdir=DIR
+    # reference HcNet-architecture.py
+    python train.py --config=configs/ablate_operator.py:learned3 --workdir=DIR
+    # the released training code
+    python train.py --config=configs/ablate_operator.py:learned5 --workdir=DIR
 
 Hardware and time as configs/hcnet_t.py. The README's operator table says how the forms differ.
 """

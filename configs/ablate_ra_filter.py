@@ -1,4 +1,5 @@
-"""Paper Table 6: the Refinement Approximation layer without its depthwise filter, on HcNet-T's recipe.
+"""Paper Table 6: the Refinement Approximation layer without its depthwise filter, on HcNet-T's
+recipe.
 
     python train.py --config=configs/ablate_ra_filter.py --workdir=DIR
 

@@ -1,11 +1,12 @@
 """HcNet-T fine-tuned at 384 from a 224 run: Swin's 384 fine-tuning recipe on HcNet-T's.
 
     python train.py --config=configs/finetune_t_384.py --workdir=gs://BUCKET/runs/hcnet_t_384 \\
-        --config.init_from=gs://BUCKET/runs/hcnet_t --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets
+        --config.init_from=gs://BUCKET/runs/hcnet_t \\
+            --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets
 
 Hardware: as configs/hcnet_t.py; activations grow by (384/224)^2 = 2.9x, so raise optim.accum_steps
-(or mesh.fsdp) where the 224 step only just fit. 30 epochs = 37,530 steps. Expected: the paper reports
-no 384 result for HcNet; nothing measured here (no ImageNet on this machine).
+(or mesh.fsdp) where the 224 step only just fit. 30 epochs = 37,530 steps. Expected: the paper
+reports no 384 result for HcNet; nothing measured here (no ImageNet on this machine).
 
 Nothing in the network depends on the resolution: it has no positional tables, and mean8's
 neighbour count is computed from each map's shape, so the 224 weights load unchanged (every array).

@@ -1,6 +1,8 @@
-"""Learning parity: HcNet-mu on five classes of photo crops, the run the PyTorch statement is set beside.
+"""Learning parity: HcNet-mu on five classes of photo crops, the run the PyTorch statement is set
+beside.
 
-    python -m hcnet.tools.learning_parity --workdir=/tmp/hcnet-learning-parity   # makes the data, runs all
+    # makes the data, runs all
+    python -m reference.learning_parity --workdir=/tmp/hcnet-learning-parity
 
 or one run by hand, once the tool has prepared the data:
 
@@ -10,8 +12,8 @@ or one run by hand, once the tool has prepared the data:
 Hardware: any CPU (about a minute a run on 2 cores). Data: 48 small random crops of each of five of
 scikit-image's sample photographs, as ILSVRC2012 tars through the real imagenet2012 builder; trained
 on train[:80%], scored on train[80%:]. Expected (BENCHMARKS.md, learning parity; 10 seeds on a
-2-core AMD EPYC): held-out top-1 0.921 (0.875-0.979), mean training loss over the last 40 updates 1.310;
-the PyTorch statement of the reference on the same batches: 0.935 and 1.300.
+2-core AMD EPYC): held-out top-1 0.921 (0.875-0.979), mean training loss over the last 40 updates
+1.310; the PyTorch statement of the reference on the same batches: 0.935 and 1.300.
 """
 
 from hcnet.config import NO_AUGMENTATION, defaults

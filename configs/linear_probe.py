@@ -1,6 +1,7 @@
 """A linear probe of a pretrained HcNet-T: only the head trains, on frozen features.
 
-    python train.py --config=configs/linear_probe.py --workdir=DIR --config.init_from=PRETRAINED_RUN_OR_EXPORT \\
+    python train.py --config=configs/linear_probe.py --workdir=DIR \\
+        --config.init_from=PRETRAINED_RUN_OR_EXPORT \\
         [--config.dataset.name=NAME --config.dataset.num_classes=N]
 
 Hardware: one GPU or TPU host is plenty (only the head's gradient updates anything; the backbone's

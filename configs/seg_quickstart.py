@@ -1,16 +1,16 @@
-"""The segmentation quickstart: UperNet on HcNet-mu, trained from scratch on hcnet_collages (collages cut
-from four real photographs, 96x72, the mask naming each pixel's photograph).
+"""The segmentation quickstart: UperNet on HcNet-mu, trained from scratch on hcnet_collages
+(collages cut from four real photographs, 96x72, the mask naming each pixel's photograph).
 
     python train.py --config=configs/seg_quickstart.py --workdir=/tmp/hcnet-seg-quickstart
 
-Hardware: any CPU; 2m53 on a 2-core Intel Xeon VM (first step compiled in 41 s). Expected: eval/mIoU about
-0.83 on the 120 test collages (measured 0.8326, mAcc 0.9110; `eval.py --multiscale` 0.8448); a constant
-answer scores at most 0.25, a uniform guess about 0.14. The dataset builds itself on first use in
-~/tensorflow_datasets (or dataset.data_dir); nothing downloads.
+Hardware: any CPU; 2m53 on a 2-core Intel Xeon VM (first step compiled in 41 s). Expected: eval/mIoU
+about 0.83 on the 120 test collages (measured 0.8326, mAcc 0.9110; `eval.py --multiscale` 0.8448); a
+constant answer scores at most 0.25, a uniform guess about 0.14. The dataset builds itself on first
+use in ~/tensorflow_datasets (or dataset.data_dir); nothing downloads.
 
-The recipe is the ADE20K one's shape (mmseg's pipeline, the auxiliary head, AdamW with poly decay), at this
-size: 64x64 crops of collages rescaled around their own size, a mu backbone, 64-channel heads, and a
-learning rate for training from scratch rather than from an ImageNet backbone.
+The recipe is the ADE20K one's shape (mmseg's pipeline, the auxiliary head, AdamW with poly decay),
+at this size: 64x64 crops of collages rescaled around their own size, a mu backbone, 64-channel
+heads, and a learning rate for training from scratch rather than from an ImageNet backbone.
 """
 
 from configs import upernet_hcnet_t_ade20k

@@ -1,5 +1,5 @@
-"""A smoke test: HcNet-mu on 32 px synthetic data for 8 steps, in seconds; what the tests train (the recipe
-on the device except RandAugment; EMA, drop path, checkpoints and evaluation).
+"""A smoke test: HcNet-mu on 32 px synthetic data for 8 steps, in seconds; what the tests train (the
+recipe on the device except RandAugment; EMA, drop path, checkpoints and evaluation).
 
     python train.py --config=configs/smoke.py --workdir=/tmp/hcnet-smoke
 
@@ -30,9 +30,10 @@ def get_config():
     c.dataset.num_classes = 10
     c.dataset.threads = 2
 
-    # the rest of the recipe on the device (erasing, mixup / cutmix, label smoothing) but not RandAugment: it
-    # is a third of the step's compile time and tests/test_augment.py checks it op by op, statistically and
-    # jitted on a sharded batch; a smoke run cost 11 s more to compile with it
+    # the rest of the recipe on the device (erasing, mixup / cutmix, label smoothing) but not
+    # RandAugment: it is a third of the step's compile time and tests/test_augment.py checks it op
+    # by op, statistically and jitted on a sharded batch; a smoke run cost 11 s more to compile with
+    # it
     c.augment.randaugment = ""
     c.optim.scale_by_batch = 0
     c.optim.warmup_steps = 2

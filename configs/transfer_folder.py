@@ -1,15 +1,18 @@
 """HcNet-T from an ImageNet checkpoint onto your own images (an image folder prepared with
 hcnet.tools.prepare), on one host.
 
-    python -m hcnet.tools.prepare --dataset=image_folder --manual_dir=ROOT --name=flowers --data_dir=DIR
-    python train.py --config=configs/transfer_folder.py --workdir=RUN --config.init_from=IMAGENET_RUN_OR_EXPORT \\
+    python -m hcnet.tools.prepare --dataset=image_folder --manual_dir=ROOT --name=flowers \\
+        --data_dir=DIR
+    python train.py --config=configs/transfer_folder.py --workdir=RUN \\
+        --config.init_from=IMAGENET_RUN_OR_EXPORT \\
         --config.dataset.name=flowers --config.dataset.data_dir=DIR --config.dataset.num_classes=N
 
 ROOT holds ROOT/train/<class>/<image> and ROOT/test/<class>/<image>. Hardware: one GPU (or a CPU for
 small folders). Expected: depends on your data; configs/digits_transfer.py is the same path at the
 size of this machine, with its measured figures. The head is new (another class count); the backbone
-fine-tunes with layer-wise lr decay, no mixing and light drop path, as BEiT's and MAE's fine-tunes do
-([mae] --layer_decay 0.75, --drop_path 0.1 in MAE's fine-tuning commands); the rest is this project's choice.
+fine-tunes with layer-wise lr decay, no mixing and light drop path, as BEiT's and MAE's fine-tunes
+do ([mae] --layer_decay 0.75, --drop_path 0.1 in MAE's fine-tuning commands); the rest is this
+project's choice.
 """
 
 from configs import hcnet_t

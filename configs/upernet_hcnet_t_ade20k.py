@@ -1,26 +1,34 @@
-"""UperNet + HcNet-T on ADE20K, 512x512 crops, 160k iterations: the paper's Table 4 row (Swin's ADE20K setting).
+"""UperNet + HcNet-T on ADE20K, 512x512 crops, 160k iterations: the paper's Table 4 row (Swin's
+ADE20K setting).
 
-    python -m hcnet.tools.prepare --dataset=hcnet_ade20k --manual_dir=DIR_WITH_ADEChallengeData2016.zip \\
+    python -m hcnet.tools.prepare --dataset=hcnet_ade20k \\
+        --manual_dir=DIR_WITH_ADEChallengeData2016.zip \\
         --data_dir=gs://BUCKET/tensorflow_datasets
-    python train.py --config=configs/upernet_hcnet_t_ade20k.py --workdir=gs://BUCKET/runs/upernet_hcnet_t \\
-        --config.init_from=gs://BUCKET/runs/hcnet_t --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets
-    python eval.py --workdir=gs://BUCKET/runs/upernet_hcnet_t --multiscale   # single- and multi-scale rows
+    python train.py --config=configs/upernet_hcnet_t_ade20k.py \\
+        --workdir=gs://BUCKET/runs/upernet_hcnet_t \\
+        --config.init_from=gs://BUCKET/runs/hcnet_t \\
+            --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets
+    # single- and multi-scale rows
+    python eval.py --workdir=gs://BUCKET/runs/upernet_hcnet_t --multiscale
 
-Hardware: mmseg's 8 GPUs x 2 images (batch 16), or a TPU slice of 8 or 16 chips (batch 16 over the data
-axis). Expected (the paper's Table 4): 48.1 single-scale mIoU, 48.3 multi-scale with flip; 50M parameters
-and 851G MACs at 512x2048 (`python -m hcnet.tools.count --segmentation --variant=T` gives ours). Nothing
-measured here: no ADE20K and no accelerator on this machine.
+Hardware: mmseg's 8 GPUs x 2 images (batch 16), or a TPU slice of 8 or 16 chips (batch 16 over the
+data axis). Expected (the paper's Table 4): 48.1 single-scale mIoU, 48.3 multi-scale with flip; 50M
+parameters and 851G MACs at 512x2048 (`python -m hcnet.tools.count --segmentation --variant=T` gives
+ours). Nothing measured here: no ADE20K and no accelerator on this machine.
 
-init_from: an ImageNet-1K HcNet-T (a training workdir, an export or a converted reference checkpoint); its
-backbone arrays load under `backbone/`, its classification head is left out, the heads start fresh.
+init_from: an ImageNet-1K HcNet-T (a training workdir, an export or a converted reference
+checkpoint); its backbone arrays load under `backbone/`, its classification head is left out, the
+heads start fresh.
 
-Sources: [swin] Swin-Transformer-Semantic-Segmentation's upernet_swin_tiny_patch4_window7_512x512_160k_ade20k.py
-and the _base_ files it inherits (upernet_swin.py, ade20k.py, schedule_160k.py); [mmseg] mmsegmentation 0.x.
-Where this differs: [swin] trains in fp16 (DistOptimizerHook use_fp16) where this config computes in bf16; its
-weight decay skips parameters whose names contain 'norm' (biases and the heads' BatchNorm decay), where this
-project decays parameters of 2 or more dimensions only (hcnet.optim.decay_mask); the test here is sliding
-window 512 / 341 (the issue's single-scale protocol, [mmseg]'s slide mode) where [swin]'s base config says
-whole-image: set --config.segmentation.eval_mode=whole for that (each image size then compiles once).
+Sources: [swin] Swin-Transformer-Semantic-Segmentation's
+upernet_swin_tiny_patch4_window7_512x512_160k_ade20k.py and the _base_ files it inherits
+(upernet_swin.py, ade20k.py, schedule_160k.py); [mmseg] mmsegmentation 0.x. Where this differs:
+[swin] trains in fp16 (DistOptimizerHook use_fp16) where this config computes in bf16; its weight
+decay skips parameters whose names contain 'norm' (biases and the heads' BatchNorm decay), where
+this project decays parameters of 2 or more dimensions only (hcnet.optim.decay_mask); the test here
+is sliding window 512 / 341 (the issue's single-scale protocol, [mmseg]'s slide mode) where [swin]'s
+base config says whole-image: set --config.segmentation.eval_mode=whole for that (each image size
+then compiles once).
 """
 
 from hcnet.config import defaults

@@ -1,11 +1,12 @@
-"""Checkpoints: parameters-only directories and a training run's checkpoints (hcnet.trained opens either).
+"""Checkpoints: parameters-only directories and a training run's checkpoints (hcnet.trained opens
+either).
 
     DIR/model.json  DIR/params/                          `save`: convert and export write these
     WORKDIR/model.json  WORKDIR/checkpoints/<step>/{params, ema, train, data}    a training run
 
-In a run's checkpoint, `params`, `ema` and `train` (optimizer state, step, first non-finite step) are
-Orbax pytrees restored onto whatever mesh the caller gives; `data` is the grain iterator state as
-JSON. Locally Orbax writes each step into a temporary directory and renames it when complete; on
+In a run's checkpoint, `params`, `ema` and `train` (optimizer state, step, first non-finite step)
+are Orbax pytrees restored onto whatever mesh the caller gives; `data` is the grain iterator state
+as JSON. Locally Orbax writes each step into a temporary directory and renames it when complete; on
 gs:// (no renames there) it writes in place and marks the step complete with a last file
 (commit_success.txt). Either way a save cut short by a kill is never listed; a step that lists but
 does not read is skipped with a warning and the one before used. Every directory may be gs://.
@@ -30,11 +31,12 @@ TRAIN_KEYS = (
 
 
 def configure_orbax(min_replica_slice_bytes: int = 2**24) -> None:
-    """Replicated arrays under 16 MiB are written whole by one replica (a process-wide Orbax setting).
+    """Replicated arrays under 16 MiB are written whole by one replica (a process-wide Orbax
+    setting).
 
     Orbax splits every replicated array across its replicas to write in parallel, and the slicing
-    compiles one small program per array and replica: seconds per save for nothing on arrays this small.
-    train.py calls this at the top of main().
+    compiles one small program per array and replica: seconds per save for nothing on arrays this
+    small. train.py calls this at the top of main().
     """
     ocp.type_handlers.register_type_handler(
         jax.Array,
@@ -61,8 +63,8 @@ def _is_run_dir(path) -> bool:
 
 
 def save(directory, model: nnx.Module, spec: dict) -> paths.Path:
-    """Writes spec and weights (parameters, and BatchNorm's running statistics where the network has them) to a
-    new directory; refuses to overwrite one."""
+    """Writes spec and weights (parameters, and BatchNorm's running statistics where the network has
+    them) to a new directory; refuses to overwrite one."""
     directory = paths.new_dir(directory)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(directory / PARAMS_DIR, nets.weights_of(model))
@@ -77,7 +79,8 @@ def _reader(directory) -> ocp.CheckpointManager:
 
 
 def choose_step(run_dir, step: int | None = None) -> int:
-    """`step` if the run has a complete checkpoint there, else (None) its latest; one line if neither."""
+    """`step` if the run has a complete checkpoint there, else (None) its latest; one line if
+    neither."""
     with _reader(run_dir) as manager:
         steps = sorted(manager.all_steps())
     if not steps or (step is not None and step not in steps):
@@ -89,8 +92,9 @@ def choose_step(run_dir, step: int | None = None) -> int:
 
 
 def restore_params(path, target: dict, *, ema: bool = False, step: int | None = None) -> dict:
-    """The parameters (a pure dict) of a checkpoint directory or of a run's checkpoint (`step`, default the
-    latest; `ema` its EMA weights), restored onto `target`'s shapes, dtypes and shardings."""
+    """The parameters (a pure dict) of a checkpoint directory or of a run's checkpoint (`step`,
+    default the latest; `ema` its EMA weights), restored onto `target`'s shapes, dtypes and
+    shardings."""
     path = paths.path(path)
     if not _is_run_dir(path):
         with ocp.StandardCheckpointer() as ckptr:
@@ -150,7 +154,8 @@ class Checkpoints:
         return sorted(self.manager.all_steps())
 
     def restore(self, abstract_state: dict):
-        """(step, state, data state) of the newest readable checkpoint, or None; onto the given shardings."""
+        """(step, state, data state) of the newest readable checkpoint, or None; onto the given
+        shardings."""
         items = {
             **self._items(abstract_state, ocp.args.StandardRestore),
             "data": ocp.args.JsonRestore(),

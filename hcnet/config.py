@@ -39,13 +39,13 @@ def defaults() -> ml_collections.ConfigDict:
         0,
         0,
     )  # (first, last): a jax.profiler trace of steps [first, last) in workdir/profile
-    # more evaluations beside `eval` (dataset.eval_split), at every eval step and in eval.py, each reported as
-    # <name>/top1 ...: dicts of name and split, and optionally dataset, data_dir, image_size, crop_pct
-    # (default: config.dataset's) and label_key (default "label"; a set of labels per image, as
-    # imagenet2012_real's "real_label", is scored as ReaL), e.g.
-    # (dict(name="val_288", split="validation", image_size=288, crop_pct=1.0),
-    #  dict(name="real", dataset="imagenet2012_real", split="validation", label_key="real_label"),
-    #  dict(name="v2", dataset="imagenet_v2/matched-frequency", split="test"))
+    # more evaluations beside `eval` (dataset.eval_split), at every eval step and in eval.py, each
+    # reported as <name>/top1 ...: dicts of name and split, and optionally dataset, data_dir,
+    # image_size, crop_pct (default: config.dataset's) and label_key (default "label"; a set of
+    # labels per image, as imagenet2012_real's "real_label", is scored as ReaL), e.g.
+    # (dict(name="val_288", split="validation", image_size=288, crop_pct=1.0), dict(name="real",
+    # dataset="imagenet2012_real", split="validation", label_key="real_label"), dict(name="v2",
+    # dataset="imagenet_v2/matched-frequency", split="test"))
     c.evals = ()
 
     c.model = ml_collections.ConfigDict(
@@ -63,7 +63,8 @@ def defaults() -> ml_collections.ConfigDict:
             dtype="bfloat16",
             remat=False,
             conv_init="torch_default",
-            block_loop="auto",  # a stage's blocks: "scan" (one lax.scan), "unroll"; "auto": scan on TPU, else unroll
+            # a stage's blocks: "scan" (one lax.scan), "unroll"; "auto": scan on TPU, else unroll
+            block_loop="auto",
             depthwise_impl="auto",
         )
     )  # "auto": XLA's grouped convolution on TPU, shifted multiply-adds elsewhere
@@ -105,7 +106,8 @@ def defaults() -> ml_collections.ConfigDict:
             scale_by_batch=512,
             warmup_epochs=20.0,
             warmup_steps=-1,
-            schedule="cosine",  # the reference's per-step cosine; "poly": mmcv's poly decay (segmentation)
+            # the reference's per-step cosine; "poly": mmcv's poly decay (segmentation)
+            schedule="cosine",
             power=1.0,  # poly's exponent
             weight_decay=0.05,
             b1=0.9,
@@ -118,15 +120,17 @@ def defaults() -> ml_collections.ConfigDict:
             trainable="",
         )
     )  # a regex of parameter paths that train, the rest frozen ("": all; "^head/": a probe)
-    # start from another run's or checkpoint's weights (parameters only; the run's own checkpoints win)
+    # start from another run's or checkpoint's weights (parameters only; the run's own checkpoints
+    # win)
     c.init_from = ""  # a checkpoint directory, a training workdir or an export; local or gs://
     c.init_step = 0  # a workdir's checkpoint step (0: the latest)
     c.init_ema = False  # a workdir's EMA weights
     c.init_skip = ()  # regexes of parameter paths left at their fresh init (the head is also left
     #                               new when its shape differs, i.e. another number of classes)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**18))
-    # task="segmentation" (hcnet.tasks.segmentation): UperNet's heads, mmseg's pipeline and test; the values are
-    # mmseg's ADE20K UperNet settings (configs/upernet_hcnet_t_ade20k.py gives the sources)
+    # task="segmentation" (hcnet.tasks.segmentation): UperNet's heads, mmseg's pipeline and test;
+    # the values are mmseg's ADE20K UperNet settings (configs/upernet_hcnet_t_ade20k.py gives the
+    # sources)
     c.segmentation = ml_collections.ConfigDict(
         dict(
             channels=512,
@@ -148,13 +152,14 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-# config.augment without the recipe's randomness beyond crops and flips (label smoothing stays the config's):
-# small data, probes, benchmarks
+# config.augment without the recipe's randomness beyond crops and flips (label smoothing stays the
+# config's): small data, probes, benchmarks
 NO_AUGMENTATION = {"randaugment": "", "reprob": 0.0, "mixup": 0.0, "cutmix": 0.0}
 
 
 def load(spec: str) -> ml_collections.ConfigDict:
-    """The config of 'configs/x.py' or 'configs/x.py:arg' (get_config(arg)), as --config reads it."""
+    """The config of 'configs/x.py' or 'configs/x.py:arg' (get_config(arg)), as --config reads
+    it."""
     path, _, arg = spec.partition(":")
     file = paths.local(path, "--config", "a config is a Python file on this machine; copy it here")
     if not file.is_file():
@@ -196,8 +201,9 @@ def model_kwargs(c) -> dict:
 
 
 def validate(c, num_devices: int, *, training: bool = True) -> None:
-    """Raises ConfigError on the first field that cannot work with `num_devices` devices; training=False
-    checks only what evaluation reads. A task checks its own section (hcnet.tasks.create)."""
+    """Raises ConfigError on the first field that cannot work with `num_devices` devices;
+    training=False checks only what evaluation reads. A task checks its own section
+    (hcnet.tasks.create)."""
     _unknown(c, defaults())
     try:  # the model's and the mesh's own checks, named as config fields
         model_lib.check_args(**model_lib.model_spec(**model_kwargs(c)))
@@ -241,7 +247,8 @@ def _validate_training(c, num_devices: int) -> None:
         c.batch_size > 0 and c.batch_size % micro == 0,
         "batch_size",
         c.batch_size,
-        f"must be a positive multiple of {num_devices} devices x {o.accum_steps} accumulation steps = {micro}",
+        f"must be a positive multiple of {num_devices} devices x {o.accum_steps} accumulation "
+        f"steps = {micro}",
     )
     for field in ("lr", "warmup_lr", "min_lr", "weight_decay", "clip_norm", "eps"):
         require(o[field] >= 0, f"optim.{field}", o[field], "must be >= 0")
@@ -280,7 +287,8 @@ def _validate_training(c, num_devices: int) -> None:
         c.init_from != "required",
         "init_from",
         c.init_from,
-        "this config fine-tunes: give the checkpoint to start from, --config.init_from=WORKDIR_OR_EXPORT",
+        "this config fine-tunes: give the checkpoint to start from, "
+        "--config.init_from=WORKDIR_OR_EXPORT",
     )
     require(
         c.total_steps > 0 or c.epochs > 0,
@@ -314,7 +322,8 @@ def steps(c, train_examples: int) -> tuple[int, int, int]:
     )
     if warmup >= total:
         raise ConfigError(
-            f"config.optim.warmup_steps={warmup} (from warmup_epochs={c.optim.warmup_epochs}) must be "
+            f"config.optim.warmup_steps={warmup} (from warmup_epochs={c.optim.warmup_epochs}) must "
+            "be "
             f"below the {total} total steps"
         )
     return total, warmup, per_epoch

@@ -1,6 +1,7 @@
 """Imports a reference (PyTorch) HcNet state_dict into an Orbax checkpoint that `hcnet.load` reads.
 
-  python -m hcnet.tools.convert --from_torch=PATH --variant=T --out=DIR [--heat_operator=...] [--depths=3,8,18,3]
+  python -m hcnet.tools.convert --from_torch=PATH --variant=T --out=DIR [--heat_operator=...] \\
+      [--depths=3,8,18,3]
 
 PATH is a `.pth`/`.pt` (needs torch), `.safetensors` or `.npz` file. The operator form is read off
 the key names unless given. Every key must be used and every shape must match; the model comes back
@@ -121,7 +122,8 @@ def reference_shape(shape: tuple, key: str) -> tuple:
 
 
 def check_buffers(state: dict, keys: set):
-    """mean_num buffers are not parameters: check them against the computed count, then drop them."""
+    """mean_num buffers are not parameters: check them against the computed count, then drop
+    them."""
     for key in sorted(k for k in keys if k.endswith(".mean_num")):
         buf = state[key]
         if buf.ndim != 4 or not np.array_equal(buf[0, 0], neighbour_count(*buf.shape[2:])[..., 0]):
@@ -172,7 +174,8 @@ def torch_params(state: dict, shapes: dict, heat_operator: str) -> dict:
 
 
 def convert(path, *, variant: str | None = "T", heat_operator: str | None = None, **overrides):
-    """(model, spec) with the reference weights of `path`. Only the input-dependent k exists there."""
+    """(model, spec) with the reference weights of `path`. Only the input-dependent k exists
+    there."""
     state = read_state_dict(path)
     heat_operator = heat_operator or infer_heat_operator(state)
     head = state.get("head.weight")

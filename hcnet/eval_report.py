@@ -1,4 +1,5 @@
-"""Exact evaluation of a trained network (a checkpoint or a training run's) on any split, size and crop.
+"""Exact evaluation of a trained network (a checkpoint or a training run's) on any split, size and
+crop.
 
 It runs the evaluators the config's task gives (the ones training runs), on the raw weights and,
 when the run kept an EMA, the EMA weights. `eval.py` is the command line; `evaluate` is the same for
@@ -53,9 +54,9 @@ def evaluate(c, path, *, step: int | None = None, weights=None) -> dict:
 
 
 def table(report: dict) -> str:
-    """The report as an aligned text table, one row per weights and evaluation: how each evaluation was
-    run (its evaluator's columns: size and crop, or a segmentation test's mode, ratios and flip) and its
-    metrics."""
+    """The report as an aligned text table, one row per weights and evaluation: how each evaluation
+    was run (its evaluator's columns: size and crop, or a segmentation test's mode, ratios and flip)
+    and its metrics."""
     first = report["evals"][0]
     metrics = [m for m in first["metrics"] if m != "count"]
     head = ("weights", "step", "eval", "dataset", "split", *first["columns"], *metrics, "count")
@@ -78,8 +79,9 @@ def _number(values: dict, key: str) -> str:
 
 
 def default_out(report: dict) -> paths.Path:
-    """CHECKPOINT/eval/<dataset>_<split>_<tag>[_step<N>].json, the tag naming the main evaluation (size and
-    crop, or a segmentation test's mode and _ms), the split's brackets and colons made safe."""
+    """CHECKPOINT/eval/<dataset>_<split>_<tag>[_step<N>].json, the tag naming the main evaluation
+    (size and crop, or a segmentation test's mode and _ms), the split's brackets and colons made
+    safe."""
     split = "".join(ch if ch.isalnum() or ch in "-_%" else "_" for ch in report["split"]).strip("_")
     step = "" if report["step"] is None else f"_step{report['step']}"
     name = f"{report['dataset']}_{split}_{report['evals'][0]['tag']}{step}.json"

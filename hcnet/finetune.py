@@ -1,15 +1,16 @@
-"""A new run's parameters from another checkpoint (config.init_from): a training workdir (its latest or
-`init_step`, raw or `init_ema`), an export, or a converted reference checkpoint; local or gs://.
+"""A new run's parameters from another checkpoint (config.init_from): a training workdir (its latest
+or `init_step`, raw or `init_ema`), an export, or a converted reference checkpoint; local or gs://.
 
-Only parameters are taken, never the optimizer state or the data position, and only when the run has no
-checkpoint of its own (a resumed fine-tune continues from its own). Each parameter of the new network is
-loaded when the checkpoint has it with the same shape, left at its fresh init when a pattern of
-`init_skip` matches it (and the head when its shape differs: another number of classes), left new when
-the checkpoint lacks it; any other shape difference stops the run with one line naming the arrays.
-The network has no positional tables and mean8's neighbour count is computed from the map's shape, so
-a checkpoint trained at 224 loads unchanged at any resolution. A segmentation network (hcnet.upernet) starts
-from a classification checkpoint by its backbone: the checkpoint's arrays load under `backbone/`, its
-classification head is left unused and the decoder's heads are new.
+Only parameters are taken, never the optimizer state or the data position, and only when the run has
+no checkpoint of its own (a resumed fine-tune continues from its own). Each parameter of the new
+network is loaded when the checkpoint has it with the same shape, left at its fresh init when a
+pattern of `init_skip` matches it (and the head when its shape differs: another number of classes),
+left new when the checkpoint lacks it; any other shape difference stops the run with one line naming
+the arrays. The network has no positional tables and mean8's neighbour count is computed from the
+map's shape, so a checkpoint trained at 224 loads unchanged at any resolution. A segmentation
+network (hcnet.upernet) starts from a classification checkpoint by its backbone: the checkpoint's
+arrays load under `backbone/`, its classification head is left unused and the decoder's heads are
+new.
 """
 
 import re
@@ -48,7 +49,8 @@ def merge(ours: dict, theirs: dict, skip=()) -> tuple[dict, dict]:
     if wrong:
         raise ConfigError(
             f"config.init_from: {len(wrong)} arrays differ in shape from this network's: "
-            f"{', '.join(wrong[:6])}{' ...' if len(wrong) > 6 else ''}; match the model fields to the "
+            f"{', '.join(wrong[:6])}{' ...' if len(wrong) > 6 else ''}; match the model fields to "
+            "the "
             "checkpoint's (its model.json) or leave them new with config.init_skip=('PATTERN',)"
         )
     counts["unused"] = sum(1 for name in theirs if name not in ours)
@@ -56,7 +58,8 @@ def merge(ours: dict, theirs: dict, skip=()) -> tuple[dict, dict]:
 
 
 def check_source(init_from: str) -> None:
-    """One line unless config.init_from names a checkpoint (what train.py checks before it compiles)."""
+    """One line unless config.init_from names a checkpoint (what train.py checks before it
+    compiles)."""
     if not (paths.path(init_from) / checkpoint.SPEC_FILE).is_file():
         raise ConfigError(
             f"config.init_from={init_from}: not a checkpoint (no {checkpoint.SPEC_FILE}); give a "
@@ -92,7 +95,8 @@ def start_from(c, state: dict, say=print) -> dict:
     say(
         f"init_from {path}"
         + (f" (step {step}{', EMA' if c.init_ema else ''})" if step is not None else "")
-        + f": {counts['loaded']} arrays loaded, {counts['skipped']} skipped on purpose, {counts['new']} new"
+        + f": {counts['loaded']} arrays loaded, {counts['skipped']} skipped on purpose, "
+        f"{counts['new']} new"
         + (f", {counts['unused']} of the checkpoint's unused" if counts["unused"] else "")
     )
     state = {**state, "params": params}

@@ -1,10 +1,11 @@
 """The process setting XLA:CPU needs before it starts: huge pages for malloc on Linux.
 
-XLA:CPU takes every intermediate of a jitted step from one fresh allocation per execution. glibc serves
-it with a new mmap, and the kernel then faults it in 4 KiB at a time; with
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` glibc asks for transparent huge pages instead, and the faults
-and their system time all but vanish (BENCHMARKS.md, version 6). glibc reads its tunables only at
-process start, so `reexec_on_cpu()` starts the process again with the tunable set, before JAX is imported.
+XLA:CPU takes every intermediate of a jitted step from one fresh allocation per execution. glibc
+serves it with a new mmap, and the kernel then faults it in 4 KiB at a time; with
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` glibc asks for transparent huge pages instead, and the
+faults and their system time all but vanish (BENCHMARKS.md, version 6). glibc reads its tunables
+only at process start, so `reexec_on_cpu()` starts the process again with the tunable set, before
+JAX is imported.
 
 It changes nothing where an accelerator is installed or JAX_PLATFORMS names another platform,
 off Linux or before glibc 2.35, where the tunable is already set, or when HCNET_KEEP_MALLOC=1.

@@ -1,6 +1,6 @@
-"""HcNet's parts, in Flax NNX with NHWC tensors: initialisers, the heat conduction layer, the Refinement
-Approximation, the Hc-Ra block and its drop path, the stem, downsampling and a stage of blocks (run unrolled,
-or as one jax.lax.scan). hcnet.model assembles them into the network."""
+"""HcNet's parts, in Flax NNX with NHWC tensors: initialisers, the heat conduction layer, the
+Refinement Approximation, the Hc-Ra block and its drop path, the stem, downsampling and a stage of
+blocks (run unrolled, or as one jax.lax.scan). hcnet.model assembles them into the network."""
 
 import math
 from collections.abc import Sequence
@@ -54,9 +54,10 @@ def group_norm(dim, dtype, param_dtype, rngs):
 def conv3x3(cin, cout, *, use_bias, init, dtype, param_dtype, rngs):
     """3x3 stride-2 convolution with PyTorch's padding of 1.
 
-    init "torch_default" is nn.Conv2d's own (kaiming-uniform with a = sqrt(5), i.e. U(+-1/sqrt(fan_in)),
-    bias the same): the reference never re-initialises its stem and downsampling convolutions.
-    "trunc_normal" gives them the blocks' trunc_normal(0.02) and zero bias instead.
+    init "torch_default" is nn.Conv2d's own (kaiming-uniform with a = sqrt(5), i.e.
+    U(+-1/sqrt(fan_in)), bias the same): the reference never re-initialises its stem and
+    downsampling convolutions. "trunc_normal" gives them the blocks' trunc_normal(0.02) and zero
+    bias instead.
     """
     if init == "trunc_normal":
         inits = dict(kernel_init=trunc_normal, bias_init=nnx.initializers.zeros)
@@ -203,8 +204,8 @@ class HcRaBlock(nnx.Module):
 
 
 def drop_path(key, x, rate):
-    """nnx.Dropout(rate, broadcast_dims=(1, 2, 3)) with a traced rate: each example's map is zeroed with
-    probability `rate`, the rest scaled by 1 / (1 - rate)."""
+    """nnx.Dropout(rate, broadcast_dims=(1, 2, 3)) with a traced rate: each example's map is zeroed
+    with probability `rate`, the rest scaled by 1 / (1 - rate)."""
     keep = jax.random.bernoulli(key, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(keep, x / (1.0 - rate).astype(x.dtype), jnp.zeros((), x.dtype))
 
@@ -254,11 +255,12 @@ class Stage(nnx.Module):
         return x, (self.downsample(x) if self.downsample is not None else x)
 
     def _scanned(self, x):
-        """The blocks as one jax.lax.scan over their stacked parameters: the compiler sees one block body
-        per stage instead of `depth` copies. The parameters stay one tree per block (checkpoints, PyTorch
-        conversion); each step stacks them (and the gradient unstacks). The drop path rates are a scanned
-        array, and each block draws its two masks from keys split off one draw of the dropout stream, so
-        in training the masks differ from the unrolled loop's (the same rates; evaluation is the same)."""
+        """The blocks as one jax.lax.scan over their stacked parameters: the compiler sees one block
+        body per stage instead of `depth` copies. The parameters stay one tree per block
+        (checkpoints, PyTorch conversion); each step stacks them (and the gradient unstacks). The
+        drop path rates are a scanned array, and each block draws its two masks from keys split off
+        one draw of the dropout stream, so in training the masks differ from the unrolled loop's
+        (the same rates; evaluation is the same)."""
         blocks = list(self.blocks)
         graphdef, _, rest = nnx.split(blocks[0], nnx.Param, ...)
         params = jax.tree.map(lambda *a: jnp.stack(a), *[nnx.state(b, nnx.Param) for b in blocks])
@@ -275,9 +277,9 @@ class Stage(nnx.Module):
                 return block.residuals(y, lambda m: drop_path(next(ks), m, rate)), None
             return block.residuals(y, lambda m: m), None
 
-        # the backward pass keeps each block's matmul and convolution outputs and recomputes the elementwise
-        # work between them (model.remat: recomputes everything): the least memory of the forms compared
-        # (BENCHMARKS.md, "Compile time")
+        # the backward pass keeps each block's matmul and convolution outputs and recomputes the
+        # elementwise work between them (model.remat: recomputes everything): the least memory of
+        # the forms compared (BENCHMARKS.md, "Compile time")
         body = jax.checkpoint(
             body, policy=None if self.remat else jax.checkpoint_policies.dots_saveable
         )

@@ -24,9 +24,9 @@ HEAT_OPERATORS = ("mean8", "learned3", "learned5")
 K_MODES = ("input", "learned", "fixed")
 CONV_INITS = ("torch_default", "trunc_normal")  # stem and downsampling convolutions
 DEPTHWISE_IMPLS = ("auto", "shift", "conv")
-# a stage's blocks: one jax.lax.scan over their stacked parameters (one block for the compiler to compile), or
-# a Python loop (the blocks unrolled); "auto" is resolved by `for_platform` for the devices a program is
-# compiled for, and a network built without that resolution unrolls
+# a stage's blocks: one jax.lax.scan over their stacked parameters (one block for the compiler to
+# compile), or a Python loop (the blocks unrolled); "auto" is resolved by `hcnet.nets.for_platform`
+# for the devices a program is compiled for, and a network built without that resolution unrolls
 BLOCK_LOOPS = ("auto", "scan", "unroll")
 DTYPES = ("float32", "bfloat16", "float16")  # compute; parameters stay float32
 
@@ -40,7 +40,8 @@ VARIANTS = {
 
 # ---------------------------------------------------------------- network
 class HcNet(nnx.Module):
-    """The network: stem, four stages, GroupNorm, global mean, linear head (B, H, W, 3) -> logits."""
+    """The network: stem, four stages, GroupNorm, global mean, linear head (B, H, W, 3) ->
+    logits."""
 
     def __init__(
         self,
@@ -178,7 +179,8 @@ def check_args(
             raise ConfigError(f"model.{name}={rate}: must be in [0, 1)")
     if block_loop == "scan" and dropout > 0:
         raise ConfigError(
-            f"model.block_loop='scan' with model.dropout={dropout}: a scanned stage draws drop path "
+            f"model.block_loop='scan' with model.dropout={dropout}: a scanned stage draws drop "
+            "path "
             "masks only; set dropout=0 (every shipped config does) or block_loop='unroll' or 'auto'"
         )
     if k_mode == "fixed" and not 0.0 <= k_value <= 1.0:
@@ -200,7 +202,8 @@ def model_spec(variant: str | None = None, **overrides) -> dict:
     """The full keyword arguments of HcNet for a variant name, with overrides (depths/dims too)."""
     if variant is not None and variant not in VARIANTS:
         raise ConfigError(
-            f"model.variant={variant!r}: one of {', '.join(VARIANTS)} (or give depths and dims, four each)"
+            f"model.variant={variant!r}: one of {', '.join(VARIANTS)} (or give depths and dims, "
+            "four each)"
         )
     spec = dict(VARIANTS[variant]) if variant is not None else {}
     spec.update({k: v for k, v in overrides.items() if v is not None})
@@ -221,5 +224,6 @@ def from_spec(spec: dict, *, rngs: nnx.Rngs) -> HcNet:
 
 
 def create_model(variant: str | None = "T", *, rngs: nnx.Rngs, **overrides) -> HcNet:
-    """HcNet for a variant name ('mu', 'T', 'S', 'B'); depths, dims and any HcNet argument override."""
+    """HcNet for a variant name ('mu', 'T', 'S', 'B'); depths, dims and any HcNet argument
+    override."""
     return from_spec(model_spec(variant, **overrides), rngs=rngs)

@@ -1,4 +1,5 @@
-"""Seeing a run: metric writers (TensorBoard and JSON lines), the console line with speed and ETA, text tables."""
+"""Seeing a run: metric writers (TensorBoard and JSON lines), the console line with speed and ETA,
+text tables."""
 
 import datetime
 import itertools
@@ -20,8 +21,8 @@ class JsonLinesWriter:
     """One JSON object per write_scalars call: {"step": N, "train/loss": ..., ...}, appended.
 
     A run that starts at `first_step` (a resume, or a restart with no checkpoint) keeps the rows of
-    earlier steps and drops those a killed run wrote past its checkpoint (they are written again), and
-    a last line the kill cut short."""
+    earlier steps and drops those a killed run wrote past its checkpoint (they are written again),
+    and a last line the kill cut short."""
 
     def __init__(self, path, first_step: int = 1):
         path = paths.path(path)
@@ -60,17 +61,20 @@ class TensorBoardWriter:
     without TensorFlow (clu's SummaryWriter and TensorBoard's own file writer import it: seconds per
     process, for a few numbers).
 
-    Each process start writes its own file, opening with a SessionLog START at `first_step`: TensorBoard
-    then drops what earlier files hold from that step on (what a killed run wrote past its checkpoint)."""
+    Each process start writes its own file, opening with a SessionLog START at `first_step`:
+    TensorBoard then drops what earlier files hold from that step on (what a killed run wrote past
+    its checkpoint)."""
 
     def __init__(self, logdir, first_step: int = 1):
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.summary.writer.record_writer import RecordWriter
 
         self._event, self._summary = event_pb2.Event, summary_pb2.Summary
-        # TensorBoard reads a folder's files in name order: the counter is zero-padded, or a process's 10th file
-        # would sort before its 9th (and, written in the same second, replay a resumed run's steps first)
-        name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}.{next(_FILES):06d}.v2"
+        # TensorBoard reads a folder's files in name order: the counter is zero-padded, or a
+        # process's 10th file would sort before its 9th (and, written in the same second, replay a
+        # resumed run's steps first)
+        host = f"{socket.gethostname()}.{os.getpid()}"
+        name = f"events.out.tfevents.{time.time():.0f}.{host}.{next(_FILES):06d}.v2"
         self._file = paths.LogFile(paths.path(logdir) / name)
         self._records = RecordWriter(self._file)
         self._write(self._event(wall_time=time.time(), file_version="brain.Event:2"))
@@ -121,7 +125,8 @@ class Writers:
 
 def create_writer(workdir, first_step: int = 1) -> Writers:
     """TensorBoard events and metrics.jsonl in the workdir, from process 0; nothing from the others.
-    `first_step`: the step the run starts at (rows and events from it on are a killed run's, replaced)."""
+    `first_step`: the step the run starts at (rows and events from it on are a killed run's,
+    replaced)."""
     if jax.process_index() != 0:
         return Writers([])
     workdir = paths.path(workdir)
@@ -162,7 +167,8 @@ class Console:
             self.stream.flush()
 
     def line(self, step: int, scalars: dict) -> dict:
-        """Prints the line for `step` and returns the speed figures it shows (for the writers too)."""
+        """Prints the line for `step` and returns the speed figures it shows (for the writers
+        too)."""
         seconds = max(time.perf_counter() - self.t0, 1e-9)
         rate = (step - self.step0) * self.batch / seconds
         eta = (self.total - step) * self.batch / rate if rate > 0 else 0.0

@@ -1,6 +1,6 @@
-"""A network as the rest of the project handles it: a spec (plain keyword arguments, as model.json holds
-them), built one way, split into a hashable definition and a tree of weights, and run for prediction
-one way (`predict_fn`: uint8 images in, outputs out, in evaluation mode).
+"""A network as the rest of the project handles it: a spec (plain keyword arguments, as model.json
+holds them), built one way, split into a hashable definition and a tree of weights, and run for
+prediction one way (`predict_fn`: uint8 images in, outputs out, in evaluation mode).
 
 A spec is HcNet's arguments (`hcnet.model.model_spec`) or, with a `decoder` entry, a segmentation
 network on an HcNet backbone (`hcnet.upernet.spec`).
@@ -35,9 +35,9 @@ def abstract(spec: dict, build_fn=build) -> nnx.Module:
 
 def for_platform(spec: dict, platform: str) -> dict:
     """The spec with block_loop="auto" made concrete for a program compiled for `platform` (a JAX
-    device's `platform`): the blocks scanned on a TPU, where the compiler's time grows with each block's
-    code, and unrolled elsewhere, where the scan is slower, and with dropout, which a scanned stage does
-    not draw (BENCHMARKS.md, "Compiled for Cloud TPU slices")."""
+    device's `platform`): the blocks scanned on a TPU, where the compiler's time grows with each
+    block's code, and unrolled elsewhere, where the scan is slower, and with dropout, which a
+    scanned stage does not draw (BENCHMARKS.md, "Compiled for Cloud TPU slices")."""
     spec = dict(spec)
     if spec.get("block_loop", "auto") == "auto":
         scan = platform == "tpu" and not spec.get("dropout", 0.0)
@@ -46,12 +46,14 @@ def for_platform(spec: dict, platform: str) -> dict:
 
 
 def for_mesh(spec: dict, mesh) -> dict:
-    """`for_platform` for the platform of a mesh's devices: the network a program on that mesh compiles."""
+    """`for_platform` for the platform of a mesh's devices: the network a program on that mesh
+    compiles."""
     return for_platform(spec, mesh.devices.flat[0].platform)
 
 
 def spec_json(spec: dict) -> dict:
-    """A spec as JSON can hold it (dtypes by name, tuples as lists); `build` takes it back as it is."""
+    """A spec as JSON can hold it (dtypes by name, tuples as lists); `build` takes it back as it
+    is."""
     out = {}
     for k, v in spec.items():
         if k.endswith("dtype"):
@@ -61,7 +63,8 @@ def spec_json(spec: dict) -> dict:
 
 
 def eval_view(module: nnx.Module) -> nnx.Module:
-    """The network in evaluation mode: no dropout or drop path, BatchNorm on its running statistics."""
+    """The network in evaluation mode: no dropout or drop path, BatchNorm on its running
+    statistics."""
     modules = (m for _, m in nnx.iter_modules(module))
     batch_norm = any(isinstance(m, nnx.BatchNorm) for m in modules)
     extra = {"use_running_average": True} if batch_norm else {}
@@ -88,11 +91,12 @@ class ModelDef:
 
     @classmethod
     def from_spec(cls, spec: dict, build_fn=build) -> tuple["ModelDef", dict]:
-        """(definition, abstract weights as a pure dict) of the network `build_fn(spec)` (`build`: every
-        network hcnet knows; a task may bring its own, hcnet.tasks.Task.build).
+        """(definition, abstract weights as a pure dict) of the network `build_fn(spec)` (`build`:
+        every network hcnet knows; a task may bring its own, hcnet.tasks.Task.build).
 
-        The weights are the parameters and, in a network with BatchNorm (UperNet's heads), its running
-        statistics beside them (`mean`, `var`): everything a trained network needs, in one tree."""
+        The weights are the parameters and, in a network with BatchNorm (UperNet's heads), its
+        running statistics beside them (`mean`, `var`): everything a trained network needs, in one
+        tree."""
         graphdef, weights, rngs = nnx.split(abstract(spec, build_fn), WEIGHTS, ...)
         return cls(graphdef, rngs), nnx.to_pure_dict(weights)
 
@@ -100,7 +104,8 @@ class ModelDef:
         return hash(self.graphdef)
 
     def bind(self, weights: dict, key=None) -> nnx.Module:
-        """The network with `weights`; its RNG streams start from `key` (None: a fixed key, for eval mode)."""
+        """The network with `weights`; its RNG streams start from `key` (None: a fixed key, for eval
+        mode)."""
         leaves, tree = jax.tree.flatten(self.rngs)
         key = jax.random.key(0) if key is None else key
         fresh = []

@@ -10,12 +10,12 @@ accumulated micro-batches too).
 
 For fine-tuning, two options wrap the optimizer (both off by default): layer-wise lr decay (BEiT /
 ConvNeXt style: the lr of layer i of L is scaled by decay^(L + 1 - i); stem 0, blocks 1..L in order,
-a stage's downsampling counted with the block after it, final norm and head L + 1), and `trainable`, a
-pattern of parameter paths that train while the rest stay as loaded (a linear probe: "^head/").
+a stage's downsampling counted with the block after it, final norm and head L + 1), and `trainable`,
+a pattern of parameter paths that train while the rest stay as loaded (a linear probe: "^head/").
 
-`schedule="poly"` is mmcv's PolyLrUpdaterHook with linear warmup, as Swin's and the paper's ADE20K UperNet
-runs use it: update n (0, 1, ...) runs at lr(n) = (base - min) (1 - n / T)^power + min, and during
-warmup at that lr times 1 - (1 - n / warmup)(1 - warmup_lr / base) (mmcv's warmup_ratio is
+`schedule="poly"` is mmcv's PolyLrUpdaterHook with linear warmup, as Swin's and the paper's ADE20K
+UperNet runs use it: update n (0, 1, ...) runs at lr(n) = (base - min) (1 - n / T)^power + min, and
+during warmup at that lr times 1 - (1 - n / warmup)(1 - warmup_lr / base) (mmcv's warmup_ratio is
 warmup_lr / base); mmcv sets the lr before each update from the updates done, so no step lag.
 """
 
@@ -29,14 +29,16 @@ from hcnet.errors import ConfigError
 
 
 def scale_lr(lr: float, global_batch: int, base_batch: int = 512) -> float:
-    """The linear scaling rule: lr * global_batch / base_batch (global_batch counts every micro-batch)."""
+    """The linear scaling rule: lr * global_batch / base_batch (global_batch counts every
+    micro-batch)."""
     return lr * global_batch / base_batch
 
 
 def lr_schedule(
     *, base_lr: float, warmup_lr: float, min_lr: float, warmup_steps: int, total_steps: int
 ) -> optax.Schedule:
-    """The lr of update `step` (0, 1, ...): timm's lr(max(step - 1, 0)), as the reference applies it."""
+    """The lr of update `step` (0, 1, ...): timm's lr(max(step - 1, 0)), as the reference applies
+    it."""
 
     def schedule(step):
         t = jnp.maximum(jnp.asarray(step, jnp.float32) - 1.0, 0.0)  # set after the previous update
@@ -113,9 +115,9 @@ def path_name(path) -> str:
 
 
 def layer_id(name: str, depths) -> int:
-    """The layer a parameter belongs to for layer-wise lr decay: stem 0, blocks 1..sum(depths) in order,
-    a stage's downsampling with the next block, the final norm and the head sum(depths) + 1 (a segmentation
-    network's backbone counts as HcNet, its decoder heads as the head)."""
+    """The layer a parameter belongs to for layer-wise lr decay: stem 0, blocks 1..sum(depths) in
+    order, a stage's downsampling with the next block, the final norm and the head sum(depths) + 1
+    (a segmentation network's backbone counts as HcNet, its decoder heads as the head)."""
     name = name.removeprefix("backbone/")
     m = re.match(r"stages/(\d+)/(blocks/(\d+)|downsample)/", name)
     if name.startswith("stem/"):
@@ -128,7 +130,8 @@ def layer_id(name: str, depths) -> int:
 
 
 def layer_decay(decay: float, depths) -> optax.GradientTransformation:
-    """Scales each parameter's update by decay^(L + 1 - layer_id), L = sum(depths) (one optax.scale per layer)."""
+    """Scales each parameter's update by decay^(L + 1 - layer_id), L = sum(depths) (one optax.scale
+    per layer)."""
     last = sum(depths) + 1
 
     def labels(params):
@@ -153,8 +156,9 @@ def only_trainable(tx: optax.GradientTransformation, pattern: str) -> optax.Grad
 
 
 def from_config(o, batch_size: int, total_steps: int, warmup_steps: int, depths=None):
-    """(optimizer, its learning-rate schedule) from config.optim, the lrs scaled by batch_size / o.scale_by_batch.
-    `depths`: the network's blocks per stage, for layer-wise lr decay (o.layer_decay < 1)."""
+    """(optimizer, its learning-rate schedule) from config.optim, the lrs scaled by batch_size /
+    o.scale_by_batch. `depths`: the network's blocks per stage, for layer-wise lr decay
+    (o.layer_decay < 1)."""
     scale = (
         (lambda lr: scale_lr(lr, batch_size, o.scale_by_batch))
         if o.scale_by_batch

@@ -1,4 +1,5 @@
-"""Every path the project reads or writes: a local folder or a Cloud Storage bucket (`gs://bucket/...`).
+"""Every path the project reads or writes: a local folder or a Cloud Storage bucket
+(`gs://bucket/...`).
 
 Paths are etils.epath paths, so the rest of the code opens, lists and joins them without knowing
 where they are. gs:// goes through gcsfs (fsspec); Orbax's arrays go through TensorStore and
@@ -32,12 +33,15 @@ REMOTE = ("gs://",)
 
 @functools.cache
 def configure_gcs() -> None:
-    """The Cloud Storage settings every gs:// path needs, made once per process (before the first one):
+    """The Cloud Storage settings every gs:// path needs, made once per process (before the first
+    one):
 
-    - gs:// through gcsfs, never TensorFlow's gfile: TensorFlow stays out of the training processes, and
-      every client of this module is the one fsspec stack (EPATH_USE_TF=true in the environment wins);
-    - gcsfs caches folder listings forever by default; the hosts of a pod and a resumed run write the
-      same folders, so a listing must be what the bucket holds now (FSSPEC_GS_USE_LISTINGS_CACHE wins).
+    - gs:// through gcsfs, never TensorFlow's gfile: TensorFlow stays out of the training processes,
+      and every client of this module is the one fsspec stack (EPATH_USE_TF=true in the environment
+      wins);
+    - gcsfs caches folder listings forever by default; the hosts of a pod and a resumed run write
+      the same folders, so a listing must be what the bucket holds now (FSSPEC_GS_USE_LISTINGS_CACHE
+      wins).
     """
     os.environ.setdefault("EPATH_USE_TF", "false")
     fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
@@ -68,8 +72,8 @@ def bucket_of(p) -> str:
 
 
 def check(p, *, write: bool = False) -> None:
-    """For gs:// paths: the bucket exists and these credentials may list it (and, with `write`, write
-    and delete objects there); one line naming what is missing otherwise. Local paths pass."""
+    """For gs:// paths: the bucket exists and these credentials may list it (and, with `write`,
+    write and delete objects there); one line naming what is missing otherwise. Local paths pass."""
     if is_remote(p):
         _check_bucket(bucket_of(p), os.fspath(p), write)
 
@@ -118,7 +122,8 @@ def _first_line(text) -> str:
 
 
 def new_dir(p) -> epath.Path:
-    """`p` made ready as a new output folder (local or gs://); FileExistsError if it holds anything."""
+    """`p` made ready as a new output folder (local or gs://); FileExistsError if it holds
+    anything."""
     p = path(p)
     check(p, write=True)
     if p.exists() and any(p.iterdir()):
@@ -163,8 +168,8 @@ def copy_tree(src, dst, *, last: str | None = None) -> list[str]:
 
 @contextlib.contextmanager
 def staged(p, *, last: str | None = None):
-    """A local folder standing for `p`: `p` itself when local; for gs://, a temporary folder whose files
-    are uploaded to `p` when the block ends without an error (then removed)."""
+    """A local folder standing for `p`: `p` itself when local; for gs://, a temporary folder whose
+    files are uploaded to `p` when the block ends without an error (then removed)."""
     if not is_remote(p):
         path(p).mkdir(parents=True, exist_ok=True)
         yield path(p)
@@ -178,7 +183,8 @@ def staged(p, *, last: str | None = None):
 
 
 class LogFile:
-    """A file that only grows while a run writes it (metrics, TensorBoard events), starting from `start`.
+    """A file that only grows while a run writes it (metrics, TensorBoard events), starting from
+    `start`.
 
     Locally it is appended to. A Cloud Storage object cannot be appended to (an append is an
     overwrite there), so on gs:// the bytes are kept here and each flush rewrites the whole object:

@@ -1,17 +1,21 @@
-"""Segmentation inference as mmsegmentation's EncoderDecoder does it: whole-image or sliding-window logits,
-single- or multi-scale with flip, resized back to the image's own size.
+"""Segmentation inference as mmsegmentation's EncoderDecoder does it: whole-image or sliding-window
+logits, single- or multi-scale with flip, resized back to the image's own size.
 
-`logits_fn` maps a batch of images (N, h, w, 3) float32 to logits at the same size (N, h, w, classes) (the
-model with its output resized to its input, as mmseg's encode_decode). Sliding windows of one image are
-one batch, so a jitted `logits_fn` over a sharded batch spreads them over the devices.
+`logits_fn` maps a batch of images (N, h, w, 3) float32 to logits at the same size (N, h, w,
+classes) (the model with its output resized to its input, as mmseg's encode_decode). Sliding windows
+of one image are one batch, so a jitted `logits_fn` over a sharded batch spreads them over the
+devices.
 
-    slide: windows of `crop` every `stride` (mmseg's grid: the last window of a row or column ends at the
-           border), their logits summed where they overlap and divided by how many windows cover each pixel
+    slide: windows of `crop` every `stride` (mmseg's grid: the last window of a row or column ends
+    at the
+           border), their logits summed where they overlap and divided by how many windows cover
+           each pixel
     whole: the image at once
-    multi-scale + flip (mmseg's aug_test): for each ratio r the image is resized to fit r x `scale` (keep
+    multi-scale + flip (mmseg's aug_test): for each ratio r the image is resized to fit r x `scale`
+    (keep
            ratio) and inferred; its logits are resized to the image's size (bilinear, torch's
-           align_corners=False) and made probabilities; the flipped image likewise, its output flipped
-           back; the probabilities are averaged.
+           align_corners=False) and made probabilities; the flipped image likewise, its output
+           flipped back; the probabilities are averaged.
 """
 
 import jax
@@ -24,8 +28,8 @@ from hcnet.data import seg_transforms
 def windows(
     height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]
 ) -> list[tuple[int, int, int, int]]:
-    """mmseg's slide_inference grid: (y0, y1, x0, x1) for each window; windows are crop-sized, or the image's
-    size along a side shorter than the crop."""
+    """mmseg's slide_inference grid: (y0, y1, x0, x1) for each window; windows are crop-sized, or
+    the image's size along a side shorter than the crop."""
     rows = max(height - crop[0] + stride[0] - 1, 0) // stride[0] + 1
     cols = max(width - crop[1] + stride[1] - 1, 0) // stride[1] + 1
     boxes = []
@@ -39,8 +43,8 @@ def windows(
 def slide_logits(
     logits_fn, image: np.ndarray, crop=(512, 512), stride=(341, 341), pad_to: int = 1
 ) -> np.ndarray:
-    """(H, W, classes) float32: overlapping windows' logits averaged per pixel. `pad_to` rounds the batch of
-    windows up (repeating the last) to a multiple, e.g. the device count."""
+    """(H, W, classes) float32: overlapping windows' logits averaged per pixel. `pad_to` rounds the
+    batch of windows up (repeating the last) to a multiple, e.g. the device count."""
     h, w = image.shape[:2]
     boxes = windows(h, w, crop, stride)
     batch = np.stack([image[y0:y1, x0:x1] for y0, y1, x0, x1 in boxes])
@@ -57,7 +61,8 @@ def slide_logits(
 
 
 def whole_logits(logits_fn, image: np.ndarray, pad_to: int = 1) -> np.ndarray:
-    """(H, W, classes) of the image at once (repeated `pad_to` times to fill a batch over the devices)."""
+    """(H, W, classes) of the image at once (repeated `pad_to` times to fill a batch over the
+    devices)."""
     return np.asarray(logits_fn(np.repeat(image[None].astype(np.float32), pad_to, 0)))[0]
 
 
@@ -73,8 +78,9 @@ def probability_map(
     stride=(341, 341),
     pad_to: int = 1,
 ) -> np.ndarray:
-    """(H, W, classes) class probabilities of a uint8 image (H, W, 3) at its own size; single-scale is
-    ratios=(1.0,) without flip, mmseg's multi-scale test is ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip."""
+    """(H, W, classes) class probabilities of a uint8 image (H, W, 3) at its own size; single-scale
+    is ratios=(1.0,) without flip, mmseg's multi-scale test is ratios=(0.5, 0.75, 1.0, 1.25, 1.5,
+    1.75), flip."""
     if mode not in ("slide", "whole"):
         raise ValueError(f"mode={mode!r}: 'slide' or 'whole'")
     h, w = image.shape[:2]

@@ -16,7 +16,8 @@ DATA, FSDP = "data", "fsdp"
 
 
 def check_mesh(data: int, fsdp: int, num_devices: int) -> int:
-    """The data axis size (data=-1 takes what fsdp leaves); one line if (data, fsdp) cannot cover the devices."""
+    """The data axis size (data=-1 takes what fsdp leaves); one line if (data, fsdp) cannot cover
+    the devices."""
     if fsdp < 1 or num_devices % fsdp:
         raise ConfigError(f"mesh.fsdp={fsdp}: a positive divisor of the {num_devices} devices")
     size = num_devices // fsdp if data == -1 else data
@@ -47,12 +48,14 @@ def replicated(mesh) -> NamedSharding:
 
 
 def replicated_key(seed: int, mesh) -> jax.Array:
-    """A PRNG key replicated over the mesh, on any number of processes (device_put needs addressable devices)."""
+    """A PRNG key replicated over the mesh, on any number of processes (device_put needs addressable
+    devices)."""
     return jax.jit(lambda: jax.random.key(seed), out_shardings=replicated(mesh))()
 
 
 def param_sharding(mesh, shape, fsdp_min_size: int = 2**18) -> NamedSharding:
-    """The rule for one array: replicated, or split over fsdp along its largest divisible dimension."""
+    """The rule for one array: replicated, or split over fsdp along its largest divisible
+    dimension."""
     ways = mesh.shape[FSDP]
     if ways == 1 or int(np.prod(shape)) < fsdp_min_size:
         return replicated(mesh)
@@ -70,8 +73,8 @@ def state_shardings(mesh, abstract_state, fsdp_min_size: int = 2**18):
 
 
 def placed(shapes, shardings):
-    """Abstract arrays of `shapes` (a pytree) with `shardings`: one sharding for every leaf, or a pytree
-    of them; what a checkpoint is restored onto and what a program is lowered for."""
+    """Abstract arrays of `shapes` (a pytree) with `shardings`: one sharding for every leaf, or a
+    pytree of them; what a checkpoint is restored onto and what a program is lowered for."""
     if isinstance(shardings, jax.sharding.Sharding):
         shardings = jax.tree.map(lambda _: shardings, shapes)
 
@@ -82,7 +85,8 @@ def placed(shapes, shardings):
 
 
 def to_host(tree):
-    """Replicated device values (and pytrees of them, e.g. clu metrics) as numpy, on any number of processes."""
+    """Replicated device values (and pytrees of them, e.g. clu metrics) as numpy, on any number of
+    processes."""
     return jax.tree.map(
         lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree
     )
@@ -92,13 +96,14 @@ _entered: set = set()
 
 
 def enter_together(jitted, *args, name: str, timeout_s: int = 3600) -> None:
-    """On several processes, compiles `jitted` for `args` and then waits until every process has done so.
+    """On several processes, compiles `jitted` for `args` and then waits until every process has
+    done so.
 
-    CPU collectives (gloo) set up their connections at the first collective a program runs, and give a
-    late peer 30 s; compiling takes longer than that and not equally long on every process (a busy host,
-    a slower one), so the first call of a program waits here, at a barrier of JAX's coordination
-    service, which is not a collective. The compiled program stays in `jitted`'s cache for the call that
-    follows. Once per `name`; on one process it does nothing.
+    CPU collectives (gloo) set up their connections at the first collective a program runs, and give
+    a late peer 30 s; compiling takes longer than that and not equally long on every process (a busy
+    host, a slower one), so the first call of a program waits here, at a barrier of JAX's
+    coordination service, which is not a collective. The compiled program stays in `jitted`'s cache
+    for the call that follows. Once per `name`; on one process it does nothing.
     """
     if jax.process_count() == 1 or name in _entered:
         return

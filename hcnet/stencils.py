@@ -1,4 +1,5 @@
-"""The heat operator's stencils and the Refinement Approximation's filter, as pure functions on NHWC maps.
+"""The heat operator's stencils and the Refinement Approximation's filter, as pure functions on NHWC
+maps.
 
 Each is the cheapest XLA program found for it (BENCHMARKS.md, "The operator forms as XLA programs"):
 nine shifted multiply-adds instead of a grouped convolution, compile-time constants for mean8's
@@ -24,8 +25,8 @@ def depthwise_conv(x, kernel, impl: str = "auto"):
     """Zero-padded 'same' depthwise cross-correlation. x (B, H, W, C), kernel (k, k, 1, C), k odd.
 
     `shift` sums k*k shifted multiply-adds, with a hand-written backward pass that keeps only x and
-    the kernel (autodiff would save the k*k shifted copies of x); `conv` is XLA's grouped convolution;
-    `auto` is `conv` on TPU and `shift` elsewhere (see `per_platform`).
+    the kernel (autodiff would save the k*k shifted copies of x); `conv` is XLA's grouped
+    convolution; `auto` is `conv` on TPU and `shift` elsewhere (see `per_platform`).
     """
     if impl == "auto":
         return per_platform(depthwise_conv, x, kernel)
@@ -43,10 +44,10 @@ def depthwise_conv(x, kernel, impl: str = "auto"):
 
 
 def per_platform(f, *args):
-    """f(*args, impl=...) with the implementation chosen for the platform the program is lowered for:
-    XLA's grouped convolution and autodiff on TPU, the shifted multiply-adds with their hand-written
-    backward pass elsewhere: each is the smaller or faster program on its platform (the compiled figures:
-    BENCHMARKS.md, "Per-platform choices")."""
+    """f(*args, impl=...) with the implementation chosen for the platform the program is lowered
+    for: XLA's grouped convolution and autodiff on TPU, the shifted multiply-adds with their
+    hand-written backward pass elsewhere: each is the smaller or faster program on its platform (the
+    compiled figures: BENCHMARKS.md, "Per-platform choices")."""
     return jax.lax.platform_dependent(
         *args, tpu=lambda *a: f(*a, impl="conv"), default=lambda *a: f(*a, impl="shift")
     )
@@ -69,10 +70,10 @@ def _shifted_sum(x, kernel):
 
 def _kernel_grad(x, g, kernel):
     """d/dkernel of sum(g * depthwise(x, kernel)), in fp32: tap (i, j) is sum(x * pad(g) shifted by
-    (k-1-i, k-1-j)). Shifting g rather than x makes every product depend on the incoming gradient, so
-    XLA cannot compute (and hold) them during the forward pass. One variadic reduction over the batch
-    forms all the taps' products together (on the CPU 2x faster than one reduction per tap), then
-    each tap's (H, W, C) partial sum is summed over the map."""
+    (k-1-i, k-1-j)). Shifting g rather than x makes every product depend on the incoming gradient,
+    so XLA cannot compute (and hold) them during the forward pass. One variadic reduction over the
+    batch forms all the taps' products together (on the CPU 2x faster than one reduction per tap),
+    then each tap's (H, W, C) partial sum is summed over the map."""
     kh, kw = kernel.shape[:2]
     h, w = x.shape[1:3]
     x = x.astype(jnp.float32)
@@ -112,9 +113,10 @@ _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 def gelu_filter(h, kernel, impl: str = "auto"):
     """DWConv(GELU(h)) (exact GELU), or GELU(h) when kernel is None: the Refinement Approximation's
-    middle. With `shift` the backward pass keeps h and GELU(h) (autodiff would also keep the erfc and
-    exp terms and the k*k shifted copies), and every map it computes depends on the incoming gradient.
-    `conv`: GELU, XLA's grouped convolution and autodiff; `auto`: chosen per platform (`per_platform`)."""
+    middle. With `shift` the backward pass keeps h and GELU(h) (autodiff would also keep the erfc
+    and exp terms and the k*k shifted copies), and every map it computes depends on the incoming
+    gradient. `conv`: GELU, XLA's grouped convolution and autodiff; `auto`: chosen per platform
+    (`per_platform`)."""
     if impl == "auto":
         if kernel is None:
             return per_platform(lambda a, impl: gelu_filter(a, None, impl), h)

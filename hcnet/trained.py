@@ -1,12 +1,13 @@
-"""A trained network as a user hands it over: a training workdir or a parameters-only checkpoint (convert,
-export), local or gs://, opened once (`open`) and passed on.
+"""A trained network as a user hands it over: a training workdir or a parameters-only checkpoint
+(convert, export), local or gs://, opened once (`open`) and passed on.
 
     WORKDIR/config.json  the config as run      WORKDIR/model.json  the network's spec
     WORKDIR/commit.txt   git commit (+ "dirty")  WORKDIR/checkpoints/<step>/  (hcnet.checkpoint)
     DIR/model.json  DIR/params/  (+ DIR/config.json, copied by export)
 
-`Trained` holds what the tools ask of one: its spec, its config (when it has one), the checkpoint step,
-which weights it has, the evaluation preprocessing, the class names, and the weights themselves.
+`Trained` holds what the tools ask of one: its spec, its config (when it has one), the checkpoint
+step, which weights it has, the evaluation preprocessing, the class names, and the weights
+themselves.
 """
 
 import dataclasses
@@ -86,7 +87,8 @@ class Trained:
         )
 
     def check_weights(self, weights) -> list[str]:
-        """`weights` (None: all there are) as a list; one line for one the directory does not have."""
+        """`weights` (None: all there are) as a list; one line for one the directory does not
+        have."""
         weights = list(weights or self.available)
         unknown = [w for w in weights if w not in WEIGHTS]
         if unknown:
@@ -106,8 +108,8 @@ class Trained:
         return checkpoint.restore_params(self.path, target, ema=ema, step=self.step)
 
     def predictor(self, *, ema: bool = False):
-        """(predict, weights): the network's predict function (hcnet.nets.predict_fn) and its raw (or EMA)
-        weights on the default device."""
+        """(predict, weights): the network's predict function (hcnet.nets.predict_fn) and its raw
+        (or EMA) weights on the default device."""
         model_def, shapes = nets.ModelDef.from_spec(self.spec)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         return nets.predict_fn(model_def), self.weights(sharding.placed(shapes, device), ema=ema)
@@ -120,14 +122,16 @@ class Trained:
         return model_def.eval_model(self.weights(sharding.placed(shapes, device), ema=ema))
 
     def preprocessing(self, image_size: int | None = None, crop_pct: float | None = None):
-        """(image size, crop_pct) of evaluation: the given ones, else the run's, else 224 and 0.875."""
+        """(image size, crop_pct) of evaluation: the given ones, else the run's, else 224 and
+        0.875."""
         size, crop = DEFAULT_PREPROCESSING
         if self.config is not None:
             size, crop = self.config.dataset.image_size, self.config.dataset.crop_pct
         return image_size or size, crop_pct or crop
 
     def segmentation_test(self) -> dict:
-        """The run's single-scale test (config.segmentation: mode, crop, stride, scale), or mmseg's."""
+        """The run's single-scale test (config.segmentation: mode, crop, stride, scale), or
+        mmseg's."""
         s = (self.config or config_lib.defaults()).segmentation
         return {
             "mode": s.eval_mode,
@@ -143,16 +147,18 @@ class Trained:
 
 
 def open(path, *, step: int | None = None) -> Trained:  # noqa: A001  trained.open(path), as io.open
-    """The trained network at `path` (a training workdir: its checkpoint `step`, default the latest; or a
-    parameters-only directory); one line if it is neither."""
+    """The trained network at `path` (a training workdir: its checkpoint `step`, default the latest;
+    or a parameters-only directory); one line if it is neither."""
     path = paths.path(path)
     paths.check(path)
     is_run = (path / checkpoint.CHECKPOINTS).is_dir() and (path / checkpoint.SPEC_FILE).is_file()
     is_params = (path / checkpoint.SPEC_FILE).is_file() and (path / checkpoint.PARAMS_DIR).is_dir()
     if not (is_run or is_params):
         raise FileNotFoundError(
-            f"{path}: not an hcnet checkpoint or training workdir (expected {checkpoint.SPEC_FILE} and "
-            f"{checkpoint.PARAMS_DIR}/ as hcnet.tools.convert and hcnet.tools.export write them, or a "
+            f"{path}: not an hcnet checkpoint or training workdir (expected {checkpoint.SPEC_FILE} "
+            "and "
+            f"{checkpoint.PARAMS_DIR}/ as hcnet.tools.convert and hcnet.tools.export write them, "
+            "or a "
             f"training run's {checkpoint.SPEC_FILE} and {checkpoint.CHECKPOINTS}/)"
         )
     available = ("raw",)
@@ -170,5 +176,6 @@ def load(path, *, ema: bool = False, step: int | None = None, **overrides) -> nn
     """The model of a checkpoint directory, or of a training run's checkpoint, in evaluation mode.
 
     For a run, `ema=True` gives the EMA weights and `step` an older checkpoint. Overrides change
-    HcNet arguments that do not touch the parameters, e.g. dtype=jnp.bfloat16. `path` may be gs://."""
+    HcNet arguments that do not touch the parameters, e.g. dtype=jnp.bfloat16. `path` may be
+    gs://."""
     return open(path, step=step).model(ema=ema, **overrides)

@@ -40,8 +40,8 @@ class TrainMetrics(clu_metrics.Collection):
 
 
 def init_state(spec: dict, tx, seed, ema: bool, build_fn=nets.build) -> dict:
-    """A fresh state of the network `build_fn(spec)`; `seed` an int or an int32 scalar (traced, so that one
-    program serves every seed)."""
+    """A fresh state of the network `build_fn(spec)`; `seed` an int or an int32 scalar (traced, so
+    that one program serves every seed)."""
     rngs = nnx.Rngs(params=jax.random.key(seed), dropout=0)
     params = nets.weights_of(build_fn(spec, rngs=rngs))
     state = {
@@ -127,7 +127,8 @@ def train_step(
 
 
 def with_statistics(weights: dict, stats: dict) -> dict:
-    """`weights` with its BatchNorm running statistics replaced by `stats` (a sub-tree of the same paths)."""
+    """`weights` with its BatchNorm running statistics replaced by `stats` (a sub-tree of the same
+    paths)."""
     if not stats:
         return weights
     flat = flax.traverse_util.flatten_dict(weights)
@@ -137,7 +138,8 @@ def with_statistics(weights: dict, stats: dict) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-    """What a run compiles for a task on a mesh: the state's layout, its initialisation and the step."""
+    """What a run compiles for a task on a mesh: the state's layout, its initialisation and the
+    step."""
 
     model_def: ModelDef
     spec: dict  # the network's spec as compiled on the mesh (model.block_loop resolved)
@@ -161,7 +163,8 @@ class Program:
         ema_decay: float = 0.0,
         fsdp_min_size: int = 2**18,
     ) -> "Program":
-        # the network as the mesh's devices run it best (model.block_loop="auto": scanned stages on a TPU)
+        # the network as the mesh's devices run it best (model.block_loop="auto": scanned stages on
+        # a TPU)
         spec = nets.for_mesh(task.spec, mesh)
         build_fn = getattr(task, "build", nets.build)  # a task's own network, or one hcnet knows
         model_def, _ = ModelDef.from_spec(spec, build_fn)
@@ -184,14 +187,16 @@ class Program:
             out_shardings=(state_sh, repl),
             donate_argnums=0,
         )
-        # the seed is an argument, not a constant: runs that differ only in it share the compiled program
+        # the seed is an argument, not a constant: runs that differ only in it share the compiled
+        # program
         init = functools.partial(jax.jit(init, out_shardings=state_sh), np.int32(seed))
         abstract_state = sharding.placed(shapes, state_sh)
         return cls(model_def, spec, init, abstract_state, batch_sh, step)
 
 
 def evaluate(evaluators, state) -> dict:
-    """Every evaluator on the raw weights (`<name>/<metric>`) and, when kept, the EMA (`<name>_ema/<metric>`)."""
+    """Every evaluator on the raw weights (`<name>/<metric>`) and, when kept, the EMA
+    (`<name>_ema/<metric>`)."""
     out = {}
     for weights, suffix in (("params", ""), ("ema", "_ema")):
         if weights in state:
@@ -203,7 +208,8 @@ def evaluate(evaluators, state) -> dict:
 
 
 def metric_key(evaluator: str, suffix: str, metric: str) -> str:
-    """`<evaluator>[_ema]/<metric>`: how every evaluation result is named (logs, best_metric, eval.py)."""
+    """`<evaluator>[_ema]/<metric>`: how every evaluation result is named (logs, best_metric,
+    eval.py)."""
     return f"{evaluator}{suffix}/{metric}"
 
 
@@ -218,7 +224,8 @@ def check_best_metric(name: str, evaluators) -> None:
 
 
 class Stop:
-    """SIGTERM (one process) or a preemption notice (JAX's sync point on several): save and leave."""
+    """SIGTERM (one process) or a preemption notice (JAX's sync point on several): save and
+    leave."""
 
     def __init__(self, checkpoints: checkpoint.Checkpoints):
         self.checkpoints, self.signalled = checkpoints, False
@@ -247,15 +254,17 @@ def check_finite(state, step: int, checkpoints: checkpoint.Checkpoints) -> None:
         last = checkpoints.steps()
         where = f"step {last[-1]} in {checkpoints.directory}" if last else "none"
         raise FloatingPointError(
-            f"non-finite loss or gradient at step {bad} (stopped at step {step}); the last good checkpoint is "
+            f"non-finite loss or gradient at step {bad} (stopped at step {step}); the last good "
+            "checkpoint is "
             f"{where}; lower config.optim.lr or check the data"
         )
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """A validated config made concrete: its task, step counts, optimizer, mesh and compiled program.
-    The one way a run is built: training, the ahead-of-time compiler and bench all start here."""
+    """A validated config made concrete: its task, step counts, optimizer, mesh and compiled
+    program. The one way a run is built: training, the ahead-of-time compiler and bench all start
+    here."""
 
     task: object
     total: int
@@ -300,8 +309,8 @@ class Run:
 
 
 def train_and_evaluate(c, workdir) -> dict:
-    """Trains (resuming from workdir's newest checkpoint), evaluates, checkpoints; returns the last metrics.
-    `workdir` (and config.dataset.data_dir) may be local or gs://."""
+    """Trains (resuming from workdir's newest checkpoint), evaluates, checkpoints; returns the last
+    metrics. `workdir` (and config.dataset.data_dir) may be local or gs://."""
     workdir = paths.path(workdir)
     paths.check(workdir, write=True)
     for where in (c.dataset.data_dir, c.init_from):
@@ -346,7 +355,8 @@ def _restore_or_init(run: Run, checkpoints: checkpoint.Checkpoints, console: mon
 
 
 class Profile:
-    """A jax.profiler trace of steps [first, last) in workdir/profile (staged locally, then copied)."""
+    """A jax.profiler trace of steps [first, last) in workdir/profile (staged locally, then
+    copied)."""
 
     def __init__(self, steps, workdir, stack: contextlib.ExitStack):
         self.first, self.last = steps
@@ -368,8 +378,9 @@ class Profile:
 
 
 class Loop:
-    """The training loop: a step, then the periodic actions due at it (log, evaluate, checkpoint), each
-    a method of (step, state); a trace of the configured steps; a stop on SIGTERM or preemption."""
+    """The training loop: a step, then the periodic actions due at it (log, evaluate, checkpoint),
+    each a method of (step, state); a trace of the configured steps; a stop on SIGTERM or
+    preemption."""
 
     def __init__(self, c, run: Run, evaluators, checkpoints, console, writer, stop, workdir):
         self.c, self.run_, self.evaluators = c, run, evaluators
@@ -407,7 +418,8 @@ class Loop:
                     self.evaluate(step, state)
                 if self.due(c.checkpoint_every_steps, step):
                     self.save(step, state, evaluated)
-        self.checkpoints.wait()  # the last step always logs, so it was checked for non-finite values there
+        # the last step always logs, so it was checked for non-finite values there
+        self.checkpoints.wait()
         last_step = self.run_.total if first <= self.run_.total else first - 1
         return {"step": last_step, "preempted": False, **self.last}
 

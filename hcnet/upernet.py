@@ -1,15 +1,19 @@
-"""UperNet (Xiao et al. 2018) on HcNet's four stages, as mmsegmentation builds it for Swin and HcNet.
+"""UperNet (Xiao et al. 2018) on HcNet's four stages, as mmsegmentation builds it for Swin and
+HcNet.
 
-    decode head  pyramid pooling on stage 4 (adaptive average pools 1, 2, 3, 6, each a 1x1 conv, upsampled,
-                 concatenated with stage 4, a 3x3 conv), an FPN over the four stages (1x1 laterals, top-down
-                 sums, 3x3 convs), the four levels upsampled to stride 4 and fused by a 3x3 conv; dropout
-                 0.1 and a 1x1 classifier. Every conv but the classifiers is conv (no bias) + BN + ReLU.
-    aux head     FCN on stage 3: one 3x3 conv + BN + ReLU (256 channels), dropout 0.1, a 1x1 classifier;
+    decode head  pyramid pooling on stage 4 (adaptive average pools 1, 2, 3, 6, each a 1x1 conv,
+    upsampled,
+                 concatenated with stage 4, a 3x3 conv), an FPN over the four stages (1x1 laterals,
+                 top-down sums, 3x3 convs), the four levels upsampled to stride 4 and fused by a 3x3
+                 conv; dropout 0.1 and a 1x1 classifier. Every conv but the classifiers is conv (no
+                 bias) + BN + ReLU.
+    aux head     FCN on stage 3: one 3x3 conv + BN + ReLU (256 channels), dropout 0.1, a 1x1
+    classifier;
                  trained with loss weight 0.4, not used at inference.
 
 NHWC throughout; logits at stride 4 (`__call__`), upsampled to the image by the task. The norm is
-BatchNorm: under jit over a batch sharded across devices (and hosts) its statistics are over the whole
-global batch, which is what mmseg's SyncBN computes.
+BatchNorm: under jit over a batch sharded across devices (and hosts) its statistics are over the
+whole global batch, which is what mmseg's SyncBN computes.
 """
 
 from collections.abc import Sequence
@@ -26,7 +30,8 @@ POOL_SCALES = (1, 2, 3, 6)
 
 
 def adaptive_pool_matrix(size: int, bins: int) -> np.ndarray:
-    """(bins, size) averaging weights of PyTorch's AdaptiveAvgPool: bin i covers [floor(i*n/b), ceil((i+1)*n/b))."""
+    """(bins, size) averaging weights of PyTorch's AdaptiveAvgPool: bin i covers [floor(i*n/b),
+    ceil((i+1)*n/b))."""
     m = np.zeros((bins, size), np.float32)
     for i in range(bins):
         start, stop = (i * size) // bins, -((-(i + 1) * size) // bins)
@@ -42,8 +47,8 @@ def adaptive_avg_pool(x, bins: int):
 
 
 def resize(x, height: int, width: int):
-    """Bilinear with half-pixel centres (PyTorch's align_corners=False) to (height, width); the head only
-    enlarges, where jax.image.resize and torch agree."""
+    """Bilinear with half-pixel centres (PyTorch's align_corners=False) to (height, width); the head
+    only enlarges, where jax.image.resize and torch agree."""
     return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), method="bilinear")
 
 
@@ -160,7 +165,8 @@ class UperNet(nnx.Module):
         return self.decode(feats), self.aux(feats[2])
 
     def __call__(self, x):
-        """Decode logits at the image's size (bilinear from stride 4), float32 (B, H, W, classes)."""
+        """Decode logits at the image's size (bilinear from stride 4), float32 (B, H, W,
+        classes)."""
         return resize(self.decode(self.backbone.features(x)), *x.shape[1:3])
 
 
@@ -186,8 +192,8 @@ def spec(
     dropout: float = 0.1,
     **overrides,
 ) -> dict:
-    """A whole network's spec (hcnet.nets.build takes it): the HcNet `variant` without its classification
-    head, and the decoder."""
+    """A whole network's spec (hcnet.nets.build takes it): the HcNet `variant` without its
+    classification head, and the decoder."""
     decoder = decoder_spec(
         num_classes, channels=channels, aux_channels=aux_channels, dropout=dropout
     )
@@ -195,7 +201,8 @@ def spec(
 
 
 def from_spec(backbone: dict, decoder: dict, *, rngs: nnx.Rngs) -> UperNet:
-    """UperNet from a backbone spec (HcNet's keyword arguments) and a decoder entry (`decoder_spec`)."""
+    """UperNet from a backbone spec (HcNet's keyword arguments) and a decoder entry
+    (`decoder_spec`)."""
     if decoder.get("kind") != "upernet":
         raise ValueError(f"decoder {decoder.get('kind')!r}: this version builds 'upernet'")
     return UperNet(

@@ -1,7 +1,9 @@
-"""HcNet's training and inference throughput in JAX (hcnet.measure.bench) beside the project's PyTorch
-statement of it (reference/torch_model.py), in one run; from the repository root, with torch installed:
+"""HcNet's training and inference throughput in JAX (hcnet.measure.bench) beside the project's
+PyTorch statement of it (reference/torch_model.py), in one run; from the repository root, with torch
+installed:
 
-    python -m reference.bench --variant=T --batch=16 --image_size=224 [--mode=train,infer] [--repeats=5]
+    python -m reference.bench --variant=T --batch=16 --image_size=224 [--mode=train,infer] \\
+        [--repeats=5]
         [--dtype=float32] [--torch_compile] [--channels_last] [--json]
 """
 
@@ -37,7 +39,8 @@ def measure_torch(
     compile: bool = False,
     channels_last: bool = False,
 ):
-    """The same step in PyTorch (reference/torch_model.py): AdamW + clipping, bf16 autocast for bfloat16."""
+    """The same step in PyTorch (reference/torch_model.py): AdamW + clipping, bf16 autocast for
+    bfloat16."""
     try:
         import torch
     except ImportError:

@@ -3,8 +3,8 @@
     python -m reference.fixtures --out=tests/fixtures [--kinds=logits,steps]
 
 logits: a randomised mu per operator form and its logits (tests/test_convert.py). steps: the
-reference-initialised mu, mean8 and learned5, trained STEP_RECIPE's updates by the reference's loop on
-fixed photo batches (tests/test_step_parity.py).
+reference-initialised mu, mean8 and learned5, trained STEP_RECIPE's updates by the reference's loop
+on fixed photo batches (tests/test_step_parity.py).
 """
 
 from absl import flags

@@ -1,22 +1,25 @@
-"""Learning parity: train.py beside the reference's loop in PyTorch, on the same photo crops (needs torch).
+"""Learning parity: train.py beside the reference's loop in PyTorch, on the same photo crops (needs
+torch).
 
     python -m reference.learning_parity --workdir=/tmp/hcnet-learning-parity [--seeds=0,1,2]
         [--inits=torch_default,trunc_normal] [--sides=jax,torch]
 
-Data: 48 random square crops (an eighth to a third of the short side) of each of five of scikit-image's
-sample photographs, written as ILSVRC2012 tars and prepared by the real imagenet2012 builder (once,
-under WORKDIR/tfds). Recipe: configs/learning_parity.py (mu, 64 px, 400 updates of 16, AdamW 1e-3,
-label smoothing 0.1; no RandAugment, erasing, mixup, cutmix or drop path), trained on train[:80%] and
-scored on train[80%:].
+Data: 48 random square crops (an eighth to a third of the short side) of each of five of
+scikit-image's sample photographs, written as ILSVRC2012 tars and prepared by the real imagenet2012
+builder (once, under WORKDIR/tfds). Recipe: configs/learning_parity.py (mu, 64 px, 400 updates of
+16, AdamW 1e-3, label smoothing 0.1; no RandAugment, erasing, mixup, cutmix or drop path), trained
+on train[:80%] and scored on train[80%:].
 
-jax: `python train.py` with that config, seed s, `model.conv_init` set to each init.
-torch: reference.torch_model's statement of the network, initialised as the reference is (torch seed s;
-with init trunc_normal the stem and downsampling convolutions are redrawn as the blocks' are), trained
-by the reference's loop (reference.torch_model.train_steps) on the very batches train.py reads with seed s
-(the project's loader), then converted and scored by the same evaluator as train.py's.
+jax: `python train.py` with that config, seed s, `model.conv_init` set to each init. torch:
+reference.torch_model's statement of the network, initialised as the reference is (torch seed s;
+with init trunc_normal the stem and downsampling convolutions are redrawn as the blocks' are),
+trained by the reference's loop (reference.torch_model.train_steps) on the very batches train.py
+reads with seed s (the project's loader), then converted and scored by the same evaluator as
+train.py's.
 
 Prints one row per run (held-out top-1, mean training loss over the last 40 updates, and how far the
-stem's first convolution moved relative to its initial norm) and the means; writes WORKDIR/results.json.
+stem's first convolution moved relative to its initial norm) and the means; writes
+WORKDIR/results.json.
 """
 
 import io
@@ -60,7 +63,8 @@ def _jpeg(a: np.ndarray) -> bytes:
 
 
 def make_tars(directory: paths.Path) -> paths.Path:
-    """ILSVRC2012_img_{train,val}.tar: PER_CLASS crops of each photograph under the first five synsets."""
+    """ILSVRC2012_img_{train,val}.tar: PER_CLASS crops of each photograph under the first five
+    synsets."""
     from hcnet.data.sources import imagenet_synsets
     from reference.torch_model import PHOTOS, photo_crops
 
@@ -83,7 +87,8 @@ def make_tars(directory: paths.Path) -> paths.Path:
 
 
 def overrides(data_dir, seed: int, init: str) -> dict:
-    """What one run changes in CONFIG: the same for train.py's flags and the PyTorch side's config."""
+    """What one run changes in CONFIG: the same for train.py's flags and the PyTorch side's
+    config."""
     return {"dataset.data_dir": str(data_dir), "seed": seed, "model.conv_init": init}
 
 

@@ -1,11 +1,12 @@
-"""A PyTorch statement of HcNet (NCHW) and of the reference's training step, named as its state_dicts are.
+"""A PyTorch statement of HcNet (NCHW) and of the reference's training step, named as its
+state_dicts are.
 
-Only for making parity fixtures and for side-by-side benchmarks: the suite never imports torch.
-Any input size works (the mean8 neighbour count is computed from the input's shape); a
-`mean_num` buffer sized for `img_size` is still registered, as the reference's checkpoints hold one.
-The network starts as the reference's does: trunc_normal(0.02) and zero biases on the head and on
-every convolution inside a block, nn.Conv2d's own init on the stem and downsampling convolutions.
-The training step (`train_steps`) is the reference's main.py loop: Swin's weight-decay groups, timm's
+Only for making parity fixtures and for side-by-side benchmarks: the suite never imports torch. Any
+input size works (the mean8 neighbour count is computed from the input's shape); a `mean_num` buffer
+sized for `img_size` is still registered, as the reference's checkpoints hold one. The network
+starts as the reference's does: trunc_normal(0.02) and zero biases on the head and on every
+convolution inside a block, nn.Conv2d's own init on the stem and downsampling convolutions. The
+training step (`train_steps`) is the reference's main.py loop: Swin's weight-decay groups, timm's
 label-smoothing loss, global-norm clipping, torch's AdamW and timm's cosine scheduler stepped after
 each update.
 
@@ -230,7 +231,8 @@ def write_fixtures(out_dir: paths.Path):
 
 # ---------------------------------------------------------------- the reference's training step
 def reference_lr(t, *, lr, warmup_lr, min_lr, warmup_steps, total_steps):
-    """timm's CosineLRScheduler(t_initial=total, warmup_t=warmup, cycle_limit=1, t_in_epochs=False) at t."""
+    """timm's CosineLRScheduler(t_initial=total, warmup_t=warmup, cycle_limit=1, t_in_epochs=False)
+    at t."""
     if t < warmup_steps:
         return warmup_lr + t * (lr - warmup_lr) / warmup_steps
     if t >= total_steps:
@@ -281,11 +283,12 @@ def train_steps(
     b2: float = 0.999,
     eps: float = 1e-8,
 ) -> dict:
-    """The reference's loop for `steps` updates over `batches` [(uint8 NHWC images, labels)], cycled.
+    """The reference's loop for `steps` updates over `batches` [(uint8 NHWC images, labels)],
+    cycled.
 
-    Per update: loss, backward, clip_grad_norm_ over all parameters, AdamW step, then the scheduler's
-    step_update(n) sets the next update's lr (so update 0 runs at warmup_lr, update n at lr(n - 1)).
-    Returns each update's loss, gradient norm before clipping and lr.
+    Per update: loss, backward, clip_grad_norm_ over all parameters, AdamW step, then the
+    scheduler's step_update(n) sets the next update's lr (so update 0 runs at warmup_lr, update n at
+    lr(n - 1)). Returns each update's loss, gradient norm before clipping and lr.
     """
     dtype = next(model.parameters()).dtype
     schedule = dict(
@@ -316,8 +319,8 @@ def train_steps(
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-# The step-parity fixture: mu on real photo crops, every part of the recipe switched on; the clip norm
-# is chosen per form (write_step_fixtures) so that some updates clip and some do not.
+# The step-parity fixture: mu on real photo crops, every part of the recipe switched on; the clip
+# norm is chosen per form (write_step_fixtures) so that some updates clip and some do not.
 STEP_RECIPE = dict(
     steps=24,
     lr=2e-3,
@@ -338,7 +341,8 @@ def photo_crops(
     count: int, size: int, seed: int, sides=(0.25, 1.0)
 ) -> tuple[np.ndarray, np.ndarray]:
     """`count` random square crops (sides a fraction in `sides` of the short side) of scikit-image's
-    sample photographs, resized to `size` (bicubic), labelled by photograph: (uint8 NHWC, int labels)."""
+    sample photographs, resized to `size` (bicubic), labelled by photograph: (uint8 NHWC, int
+    labels)."""
     import skimage.data
     from PIL import Image
 
@@ -394,6 +398,7 @@ def write_step_fixtures(out_dir: paths.Path, forms=("mean8", "learned5")):
         )
         clipped = int((trajectory["grad_norm"] > recipe["clip_norm"]).sum())
         print(
-            f"wrote steps_{form}: {recipe['steps']} updates, {clipped} clipped at {recipe['clip_norm']}, "
+            f"wrote steps_{form}: {recipe['steps']} updates, {clipped} clipped at "
+            f"{recipe['clip_norm']}, "
             f"loss {trajectory['loss'][0]:.4f} -> {trajectory['loss'][-1]:.4f}"
         )

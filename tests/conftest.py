@@ -1,5 +1,5 @@
-"""Every test sees 8 fake CPU devices and, for gs:// paths, a local Cloud Storage emulator (tests/gcs.py);
-both set before jax or any storage client is imported anywhere."""
+"""Every test sees 8 fake CPU devices and, for gs:// paths, a local Cloud Storage emulator
+(tests/gcs.py); both set before jax or any storage client is imported anywhere."""
 
 import os
 import sys
@@ -7,8 +7,9 @@ import tempfile
 
 import gcs
 
-# Compile time is most of this suite's time: optimisation level 0, and XLA:CPU's older elemental emitters
-# rather than its fusion emitters (the smoke train step compiled in 16 s instead of 25 s on a 2-core AMD EPYC).
+# Compile time is most of this suite's time: optimisation level 0, and XLA:CPU's older elemental
+# emitters rather than its fusion emitters (the smoke train step compiled in 16 s instead of 25 s on
+# a 2-core AMD EPYC).
 os.environ["XLA_FLAGS"] = " ".join(
     [
         os.environ.get("XLA_FLAGS", ""),
@@ -21,7 +22,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault(
     "ALLOW_MULTIPLE_LIBTPU_LOAD", "1"
 )  # test workers compiling for TPU share libtpu (no lock)
-# what hcnet.hostenv would restart train.py and eval.py with; set here, their subprocesses start once
+# what hcnet.hostenv would restart train.py and eval.py with; set here, their subprocesses start
+# once
 from hcnet import hostenv  # noqa: E402  (imports no JAX)
 
 os.environ.update(hostenv.cpu_malloc_env(os.environ) or {})
@@ -30,13 +32,13 @@ os.environ.update(hostenv.cpu_malloc_env(os.environ) or {})
 # tests compile the same smoke program many times. Fresh per session, so timings stay honest.
 if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="hcnet-test-jax-cache-")
-    # the small programs too (JAX keeps only those that took a second by default): a cached train.py smoke
-    # run went from 25 s to 21.5 s
+    # the small programs too (JAX keeps only those that took a second by default): a cached train.py
+    # smoke run went from 25 s to 21.5 s
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
-# Cloud Storage: each pytest process (xdist worker) has its own emulator port, started on first use; the
-# processes the tests start inherit the settings and the offline guard (a PYTHONPATH entry).
+# Cloud Storage: each pytest process (xdist worker) has its own emulator port, started on first use;
+# the processes the tests start inherit the settings and the offline guard (a PYTHONPATH entry).
 GCS_PORT = gcs.free_port()
 os.environ.update(gcs.environment(GCS_PORT, closed_port=gcs.free_port()))
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -55,8 +57,8 @@ import sitecustomize  # noqa: E402,F401  (the offline guard, in this process too
 
 
 def once_per_session(tmp_path_factory, worker_id, name: str, make) -> dict:
-    """`make(directory)` (a JSON-able dict) run once per session, shared by the xdist workers: the first worker
-    to ask runs it in <basetemp>/<name>, the others wait for it and read its result."""
+    """`make(directory)` (a JSON-able dict) run once per session, shared by the xdist workers: the
+    first worker to ask runs it in <basetemp>/<name>, the others wait for it and read its result."""
     shared = (
         tmp_path_factory.getbasetemp()
         if worker_id == "master"
@@ -72,7 +74,8 @@ def once_per_session(tmp_path_factory, worker_id, name: str, make) -> dict:
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, worker_id):
-    """One uninterrupted smoke run per session, shared by the xdist workers: (workdir, metrics, console)."""
+    """One uninterrupted smoke run per session, shared by the xdist workers: (workdir, metrics,
+    console)."""
     from runs import smoke
 
     from hcnet import checkpoint, trainer
@@ -103,8 +106,9 @@ def bucket(gcs_emulator):
     return gcs_emulator.bucket(f"hcnet-{uuid.uuid4().hex[:12]}")
 
 
-# The longest tests (marked heavy) first, so neither worker is left with one at the end; the first test that
-# needs the smoke run goes first of all, so it trains while the other worker takes tests that do not need it.
+# The longest tests (marked heavy) first, so neither worker is left with one at the end; the first
+# test that needs the smoke run goes first of all, so it trains while the other worker takes tests
+# that do not need it.
 def pytest_collection_modifyitems(config, items):
     def heavy_first(group):
         return sorted(group, key=lambda item: item.get_closest_marker("heavy") is None)  # stable

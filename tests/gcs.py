@@ -1,12 +1,13 @@
 """A Cloud Storage emulator for the tests: the fake-gcs-server binary on 127.0.0.1, in memory.
 
 Every client is pointed at it by environment settings that must exist before the client libraries
-are imported (conftest sets them first thing): gcsfs and google-cloud-storage (STORAGE_EMULATOR_HOST),
-TensorStore under Orbax (TENSORSTORE_GCS_HTTP_URL), the ArrayRecord reader
+are imported (conftest sets them first thing): gcsfs and google-cloud-storage
+(STORAGE_EMULATOR_HOST), TensorStore under Orbax (TENSORSTORE_GCS_HTTP_URL), the ArrayRecord reader
 (CLOUD_STORAGE_EMULATOR_ENDPOINT). A client that would still reach for Google fails at once: the
 metadata server is a closed local port, and Python processes refuse to look up any other host
 (tests/offline/sitecustomize.py). (Proxy settings pointing at a closed port are no net for the C++
-clients: the ArrayRecord reader then sends even its emulator requests there and retries for minutes.)
+clients: the ArrayRecord reader then sends even its emulator requests there and retries for
+minutes.)
 """
 
 import json
@@ -49,7 +50,8 @@ def binary() -> str:
 
 
 class Emulator:
-    """fake-gcs-server on `port` (127.0.0.1 only), its log in a file (a pipe nobody reads would stall it)."""
+    """fake-gcs-server on `port` (127.0.0.1 only), its log in a file (a pipe nobody reads would
+    stall it)."""
 
     def __init__(self, port: int, log_path: str):
         self.port, self.url = port, f"http://127.0.0.1:{port}"

@@ -84,7 +84,8 @@ def image_folder(
     per_class: int = 2,
     bad: dict | None = None,
 ) -> pathlib.Path:
-    """root/<split>/<class>/<i>.jpg from photographs; `bad` files go into the first split's first class."""
+    """root/<split>/<class>/<i>.jpg from photographs; `bad` files go into the first split's first
+    class."""
     root = pathlib.Path(root)
     sources = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket"}
     for split in splits:
@@ -100,7 +101,8 @@ def image_folder(
 
 
 def real_json(directory, labels) -> pathlib.Path:
-    """real.json beside a miniature ILSVRC2012_img_val.tar: one list of class ids per validation image."""
+    """real.json beside a miniature ILSVRC2012_img_val.tar: one list of class ids per validation
+    image."""
     path = pathlib.Path(directory) / "real.json"
     path.write_text(json.dumps([list(map(int, x)) for x in labels]))
     return path

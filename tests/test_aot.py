@@ -1,7 +1,9 @@
-"""hcnet.measure.aot: Cloud TPU slice names, and the real train step compiled by the TPU compiler (libtpu) on this CPU.
+"""hcnet.measure.aot: Cloud TPU slice names, and the real train step compiled by the TPU compiler
+(libtpu) on this CPU.
 
-The compiling tests need libtpu (requirements-tpu.txt) and are skipped without it: the suite's install does
-not carry the 684 MB wheel (see the README's "Compiling for a TPU slice ahead of time")."""
+The compiling tests need libtpu (requirements-tpu.txt) and are skipped without it: the suite's
+install does not carry the 684 MB wheel (see the README's "Compiling for a TPU slice ahead of
+time")."""
 
 import importlib.util
 import json
@@ -33,7 +35,8 @@ needs_libtpu = pytest.mark.skipif(
     ],
 )
 def test_slice_names_are_cloud_tpus_own(name, chips, topology):
-    """v5e / v6e names count chips, v4 / v5p names TensorCores (two a chip); the shapes are Cloud TPU's tori."""
+    """v5e / v6e names count chips, v4 / v5p names TensorCores (two a chip); the shapes are Cloud
+    TPU's tori."""
     assert aot.parse_topology(name) == (name.split("-")[0], chips, topology)
 
 
@@ -62,14 +65,15 @@ def test_a_bad_slice_name_is_one_line(name, message):
     [("v5e-1", 1), ("v5e-2", 2), ("v6e-1", 1), ("v4-2", 1), ("v4-8", 4), ("v5p-16", 8)],
 )
 def test_a_slice_has_one_device_per_chip(name, devices):
-    """libtpu's default host is 2x2 chips (one or two chips are a host of their own); v4 and v5p names count
-    TensorCores, two a chip, which JAX drives as one device."""
+    """libtpu's default host is 2x2 chips (one or two chips are a host of their own); v4 and v5p
+    names count TensorCores, two a chip, which JAX drives as one device."""
     assert len(aot.devices(name)[2]) == devices
 
 
 @needs_libtpu
 def test_a_tpu_program_gets_grouped_convolutions():
-    """depthwise_impl='auto' lowered for TPU devices: XLA's grouped convolutions in the backward pass."""
+    """depthwise_impl='auto' lowered for TPU devices: XLA's grouped convolutions in the backward
+    pass."""
     import jax
     import jax.numpy as jnp
 
@@ -91,9 +95,9 @@ def test_a_tpu_program_gets_grouped_convolutions():
 
 @needs_libtpu
 def test_the_program_for_a_tpu_scans_its_blocks_and_elsewhere_unrolls():
-    """model.block_loop="auto" (the default): hcnet.trainer.Program's network scans each stage's blocks when
-    its mesh is a TPU slice (one block body per stage for the TPU compiler) and unrolls them on this CPU's
-    devices; a loop chosen in the config holds on either."""
+    """model.block_loop="auto" (the default): hcnet.trainer.Program's network scans each stage's
+    blocks when its mesh is a TPU slice (one block body per stage for the TPU compiler) and unrolls
+    them on this CPU's devices; a loop chosen in the config holds on either."""
     import jax
 
     from hcnet import optim, sharding, tasks, trainer
@@ -124,8 +128,8 @@ def test_the_program_for_a_tpu_scans_its_blocks_and_elsewhere_unrolls():
 
 @pytest.fixture(scope="module")
 def smoke_on_v5e():
-    """(config, report) of the smoke config's whole step (augmentation, EMA, donation) compiled for v5e-4,
-    with its eval step."""
+    """(config, report) of the smoke config's whole step (augmentation, EMA, donation) compiled for
+    v5e-4, with its eval step."""
     c = smoke()
     return c, aot.compile_train_step(
         c, "v5e-4", augmentation=False
@@ -133,16 +137,17 @@ def smoke_on_v5e():
 
 
 def tiled_bytes(shape, itemsize: int) -> int:
-    """An array's bytes in TPU memory at most: its last two dimensions padded to the (8, 128) tile."""
+    """An array's bytes in TPU memory at most: its last two dimensions padded to the (8, 128)
+    tile."""
     *lead, rows, cols = (1, 1, *shape)
     return math.prod(lead) * -(-rows // 8) * 8 * -(-cols // 128) * 128 * itemsize
 
 
 @needs_libtpu
 def test_the_smoke_train_step_compiles_for_a_v5e_slice_within_a_hand_bound(smoke_on_v5e):
-    """Per device the step's arguments are the train state (replicated: fp32 parameters, AdamW's two moments,
-    the EMA, counters) and a quarter of the batch: at least their bytes, at most those bytes padded to TPU
-    tiles; the state is donated (aliased to the output)."""
+    """Per device the step's arguments are the train state (replicated: fp32 parameters, AdamW's two
+    moments, the EMA, counters) and a quarter of the batch: at least their bytes, at most those
+    bytes padded to TPU tiles; the state is donated (aliased to the output)."""
     import jax
 
     c, report = smoke_on_v5e
@@ -185,9 +190,10 @@ def test_the_smoke_train_step_compiles_for_a_v5e_slice_within_a_hand_bound(smoke
 
 @needs_libtpu
 def test_the_augmentation_compiled_for_tpu_looks_up_tables_without_gathers():
-    """XLA's TPU cost analysis charges RandAugment's per-pixel table gathers about 27 GB per 224x224 image
-    each (two per image), so about 1.1 GB per 32x32 image; with lut_impl='auto' the TPU program contracts
-    one-hot pixels instead. The smoke config's augmentation with RandAugment on, compiled both ways."""
+    """XLA's TPU cost analysis charges RandAugment's per-pixel table gathers about 27 GB per 224x224
+    image each (two per image), so about 1.1 GB per 32x32 image; with lut_impl='auto' the TPU
+    program contracts one-hot pixels instead. The smoke config's augmentation with RandAugment on,
+    compiled both ways."""
     import jax
 
     from hcnet import sharding, tasks
@@ -229,7 +235,8 @@ def test_a_step_that_cannot_fit_is_refused_in_one_line_naming_what_would(smoke_o
 
 
 def test_the_largest_batch_grows_the_temporaries_alone():
-    """16 GiB of HBM, 6 GiB of state and code, 8 GiB of temporaries for 64 images: 80 images would fit."""
+    """16 GiB of HBM, 6 GiB of state and code, 8 GiB of temporaries for 64 images: 80 images would
+    fit."""
     memory = {
         "arguments": 5 * aot.GIB,
         "outputs": 5 * aot.GIB,
@@ -275,7 +282,8 @@ def test_reports_become_one_markdown_table(tmp_path, capsys):
     header, rule, row = capsys.readouterr().out.strip().splitlines()
     assert header.count("|") == rule.count("|") == row.count("|")
     assert row == (
-        "| `configs/hcnet_t.py` | v5e-64 (64 devices) | 16 | yes | 3.00 / 16 GiB (2.00) | 120 | 25.90 "
+        "| `configs/hcnet_t.py` | v5e-64 (64 devices) | 16 | yes | 3.00 / 16 GiB (2.00) | 120 | "
+        "25.90 "
         "| 2,900 (386) | - | - | 403 s |"
     )  # 120 = (16 - 1) GiB / (2 GiB / 16)
     (tmp_path / "t.json").write_text(json.dumps({**report, "cost_counts_loops_once": True}))

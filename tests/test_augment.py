@@ -81,10 +81,10 @@ def test_each_randaugment_op_matches_pil(photos, name):
 
 
 def test_lookup_implementations_agree_exactly(photos):
-    """The one-hot contraction TPUs get (lut_impl='onehot') gives the gather's values bit for bit: on every
-    op's tables for real photographs, and on tables of arbitrary float32 values. (That the TPU keeps all 24
-    bits at HIGHEST precision is the compiler's contract, not checked here: this CPU's dots are float32
-    at any precision.)"""
+    """The one-hot contraction TPUs get (lut_impl='onehot') gives the gather's values bit for bit:
+    on every op's tables for real photographs, and on tables of arbitrary float32 values. (That the
+    TPU keeps all 24 bits at HIGHEST precision is the compiler's contract, not checked here: this
+    CPU's dots are float32 at any precision.)"""
     x = jnp.asarray(np.stack(photos), jnp.float32)
     luts = jax.vmap(lambda im: A._luts(im, A.grayscale(im), 0.7, 1.0, True)[0])(
         x
@@ -107,8 +107,8 @@ def test_lookup_implementations_agree_exactly(photos):
 
 
 def test_geometric_ops_compose_into_one_warp(photos):
-    """Rotate then ShearX as one map: PIL's single transform by that map within one interpolation's error,
-    and PIL's two transforms in a row within two interpolations' blur."""
+    """Rotate then ShearX as one map: PIL's single transform by that map within one interpolation's
+    error, and PIL's two transforms in a row within two interpolations' blur."""
     a = photos[0]
     m = A._geometry(A.INCREASING_OPS.index("Rotate"), 0.5, 1.0, 72, 96, 0.45) @ A._geometry(
         A.INCREASING_OPS.index("ShearX"), 0.5, 1.0, 72, 96, 0.45

@@ -1,4 +1,5 @@
-"""The run's CheckpointManager and the training step's pieces: retention, damage, accumulation, EMA, bf16."""
+"""The run's CheckpointManager and the training step's pieces: retention, damage, accumulation, EMA,
+bf16."""
 
 import pathlib
 
@@ -69,8 +70,8 @@ def test_half_written_and_damaged_checkpoints_are_skipped(tmp_path):
 
 
 def _step(accum=1, ema=0.0, dtype="float32", tx=None):
-    """The smoke config's jitted train step (no RandAugment or erasing; mixing stays on: one lambda per
-    whole batch) and its initial state."""
+    """The smoke config's jitted train step (no RandAugment or erasing; mixing stays on: one lambda
+    per whole batch) and its initial state."""
     c = smoke(
         **{
             "model.dtype": dtype,
@@ -96,7 +97,8 @@ def _step(accum=1, ema=0.0, dtype="float32", tx=None):
 
 
 def keep_gradients() -> optax.GradientTransformation:
-    """An 'optimizer' that leaves the parameters alone and keeps the step's gradients as its state."""
+    """An 'optimizer' that leaves the parameters alone and keeps the step's gradients as its
+    state."""
 
     def zeros(tree):
         return jax.tree.map(jnp.zeros_like, tree)
@@ -120,11 +122,12 @@ def batch():
 def test_accumulated_micro_batches_give_the_gradient_of_the_whole_batch(batch):
     """4 micro-batches of 4 and one batch of 16 differ only in the order float32 sums are taken.
 
-    The longest sum in this network's backward pass is a convolution's weight gradient over the batch and
-    the first 16x16 map: n = 16 * 16 * 16 = 4096 terms. Reordering a float32 sum changes it by at most
-    2 (n - 1) u sum|terms| (u = 2^-24): 4.9e-4 of the terms' magnitude, for which each array's largest
-    gradient stands in. The gradients are compared, not the parameters after AdamW, whose first step
-    divides by |g| + eps and so turns a rounding difference in a gradient near 0 into any difference.
+    The longest sum in this network's backward pass is a convolution's weight gradient over the
+    batch and the first 16x16 map: n = 16 * 16 * 16 = 4096 terms. Reordering a float32 sum changes
+    it by at most 2 (n - 1) u sum|terms| (u = 2^-24): 4.9e-4 of the terms' magnitude, for which each
+    array's largest gradient stands in. The gradients are compared, not the parameters after AdamW,
+    whose first step divides by |g| + eps and so turns a rounding difference in a gradient near 0
+    into any difference.
     """
     tolerance = 2 * (16 * 16 * 16 - 1) * 2.0**-24
     one, state = _step(tx=keep_gradients())
@@ -171,7 +174,8 @@ def test_a_nonfinite_step_leaves_the_state_as_it_was_and_records_the_step(batch)
         np.testing.assert_array_equal(a, b)
 
 
-# ---------------------------------------------------------------- BatchNorm's running statistics (UperNet's heads)
+# ---------------------------------------------------------------- BatchNorm's running statistics
+# (UperNet's heads)
 class _BatchNormNet(nnx.Module):
     def __init__(self, *, rngs):
         self.fc = nnx.Linear(4, 8, rngs=rngs)
@@ -203,9 +207,10 @@ class _BatchNormTask:
 
 @pytest.mark.parametrize("accum", [1, 2])
 def test_running_statistics_travel_in_the_weights_and_follow_batchnorms_momentum(accum):
-    """The statistics sit beside the parameters (one tree, so checkpoints, EMA and loading carry them); the step
-    updates them as BatchNorm does over the global batch (micro-batch after micro-batch when accumulating), and
-    the optimizer leaves them alone (the loss does not depend on them: no gradient, no weight decay on 1-D)."""
+    """The statistics sit beside the parameters (one tree, so checkpoints, EMA and loading carry
+    them); the step updates them as BatchNorm does over the global batch (micro-batch after
+    micro-batch when accumulating), and the optimizer leaves them alone (the loss does not depend on
+    them: no gradient, no weight decay on 1-D)."""
     schedule = lr_schedule(
         base_lr=1e-2, warmup_lr=1e-2, min_lr=1e-2, warmup_steps=0, total_steps=10
     )
@@ -233,8 +238,8 @@ def test_running_statistics_travel_in_the_weights_and_follow_batchnorms_momentum
         part = h[i::accum]
         mean, var = 0.9 * mean + 0.1 * part.mean(0), 0.9 * var + 0.1 * part.var(0)
     got = jax.device_get(new["params"]["bn"])
-    # float32 over 16 rows (and flax's E[x^2] - E[x]^2 on values of order 10): a few 1e-6 at most, against
-    # numpy's float64
+    # float32 over 16 rows (and flax's E[x^2] - E[x]^2 on values of order 10): a few 1e-6 at most,
+    # against numpy's float64
     np.testing.assert_allclose(got["mean"], mean, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got["var"], var, rtol=1e-5, atol=1e-5)
     assert not np.allclose(got["scale"], bn["scale"])  # the parameters did move

@@ -1,4 +1,5 @@
-"""Configs: every shipped config validates; a bad field stops with one line before anything compiles."""
+"""Configs: every shipped config validates; a bad field stops with one line before anything
+compiles."""
 
 import pathlib
 import subprocess
@@ -232,7 +233,8 @@ def test_train_py_exits_with_the_one_line_before_compiling(tmp_path, flag, messa
         ),
         (
             (dict(name="b"),),
-            r"config.evals\[0\]=\{'name': 'b'\}: a dict with name and split, and optionally dataset",
+            r"config.evals\[0\]=\{'name': 'b'\}: a dict with name and split, and optionally "
+            r"dataset",
         ),
         (
             (dict(name="c", split="test", crop_pct=1.5),),

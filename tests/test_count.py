@@ -49,8 +49,8 @@ def hand_macs(depths, dims, form, size=(224, 224), num_classes=1000, mlp_ratio=4
     return macs + dims[-1] * num_classes
 
 
-# Tracing B takes ~10 s a form; its learned forms are checked by the stencil arithmetic below instead
-# (the model's own count of every form is checked on T and S, and on B's mean8).
+# Tracing B takes ~10 s a form; its learned forms are checked by the stencil arithmetic below
+# instead (the model's own count of every form is checked on T and S, and on B's mean8).
 TRACED = sorted(k for k in TABLE if k[0] != "B" or k[1] == "mean8")
 
 
@@ -66,7 +66,8 @@ def test_counts_match_the_reference_table(variant, form):
 
 @pytest.mark.parametrize("variant, form", sorted(set(TABLE) - set(TRACED)))
 def test_learned_forms_add_one_stencil_per_block(variant, form):
-    """A learned form adds a k x k depthwise stencil to each block of the mean8 model: params and MACs."""
+    """A learned form adds a k x k depthwise stencil to each block of the mean8 model: params and
+    MACs."""
     params, macs, gmacs = TABLE[variant, form]
     base_params, base_macs, _ = TABLE[variant, "mean8"]
     depths, dims = VARIANTS[variant]["depths"], VARIANTS[variant]["dims"]

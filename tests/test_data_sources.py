@@ -1,4 +1,5 @@
-"""Sources through TFDS: the embedded digits, image folders, ImageNet's own builder, synthetic data."""
+"""Sources through TFDS: the embedded digits, image folders, ImageNet's own builder, synthetic
+data."""
 
 import images
 import numpy as np
@@ -123,7 +124,8 @@ def test_imagenet2012_through_the_real_tfds_builder(tmp_path):
     train = sources.open_split("imagenet2012", "train", data_dir=tmp_path / "tfds")
     val = sources.open_split("imagenet2012", "validation", data_dir=tmp_path / "tfds")
     assert (len(train), len(val), train.num_classes) == (7, 5, 1000)
-    # labels: train from the class tar's synset; validation from TFDS's list (ILSVRC2012_val_00000001: n01751748)
+    # labels: train from the class tar's synset; validation from TFDS's list
+    # (ILSVRC2012_val_00000001: n01751748)
     by_name = {val.records[i]["file_name"].decode(): int(val.records[i]["label"]) for i in range(5)}
     assert by_name["ILSVRC2012_val_00000001.JPEG"] == 65
     assert sorted({int(train.records[i]["label"]) for i in range(7)}) == [0, 1]
@@ -166,8 +168,8 @@ def test_prepare_cli_stops_with_one_line(tmp_path, capsys):
 
 
 def miniature_checksums(monkeypatch, dataset: str, files: dict) -> None:
-    """Lets TFDS's own builder take miniature files for the URLs it registers checksums for: the real
-    files' sizes and sha256 are in TFDS's checksums.tsv; these are the miniatures'."""
+    """Lets TFDS's own builder take miniature files for the URLs it registers checksums for: the
+    real files' sizes and sha256 are in TFDS's checksums.tsv; these are the miniatures'."""
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core.download import checksums
 
@@ -184,7 +186,8 @@ V2_URL = "https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/image
 
 
 def test_real_labels_are_scored_as_real_does_through_the_real_tfds_builder(tmp_path, monkeypatch):
-    """imagenet2012_real from a miniature val tar and real.json; top-1 counts hits among labeled images only."""
+    """imagenet2012_real from a miniature val tar and real.json; top-1 counts hits among labeled
+    images only."""
     import tarfile
 
     import jax
@@ -211,7 +214,8 @@ def test_real_labels_are_scored_as_real_does_through_the_real_tfds_builder(tmp_p
             ]
         )
     ranked = np.argsort(-np.asarray(logits(params, crops)), axis=-1)
-    # hits: the top class is in the set (sets of the top 3, so no near tie decides); misses: the bottom classes
+    # hits: the top class is in the set (sets of the top 3, so no near tie decides); misses: the
+    # bottom classes
     labels = [ranked[0, :3], [*ranked[1, :3], ranked[1, -1]], ranked[2, -2:], [], ranked[4, -1:]]
     images.real_json(tars, labels)
     miniature_checksums(monkeypatch, "imagenet2012_real", {REAL_URL: tars / "real.json"})

@@ -1,5 +1,5 @@
-"""Fine-tuning: a run's parameters from another checkpoint (config.init_from), layer-wise lr decay and
-training only some parameters, through optax."""
+"""Fine-tuning: a run's parameters from another checkpoint (config.init_from), layer-wise lr decay
+and training only some parameters, through optax."""
 
 import contextlib
 import io
@@ -25,7 +25,8 @@ from hcnet.nets import ModelDef
 
 checkpoint.configure_orbax()
 SEEDS = 2
-LOSS_MARGIN = 0.05  # nats of held-out cross-entropy, mean over the seeds (the margin is set in the test below)
+# nats of held-out cross-entropy, mean over the seeds (the margin is set in the test below)
+LOSS_MARGIN = 0.05
 
 
 def flat(num_classes=10) -> dict:
@@ -152,7 +153,8 @@ def test_a_run_starts_from_another_runs_weights_once_and_its_own_checkpoints_win
 
 @pytest.fixture(scope="module")
 def digit_folders(tmp_path_factory):
-    """digits 0-4 and 5-9 as image folders, prepared as the TFDS datasets digits_low and digits_high."""
+    """digits 0-4 and 5-9 as image folders, prepared as the TFDS datasets digits_low and
+    digits_high."""
     from hcnet.data import builders, prepare
 
     root = tmp_path_factory.mktemp("digits")
@@ -173,8 +175,9 @@ def transfer_config(run: str, data_dir, seed: int = 0, **overrides):
 
 
 def transfer_runs(data_dir, workdir) -> dict:
-    """configs/digits_transfer.py as shipped: the pretraining on digits 0-4, then SEEDS fine-tunes from it with
-    a new head and SEEDS runs from scratch, the same few updates on digits 5-9: {"pre", "tuned", "scratch"}."""
+    """configs/digits_transfer.py as shipped: the pretraining on digits 0-4, then SEEDS fine-tunes
+    from it with a new head and SEEDS runs from scratch, the same few updates on digits 5-9: {"pre",
+    "tuned", "scratch"}."""
 
     def quiet(c, name):
         return _quiet(trainer.train_and_evaluate, c, pathlib.Path(workdir) / name)
@@ -200,11 +203,12 @@ def transfer_runs(data_dir, workdir) -> dict:
 def test_fine_tuning_a_pretrained_backbone_beats_training_from_scratch_on_new_digits(
     digit_folders, tmp_path
 ):
-    """Pretrained on digits 0-4, then a new head and the same few updates on digits 5-9 from that backbone or
-    from scratch, over SEEDS seeds (one pretraining). The runs go as a user runs the config: in one process of
-    one CPU device (this suite's processes have 8 fake devices and compile at level 0, at which the 600
-    pretraining updates take twice as long), at XLA's optimisation level 1: alone on a 2-core Intel Xeon VM
-    the test took 79 s at level 1 against 105 s at the default level (5 compiles, each twice as fast)."""
+    """Pretrained on digits 0-4, then a new head and the same few updates on digits 5-9 from that
+    backbone or from scratch, over SEEDS seeds (one pretraining). The runs go as a user runs the
+    config: in one process of one CPU device (this suite's processes have 8 fake devices and compile
+    at level 0, at which the 600 pretraining updates take twice as long), at XLA's optimisation
+    level 1: alone on a 2-core Intel Xeon VM the test took 79 s at level 1 against 105 s at the
+    default level (5 compiles, each twice as fast)."""
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join(
@@ -223,7 +227,8 @@ def test_fine_tuning_a_pretrained_backbone_beats_training_from_scratch_on_new_di
     )
     code = (
         f"import json, test_finetune as t; "
-        f"print('RESULTS', json.dumps(t.transfer_runs({str(digit_folders / 'tfds')!r}, {str(tmp_path)!r})))"
+        f"print('RESULTS', json.dumps(t.transfer_runs({str(digit_folders / 'tfds')!r}, "
+        f"{str(tmp_path)!r})))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900

@@ -1,6 +1,7 @@
-"""gs:// everywhere, against a real GCS-compatible server (fake-gcs-server on 127.0.0.1; tests/gcs.py):
-training with its workdir and data in a bucket, kills and hosts, exports, evaluation, prediction, the
-run's growing files, and the one-line errors for buckets, credentials and permissions."""
+"""gs:// everywhere, against a real GCS-compatible server (fake-gcs-server on 127.0.0.1;
+tests/gcs.py): training with its workdir and data in a bucket, kills and hosts, exports, evaluation,
+prediction, the run's growing files, and the one-line errors for buckets, credentials and
+permissions."""
 
 import contextlib
 import http.server
@@ -37,9 +38,9 @@ TIMING = ("train/images_per_s", "train/images_per_s_per_device", "train/input_wa
 
 
 def scalars(logdir) -> dict:
-    """{tag: [(step, value)]} as TensorBoard reads the run's event files, purges applied. Those in a bucket
-    are copied here first: with TensorFlow installed TensorBoard reads gs:// through TensorFlow's own
-    client, which cannot be pointed at the emulator."""
+    """{tag: [(step, value)]} as TensorBoard reads the run's event files, purges applied. Those in a
+    bucket are copied here first: with TensorFlow installed TensorBoard reads gs:// through
+    TensorFlow's own client, which cannot be pointed at the emulator."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,7 +95,8 @@ def test_metrics_and_events_arrive_whole_and_a_restart_replaces_what_a_killed_ru
 
 
 def test_event_files_sort_in_the_order_they_were_started(tmp_path):
-    """TensorBoard reads a folder's event files in name order; a process's 10th must come after its 9th."""
+    """TensorBoard reads a folder's event files in name order; a process's 10th must come after its
+    9th."""
     writers = [monitor.TensorBoardWriter(tmp_path / str(i), first_step=1) for i in range(12)]
     names = [next(p.name for p in (tmp_path / str(i)).iterdir()) for i in range(12)]
     for w in writers:
@@ -148,7 +150,8 @@ def test_gcs_checkpoints_keep_the_latest_n_plus_the_best_and_never_list_a_half_w
 
 
 class _Denied(http.server.BaseHTTPRequestHandler):
-    """Answers every request as Cloud Storage answers credentials without access: 403, JSON error."""
+    """Answers every request as Cloud Storage answers credentials without access: 403, JSON
+    error."""
 
     def _deny(self):
         body = json.dumps(
@@ -322,14 +325,14 @@ def checkpoint_steps(workdir) -> list[int]:
 def test_sigkill_during_a_gcs_save_then_rerun_ends_bitwise_identical_with_whole_metrics(
     smoke_run, bucket
 ):
-    """Killed while the step-8 checkpoint is being written to the bucket; the rerun resumes from step 4.
-    (SIGTERM's save takes the same path as a local one: tests/test_train.py.)"""
+    """Killed while the step-8 checkpoint is being written to the bucket; the rerun resumes from
+    step 4. (SIGTERM's save takes the same path as a local one: tests/test_train.py.)"""
     run_dir, _, _ = smoke_run
     workdir = paths.path(bucket) / "run"
     env = env_with(8)
 
-    # on a slow machine the step-4 save (asynchronous) may still be uploading at step 8's eval line: the
-    # kill waits for it to commit, so that it lands in step 8's save, not step 4's
+    # on a slow machine the step-4 save (asynchronous) may still be uploading at step 8's eval line:
+    # the kill waits for it to commit, so that it lands in step 8's save, not step 4's
     def committed_4():
         return 4 in checkpoint_steps(workdir)
 
@@ -340,7 +343,8 @@ def test_sigkill_during_a_gcs_save_then_rerun_ends_bitwise_identical_with_whole_
     assert f"resumed from {workdir}/checkpoints/4\n" in rerun.stdout  # step 8 had not committed
     assert_same(params_of(workdir), params_of(run_dir))
     assert_same(params_of(workdir, ema=True), params_of(run_dir, ema=True))
-    # every row once, as the uninterrupted run wrote it (what the killed run logged past step 4 is replaced)
+    # every row once, as the uninterrupted run wrote it (what the killed run logged past step 4 is
+    # replaced)
     assert without_timing(monitor.read_metrics(workdir)) == without_timing(
         monitor.read_metrics(run_dir)
     )
@@ -352,8 +356,8 @@ def test_sigkill_during_a_gcs_save_then_rerun_ends_bitwise_identical_with_whole_
 def test_two_processes_of_four_devices_train_into_one_gcs_workdir_like_one_of_eight(
     smoke_run, bucket
 ):
-    """(The multi-host test: jax.distributed, gloo collectives, one process printing, orbax's multi-process
-    save to the bucket, an exact evaluation across both processes.)"""
+    """(The multi-host test: jax.distributed, gloo collectives, one process printing, orbax's
+    multi-process save to the bucket, an exact evaluation across both processes.)"""
     run_dir, _, _ = smoke_run
     workdir = paths.path(bucket) / "run"
     outs = train_in_two_processes(workdir)

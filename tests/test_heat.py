@@ -126,9 +126,9 @@ def test_conductivity_modes():
 @pytest.mark.parametrize("form", ["mean8", "learned3", "learned5"])
 @pytest.mark.parametrize("k_mode", ["input", "fixed"])
 def test_the_heat_step_holds_only_the_padded_map(form, k_mode):
-    """A performance check (not behaviour): XLA compiles x + k L(x) into one pass over the zero-padded map.
-    Its temporaries are that padded map and a few small arrays (k, the folded kernel), where a program
-    that kept the k*k shifted maps would hold at least nine maps."""
+    """A performance check (not behaviour): XLA compiles x + k L(x) into one pass over the
+    zero-padded map. Its temporaries are that padded map and a few small arrays (k, the folded
+    kernel), where a program that kept the k*k shifted maps would hold at least nine maps."""
     layer = heat_layer(form, k_mode, dim=8)
     graphdef, state = nnx.split(layer)
     step = jax.jit(lambda s, x: x + nnx.merge(graphdef, s)(x))

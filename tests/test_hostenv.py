@@ -45,7 +45,10 @@ def test_nothing_changes_elsewhere(environ, overrides):
 )
 def test_reexec_restarts_the_command_once_with_the_tunable():
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    code = "from hcnet import hostenv; hostenv.reexec_on_cpu(); import os; print(os.environ['GLIBC_TUNABLES'])"
+    code = (
+        "from hcnet import hostenv; hostenv.reexec_on_cpu(); import os; "
+        "print(os.environ['GLIBC_TUNABLES'])"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", code],
         env={**env, "JAX_PLATFORMS": "cpu"},

@@ -1,6 +1,6 @@
-"""The package's imports go one way: each module imports only modules below it in LAYERS (function-level
-imports included), so there is no cycle; heavy optional libraries are imported only where they are used,
-and importing the library changes no global state."""
+"""The package's imports go one way: each module imports only modules below it in LAYERS
+(function-level imports included), so there is no cycle; heavy optional libraries are imported only
+where they are used, and importing the library changes no global state."""
 
 import ast
 import json
@@ -10,8 +10,9 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-# Low to high: a module may import its own layer's earlier entries and every lower layer, never a higher one.
-# Within hcnet/data the order is the listed one too. hcnet/tools and the commands sit above everything.
+# Low to high: a module may import its own layer's earlier entries and every lower layer, never a
+# higher one. Within hcnet/data the order is the listed one too. hcnet/tools and the commands sit
+# above everything.
 LAYERS = [
     ["hcnet.errors", "hcnet.hostenv"],
     ["hcnet.paths"],
@@ -62,8 +63,8 @@ LAYERS = [
     ["hcnet.tools"],
     ["hcnet"],  # the package's lazy exports (importlib), and the commands' home
 ]
-# optional heavy dependencies: imported inside the functions that need them, never at a module's top, but
-# in the modules whose job they are (TFDS's dataset builders)
+# optional heavy dependencies: imported inside the functions that need them, never at a module's
+# top, but in the modules whose job they are (TFDS's dataset builders)
 LAZY_ONLY = {"tensorflow", "tensorflow_datasets", "torch", "matplotlib", "libtpu"}
 OWNERS = {
     "hcnet.data.builders": {"tensorflow_datasets"},
@@ -147,8 +148,8 @@ def test_the_layers_reject_an_upward_import():
 
 
 def test_importing_the_library_changes_no_global_state():
-    """Every library module imported in a fresh process: the environment, fsspec's settings and JAX's config
-    are as they were (toggles belong in a command's main)."""
+    """Every library module imported in a fresh process: the environment, fsspec's settings and
+    JAX's config are as they were (toggles belong in a command's main)."""
     names = [n for n in modules() if not n.startswith("hcnet.tools") and n != "hcnet"]
     code = f"""
 import json, os, sys

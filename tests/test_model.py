@@ -187,7 +187,8 @@ def test_gelu_is_the_exact_gelu():
 
 @pytest.mark.parametrize("size", [3, 5, None])
 def test_hand_written_backward_passes_equal_autodiff(size):
-    """gelu_filter and depthwise_conv ('shift') against autodiff of jax.nn.gelu and XLA's grouped conv."""
+    """gelu_filter and depthwise_conv ('shift') against autodiff of jax.nn.gelu and XLA's grouped
+    conv."""
     kh, kk, kg = jax.random.split(jax.random.key(size or 0), 3)
     h = 2.0 * jax.random.normal(kh, (2, 7, 9, 6))
     kernel = jax.random.normal(kk, (size, size, 1, 6)) if size else None
@@ -217,8 +218,8 @@ def test_hand_written_backward_passes_equal_autodiff(size):
 
 
 def test_the_filter_backward_keeps_h_and_gelu_h_only():
-    """Residuals the backward pass holds: h and GELU(h) (plus the kernel), where autodiff of the same
-    forward keeps the nine shifted copies and the erfc terms as well."""
+    """Residuals the backward pass holds: h and GELU(h) (plus the kernel), where autodiff of the
+    same forward keeps the nine shifted copies and the erfc terms as well."""
     h, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 1, 4))
 
     def size(f):
@@ -243,8 +244,9 @@ def test_shift_and_grouped_conv_forms_give_the_same_gradients():
 
 
 def test_auto_is_the_shifted_form_on_the_cpu_bit_for_bit():
-    """depthwise_impl='auto' (the default) lowers to the shifted multiply-adds for a CPU: no convolution
-    in the program, and the gradients of 'shift' exactly (hcnet.measure.aot's tests check a TPU gets convolutions)."""
+    """depthwise_impl='auto' (the default) lowers to the shifted multiply-adds for a CPU: no
+    convolution in the program, and the gradients of 'shift' exactly (hcnet.measure.aot's tests
+    check a TPU gets convolutions)."""
     x = jax.random.normal(jax.random.key(0), (2, 40, 36, 3))
     a, b = (
         create_model("mu", heat_operator="learned5", depthwise_impl=impl, rngs=rngs())
@@ -264,8 +266,9 @@ def test_auto_is_the_shifted_form_on_the_cpu_bit_for_bit():
 
 @pytest.mark.parametrize("form", ["mean8", "learned5"])
 def test_scanned_stages_compute_the_unrolled_network(form):
-    """model.block_loop="scan": the same parameters (one tree per block) give the same logits and gradients, to
-    float32 reassociation (measured 1e-7 relative on the logits, 5e-7 on the gradients)."""
+    """model.block_loop="scan": the same parameters (one tree per block) give the same logits and
+    gradients, to float32 reassociation (measured 1e-7 relative on the logits, 5e-7 on the
+    gradients)."""
     x = jax.random.normal(jax.random.key(0), (2, 40, 36, 3))
     a, b = (
         nnx.view(
@@ -306,9 +309,9 @@ def test_scanned_drop_path_drops_whole_examples_at_its_rate():
     "remat, policy", [(False, jax.checkpoint_policies.dots_saveable), (True, None)]
 )
 def test_a_scanned_stage_keeps_its_matmul_outputs_for_the_backward_pass(remat, policy):
-    """A scanned stage's block is checkpointed: its backward pass keeps the matmul and convolution outputs and
-    recomputes the elementwise work (for HcNet-T on v5e, 1.87 GiB a chip instead of 4.16); with model.remat it
-    recomputes everything."""
+    """A scanned stage's block is checkpointed: its backward pass keeps the matmul and convolution
+    outputs and recomputes the elementwise work (for HcNet-T on v5e, 1.87 GiB a chip instead of
+    4.16); with model.remat it recomputes everything."""
     model_def, params = ModelDef.from_spec(
         model_spec("mu", block_loop="scan", remat=remat, drop_path=0.1)
     )
@@ -332,9 +335,9 @@ def test_a_scanned_stage_keeps_its_matmul_outputs_for_the_backward_pass(remat, p
 
 
 def test_auto_block_loop_scans_for_a_tpu_and_unrolls_elsewhere():
-    """for_platform resolves model.block_loop="auto" per platform; a scan or unroll chosen by hand stays, and
-    dropout (which a scanned stage does not draw) keeps the blocks unrolled. A spec written when the switch
-    was the boolean scan_blocks still builds."""
+    """for_platform resolves model.block_loop="auto" per platform; a scan or unroll chosen by hand
+    stays, and dropout (which a scanned stage does not draw) keeps the blocks unrolled. A spec
+    written when the switch was the boolean scan_blocks still builds."""
     spec = model_spec("mu")
     assert spec.get("block_loop", "auto") == "auto"
     assert for_platform(spec, "tpu")["block_loop"] == "scan"

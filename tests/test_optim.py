@@ -12,7 +12,8 @@ from hcnet.optim import decay_mask, lr_schedule, make_optimizer, scale_lr
 
 
 def timm_cosine(t, base, warmup_lr, min_lr, warmup, total):
-    """timm's CosineLRScheduler(t_initial=total, warmup_t=warmup, warmup_prefix=False), per update."""
+    """timm's CosineLRScheduler(t_initial=total, warmup_t=warmup, warmup_prefix=False), per
+    update."""
     if t < warmup:
         return warmup_lr + t * (base - warmup_lr) / warmup
     return min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * t / total))
@@ -84,8 +85,9 @@ def test_gradients_are_clipped_to_global_norm_5():
 
 
 def test_poly_schedule_is_mmcvs_with_linear_warmup():
-    """mmcv's PolyLrUpdaterHook (power 1, min 0) with warmup='linear', warmup_ratio r, as Swin's ADE20K runs set
-    it before each update from the updates done: lr(n) = base (1 - n / T), times 1 - (1 - n / W)(1 - r) for n < W."""
+    """mmcv's PolyLrUpdaterHook (power 1, min 0) with warmup='linear', warmup_ratio r, as Swin's
+    ADE20K runs set it before each update from the updates done: lr(n) = base (1 - n / T), times 1 -
+    (1 - n / W)(1 - r) for n < W."""
     from hcnet.optim import poly_schedule
 
     base, total, warm, ratio = 6e-5, 160_000, 1500, 1e-6

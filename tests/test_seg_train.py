@@ -1,6 +1,6 @@
-"""Segmentation end to end: train.py trains UperNet on HcNet-mu on real photographs (hcnet_collages) from a
-classification checkpoint's backbone, and the run's checkpoint is evaluated (eval.py's path) and predicted
-(masks and overlays)."""
+"""Segmentation end to end: train.py trains UperNet on HcNet-mu on real photographs (hcnet_collages)
+from a classification checkpoint's backbone, and the run's checkpoint is evaluated (eval.py's path)
+and predicted (masks and overlays)."""
 
 import io
 import json
@@ -31,10 +31,11 @@ CHANCE = (
 
 @pytest.fixture(scope="session")
 def seg_run(smoke_run, tmp_path_factory, worker_id):
-    """configs/seg_quickstart.py cut to STEPS updates and 40 test collages, started from the smoke run's
-    HcNet-mu: (workdir, data_dir, console). It runs as a user runs it: train.py, one process of one CPU device,
-    at XLA's optimisation level 1 (this suite's level 0 runs the steps 4x slower; level 1 compiles 20 s faster
-    than the default here). Once per session, shared by the xdist workers."""
+    """configs/seg_quickstart.py cut to STEPS updates and 40 test collages, started from the smoke
+    run's HcNet-mu: (workdir, data_dir, console). It runs as a user runs it: train.py, one process
+    of one CPU device, at XLA's optimisation level 1 (this suite's level 0 runs the steps 4x slower;
+    level 1 compiles 20 s faster than the default here). Once per session, shared by the xdist
+    workers."""
     return once_per_session(
         tmp_path_factory, worker_id, "seg-run", lambda base: _train(base, smoke_run[0])
     )
@@ -89,7 +90,8 @@ def test_training_on_real_photographs_lifts_miou_far_above_chance_from_a_classif
     workdir = pathlib.Path(workdir)
     # the backbone's arrays came from the classification run, under backbone/; the heads are new
     loaded = re.search(
-        r"init_from \S+ \(step 8\): (\d+) arrays loaded, 0 skipped on purpose, (\d+) new, (\d+) of the "
+        r"init_from \S+ \(step 8\): (\d+) arrays loaded, 0 skipped on purpose, (\d+) new, (\d+) of "
+        r"the "
         r"checkpoint's unused",
         console,
     )
@@ -104,8 +106,8 @@ def test_training_on_real_photographs_lifts_miou_far_above_chance_from_a_classif
 
 
 def test_the_checkpoint_evaluates_as_trained_and_with_the_multi_scale_flip_test(seg_run):
-    """eval.py's path on this process's 8 devices: the training run's single-scale mIoU (1 device), and the
-    `ms` evaluator beside it; every test image counted once."""
+    """eval.py's path on this process's 8 devices: the training run's single-scale mIoU (1 device),
+    and the `ms` evaluator beside it; every test image counted once."""
     workdir, _, console = seg_run
     workdir = pathlib.Path(workdir)
     trained = float(re.search(r"step 80 eval: eval/mIoU ([\d.]+)", console)[1])
@@ -114,11 +116,12 @@ def test_the_checkpoint_evaluates_as_trained_and_with_the_multi_scale_flip_test(
     report = eval_report.evaluate(c, workdir)
     got = report["results"]["raw"]
     assert got["count"] == 40 and got["ms/count"] == 40 and report["examples"] == 40
-    # the same weights and images; another device count and XLA optimisation level round the logits differently
-    # (float32, a few ulps), which can only flip the argmax of pixels whose two best logits tie to that rounding.
-    # A margin, not a tolerance: 2e-3 of mIoU is about 140 flipped pixels per class (unions of ~70,000 of the
-    # 276,480 pixels), far more ties than a trained network leaves; a real difference (another image size,
-    # BatchNorm in training mode) moves mIoU by tenths
+    # the same weights and images; another device count and XLA optimisation level round the logits
+    # differently (float32, a few ulps), which can only flip the argmax of pixels whose two best
+    # logits tie to that rounding. A margin, not a tolerance: 2e-3 of mIoU is about 140 flipped
+    # pixels per class (unions of ~70,000 of the 276,480 pixels), far more ties than a trained
+    # network leaves; a real difference (another image size, BatchNorm in training mode) moves mIoU
+    # by tenths
     assert got["mIoU"] == pytest.approx(trained, abs=2e-3)
     assert got["ms/mIoU"] > 2 * CHANCE and 0 < got["aAcc"] <= 1
     text = eval_report.table(report)
@@ -127,9 +130,10 @@ def test_the_checkpoint_evaluates_as_trained_and_with_the_multi_scale_flip_test(
 
 
 def test_an_exported_segmentation_checkpoint_predicts_masks_and_overlays(seg_run, tmp_path):
-    """The run exported as a checkpoint (its BatchNorm statistics with it), then hcnet.visualize (and predict) on
-    it: a mask PNG of class ids at the image's own size that mostly names the right photograph, an overlay with
-    its legend; an unreadable file is skipped. Serving formats say in one line that they are for classifiers."""
+    """The run exported as a checkpoint (its BatchNorm statistics with it), then
+    hcnet.serve.visualize (and predict) on it: a mask PNG of class ids at the image's own size that
+    mostly names the right photograph, an overlay with its legend; an unreadable file is skipped.
+    Serving formats say in one line that they are for classifiers."""
     workdir = export.export(seg_run[0], tmp_path / "export")
     with pytest.raises(
         UserError, match="is a segmentation network: it exports as --format=checkpoint"

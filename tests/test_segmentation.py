@@ -11,23 +11,25 @@ from hcnet import sharding
 from hcnet.evaluators import segmentation
 
 I = segmentation.IGNORE_INDEX
-# image 0: one ignored pixel (its prediction, 2, must not count), classes 0-2 labelled, 3 absent from both;
-# image 1: class 3 predicted once and never labelled (its IoU is 0 and counts, its Acc is undefined);
-# image 2: padding (mask False), which must count for nothing
+# image 0: one ignored pixel (its prediction, 2, must not count), classes 0-2 labelled, 3 absent
+# from both; image 1: class 3 predicted once and never labelled (its IoU is 0 and counts, its Acc is
+# undefined); image 2: padding (mask False), which must count for nothing
 LABEL = np.array([[[0, 0, 1], [I, 2, 1]], [[0, 0, 0], [0, 0, 0]], [[1, 1, 1], [1, 1, 1]]], np.int32)
 PRED = np.array([[[0, 1, 1], [2, 2, 0]], [[0, 0, 0], [0, 0, 3]], [[0, 0, 0], [0, 0, 0]]], np.int32)
 MASK = np.array([True, True, False])
 
 
 def test_miou_macc_aacc_by_hand():
-    # image 0 alone: intersections (1, 1, 1, 0), unions (3, 3, 1, 0): IoU 1/3, 1/3, 1 and class 3 left out
+    # image 0 alone: intersections (1, 1, 1, 0), unions (3, 3, 1, 0): IoU 1/3, 1/3, 1 and class 3
+    # left out
     first = segmentation.Totals(4).add(
         segmentation.areas(PRED[:1], LABEL[:1], MASK[:1], num_classes=4), 1
     )
     assert first.metrics() == pytest.approx(
         {"mIoU": 5 / 9, "mAcc": 2 / 3, "aAcc": 3 / 5, "count": 1}
     )
-    # both: intersections (6, 1, 1, 0), predicted (7, 2, 1, 1), labelled (8, 2, 1, 0), unions (9, 3, 1, 1)
+    # both: intersections (6, 1, 1, 0), predicted (7, 2, 1, 1), labelled (8, 2, 1, 0), unions (9, 3,
+    # 1, 1)
     both = segmentation.Totals(4).add(segmentation.areas(PRED, LABEL, MASK, num_classes=4), 2)
     np.testing.assert_array_equal(
         both.sums, [[6, 1, 1, 0], [9, 3, 1, 1], [7, 2, 1, 1], [8, 2, 1, 0]]
@@ -84,8 +86,8 @@ def test_every_pixel_counts_once_on_any_number_of_devices(devices):
 
 
 def test_upernet_output_strides_and_shapes_at_a_non_square_size():
-    """70 x 45 (neither divisible by 32): decode logits at the stem's stride-4 size, aux at stride 16, and the
-    image-size output."""
+    """70 x 45 (neither divisible by 32): decode logits at the stem's stride-4 size, aux at stride
+    16, and the image-size output."""
     from flax import nnx
 
     from hcnet import nets, upernet
@@ -110,8 +112,8 @@ def test_upernet_output_strides_and_shapes_at_a_non_square_size():
 
 
 def test_upernet_t_parameters_are_mmsegs_heads_on_hcnet_t():
-    """mmseg's UPerHead (512 channels) and FCNHead (256) on HcNet-T's dims, counted by hand; BN's scale and
-    bias are parameters, its running statistics are not (as mmseg counts)."""
+    """mmseg's UPerHead (512 channels) and FCNHead (256) on HcNet-T's dims, counted by hand; BN's
+    scale and bias are parameters, its running statistics are not (as mmseg counts)."""
     from hcnet.measure.count import segmentation_counts
 
     d, c, k = (64, 128, 320, 512), 512, 150
@@ -141,7 +143,8 @@ def test_adaptive_pool_is_torchs_on_sizes_that_do_not_divide():
 
     x = np.arange(2 * 7 * 5 * 3, dtype=np.float32).reshape(2, 7, 5, 3)
     got = np.asarray(adaptive_avg_pool(x, 3))
-    # torch.nn.AdaptiveAvgPool2d(3) on 7 rows: [0, 3), [2, 5), [4, 7); on 5 columns: [0, 2), [1, 4), [3, 5)
+    # torch.nn.AdaptiveAvgPool2d(3) on 7 rows: [0, 3), [2, 5), [4, 7); on 5 columns: [0, 2), [1, 4),
+    # [3, 5)
     rows, cols = [(0, 3), (2, 5), (4, 7)], [(0, 2), (1, 4), (3, 5)]
     want = np.stack(
         [np.stack([x[:, a:b, c:d].mean(axis=(1, 2)) for c, d in cols], 1) for a, b in rows], 1
@@ -149,7 +152,8 @@ def test_adaptive_pool_is_torchs_on_sizes_that_do_not_divide():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-# ---------------------------------------------------------------- inference: whole, sliding window, scales, flip
+# ---------------------------------------------------------------- inference: whole, sliding window,
+# scales, flip
 def test_resizing_follows_opencv_and_torch_rules():
     from hcnet.data import seg_transforms as st
 
@@ -203,7 +207,8 @@ def test_sliding_window_and_whole_image_agree_for_a_pointwise_model_and_not_for_
         seg_inference.whole_logits(context, image),
         atol=1e-3,
     )
-    # multi-scale with flip: probabilities at the image's size; a mirror-symmetric model is unchanged by the flip
+    # multi-scale with flip: probabilities at the image's size; a mirror-symmetric model is
+    # unchanged by the flip
     p = seg_inference.probability_map(
         pointwise, image, scale=(110, 70), ratios=(0.5, 1.0, 1.5), flip=True, **kw
     )
@@ -228,13 +233,15 @@ PALETTE = np.array([[250, 10, 10], [10, 250, 10], [10, 10, 250], [240, 240, 20]]
 
 
 def reads_colour(weights, x):
-    """A 'network' whose logits say how close each pixel's colour is to each class's (weights: the palette)."""
+    """A 'network' whose logits say how close each pixel's colour is to each class's (weights: the
+    palette)."""
     return -jnp.sum((x[..., None, :] - weights[None, None, None]) ** 2, -1)
 
 
 def colour_source(sizes=((40, 56), (33, 56))):
-    """(SegmentationSource of images whose colours name their classes, their labels): 8x8 blocks of random
-    classes, a 3x3 ignored corner; sizes at scale 1 of (56, 40), none a multiple of the window."""
+    """(SegmentationSource of images whose colours name their classes, their labels): 8x8 blocks of
+    random classes, a 3x3 ignored corner; sizes at scale 1 of (56, 40), none a multiple of the
+    window."""
     import io
 
     from PIL import Image
@@ -261,8 +268,9 @@ def colour_source(sizes=((40, 56), (33, 56))):
 
 
 def test_the_evaluator_scores_each_image_at_its_own_size_whole_or_by_window():
-    """Images whose colours name their classes, and a 'network' that reads the colour back: a perfect score,
-    whole or by sliding window, on 8 devices or 1; shifting its answer by one class scores 0."""
+    """Images whose colours name their classes, and a 'network' that reads the colour back: a
+    perfect score, whole or by sliding window, on 8 devices or 1; shifting its answer by one class
+    scores 0."""
     source, labels = colour_source()
     weights = jnp.asarray(PALETTE, jnp.float32)
     for devices, mode in ((8, "slide"), (1, "whole"), (8, "whole")):
@@ -310,8 +318,9 @@ def test_the_pixel_loss_counts_ignored_pixels_as_zero_in_the_mean_as_mmseg_does(
 
 
 def test_the_device_side_zeroes_the_padding_after_normalising_and_a_bad_pair_is_masked_out():
-    """mmseg pads after Normalize, so padded pixels are 0 in the network's input, not black; an image whose
-    mask does not match it is left out of the batch (mask False) rather than stopping the run."""
+    """mmseg pads after Normalize, so padded pixels are 0 in the network's input, not black; an
+    image whose mask does not match it is left out of the batch (mask False) rather than stopping
+    the run."""
     import io
 
     from PIL import Image
@@ -375,18 +384,20 @@ from hcnet.evaluators import segmentation
 import test_segmentation as t
 source, labels = t.colour_source(((40, 56), (33, 56), (40, 48)))
 mesh = sharding.make_mesh()  # 4 devices over the 2 processes
-weights = jax.make_array_from_callback((4, 3), NamedSharding(mesh, P()), lambda i: t.PALETTE.astype(np.float32)[i])
-ev = segmentation.Evaluator("ade", source, t.reads_colour, mesh=mesh, mode="slide", crop=(24, 24), stride=(16, 16),
-                            scale=(56, 40))
+palette = t.PALETTE.astype(np.float32)
+weights = jax.make_array_from_callback((4, 3), NamedSharding(mesh, P()), lambda i: palette[i])
+ev = segmentation.Evaluator("ade", source, t.reads_colour, mesh=mesh, mode="slide", crop=(24, 24),
+                            stride=(16, 16), scale=(56, 40))
 totals = ev.totals(weights)
-print("RESULT", ev(weights), int(totals.sums[3].sum()), sum(int((l != t.I).sum()) for l in labels), flush=True)
+labelled = sum(int((l != t.I).sum()) for l in labels)
+print("RESULT", ev(weights), int(totals.sums[3].sum()), labelled, flush=True)
 """
 
 
 def test_two_hosts_score_every_image_once_each_on_its_own_devices():
-    """Two processes of two devices: each infers its share of the images on its own devices (the images differ
-    between processes) and the split's sums are added: the perfect score and every labelled pixel of the three
-    images counted once, on both."""
+    """Two processes of two devices: each infers its share of the images on its own devices (the
+    images differ between processes) and the split's sums are added: the perfect score and every
+    labelled pixel of the three images counted once, on both."""
     import ast
     import os
     import pathlib

@@ -1,5 +1,6 @@
-"""Segmentation data: ADE20K from a miniature ADEChallengeData2016.zip made here from real photographs, and a
-segmentation folder, both through their TFDS builders and back out through hcnet.data.sources."""
+"""Segmentation data: ADE20K from a miniature ADEChallengeData2016.zip made here from real
+photographs, and a segmentation folder, both through their TFDS builders and back out through
+hcnet.data.sources."""
 
 import dataclasses
 import io
@@ -17,7 +18,8 @@ ADE_NAMES = ["wall", "building, edifice", "sky"] + [f"class{i}" for i in range(4
 
 
 def scene(name: str, size=(48, 40), seed=0) -> tuple[np.ndarray, np.ndarray]:
-    """A photograph and a mask of stored ids: 0 (other) in the top-left block, then bands of 1, 2, 3."""
+    """A photograph and a mask of stored ids: 0 (other) in the top-left block, then bands of 1, 2,
+    3."""
     image = photo(name, size)
     h, w = image.shape[:2]
     mask = np.full((h, w), 1 + seed % 3, np.uint8)
@@ -34,7 +36,8 @@ def png(mask: np.ndarray) -> bytes:
 
 
 def ade_zip(path, *, drop_mask=None, info=True) -> dict:
-    """A miniature ADEChallengeData2016.zip: 3 training and 2 validation scenes; {member: (image, mask)}."""
+    """A miniature ADEChallengeData2016.zip: 3 training and 2 validation scenes; {member: (image,
+    mask)}."""
     members, top = {}, "ADEChallengeData2016"
     with zipfile.ZipFile(path, "w") as z:
         if info:
@@ -155,9 +158,11 @@ def test_label_map_ignores_zero_and_ids_past_the_classes():
     )
 
 
-# ---------------------------------------------------------------- the training pipeline (mmseg's, on the host)
+# ---------------------------------------------------------------- the training pipeline (mmseg's,
+# on the host)
 def blocks(h=300, w=420, size=30, classes=6, seed=0):
-    """A label of size x size blocks of random classes, and an image whose colour is its label's, exactly."""
+    """A label of size x size blocks of random classes, and an image whose colour is its label's,
+    exactly."""
     rng = np.random.default_rng(seed)
     label = np.kron(
         rng.integers(0, classes, (h // size, w // size)), np.ones((size, size), int)
@@ -167,7 +172,8 @@ def blocks(h=300, w=420, size=30, classes=6, seed=0):
 
 
 def interior(label, radius=3):
-    """Pixels whose (2 radius + 1)^2 neighbourhood holds one class: there a resized image keeps the block's colour."""
+    """Pixels whose (2 radius + 1)^2 neighbourhood holds one class: there a resized image keeps the
+    block's colour."""
     padded = np.pad(label, radius, mode="edge")
     windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * radius + 1, 2 * radius + 1))
     return (windows.max((-1, -2)) == windows.min((-1, -2))) & (label != seg_transforms.IGNORE_INDEX)

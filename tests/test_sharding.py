@@ -75,7 +75,8 @@ jax.distributed.initialize(sys.argv[2], 2, pid)
 mesh = jax.make_mesh((4,), ("d",))
 x = jax.make_array_from_callback((4,), NamedSharding(mesh, P("d")), lambda i: jnp.ones((1,)))
 total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))
-time.sleep(late if pid == 1 else 0)  # process 1 reaches the program late (compiling longer, a busy host)
+# process 1 reaches the program late (compiling longer, a busy host)
+time.sleep(late if pid == 1 else 0)
 t = time.monotonic()
 sharding.enter_together(total, x, name="sum")
 waited = time.monotonic() - t
@@ -84,9 +85,9 @@ print("RESULT", waited, float(total(x).addressable_data(0)), flush=True)
 
 
 def test_processes_compile_then_meet_before_a_programs_first_collective():
-    """enter_together: the early process waits at the coordination service's barrier for the late one (which,
-    reaching gloo's first collective more than 30 s late, made the early one fail; reproduced by hand with a
-    45 s delay), and the call that follows runs the compiled program."""
+    """enter_together: the early process waits at the coordination service's barrier for the late
+    one (which, reaching gloo's first collective more than 30 s late, made the early one fail;
+    reproduced by hand with a 45 s delay), and the call that follows runs the compiled program."""
     import os
     import socket
     import subprocess

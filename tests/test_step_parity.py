@@ -1,10 +1,11 @@
 """The training step is the reference's, update by update.
 
-The fixtures (python -m hcnet.tools.torch_fixtures --out=tests/fixtures --kinds=steps) hold mu as the
-reference initialises it, fixed batches of photo crops, and what the reference's main.py loop (hcnet/
-torch_model.py: Swin's weight-decay groups, timm's label smoothing, global-norm clipping, AdamW, timm's
-cosine scheduler stepped after each update) did with them in float64. Here the same weights, through
-the converter, take the same updates through what train.py runs (config -> trainer.Run).
+The fixtures (python -m reference.fixtures --out=tests/fixtures --kinds=steps) hold mu as the
+reference initialises it, fixed batches of photo crops, and what the reference's main.py loop
+(hcnet/ torch_model.py: Swin's weight-decay groups, timm's label smoothing, global-norm clipping,
+AdamW, timm's cosine scheduler stepped after each update) did with them in float64. Here the same
+weights, through the converter, take the same updates through what train.py runs (config ->
+trainer.Run).
 """
 
 import pathlib
@@ -22,15 +23,16 @@ FORMS = ("mean8", "learned5")
 
 # float32 against float64, compared as a fraction of the distance each array travelled (Adam moves
 # every element ~lr an update, so the distance grows like N lr, and so does a per-update error). The
-# longest float32 sums here run over the 32 x 32 stem map of an image, one image per device (GroupNorm's
-# statistics, the weight gradients): at worst (n - 1) 2^-24 relative for n = 1024, which Adam's
-# m / sqrt(v) passes on at most 1.5-fold, twice over (forward and backward): TOL = 3 (n - 1) 2^-24 =
-# 1.8e-4, set from the arithmetic, not fitted to one machine. Measured on an AMD EPYC:
+# longest float32 sums here run over the 32 x 32 stem map of an image, one image per device
+# (GroupNorm's statistics, the weight gradients): at worst (n - 1) 2^-24 relative for n = 1024,
+# which Adam's m / sqrt(v) passes on at most 1.5-fold, twice over (forward and backward): TOL = 3 (n
+# - 1) 2^-24 = 1.8e-4, set from the arithmetic, not fitted to one machine. Measured on an AMD EPYC:
 # 3.1e-5 (mean8) and 3.3e-5 (learned5) at worst over all arrays, losses within 3.6e-6 and gradient
 # norms within 8.8e-6; each single change of the recipe below moves some array by 0.13 to 0.40.
 TOL = 3 * 1023 * 2.0**-24
-# The lr is cos^2 of a float32 angle: near the cosine's end (angle 0.92 pi/2 at update 22 of 24, tan 7.6)
-# a 2-ulp error in the angle becomes 2 tan(angle) angle x 2 ulps = 44 ulps of the lr (measured 13).
+# The lr is cos^2 of a float32 angle: near the cosine's end (angle 0.92 pi/2 at update 22 of 24, tan
+# 7.6) a 2-ulp error in the angle becomes 2 tan(angle) angle x 2 ulps = 44 ulps of the lr (measured
+# 13).
 LR_TOL = 64 * 2.0**-24
 
 
@@ -76,7 +78,8 @@ def params_of(state_dict, form, like):
 
 
 def run_steps(c, form, data, init):
-    """train.py's program for config c, from the reference's initial weights, over the fixed batches."""
+    """train.py's program for config c, from the reference's initial weights, over the fixed
+    batches."""
     run = trainer.Run.create(c, train_examples=c.batch_size)
     state = jax.device_get(run.program.init())
     state["params"] = params_of(init, form, state["params"])
@@ -102,7 +105,8 @@ def run_steps(c, form, data, init):
 
 
 def distance_errors(ours, final, init):
-    """Per array: |ours - reference| / |reference - initial|, the error as a fraction of the distance moved."""
+    """Per array: |ours - reference| / |reference - initial|, the error as a fraction of the
+    distance moved."""
     ours, final, init = (flatten_dict(t) for t in (ours, final, init))
     return {
         "/".join(map(str, k)): float(
@@ -160,9 +164,9 @@ def _schedule_one_update_early(c, mp):
     mp.setattr(optim, "lr_schedule", lambda **kw: lambda step, s=lagged(**kw): s(step + 1))
 
 
-# Two changes, one in the optimizer's schedule and one in the loss, each a separate compile (~25 s on a 2-core
-# machine); the weight-decay mask and the clipping are pinned by tests/test_optim.py on their own (each moved
-# some array by 0.13 to 0.40 when this test ran them too).
+# Two changes, one in the optimizer's schedule and one in the loss, each a separate compile (~25 s
+# on a 2-core machine); the weight-decay mask and the clipping are pinned by tests/test_optim.py on
+# their own (each moved some array by 0.13 to 0.40 when this test ran them too).
 MUTATIONS = {
     "the lr one update early": _schedule_one_update_early,
     "no label smoothing": lambda c, mp: c.augment.update(smoothing=0.0),
@@ -172,7 +176,8 @@ MUTATIONS = {
 @pytest.mark.heavy
 @pytest.mark.parametrize("change", MUTATIONS)
 def test_a_changed_recipe_leaves_the_reference(change, monkeypatch):
-    """What the parity test guards: each part of the recipe, changed alone, moves the result past TOL."""
+    """What the parity test guards: each part of the recipe, changed alone, moves the result past
+    TOL."""
     form = "mean8"
     data, recipe, ref, init, final = fixture(form)
     c = config(form, recipe, data["images"])

@@ -1,5 +1,5 @@
-"""eval.py, hcnet.serve (predict, visualize) and hcnet.measure (bench, roofline) on the smoke run, and the numbers
-behind the figures."""
+"""eval.py, hcnet.serve (predict, visualize) and hcnet.measure (bench, roofline) on the smoke run,
+and the numbers behind the figures."""
 
 import json
 import os
@@ -29,7 +29,8 @@ checkpoint.configure_orbax()
 
 
 def write_images(directory: pathlib.Path) -> dict:
-    """Two readable images (PNG, JPEG), a text file named like an image, and a path that does not exist."""
+    """Two readable images (PNG, JPEG), a text file named like an image, and a path that does not
+    exist."""
     rng = np.random.default_rng(0)
     files = {
         "good.png": rng.integers(0, 256, (40, 30, 3), dtype=np.uint8),
@@ -147,7 +148,8 @@ def test_predict_gives_sorted_top5_and_keeps_going_past_bad_files(smoke_run, tmp
         files["notes.jpg"]: "not an image Pillow can decode (JPEG, PNG, BMP, GIF, WebP, TIFF are)",
         files["missing.png"]: "no such file",
     }
-    # the same probabilities as the loaded model on the run's evaluation preprocessing (32 px, crop 0.875)
+    # the same probabilities as the loaded model on the run's evaluation preprocessing (32 px, crop
+    # 0.875)
     model = hcnet.load(run_dir)
     image = transforms.eval_image(pathlib.Path(files["photo.jpg"]).read_bytes(), 32, 0.875)
     logits = nnx.jit(lambda m, x: m(x))(model, augment.normalize(image[None]))
@@ -214,7 +216,8 @@ def test_radial_spectrum_puts_a_sinusoid_at_its_frequency():
 
 
 def test_a_heat_only_stack_of_blocks_loses_high_frequencies_monotonically():
-    """Paper Figure 1c: each heat step low-passes, so the high-frequency share falls block after block."""
+    """Paper Figure 1c: each heat step low-passes, so the high-frequency share falls block after
+    block."""
     net = create_model(
         None, depths=(10, 1, 1, 1), dims=(16, 16, 16, 16), num_classes=0, rngs=nnx.Rngs(0)
     )
@@ -301,7 +304,8 @@ def test_visualize_writes_four_figures_and_the_numbers_behind_them(smoke_run, tm
     assert all(0 < v < 1 for k in numbers["k"] for v in k)
     assert [np.shape(m) for m in numbers["temperature"]] == [(8, 8), (4, 4), (2, 2), (1, 1)]
     assert [np.shape(m) for m in numbers["grad_cam"]] == [(8, 8), (4, 4), (2, 2), (1, 1)]
-    # scaled to [0, 1]: the peak divided by itself, which XLA may compute as x * (1 / x), 2 roundings from 1
+    # scaled to [0, 1]: the peak divided by itself, which XLA may compute as x * (1 / x), 2
+    # roundings from 1
     assert all(
         np.min(m) >= 0 and (np.max(m) == 0 or abs(np.max(m) - 1) <= 2 * 2.0**-23)
         for m in numbers["grad_cam"]
@@ -378,7 +382,8 @@ def test_peak_table_and_what_the_printout_says():
 # ---------------------------------------------------------------- notebook
 @pytest.mark.heavy
 def run_notebook(name: str) -> dict:
-    """Every code cell in order in one namespace, as a kernel would; `%pip` lines are for Colab and skipped."""
+    """Every code cell in order in one namespace, as a kernel would; `%pip` lines are for Colab and
+    skipped."""
     notebook = json.loads((ROOT / "notebooks" / name).read_text())
     namespace = {}
     for cell in (c for c in notebook["cells"] if c["cell_type"] == "code"):
@@ -390,8 +395,9 @@ def run_notebook(name: str) -> dict:
 
 
 def test_the_quickstart_notebook_runs_top_to_bottom(smoke_run, tmp_path, monkeypatch):
-    """Every code cell in order in one namespace, as a kernel would; `%pip` lines are for Colab and skipped.
-    (After the smoke run: the notebook's tiny setting trains the smoke recipe, so its step is compiled.)"""
+    """Every code cell in order in one namespace, as a kernel would; `%pip` lines are for Colab and
+    skipped. (After the smoke run: the notebook's tiny setting trains the smoke recipe, so its step
+    is compiled.)"""
     monkeypatch.setenv("HCNET_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("HCNET_NOTEBOOK_WORKDIR", str(tmp_path / "run"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -409,7 +415,8 @@ def test_the_quickstart_notebook_runs_top_to_bottom(smoke_run, tmp_path, monkeyp
 
 @pytest.mark.heavy
 def test_the_finetune_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
-    """Its tiny setting: 8 pretraining and 8 fine-tuning updates, then evaluation, export and serving."""
+    """Its tiny setting: 8 pretraining and 8 fine-tuning updates, then evaluation, export and
+    serving."""
     monkeypatch.setenv("HCNET_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("HCNET_NOTEBOOK_WORKDIR", str(tmp_path))
     monkeypatch.setenv("MPLBACKEND", "Agg")

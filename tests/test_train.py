@@ -1,4 +1,5 @@
-"""train.py end to end on the smoke config: metrics, checkpoints, resume, faults, determinism, hosts."""
+"""train.py end to end on the smoke config: metrics, checkpoints, resume, faults, determinism,
+hosts."""
 
 import contextlib
 import io
@@ -87,7 +88,8 @@ def test_smoke_run_writes_metrics_checkpoints_and_run_files(smoke_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir))
-    events.Reload()  # TensorBoard reads what monitor.TensorBoardWriter wrote, without TensorFlow in the run
+    # TensorBoard reads what monitor.TensorBoardWriter wrote, without TensorFlow in the run
+    events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("eval/top1")] == [
         (r["step"], pytest.approx(r["eval/top1"])) for r in eval_rows
     ]
@@ -133,8 +135,8 @@ def test_same_config_and_seed_give_bitwise_identical_parameters(smoke_run, tmp_p
 
 
 def _run_until(cmd, env, marker: str, sig, ready=None) -> subprocess.CompletedProcess:
-    """Starts cmd, sends `sig` once a stdout line starts with `marker` (and then `ready()` holds, polled for
-    up to 2 minutes); returns the finished process."""
+    """Starts cmd, sends `sig` once a stdout line starts with `marker` (and then `ready()` holds,
+    polled for up to 2 minutes); returns the finished process."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     for line in proc.stdout:
@@ -153,8 +155,9 @@ def _run_until(cmd, env, marker: str, sig, ready=None) -> subprocess.CompletedPr
 def test_sigterm_saves_and_resumes_then_sigkill_mid_save_and_a_rerun_ends_bitwise_identical(
     smoke_run, tmp_path
 ):
-    """SIGTERM after step 2 saves and exits cleanly; the resumed run is killed (SIGKILL) while its next checkpoint
-    is being written, right after its eval line; the next run resumes and ends as the uninterrupted run did."""
+    """SIGTERM after step 2 saves and exits cleanly; the resumed run is killed (SIGKILL) while its
+    next checkpoint is being written, right after its eval line; the next run resumes and ends as
+    the uninterrupted run did."""
     run_dir, _, _ = smoke_run
     env = env_with(8)
     stopped = _run_until(train_cmd(tmp_path), env, "step 2/8", signal.SIGTERM)
@@ -205,7 +208,8 @@ def train_in_two_processes(workdir) -> list[str]:
 
 @pytest.mark.heavy
 def test_restore_onto_another_mesh_shape(smoke_run, tmp_path):
-    """A checkpoint of data=8 continues as data=2 x fsdp=4 with split parameters, to the same weights."""
+    """A checkpoint of data=8 continues as data=2 x fsdp=4 with split parameters, to the same
+    weights."""
     run_dir, _, _ = smoke_run
     shutil.copytree(run_dir / "checkpoints", tmp_path / "checkpoints")
     shutil.rmtree(tmp_path / "checkpoints/8")  # resume from step 4
@@ -250,7 +254,8 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
 def test_a_task_defined_outside_hcnet_trains_with_its_own_loss_evaluator_and_best_metric(
     tmp_path, monkeypatch
 ):
-    """The seam: the loop runs a task it was never told about (tests/toy_task.py), registered by name."""
+    """The seam: the loop runs a task it was never told about (tests/toy_task.py), registered by
+    name."""
     import toy_task
 
     from hcnet import tasks
@@ -269,7 +274,8 @@ def test_a_task_defined_outside_hcnet_trains_with_its_own_loss_evaluator_and_bes
     rows = monitor.read_metrics(tmp_path)
     assert [r["step"] for r in rows if "probe/first_logit" in r] == [4]
     assert not any("eval/top1" in r for r in rows)
-    # squared error on probabilities is at most 2 per example; cross-entropy at chance would be log(10)
+    # squared error on probabilities is at most 2 per example; cross-entropy at chance would be
+    # log(10)
     assert 0 < result["train/loss"] <= 2 * toy_task.LOSS_SCALE and result["train/loss"] > 10
     with pytest.raises(
         hcnet.errors.ConfigError,
@@ -285,7 +291,8 @@ def test_a_task_defined_outside_hcnet_trains_with_its_own_loss_evaluator_and_bes
 
 
 def served_probabilities(run_dir):
-    """uint8 crops -> the EMA model's class probabilities, computed by jax here (one compiled call)."""
+    """uint8 crops -> the EMA model's class probabilities, computed by jax here (one compiled
+    call)."""
     from hcnet.data.augment import normalize
 
     model = hcnet.load(run_dir, ema=True)
@@ -316,7 +323,8 @@ def test_stablehlo_export_serves_the_models_probabilities_without_hcnet(smoke_ru
         code = (
             "import sys, jax, numpy as np; "
             f"e = jax.export.deserialize(open({str(out / 'model.stablehlo')!r}, 'rb').read()); "
-            f"np.save({str(tmp_path / 'p.npy')!r}, np.asarray(e.call(np.load({str(tmp_path / 'x.npy')!r})))); "
+            f"np.save({str(tmp_path / 'p.npy')!r}, "
+            f"np.asarray(e.call(np.load({str(tmp_path / 'x.npy')!r})))); "
             "assert 'hcnet' not in sys.modules"
         )
         subprocess.run(
@@ -326,18 +334,18 @@ def test_stablehlo_export_serves_the_models_probabilities_without_hcnet(smoke_ru
             timeout=120,
         )
         expected = probabilities(x)
-        # the same program compiled by the same XLA (equal in practice); the tolerance allows a reassociated
-        # float32 sum in the head or the softmax, a few ulps of values at most 1
+        # the same program compiled by the same XLA (equal in practice); the tolerance allows a
+        # reassociated float32 sum in the head or the softmax, a few ulps of values at most 1
         np.testing.assert_allclose(
             np.load(tmp_path / "p.npy"), expected, rtol=0, atol=16 * 2.0**-24
         )
 
 
 # TensorFlow's XLA and jaxlib's are different builds compiling the same float32 program; either may
-# reassociate a sum (a convolution's 9*C products, GroupNorm's H*W*C/G means), which moves it by at most
-# n * 2^-24 of its magnitude. Through the smoke model's few layers and a softmax this stays far below
-# 2^-16 ~ 1.5e-5 in a probability (measured 3.0e-8); a wrong weight or a wrongly scaled input moves the
-# probabilities by far more.
+# reassociate a sum (a convolution's 9*C products, GroupNorm's H*W*C/G means), which moves it by at
+# most n * 2^-24 of its magnitude. Through the smoke model's few layers and a softmax this stays far
+# below 2^-16 ~ 1.5e-5 in a probability (measured 3.0e-8); a wrong weight or a wrongly scaled input
+# moves the probabilities by far more.
 SAVEDMODEL_ATOL = 2.0**-16
 
 

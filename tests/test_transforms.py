@@ -1,4 +1,5 @@
-"""Host transforms: torchvision's RandomResizedCrop, timm's eval resize + centre crop, awkward files."""
+"""Host transforms: torchvision's RandomResizedCrop, timm's eval resize + centre crop, awkward
+files."""
 
 import math
 
@@ -97,7 +98,8 @@ def test_padding_records_are_zeros_with_mask_false():
     "width,height", [(47, 71), (90, 60), (20, 300), (300, 20), (36, 38), (512, 512)]
 )
 def test_the_savedmodels_tensorflow_crop_is_eval_image_pixel_for_pixel(width, height):
-    """Pillow's fixed-point weights, float32 box and pass order (vertical first for some of these shapes)."""
+    """Pillow's fixed-point weights, float32 box and pass order (vertical first for some of these
+    shapes)."""
     import tensorflow as tf
 
     from hcnet.serve.savedmodel import eval_crop

@@ -1,5 +1,6 @@
-"""A second task, defined outside hcnet, for the test that the training loop knows tasks only through
-their interface: classification's network and data, a squared-error loss, and an evaluator of its own."""
+"""A second task, defined outside hcnet, for the test that the training loop knows tasks only
+through their interface: classification's network and data, a squared-error loss, and an evaluator
+of its own."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,8 @@ LOSS_SCALE = 1000.0  # so the logged training loss shows which loss the loop min
 
 
 class ProbeEvaluator:
-    """Scores fixed inputs: the mean of the network's first logit, a number only this evaluator reports."""
+    """Scores fixed inputs: the mean of the network's first logit, a number only this evaluator
+    reports."""
 
     metrics = ("first_logit",)
     headline = ("first_logit",)

@@ -1,1 +1,2 @@
-"""Input: sources (TFDS, image folders, digits, synthetic), host transforms, grain loading, device augmentation."""
+"""Input: sources (TFDS, image folders, digits, synthetic), host transforms, grain loading, device
+augmentation."""

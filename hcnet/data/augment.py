@@ -1,13 +1,14 @@
-"""Device-side training augmentation inside the jitted step: the timm recipe Swin and HcNet train with.
+"""Device-side training augmentation inside the jitted step: the timm recipe Swin and HcNet train
+with.
 
-RandAugment (timm's `rand-m9-mstd0.5-inc1`), normalisation, random erasing (pixel mode) and batch-mode
-mixup/cutmix with label smoothing folded into the targets. Every example draws from its own key.
-RandAugment works on integer-valued float images with PIL's semantics, each op within one grey level
-of PIL's: colour ops are per-channel lookup tables (or PIL's blends for Color and Sharpness); the
-geometric ops of an image compose into one affine map applied once at the end, as PIL's bilinear
-affine transform (fill = the mean colour). Two deviations from timm: one interpolation instead of one
-per geometric op (the fill colour is not recoloured by a later colour op), and bilinear where Swin's
-timm config asks for bicubic.
+RandAugment (timm's `rand-m9-mstd0.5-inc1`), normalisation, random erasing (pixel mode) and
+batch-mode mixup/cutmix with label smoothing folded into the targets. Every example draws from its
+own key. RandAugment works on integer-valued float images with PIL's semantics, each op within one
+grey level of PIL's: colour ops are per-channel lookup tables (or PIL's blends for Color and
+Sharpness); the geometric ops of an image compose into one affine map applied once at the end, as
+PIL's bilinear affine transform (fill = the mean colour). Two deviations from timm: one
+interpolation instead of one per geometric op (the fill colour is not recoloured by a later colour
+op), and bilinear where Swin's timm config asks for bicubic.
 """
 
 import dataclasses
@@ -134,7 +135,8 @@ def autocontrast_lut(hist):
 
 
 def equalize_lut(hist):
-    """PIL ImageOps.equalize: step = (pixels - last bin's count) // 255, lut = (step//2 + cdf) // step."""
+    """PIL ImageOps.equalize: step = (pixels - last bin's count) // 255, lut = (step//2 + cdf) //
+    step."""
     i = jnp.arange(256, dtype=jnp.int32)
     last = 255 - jnp.argmax(hist[:, ::-1] > 0, axis=-1)
     step = (hist.sum(-1) - jnp.take_along_axis(hist, last[:, None], -1)[:, 0]) // 255
@@ -153,17 +155,19 @@ def _lut_gather(x, lut):
 
 
 def _lut_onehot(x, lut):
-    """The lookup as a contraction with the one-hot pixel values: no gather. Exact: each output sums one
-    product with 1.0, at float32 precision (HIGHEST: the TPU's matrix unit otherwise rounds to bfloat16)."""
+    """The lookup as a contraction with the one-hot pixel values: no gather. Exact: each output sums
+    one product with 1.0, at float32 precision (HIGHEST: the TPU's matrix unit otherwise rounds to
+    bfloat16)."""
     onehot = jax.nn.one_hot(x.astype(jnp.int32), 256, dtype=lut.dtype)
     return jnp.einsum("hwck,ck->hwc", onehot, lut, precision=jax.lax.Precision.HIGHEST)
 
 
 def apply_lut(x, lut, impl: str = "auto"):
-    """x integer-valued (H, W, 3), lut (3, 256). impl: 'gather' indexes the tables per pixel (what CPUs
-    and GPUs do fast), 'onehot' contracts one-hot pixels with them (what TPUs do fast: XLA's TPU cost
-    analysis charges the per-pixel gather 27 GB per 224x224 image, the contraction 3 MB); 'auto' is
-    'onehot' on TPU and 'gather' elsewhere, chosen when the step is lowered for its devices."""
+    """x integer-valued (H, W, 3), lut (3, 256). impl: 'gather' indexes the tables per pixel (what
+    CPUs and GPUs do fast), 'onehot' contracts one-hot pixels with them (what TPUs do fast: XLA's
+    TPU cost analysis charges the per-pixel gather 27 GB per 224x224 image, the contraction 3 MB);
+    'auto' is 'onehot' on TPU and 'gather' elsewhere, chosen when the step is lowered for its
+    devices."""
     if impl == "auto":
         return jax.lax.platform_dependent(x, lut, tpu=_lut_onehot, default=_lut_gather)
     return {"gather": _lut_gather, "onehot": _lut_onehot}[impl](x, lut)
@@ -222,12 +226,13 @@ def _geometry(op, level, sign, height, width, translate_pct):
 
 
 def warp(x, m, fill=FILL):
-    """x (H, W, C) warped by the output->input map m (continuous coordinates) as PIL's bilinear affine
-    transform does it: samples within half a pixel of the image interpolate with clamped edges, the
-    rest get `fill`. Four taps per pixel, each gathering all channels of a pixel from channel-major
-    planes (dm-pix's affine_transform, which interpolates over the channel axis too and has its edge a
-    half pixel further in, is 60x slower on CPU for 224x224x3 images; gathering from the (H, W, 3)
-    image, whose 3-wide minor axis the TPU pads to 128, costs 28x the bytes in XLA's TPU cost analysis).
+    """x (H, W, C) warped by the output->input map m (continuous coordinates) as PIL's bilinear
+    affine transform does it: samples within half a pixel of the image interpolate with clamped
+    edges, the rest get `fill`. Four taps per pixel, each gathering all channels of a pixel from
+    channel-major planes (dm-pix's affine_transform, which interpolates over the channel axis too
+    and has its edge a half pixel further in, is 60x slower on CPU for 224x224x3 images; gathering
+    from the (H, W, 3) image, whose 3-wide minor axis the TPU pads to 128, costs 28x the bytes in
+    XLA's TPU cost analysis).
     """
     h, w, c = x.shape
     ys, xs = jnp.meshgrid(
@@ -329,7 +334,8 @@ def smooth_one_hot(labels, num_classes: int, smoothing: float):
 
 
 def cutmix_box(key, lam, height: int, width: int):
-    """timm's rand_bbox: a box of side sqrt(1 - lam) centred uniformly, clipped; (mask (H, W), corrected lam)."""
+    """timm's rand_bbox: a box of side sqrt(1 - lam) centred uniformly, clipped; (mask (H, W),
+    corrected lam)."""
     ratio = jnp.sqrt(1.0 - lam)
     cut_h, cut_w = (
         jnp.floor(height * ratio).astype(jnp.int32),
@@ -402,7 +408,8 @@ class Recipe:
 
 
 def train_inputs(key, batch: dict, num_classes: int, recipe: Recipe = Recipe()):
-    """uint8 batch {"image", "label", "mask"} -> (normalised images, soft targets (B, num_classes))."""
+    """uint8 batch {"image", "label", "mask"} -> (normalised images, soft targets (B,
+    num_classes))."""
     k_ra, k_erase, k_mix = jax.random.split(key, 3)
     x = batch["image"]
     n = x.shape[0]

@@ -1,7 +1,8 @@
 """TFDS builders of the project's own datasets: the embedded digits and people's image folders.
 
-Both write ArrayRecord files that `tfds.data_source` reads like any other TFDS dataset. Importing this
-module registers `hcnet_digits`; image folders get a builder class per dataset name (see `image_folder`).
+Both write ArrayRecord files that `tfds.data_source` reads like any other TFDS dataset. Importing
+this module registers `hcnet_digits`; image folders get a builder class per dataset name (see
+`image_folder`).
 """
 
 import numpy as np
@@ -50,8 +51,9 @@ class HcnetDigits(tfds.core.GeneratorBasedBuilder):
 def write_digit_folder(
     root, digits, splits=(("train", 0, DIGITS_TRAIN), ("test", DIGITS_TRAIN, None))
 ) -> paths.Path:
-    """scikit-learn's digits of the classes `digits` as PNGs in `root/<split>/<digit>/<index>.png` (the
-    image-folder layout), split as hcnet_digits splits them; for transfer demonstrations and tests."""
+    """scikit-learn's digits of the classes `digits` as PNGs in `root/<split>/<digit>/<index>.png`
+    (the image-folder layout), split as hcnet_digits splits them; for transfer demonstrations and
+    tests."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -86,7 +88,8 @@ def folder_files(root) -> dict:
 
 
 class _ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Images of `root/<split>/<class>/*` stored as they are (bytes), labels from sorted class names."""
+    """Images of `root/<split>/<class>/*` stored as they are (bytes), labels from sorted class
+    names."""
 
     VERSION = tfds.core.Version("1.0.0")
     ROOT: paths.Path

@@ -6,9 +6,9 @@ host reads only its rows of each global batch (contiguous, in the mesh's device 
 examples, their crops and their place in the global batch are the same whatever the number of hosts.
 The iterator state is one integer per host pipeline (`{"next_index": n}`), saved with checkpoints.
 
-A transform (hcnet.data.transforms, or a task's own) maps a record, with its `index` in the split, to
-one example: a dict of arrays with at least `mask` (False for an example to leave out). Evaluation
-transforms also get the padding records `{"index": -1}` that fill the last batch.
+A transform (hcnet.data.transforms, or a task's own) maps a record, with its `index` in the split,
+to one example: a dict of arrays with at least `mask` (False for an example to leave out).
+Evaluation transforms also get the padding records `{"index": -1}` that fill the last batch.
 """
 
 import collections
@@ -23,7 +23,8 @@ from hcnet.data.transforms import PAD_INDEX
 
 
 class _Indexed:
-    """Records with their index in the split (for logs, masks and exact evaluation); -1 past the end."""
+    """Records with their index in the split (for logs, masks and exact evaluation); -1 past the
+    end."""
 
     def __init__(self, records, padded_len: int | None = None):
         self.records, self.n = records, len(records)
@@ -40,7 +41,8 @@ class _Indexed:
 
 
 class HostRows(grain.MapDataset):
-    """Rows [row0, row0 + rows) of every consecutive block of `global_batch` elements of the parent."""
+    """Rows [row0, row0 + rows) of every consecutive block of `global_batch` elements of the
+    parent."""
 
     def __init__(self, parent: grain.MapDataset, global_batch: int, row0: int, rows: int):
         super().__init__(parent)
@@ -118,8 +120,8 @@ def eval_dataset(
     threads: int = 8,
     workers: int = 0,
 ) -> grain.IterDataset:
-    """One pass over the split in order, padded to whole global batches; `transform(record)` makes each
-    example, padding included."""
+    """One pass over the split in order, padded to whole global batches; `transform(record)` makes
+    each example, padding included."""
     padded = eval_batches(len(source), global_batch) * global_batch
     ds = grain.MapDataset.source(_Indexed(source.records, padded)).map(transform)
     return _finish(HostRows(ds, global_batch, row0, rows), rows, threads, workers)

@@ -1,13 +1,19 @@
 """Builds TFDS datasets in ArrayRecord format (random access), once, before training.
 
     python -m hcnet.tools.prepare --dataset=imagenet2012 --manual_dir=TARS --data_dir=DIR
-    python -m hcnet.tools.prepare --dataset=imagenet2012_real --manual_dir=DIR --data_dir=DIR   # val tar, real.json
-    python -m hcnet.tools.prepare --dataset=imagenet_v2/matched-frequency --manual_dir=DIR --data_dir=DIR
-    python -m hcnet.tools.prepare --dataset=image_folder --manual_dir=ROOT --name=flowers --data_dir=DIR
+    # val tar, real.json
+    python -m hcnet.tools.prepare --dataset=imagenet2012_real --manual_dir=DIR --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=imagenet_v2/matched-frequency --manual_dir=DIR \\
+        --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=image_folder --manual_dir=ROOT --name=flowers \\
+        --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=hcnet_digits --data_dir=DIR
-    python -m hcnet.tools.prepare --dataset=hcnet_ade20k --manual_dir=DIR --data_dir=DIR   # ADEChallengeData2016.zip
-    python -m hcnet.tools.prepare --dataset=segmentation_folder --manual_dir=ROOT --name=streets --data_dir=DIR
-    python -m hcnet.tools.prepare --dataset=imagenet2012 --data_dir=DIR --convert   # a TFRecord build
+    # ADEChallengeData2016.zip
+    python -m hcnet.tools.prepare --dataset=hcnet_ade20k --manual_dir=DIR --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=segmentation_folder --manual_dir=ROOT --name=streets \\
+        --data_dir=DIR
+    # a TFRecord build
+    python -m hcnet.tools.prepare --dataset=imagenet2012 --data_dir=DIR --convert
     python -m hcnet.tools.prepare --dataset=cifar10 --data_dir=DIR   # any TFDS dataset (downloads)
 
 DIR may be gs://bucket/folder: the ArrayRecord writer writes local files only, so the dataset is
@@ -32,10 +38,12 @@ IMAGENET_TARS = {  # file -> (what its first member must look like, what it hold
 }
 
 
-# ImageNet's companions, from files downloaded once into --manual_dir; TFDS's builders take them from there
-# (by the file names and checksums they register) instead of downloading
-REAL_JSON = "real.json"  # https://github.com/google-research/reassessed-imagenet: one label list per val image
-IMAGENET_V2 = {  # TFDS config -> (archive on huggingface.co/datasets/vaishaal/ImageNetV2, its top folder)
+# ImageNet's companions, from files downloaded once into --manual_dir; TFDS's builders take them
+# from there (by the file names and checksums they register) instead of downloading
+# https://github.com/google-research/reassessed-imagenet: one label list per val image
+REAL_JSON = "real.json"
+# TFDS config -> (archive on huggingface.co/datasets/vaishaal/ImageNetV2, its top folder)
+IMAGENET_V2 = {
     "matched-frequency": (
         "imagenetv2-matched-frequency.tar.gz",
         "imagenetv2-matched-frequency-format-val",
@@ -78,7 +86,8 @@ def check_imagenet_tars(
 
 
 def check_real_labels(manual_dir) -> None:
-    """ILSVRC2012_img_val.tar and real.json in manual_dir, one list of classes in real.json per val image."""
+    """ILSVRC2012_img_val.tar and real.json in manual_dir, one list of classes in real.json per val
+    image."""
     import json
 
     check_imagenet_tars(manual_dir, ("ILSVRC2012_img_val.tar",), "imagenet2012_real")
@@ -133,7 +142,8 @@ def check_imagenet_v2(manual_dir, variant: str) -> None:
         ) from None
     if first is None or first.name.split("/")[0] != top:
         raise DataError(
-            f"{path} starts with {first.name if first else 'nothing'!r}, but everything in it should "
+            f"{path} starts with {first.name if first else 'nothing'!r}, but everything in it "
+            "should "
             f"be under {top}/; is it the right file?"
         )
 
@@ -141,8 +151,8 @@ def check_imagenet_v2(manual_dir, variant: str) -> None:
 def prepare(
     dataset: str, data_dir=None, manual_dir=None, name=None, staging_dir=None
 ) -> paths.Path:
-    """Builds `dataset` under data_dir (local or gs://) unless it is there already; returns the version
-    directory."""
+    """Builds `dataset` under data_dir (local or gs://) unless it is there already; returns the
+    version directory."""
     builder, download_config = _builder(dataset, data_dir, manual_dir, name)
     if builder.is_prepared():
         return paths.path(builder.data_dir)
@@ -178,7 +188,8 @@ def _builder(dataset: str, data_dir, manual_dir, name):
     elif dataset == "image_folder":
         if not manual_dir or not paths.path(manual_dir).is_dir():
             raise DataError(
-                f"--manual_dir={manual_dir} must be a folder laid out as ROOT/<split>/<class>/<image>"
+                f"--manual_dir={manual_dir} must be a folder laid out as "
+                "ROOT/<split>/<class>/<image>"
             )
         files = builders.folder_files(manual_dir)
         if not files:
@@ -253,7 +264,8 @@ def convert(dataset: str, data_dir=None) -> paths.Path:
     )
     if not infos:
         raise DataError(
-            f"{dataset_dir} holds no TFDS build: --data_dir must hold the {dataset} build to convert"
+            f"{dataset_dir} holds no TFDS build: --data_dir must hold the {dataset} build to "
+            "convert"
         )
     for info_path in infos:
         info = json.loads(info_path.read_text())

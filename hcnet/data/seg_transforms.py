@@ -1,15 +1,16 @@
-"""mmsegmentation's ADE20K training pipeline (the one Swin's and the paper's UperNet runs use), on the host:
+"""mmsegmentation's ADE20K training pipeline (the one Swin's and the paper's UperNet runs use), on
+the host:
 
     Resize(img_scale=(2048, 512), ratio_range=(0.5, 2.0)) -> RandomCrop(512, cat_max_ratio=0.75)
     -> RandomFlip(0.5) -> PhotoMetricDistortion -> (Normalize on the device) -> Pad(512, 0 / 255)
 
 Image and label move together: every geometric step is applied to both, the image with bilinear
-interpolation, the label with nearest (a label is never blended), both by OpenCV's rules as mmcv calls
-them (bilinear with half-pixel centres and no antialiasing, nearest taking source pixel floor(x * scale)).
-Where this differs from mmseg: OpenCV computes the bilinear weights in 11-bit fixed point (here float32,
-then rounded: a grey level apart at most), and the hue and saturation changes are computed in
-floating-point HSV rather than through OpenCV's 8-bit HSV tables (a grey level or so apart). The random
-draws follow mmseg's order and ranges.
+interpolation, the label with nearest (a label is never blended), both by OpenCV's rules as mmcv
+calls them (bilinear with half-pixel centres and no antialiasing, nearest taking source pixel
+floor(x * scale)). Where this differs from mmseg: OpenCV computes the bilinear weights in 11-bit
+fixed point (here float32, then rounded: a grey level apart at most), and the hue and saturation
+changes are computed in floating-point HSV rather than through OpenCV's 8-bit HSV tables (a grey
+level or so apart). The random draws follow mmseg's order and ranges.
 """
 
 import dataclasses
@@ -20,15 +21,15 @@ IGNORE_INDEX = 255
 
 
 def rescale_size(w: int, h: int, scale) -> tuple[int, int]:
-    """mmcv's rescale_size with keep_ratio: the largest (w, h) of the same shape whose long side fits
-    max(scale) and short side fits min(scale)."""
+    """mmcv's rescale_size with keep_ratio: the largest (w, h) of the same shape whose long side
+    fits max(scale) and short side fits min(scale)."""
     factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
     return int(w * factor + 0.5), int(h * factor + 0.5)
 
 
 def _bilinear_taps(n_in: int, n_out: int):
-    """Source indices and weights of half-pixel-centred bilinear sampling (OpenCV's INTER_LINEAR, torch's
-    align_corners=False): source x = (x + 0.5) n_in / n_out - 0.5, clamped to the edge."""
+    """Source indices and weights of half-pixel-centred bilinear sampling (OpenCV's INTER_LINEAR,
+    torch's align_corners=False): source x = (x + 0.5) n_in / n_out - 0.5, clamped to the edge."""
     x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
     lo = np.floor(x).astype(np.int64)
     hi = np.minimum(lo + 1, n_in - 1)
@@ -80,8 +81,8 @@ def crop_box(h: int, w: int, crop: tuple[int, int], rng) -> tuple[int, int, int,
 def random_crop(
     image, label, crop, rng, cat_max_ratio: float = 0.75, ignore_index: int = IGNORE_INDEX
 ):
-    """mmseg's RandomCrop: up to 10 draws until no class covers cat_max_ratio of the crop's labelled pixels
-    (and more than one class is there); the last draw otherwise."""
+    """mmseg's RandomCrop: up to 10 draws until no class covers cat_max_ratio of the crop's labelled
+    pixels (and more than one class is there); the last draw otherwise."""
     box = crop_box(*label.shape, crop, rng)
     if cat_max_ratio < 1.0:
         for _ in range(10):
@@ -134,8 +135,8 @@ def photometric_distortion(
     saturation=(0.5, 1.5),
     hue_delta: int = 18,
 ) -> np.ndarray:
-    """mmseg's PhotoMetricDistortion: brightness, then contrast first or last (a coin), saturation, hue; each
-    applied with probability 1/2, each rounded back to uint8 as mmseg does."""
+    """mmseg's PhotoMetricDistortion: brightness, then contrast first or last (a coin), saturation,
+    hue; each applied with probability 1/2, each rounded back to uint8 as mmseg does."""
     if rng.integers(2):
         image = _convert(image, beta=rng.uniform(-brightness_delta, brightness_delta))
     mode = rng.integers(2)
@@ -167,8 +168,8 @@ def pad_pair(image, label, size: tuple[int, int], ignore_index: int = IGNORE_IND
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
-    """The whole training pipeline: (image uint8 (H, W, 3), label uint8 (H, W), rng) -> (image, label) at the
-    crop size and (h, w), how much of them is image before the padding."""
+    """The whole training pipeline: (image uint8 (H, W, 3), label uint8 (H, W), rng) -> (image,
+    label) at the crop size and (h, w), how much of them is image before the padding."""
 
     crop: tuple = (512, 512)  # (h, w)
     scale: tuple = (2048, 512)  # mmseg's img_scale: long side 2048, short side 512

@@ -1,22 +1,25 @@
-"""Segmentation datasets as TFDS builders: ADE20K (the 150-class SceneParsing benchmark that mmseg, Swin and the
-paper use) from its archive, people's own image + mask folders, and `hcnet_collages`, an embedded dataset of
-collages cut from real photographs (the segmentation quickstart's; it builds itself on first use).
+"""Segmentation datasets as TFDS builders: ADE20K (the 150-class SceneParsing benchmark that mmseg,
+Swin and the paper use) from its archive, people's own image + mask folders, and `hcnet_collages`,
+an embedded dataset of collages cut from real photographs (the segmentation quickstart's; it builds
+itself on first use).
 
-Each example holds `image` (the encoded photo as it was), `segmentation` (a one-channel PNG of class ids as
-stored) and `file_name`. What the stored ids mean travels in the dataset's metadata (metadata.json):
-`classes` (the names of the ids the model predicts), `reduce_zero_label` and `ignore_index`. ADE20K stores 0
-for "other" and 1-150 for its classes; as mmseg does (reduce_zero_label), 0 becomes the ignored value and
-c becomes c - 1 when the masks are read (`label_map`).
+Each example holds `image` (the encoded photo as it was), `segmentation` (a one-channel PNG of class
+ids as stored) and `file_name`. What the stored ids mean travels in the dataset's metadata
+(metadata.json): `classes` (the names of the ids the model predicts), `reduce_zero_label` and
+`ignore_index`. ADE20K stores 0 for "other" and 1-150 for its classes; as mmseg does
+(reduce_zero_label), 0 becomes the ignored value and c becomes c - 1 when the masks are read
+(`label_map`).
 
-TFDS's own `scene_parse150` is built from the 2017 full-annotation release, not from ADEChallengeData2016,
-the archive mmseg and the paper's Table 4 use; hence a builder of our own:
+TFDS's own `scene_parse150` is built from the 2017 full-annotation release, not from
+ADEChallengeData2016, the archive mmseg and the paper's Table 4 use; hence a builder of our own:
 
-    python -m hcnet.tools.prepare --dataset=hcnet_ade20k --manual_dir=DIR   # DIR holds ADEChallengeData2016.zip
+    # DIR holds ADEChallengeData2016.zip
+    python -m hcnet.tools.prepare --dataset=hcnet_ade20k --manual_dir=DIR
     python -m hcnet.tools.prepare --dataset=segmentation_folder --manual_dir=ROOT --name=NAME
 
-A segmentation folder is ROOT/images/<split>/<name>.<jpg|png|...>, ROOT/masks/<split>/<name>.png (one-channel
-class ids, the same names) and ROOT/classes.txt (one class name per line: line i names id i); ids not listed
-(255 by convention) are ignored.
+A segmentation folder is ROOT/images/<split>/<name>.<jpg|png|...>, ROOT/masks/<split>/<name>.png
+(one-channel class ids, the same names) and ROOT/classes.txt (one class name per line: line i names
+id i); ids not listed (255 by convention) are ignored.
 """
 
 import io
@@ -52,8 +55,8 @@ def _features():
 def label_map(
     mask: np.ndarray, reduce_zero_label: bool, num_classes: int, ignore_index: int = IGNORE_INDEX
 ):
-    """Stored ids -> training labels: with reduce_zero_label 0 -> ignore_index and c -> c - 1; ids past the
-    classes -> ignore_index. uint8 in, uint8 out."""
+    """Stored ids -> training labels: with reduce_zero_label 0 -> ignore_index and c -> c - 1; ids
+    past the classes -> ignore_index. uint8 in, uint8 out."""
     m = mask.astype(np.int32)
     if reduce_zero_label:
         m = np.where(m == 0, ignore_index, m - 1)
@@ -61,8 +64,8 @@ def label_map(
 
 
 def ade_members(zip_path) -> tuple[list[str], dict]:
-    """(the 150 class names, {split: [(image member, mask member), ...]}) of ADEChallengeData2016.zip; one line
-    if the file is missing, unreadable or not that archive."""
+    """(the 150 class names, {split: [(image member, mask member), ...]}) of
+    ADEChallengeData2016.zip; one line if the file is missing, unreadable or not that archive."""
     path = os.fspath(zip_path)
     if not os.path.isfile(path):
         raise DataError(f"{path} is missing: {ADE20K} needs {ADE_ZIP} ({ADE_URL}) in --manual_dir")
@@ -108,7 +111,8 @@ def ade_members(zip_path) -> tuple[list[str], dict]:
 
 
 class HcnetAde20k(tfds.core.GeneratorBasedBuilder):
-    """ADE20K SceneParsing (ADEChallengeData2016): 20,210 training and 2,000 validation images, 150 classes."""
+    """ADE20K SceneParsing (ADEChallengeData2016): 20,210 training and 2,000 validation images, 150
+    classes."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "ADEChallengeData2016.zip as released; masks as stored (0 = other)."}
@@ -146,14 +150,16 @@ class HcnetAde20k(tfds.core.GeneratorBasedBuilder):
 
 
 def _mask_png(data: bytes, where: str) -> np.ndarray:
-    """A mask file's class ids as (H, W, 1) uint8; one line if it is not a one-channel 8-bit image."""
+    """A mask file's class ids as (H, W, 1) uint8; one line if it is not a one-channel 8-bit
+    image."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.mode not in ("L", "P"):
                 raise DataError(
-                    f"{where}: a mask must be a one-channel 8-bit PNG of class ids, not mode {im.mode}"
+                    f"{where}: a mask must be a one-channel 8-bit PNG of class ids, not mode "
+                    f"{im.mode}"
                 )
             return np.asarray(im)[..., None]
     except OSError as e:
@@ -161,8 +167,8 @@ def _mask_png(data: bytes, where: str) -> np.ndarray:
 
 
 def folder_files(root) -> tuple[list[str], dict]:
-    """(class names from classes.txt, {split: [(image, mask), ...]}) of a segmentation folder; one line when
-    the layout is wrong or an image has no mask."""
+    """(class names from classes.txt, {split: [(image, mask), ...]}) of a segmentation folder; one
+    line when the layout is wrong or an image has no mask."""
     root = paths.path(root)
     classes_file, images = root / CLASSES_FILE, root / "images"
     if not classes_file.is_file() or not images.is_dir() or not (root / "masks").is_dir():
@@ -190,7 +196,8 @@ def folder_files(root) -> tuple[list[str], dict]:
             splits[split_dir.name] = pairs
     if not splits:
         raise DataError(
-            f"--manual_dir={root} has no images in images/<split>/ (suffixes {', '.join(IMAGE_SUFFIXES)})"
+            f"--manual_dir={root} has no images in images/<split>/ (suffixes "
+            f"{', '.join(IMAGE_SUFFIXES)})"
         )
     return classes, splits
 
@@ -252,9 +259,9 @@ COLLAGE_SHAPE = (72, 96)  # (h, w)
 def collage(
     index: int, split: str, photos: list[np.ndarray], shape=COLLAGE_SHAPE
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(image uint8 (h, w, 3), mask uint8 (h, w)) of collage `index`: a background cut from one photograph and one
-    to three ellipses or rectangles cut from others, each at its own random place in its photograph; the
-    mask names each pixel's photograph. Deterministic in (split, index)."""
+    """(image uint8 (h, w, 3), mask uint8 (h, w)) of collage `index`: a background cut from one
+    photograph and one to three ellipses or rectangles cut from others, each at its own random place
+    in its photograph; the mask names each pixel's photograph. Deterministic in (split, index)."""
     rng = np.random.default_rng([index, 0 if split == "train" else 1])
     h, w = shape
 
@@ -281,7 +288,8 @@ def collage(
 
 
 def collage_photos(short_side: int = 128) -> list[np.ndarray]:
-    """The photographs of COLLAGE_PHOTOS, resized (bicubic) to `short_side` pixels on their shorter side."""
+    """The photographs of COLLAGE_PHOTOS, resized (bicubic) to `short_side` pixels on their shorter
+    side."""
     import skimage.data
     from PIL import Image
 
@@ -298,8 +306,9 @@ def collage_photos(short_side: int = 128) -> list[np.ndarray]:
 
 
 class HcnetCollages(tfds.core.GeneratorBasedBuilder):
-    """Collages of four real photographs (scikit-image's chelsea, coffee, astronaut, rocket) with masks that
-    name each pixel's photograph: 600 training and 120 test images of 96x72; nothing downloads."""
+    """Collages of four real photographs (scikit-image's chelsea, coffee, astronaut, rocket) with
+    masks that name each pixel's photograph: 600 training and 120 test images of 96x72; nothing
+    downloads."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "600 train, 120 test collages; JPEG quality 90 images, PNG masks."}

@@ -1,11 +1,10 @@
 """Where examples come from: any prepared TFDS dataset by name and split string, or synthetic data.
 
 A source is random access (`len`, `[i]`) over records `{"image": encoded bytes or uint8 (H, W, C),
-"label": int}`; `label_key` names another label feature (e.g. imagenet2012_real's "real_label", a set
-of classes per image: `multilabel`).
-Nothing downloads here: TFDS datasets must be prepared first (`hcnet.tools.prepare`),
-except the embedded digits, which are built from scikit-learn on first use. Synthetic data needs no
-TensorFlow or TFDS at all.
+"label": int}`; `label_key` names another label feature (e.g. imagenet2012_real's "real_label", a
+set of classes per image: `multilabel`). Nothing downloads here: TFDS datasets must be prepared
+first (`hcnet.tools.prepare`), except the embedded digits, which are built from scikit-learn on
+first use. Synthetic data needs no TensorFlow or TFDS at all.
 """
 
 import dataclasses
@@ -80,7 +79,8 @@ def open_split(
     field: str = "dataset.train_split",
     label_key: str = "label",
 ) -> Source:
-    """The records of `name`/`split`; `num_classes` and `image_size` (N or (H, W)) only shape synthetic data."""
+    """The records of `name`/`split`; `num_classes` and `image_size` (N or (H, W)) only shape
+    synthetic data."""
     if name == SYNTHETIC:
         if label_key != "label":
             raise DataError(f"label_key={label_key!r}: {SYNTHETIC} data has only 'label'")
@@ -104,7 +104,8 @@ def _prepare_hint(name: str, data_dir) -> str:
 
 
 def _tfds_records(name: str, split: str, data_dir, field: str, decoders: dict):
-    """(builder, random-access records) of a prepared TFDS split; one line for whatever stands in the way."""
+    """(builder, random-access records) of a prepared TFDS split; one line for whatever stands in
+    the way."""
     import tensorflow_datasets as tfds
 
     from hcnet.data import (
@@ -180,8 +181,8 @@ def _tfds_split(name: str, split: str, data_dir, field: str, label_key: str) -> 
 
 @dataclasses.dataclass(frozen=True)
 class SegmentationSource:
-    """Records {"image": encoded bytes, "segmentation": encoded PNG of stored ids, "file_name"}; what the ids
-    mean comes from the dataset's metadata (hcnet.data.segmentation)."""
+    """Records {"image": encoded bytes, "segmentation": encoded PNG of stored ids, "file_name"};
+    what the ids mean comes from the dataset's metadata (hcnet.data.segmentation)."""
 
     records: object
     name: str
@@ -198,7 +199,8 @@ class SegmentationSource:
         return len(self.classes)
 
     def mask(self, record) -> np.ndarray:
-        """A record's training labels (H, W) uint8: class ids, ignore_index where nothing is to be learnt."""
+        """A record's training labels (H, W) uint8: class ids, ignore_index where nothing is to be
+        learnt."""
         import io
 
         from PIL import Image
@@ -251,7 +253,8 @@ def _imagenet_rows() -> list[list[str]]:
 
 
 def imagenet_names() -> list[str]:
-    """The 1000 ImageNet-1K class names in TFDS label order: WordNet lemmas, e.g. 'tench, Tinca tinca'."""
+    """The 1000 ImageNet-1K class names in TFDS label order: WordNet lemmas, e.g. 'tench, Tinca
+    tinca'."""
     return [row[1] for row in _imagenet_rows()]
 
 
@@ -261,8 +264,9 @@ def imagenet_synsets() -> list[str]:
 
 
 def class_names(dataset, num_classes: int, *, segmentation: bool = False) -> list[str]:
-    """Names for a head's classes: ImageNet's for 1000 classifier classes, else those of `dataset` (a
-    config's dataset section, or None) when its metadata is prepared and has that many, else 'class N'."""
+    """Names for a head's classes: ImageNet's for 1000 classifier classes, else those of `dataset`
+    (a config's dataset section, or None) when its metadata is prepared and has that many, else
+    'class N'."""
     if num_classes == 1000 and not segmentation:
         return imagenet_names()
     names = []

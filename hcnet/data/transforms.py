@@ -2,9 +2,10 @@
 
 Output is uint8 (size, size, 3) at the model's resolution; everything else (RandAugment,
 normalisation, erasing, mixing) runs on the device. Decoding uses Pillow (libjpeg-turbo) and, for
-training crops, JPEG DCT scaling (`Image.draft`) so that only the resolution the crop needs is decoded.
-An image that cannot be decoded becomes zeros with `mask=False`, is logged, and is counted downstream:
-its position in the batch is kept, so skipping it never changes what any other example gets.
+training crops, JPEG DCT scaling (`Image.draft`) so that only the resolution the crop needs is
+decoded. An image that cannot be decoded becomes zeros with `mask=False`, is logged, and is counted
+downstream: its position in the batch is kept, so skipping it never changes what any other example
+gets.
 """
 
 import dataclasses
@@ -82,7 +83,8 @@ def train_image(
 
 
 def eval_image(data, size: int, crop_pct: float = 0.875) -> np.ndarray:
-    """Shorter side to floor(size / crop_pct) (bicubic), then the centre size x size, in one resample."""
+    """Shorter side to floor(size / crop_pct) (bicubic), then the centre size x size, in one
+    resample."""
     im = rgb(open_image(data))
     width, height = im.size
     short = math.floor(size / crop_pct)
@@ -107,7 +109,8 @@ _warned = set()  # per process: each bad example is logged once, not once per ep
 
 
 def warn_skipped(record: dict, error: Exception) -> None:
-    """Logs, once per example and process, that a record could not be read and is masked out of its batch."""
+    """Logs, once per example and process, that a record could not be read and is masked out of its
+    batch."""
     if record["index"] not in _warned:
         _warned.add(record["index"])
         name = record.get("file_name", b"")
@@ -144,8 +147,9 @@ class TrainTransform:
 
 @dataclasses.dataclass(frozen=True)
 class EvalTransform:
-    """grain map: record (with "index"; index -1 is padding) -> {image uint8, label, mask, index}; with
-    `multilabel_classes`, record[label_key] is a set of classes and label a multi-hot bool (classes,)."""
+    """grain map: record (with "index"; index -1 is padding) -> {image uint8, label, mask, index};
+    with `multilabel_classes`, record[label_key] is a set of classes and label a multi-hot bool
+    (classes,)."""
 
     size: int
     crop_pct: float = 0.875

@@ -1,7 +1,8 @@
-"""Multi-label classification scored as ImageNet ReaL does (Beyer et al. 2020, arXiv 2006.07159): the
-top-1 prediction is right when it is one of the image's labels. Images whose label set is empty are left
-out of top-1 (ReaL: 3,163 of ImageNet's 50,000 validation images) and reported as `unlabeled`; `count`
-is the number scored. Every image counts once on any number of devices and hosts, as in classification.
+"""Multi-label classification scored as ImageNet ReaL does (Beyer et al. 2020, arXiv 2006.07159):
+the top-1 prediction is right when it is one of the image's labels. Images whose label set is empty
+are left out of top-1 (ReaL: 3,163 of ImageNet's 50,000 validation images) and reported as
+`unlabeled`; `count` is the number scored. Every image counts once on any number of devices and
+hosts, as in classification.
 """
 
 import flax
@@ -37,7 +38,8 @@ def eval_step(weights, batch, *, predict):
 
 
 class Evaluator(classification.Evaluator):
-    """ReaL-style top-1 of a multi-label `source` (hcnet.data.sources.Source with multilabel=True)."""
+    """ReaL-style top-1 of a multi-label `source` (hcnet.data.sources.Source with
+    multilabel=True)."""
 
     metrics = ("top1", "count", "unlabeled")
     headline = ("top1",)

@@ -1,8 +1,9 @@
 """Semantic segmentation scored as mmsegmentation's IoUMetric defines it.
 
 Per class c, over every pixel of the whole split whose label is not `ignore_index`: the intersection
-(predicted c and labelled c), the prediction area, the label area, and the union (prediction + label -
-intersection). Only then, per class, IoU = intersection / union and Acc = intersection / label area;
+(predicted c and labelled c), the prediction area, the label area, and the union (prediction + label
+- intersection). Only then, per class, IoU = intersection / union and Acc = intersection / label
+  area;
 mIoU and mAcc are their means over the classes where they are defined (a class neither labelled nor
 predicted anywhere is left out; one predicted but never labelled has IoU 0 and counts), and aAcc is
 the summed intersections over the summed label areas. Sums are per batch on the devices (int32) and
@@ -93,12 +94,13 @@ def host_areas(
 
 
 class Evaluator:
-    """mIoU, mAcc and aAcc of a segmentation split (hcnet.data.sources.SegmentationSource) as mmseg's test
-    does it: each image at its own size, rescaled to fit `scale` (times each ratio), inferred whole or by
-    sliding window (hcnet.seg_inference), probabilities back at the image's size, argmax, scored against the
-    image's own labels. The windows of an image are one batch over the mesh's devices; with several
-    processes each scores every process_count-th image on its own devices (the weights gathered to each
-    process once per evaluation) and the sums are added over processes.
+    """mIoU, mAcc and aAcc of a segmentation split (hcnet.data.sources.SegmentationSource) as
+    mmseg's test does it: each image at its own size, rescaled to fit `scale` (times each ratio),
+    inferred whole or by sliding window (hcnet.seg_inference), probabilities back at the image's
+    size, argmax, scored against the image's own labels. The windows of an image are one batch over
+    the mesh's devices; with several processes each scores every process_count-th image on its own
+    devices (the weights gathered to each process once per evaluation) and the sums are added over
+    processes.
 
     `predict(weights, images)` (hcnet.nets.predict_fn): the network's logits at its input's size,
     uint8 (N, h, w, 3) -> (N, h, w, C). `tag` names the test in eval.py's report file."""

@@ -1,1 +1,2 @@
-"""Measurements of the network and its programs: counts, roofline, timings, ahead-of-time compiles."""
+"""Measurements of the network and its programs: counts, roofline, timings, ahead-of-time
+compiles."""

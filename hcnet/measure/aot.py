@@ -1,29 +1,32 @@
-"""A run's training step compiled for a Cloud TPU slice ahead of time, on any machine with libtpu (a CPU one
-included): per-chip memory against the chip's HBM, XLA's flops and bytes per image, the compile time and a
-verdict, before anyone pays for the slice.
+"""A run's training step compiled for a Cloud TPU slice ahead of time, on any machine with libtpu (a
+CPU one included): per-chip memory against the chip's HBM, XLA's flops and bytes per image, the
+compile time and a verdict, before anyone pays for the slice.
 
-    pip install -r requirements-tpu.txt        # libtpu: the TPU compiler (what jax[tpu] installs on a TPU VM)
-    python -m hcnet.tools.aot --config=configs/hcnet_t.py --topology=v5e-64 [--config.field=value ...]
+    # libtpu: the TPU compiler (what jax[tpu] installs on a TPU VM)
+    pip install -r requirements-tpu.txt
+    python -m hcnet.tools.aot --config=configs/hcnet_t.py --topology=v5e-64 \\
+        [--config.field=value ...]
         [--out=F.json] [--parts=eval,augmentation]
 
 The step is the one train_and_evaluate runs (hcnet.trainer.Run: the same config, mesh, shardings and
 donation, the augmentation inside it), lowered onto libtpu's compile-only devices of the named slice
 (jax.experimental.topologies) and compiled by the real TPU compiler; also the task's eval step (at
-eval_batch_size) where its evaluation runs on the device, and the on-device augmentation alone. Slice
-names are Cloud TPU's own: v5e-N and v6e-N count chips, v4-N and v5p-N count TensorCores (two per
-chip, compiled as one device per chip, as JAX drives them). Everything reported is the compiler's figure
-for a TPU, not a hardware measurement.
+eval_batch_size) where its evaluation runs on the device, and the on-device augmentation alone.
+Slice names are Cloud TPU's own: v5e-N and v6e-N count chips, v4-N and v5p-N count TensorCores (two
+per chip, compiled as one device per chip, as JAX drives them). Everything reported is the
+compiler's figure for a TPU, not a hardware measurement.
 
-Memory per device: arguments + outputs - what donation aliases + temporaries + generated code, from the
-compiled program's memory_analysis() (a bound: the compiler's own `peak` is reported beside it). A step
-that needs more than the device's HBM stops with one line naming what would fit (optim.accum_steps,
-mesh.fsdp, model.remat; eval_batch_size for the eval step). `largest_batch` extrapolates the per-device
-batch that would fit. XLA's cost analysis counts a loop's body once: with scanned blocks (model.block_loop
-"auto", the default, scans them on a TPU) or optim.accum_steps > 1 the flops and bytes per image are not the
-step's (the report says so); `--config.model.block_loop=unroll` compiles the unrolled step, whose are.
+Memory per device: arguments + outputs - what donation aliases + temporaries + generated code, from
+the compiled program's memory_analysis() (a bound: the compiler's own `peak` is reported beside it).
+A step that needs more than the device's HBM stops with one line naming what would fit
+(optim.accum_steps, mesh.fsdp, model.remat; eval_batch_size for the eval step). `largest_batch`
+extrapolates the per-device batch that would fit. XLA's cost analysis counts a loop's body once:
+with scanned blocks (model.block_loop "auto", the default, scans them on a TPU) or optim.accum_steps
+> 1 the flops and bytes per image are not the step's (the report says so);
+`--config.model.block_loop=unroll` compiles the unrolled step, whose are.
 
-libtpu's own account of each program (its HBM use, reserved memory included) and its stage timings go to
-stderr with `TPU_MIN_LOG_LEVEL=0 TPU_STDERR_LOG_LEVEL=0`; XLA's per-pass times with
+libtpu's own account of each program (its HBM use, reserved memory included) and its stage timings
+go to stderr with `TPU_MIN_LOG_LEVEL=0 TPU_STDERR_LOG_LEVEL=0`; XLA's per-pass times with
 `TPU_VMODULE=hlo_pass_pipeline=1` (BENCHMARKS.md, "Compile time").
 """
 
@@ -63,8 +66,8 @@ TRAIN_EXAMPLES = {
 
 
 def chip_grid(chips: int, dims: int) -> tuple[int, ...]:
-    """Cloud TPU's slice shape for a chip count: 2D 2x2, 2x4, 4x4, 4x8, 8x8, 8x16, 16x16; 3D 2x2x1, 2x2x2,
-    2x2x4, 2x4x4, 4x4x4, 4x4x8, ... (single chips and pairs as 1x1 and 1x2)."""
+    """Cloud TPU's slice shape for a chip count: 2D 2x2, 2x4, 4x4, 4x8, 8x8, 8x16, 16x16; 3D 2x2x1,
+    2x2x2, 2x2x4, 2x4x4, 4x4x4, 4x4x8, ... (single chips and pairs as 1x1 and 1x2)."""
     if chips < 4:
         return (1, chips) if dims == 2 else (1, 1, chips)
     grid = [2, 2] if dims == 2 else [2, 2, 1]
@@ -75,9 +78,13 @@ def chip_grid(chips: int, dims: int) -> tuple[int, ...]:
 
 
 def parse_topology(name: str) -> tuple[str, int, str]:
-    """'v5e-64' -> ('v5e', 64 chips, 'v5e:8x8'), the name libtpu's topology takes; one line if it is not one."""
+    """'v5e-64' -> ('v5e', 64 chips, 'v5e:8x8'), the name libtpu's topology takes; one line if it is
+    not one."""
     m = re.fullmatch(r"(v4|v5e|v5p|v6e)-(\d+)", name)
-    accepted = "a Cloud TPU slice name: v4-N or v5p-N (N TensorCores), v5e-N or v6e-N (N chips), e.g. v5e-64"
+    accepted = (
+        "a Cloud TPU slice name: v4-N or v5p-N (N TensorCores), v5e-N or v6e-N (N chips), "
+        "e.g. v5e-64"
+    )
     if not m:
         raise ConfigError(f"--topology={name!r}: {accepted}")
     kind, count = m[1], int(m[2])
@@ -93,7 +100,8 @@ def parse_topology(name: str) -> tuple[str, int, str]:
 
 
 def devices(name: str):
-    """(kind, chips, compile-only devices, one per chip) of a slice; one line if libtpu is missing."""
+    """(kind, chips, compile-only devices, one per chip) of a slice; one line if libtpu is
+    missing."""
     kind, chips, topology = parse_topology(name)
     try:
         import libtpu  # noqa: F401
@@ -104,19 +112,21 @@ def devices(name: str):
     from jax.experimental import topologies
 
     grid = [int(n) for n in topology.split(":")[1].split("x")]
-    # libtpu's default host holds 2x2(x1) chips; a slice smaller than that is one host of its own size
+    # libtpu's default host holds 2x2(x1) chips; a slice smaller than that is one host of its own
+    # size
     host = {} if math.prod(grid) >= 4 else {"chips_per_host_bounds": (grid + [1])[:3]}
     devs = topologies.get_topology_desc(platform="tpu", topology_name=topology, **host).devices
-    # v4 and v5p chips are two TensorCores, which JAX drives as one device ("megacore"): libtpu 0.0.42's
-    # compile-only topology lists both cores and has no megacore option, so the program is compiled for the
-    # first core of each chip, one device per chip as jax.make_mesh requires, against the chip's whole HBM
+    # v4 and v5p chips are two TensorCores, which JAX drives as one device ("megacore"): libtpu
+    # 0.0.42's compile-only topology lists both cores and has no megacore option, so the program is
+    # compiled for the first core of each chip, one device per chip as jax.make_mesh requires,
+    # against the chip's whole HBM
     return kind, chips, [d for d in devs if getattr(d, "core_on_chip", 0) == 0]
 
 
 @contextlib.contextmanager
 def without_persistent_cache():
-    """JAX's persistent compilation cache off for what runs inside: a compile-only executable cannot be
-    loaded back. The cache decides once whether it is used, hence the resets."""
+    """JAX's persistent compilation cache off for what runs inside: a compile-only executable cannot
+    be loaded back. The cache decides once whether it is used, hence the resets."""
     from jax.experimental.compilation_cache import compilation_cache
 
     was = jax.config.jax_enable_compilation_cache
@@ -133,9 +143,9 @@ def without_persistent_cache():
 
 
 def figures(lowered, images: float, loops: bool = False) -> dict:
-    """Compiles a lowered program: its per-device memory, XLA's flops and bytes per image, the compile time.
-    `loops`: the program has loops, whose bodies XLA's cost analysis counts once (its figures are not the
-    program's, and the report says so)."""
+    """Compiles a lowered program: its per-device memory, XLA's flops and bytes per image, the
+    compile time. `loops`: the program has loops, whose bodies XLA's cost analysis counts once (its
+    figures are not the program's, and the report says so)."""
     with without_persistent_cache():
         t = time.perf_counter()
         compiled = lowered.compile()
@@ -173,8 +183,8 @@ def figures(lowered, images: float, loops: bool = False) -> dict:
 def compile_train_step(
     c, topology: str, *, eval_step: bool = True, augmentation: bool = True
 ) -> dict:
-    """Compiles config c's train step (and its task's eval step and its augmentation alone) for the slice
-    `topology`; the report (see the module's docstring)."""
+    """Compiles config c's train step (and its task's eval step and its augmentation alone) for the
+    slice `topology`; the report (see the module's docstring)."""
     kind, chips, devs = devices(topology)
     if (
         c.init_from == "required"
@@ -208,7 +218,8 @@ def compile_train_step(
         "mesh": {"data": run.mesh.shape[sharding.DATA], "fsdp": run.mesh.shape[sharding.FSDP]},
         **train,
         "lower_seconds": lower_s,
-        "note": "compiler figures for a TPU (libtpu's compile-only devices), not hardware measurements",
+        "note": "compiler figures for a TPU (libtpu's compile-only devices), not hardware "
+        "measurements",
     }
     act_bytes = 4 if c.model.dtype == "float32" else 2
     floor = roofline.bytes_per_image(program.spec, height, c.batch_size // per_device, act_bytes)
@@ -256,7 +267,8 @@ def verdict(report: dict) -> str:
         return f"{b / GIB:.2f} GiB"
 
     head = (
-        f"{report['topology']}: needs {gib(report['needed_bytes'])} of {gib(report['hbm_bytes'])} per device "
+        f"{report['topology']}: needs {gib(report['needed_bytes'])} of {gib(report['hbm_bytes'])} "
+        "per device "
         f"(batch {report['batch_per_device']:g} per device"
     )
     if "eval" in report:
@@ -268,8 +280,10 @@ def verdict(report: dict) -> str:
         return head + "), evaluation does not fit: lower config.eval_batch_size"
     return (
         head
-        + f"), does not fit: raise config.optim.accum_steps (now {report['accum_steps']}) to cut the "
-        "activations per micro-batch, shard parameters and optimizer state with config.mesh.fsdp, or recompute "
+        + f"), does not fit: raise config.optim.accum_steps (now {report['accum_steps']}) to cut "
+        "the "
+        "activations per micro-batch, shard parameters and optimizer state with config.mesh.fsdp, "
+        "or recompute "
         "activations with config.model.remat=True"
     )
 
@@ -289,12 +303,14 @@ def describe(report: dict, line: str) -> str:
         if r is None:
             continue
         cost = (
-            f"{r['flops_per_image'] / 1e9:.2f} GFLOP and {r['bytes_accessed_per_image'] / 1e6:.0f} MB accessed "
+            f"{r['flops_per_image'] / 1e9:.2f} GFLOP and {r['bytes_accessed_per_image'] / 1e6:.0f} "
+            "MB accessed "
             "per image (XLA's cost analysis"
         )
         if r.get("cost_counts_loops_once"):
             cost += (
-                ", which counts each loop body once: not the program's; --config.model.block_loop=unroll "
+                ", which counts each loop body once: not the program's; "
+                "--config.model.block_loop=unroll "
                 "and optim.accum_steps=1 give the program's"
             )
         rows.append(

@@ -1,19 +1,23 @@
-"""Training and inference throughput of HcNet (`python -m reference.bench` times the PyTorch statement
-of it beside).
+"""Training and inference throughput of HcNet (`python -m reference.bench` times the PyTorch
+statement of it beside).
 
-    python -m hcnet.tools.bench --variant=T --batch=128 --image_size=224 --dtype=bfloat16 [--devices=N]
+    python -m hcnet.tools.bench --variant=T --batch=128 --image_size=224 --dtype=bfloat16 \\
+        [--devices=N]
         [--mode=train,infer] [--repeats=10] [--json]
 
 Synthetic uint8 batches already on the devices, so only the device's work is timed: for `train`, the
 project's whole jitted training step (normalisation, forward, backward, AdamW with clipping, sharded
-over a data-parallel mesh of N devices, state donated); for `infer`, the eval-mode forward to logits.
-Compile time is reported apart from the step time (median of --repeats after one warm-up step).
+over a data-parallel mesh of N devices, state donated); for `infer`, the eval-mode forward to
+logits. Compile time is reported apart from the step time (median of --repeats after one warm-up
+step).
 
     flops/img   XLA's FLOP count of the compiled step (per device, times devices, over the batch)
-    XLA MB/img  XLA's "bytes accessed" the same way: summed over ops as compiled; on a CPU not a floor
+    XLA MB/img  XLA's "bytes accessed" the same way: summed over ops as compiled; on a CPU not a
+    floor
                 (see `python -m hcnet.tools.roofline` for the fewest bytes a fused step must move)
     model flops/img   the paper's convention: 2 x conv+linear MACs, x3 for a training step
-    MFU         XLA flops per second over the device's dense peak for the dtype (hcnet.measure.roofline.DEVICES
+    MFU         XLA flops per second over the device's dense peak for the dtype
+    (hcnet.measure.roofline.DEVICES
                 or --peak_tflops); printed only where the peak is known
     peak mem    peak bytes in use on device 0 where the backend reports it (GPU, TPU), else XLA's
                 temporary buffer size of the program
@@ -63,8 +67,8 @@ class Result:
 
 
 def median_seconds(fn, args, repeats: int, update=None) -> tuple[float, dict]:
-    """(median wall seconds of fn(*args) after one warm-up call, host page faults and system seconds per
-    call); `update` threads donated state through."""
+    """(median wall seconds of fn(*args) after one warm-up call, host page faults and system seconds
+    per call); `update` threads donated state through."""
     out = jax.block_until_ready(fn(*args))
     times = []
     before = resource.getrusage(resource.RUSAGE_SELF)
@@ -107,7 +111,8 @@ def bench_config(
     depthwise_impl: str = "auto",
     block_loop: str = "auto",
 ):
-    """A classification config on synthetic data with no augmentation (label smoothing 0.1): what is timed."""
+    """A classification config on synthetic data with no augmentation (label smoothing 0.1): what is
+    timed."""
     c = config_lib.defaults()
     c.batch_size = batch
     c.model.update(
@@ -127,7 +132,8 @@ def bench_config(
 
 
 def _train_program(run, data):
-    """(jitted step, its arguments, how to thread the donated state) of the project's training step."""
+    """(jitted step, its arguments, how to thread the donated state) of the project's training
+    step."""
     key = sharding.replicated_key(0, run.mesh)
     return run.program.step, (run.program.init(), data, key), _thread_state
 
@@ -170,7 +176,8 @@ def measure(
         raise UserError(f"--mode={mode!r}: one of {', '.join(MODES)}")
     if devices and devices > len(jax.devices()):
         raise UserError(
-            f"--devices={devices}: only {len(jax.devices())} {jax.devices()[0].platform} devices here"
+            f"--devices={devices}: only {len(jax.devices())} {jax.devices()[0].platform} devices "
+            "here"
         )
     devs = jax.devices()[:devices] if devices else jax.devices()
     if batch % len(devs):
@@ -241,7 +248,8 @@ def measure(
 def train_step_seconds(
     variant: str, batch: int, image_size: int, repeats: int = 3, **kwargs
 ) -> float:
-    """Wall seconds of one HcNet training step after compilation (median of `repeats`); kwargs as `measure`."""
+    """Wall seconds of one HcNet training step after compilation (median of `repeats`); kwargs as
+    `measure`."""
     return measure(
         variant, batch, image_size, mode="train", repeats=repeats, model_flops=False, **kwargs
     ).step_s

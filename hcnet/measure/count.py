@@ -74,8 +74,9 @@ def count_macs(spec: dict, height: int = 224, width: int | None = None) -> int:
 def segmentation_counts(
     variant: str, num_classes: int = 150, height: int = 512, width: int = 2048
 ) -> dict:
-    """Parameters (backbone, decode head, auxiliary head, all) of UperNet on HcNet and the MACs of one
-    inference forward (backbone and decode head, as mmseg's get_flops counts them) at height x width."""
+    """Parameters (backbone, decode head, auxiliary head, all) of UperNet on HcNet and the MACs of
+    one inference forward (backbone and decode head, as mmseg's get_flops counts them) at height x
+    width."""
     spec = upernet.spec(
         variant, num_classes, dtype="float32", depthwise_impl="conv"
     )  # k*k MACs per filter

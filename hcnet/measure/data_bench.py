@@ -1,10 +1,12 @@
 """Input throughput: host decode + crop per core on real JPEGs, and the device augmentation's cost.
 
-    python -m hcnet.tools.data_bench [--image_size=224] [--batch=32] [--variant=T] [--seconds=10] [--json]
+    python -m hcnet.tools.data_bench [--image_size=224] [--batch=32] [--variant=T] \\
+        [--seconds=10] [--json]
 
-The JPEGs are scikit-image's photographs resized to ImageNet-like sizes (shorter side 333-500, aspect
-3:4 to 16:9) and saved at quality 90. The device part times `augment.train_inputs` (RandAugment,
-erasing, mixing) on a batch against one HcNet training step (forward, backward, AdamW) on that batch.
+The JPEGs are scikit-image's photographs resized to ImageNet-like sizes (shorter side 333-500,
+aspect 3:4 to 16:9) and saved at quality 90. The device part times `augment.train_inputs`
+(RandAugment, erasing, mixing) on a batch against one HcNet training step (forward, backward, AdamW)
+on that batch.
 """
 
 import io
@@ -69,7 +71,8 @@ def host_rate(fn, jpegs, seconds: float) -> float:
 
 
 def device_costs(batch: int, image_size: int, variant: str, repeats: int) -> dict:
-    """Seconds per batch of the device augmentation and of one HcNet training step, on one device."""
+    """Seconds per batch of the device augmentation and of one HcNet training step, on one
+    device."""
     rng = np.random.default_rng(0)
     data = {
         "image": jnp.asarray(

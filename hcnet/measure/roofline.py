@@ -1,13 +1,15 @@
-"""FLOPs and the fewest bytes an HcNet training step moves per image, by hand, and the floor they set.
+"""FLOPs and the fewest bytes an HcNet training step moves per image, by hand, and the floor they
+set.
 
-    python -m hcnet.tools.roofline --variant=T --image_size=224 [--batch=128] [--act_bytes=2] [--json]
+    python -m hcnet.tools.roofline --variant=T --image_size=224 [--batch=128] [--act_bytes=2] \\
+        [--json]
 
 FLOPs: the paper's convention (conv + linear MACs) x 2, x 3 for forward + backward.
 
 Bytes: a tally of the tensors a training step must read or write in memory, per image, if every
-elementwise op is fused into its neighbours and only the global reductions (GroupNorm's statistics, the
-conductivity's average pool, the weight gradients) and the matmuls force a tensor through memory.
-Per Hc-Ra block, in units of C x H x W activation elements (hidden width 4C counts 4):
+elementwise op is fused into its neighbours and only the global reductions (GroupNorm's statistics,
+the conductivity's average pool, the weight gradients) and the matmuls force a tensor through
+memory. Per Hc-Ra block, in units of C x H x W activation elements (hidden width 4C counts 4):
 
     forward    x: GAP read 1, heat+residual read 1 write 1; GroupNorm stats read 1;
                fc1 (norm applied on load) read 1 write 4; GELU+depthwise read 4 write 4;
@@ -31,8 +33,8 @@ from hcnet.layers import conv_out_size
 from hcnet.measure.count import count_macs, count_params
 from hcnet.model import model_spec
 
-# per accelerator (vendor figures): the substrings of jax's device_kind that name it (first match wins, in
-# this order), dense TFLOP/s by compute dtype, HBM GB/s
+# per accelerator (vendor figures): the substrings of jax's device_kind that name it (first match
+# wins, in this order), dense TFLOP/s by compute dtype, HBM GB/s
 DEVICES = {
     "H200": (("h200",), {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0}, 4800.0),
     "H100 SXM": (("h100",), {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0}, 3350.0),
@@ -46,7 +48,8 @@ DEVICES = {
 
 
 def peak_tflops(device_kind: str, dtype: str) -> float | None:
-    """The dense peak of a device (jax's device_kind) for a compute dtype, where the table knows it."""
+    """The dense peak of a device (jax's device_kind) for a compute dtype, where the table knows
+    it."""
     kind = device_kind.lower()
     for names, peaks, _ in DEVICES.values():
         if any(n in kind for n in names):
@@ -58,7 +61,8 @@ PARAM_BYTES = 36
 
 
 def block_units(mlp_ratio: float = 4.0) -> tuple[float, float]:
-    """(forward, backward) elements moved per block in units of C x H x W; r = mlp_ratio (23, 37 at 4)."""
+    """(forward, backward) elements moved per block in units of C x H x W; r = mlp_ratio (23, 37 at
+    4)."""
     r = mlp_ratio
     return 7 + 4 * r, 13 + 6 * r
 
@@ -74,7 +78,8 @@ def _sizes(image_size: int) -> list[int]:
 
 
 def training_bytes(spec: dict, image_size: int = 224, act_bytes: int = 2) -> dict:
-    """Bytes per image of activations (by layer kind), and per step of parameters and optimizer state."""
+    """Bytes per image of activations (by layer kind), and per step of parameters and optimizer
+    state."""
     depths, dims = spec["depths"], spec["dims"]
     s = _sizes(image_size)
     mlp = spec.get("mlp_ratio", 4.0)
@@ -82,7 +87,8 @@ def training_bytes(spec: dict, image_size: int = 224, act_bytes: int = 2) -> dic
     blocks = sum(d * dims[i] * s[i + 1] ** 2 for i, d in enumerate(depths)) * (units[0] + units[1])
 
     # a conv + GroupNorm(+GELU): forward read in 1 write out 1, stats read 1; backward read dout 1 +
-    # out 1 twice (norm), write d(pre-norm) 1, read it and the input for the conv grads 2, write din 1
+    # out 1 twice (norm), write d(pre-norm) 1, read it and the input for the conv grads 2, write din
+    # 1
     def conv_gn(cin, hin, cout, hout):
         return 3 * cin * hin**2 + 10 * cout * hout**2
 
@@ -94,9 +100,9 @@ def training_bytes(spec: dict, image_size: int = 224, act_bytes: int = 2) -> dic
 def bytes_per_image(
     spec: dict, image_size: int = 224, batch: int = 128, act_bytes: int = 2
 ) -> float | None:
-    """The fewest bytes a training step of the classifier `spec` moves per square image: activations, and
-    the parameters and optimizer state shared by the batch. None for a network this model does not
-    describe (one with a decoder)."""
+    """The fewest bytes a training step of the classifier `spec` moves per square image:
+    activations, and the parameters and optimizer state shared by the batch. None for a network this
+    model does not describe (one with a decoder)."""
     if "decoder" in spec:
         return None
     acts = sum(training_bytes(spec, image_size, act_bytes).values())

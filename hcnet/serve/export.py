@@ -1,17 +1,21 @@
-"""A trained model out of the project: a parameters-only checkpoint that `hcnet.load` reads, or a model for
-serving that needs nothing of this project (hcnet.tools.export).
+"""A trained model out of the project: a parameters-only checkpoint that `hcnet.load` reads, or a
+model for serving that needs nothing of this project (hcnet.tools.export).
 
     checkpoint  DIR/model.json DIR/params/ (+ config.json): hcnet.load(DIR)
-    stablehlo   DIR/model.stablehlo (jax.export, serialized; the batch size symbolic) and DIR/serving.json:
-                uint8 images (batch, S, S, 3), resized and centre-cropped as evaluation does, to class
-                probabilities (batch, classes); load with jax.export.deserialize(bytes).call(images)
-    savedmodel  DIR/ a TensorFlow SavedModel (+ DIR/serving.json): signature serving_default takes uint8
-                images (batch, H, W, 3) of any size, resizes and crops them exactly as evaluation does
-                (hcnet.serve.savedmodel.eval_crop) and returns {"probabilities": (batch, classes)}; signatures
-                preprocess and probabilities are its two halves
+    stablehlo   DIR/model.stablehlo (jax.export, serialized; the batch size symbolic) and
+    DIR/serving.json:
+                uint8 images (batch, S, S, 3), resized and centre-cropped as evaluation does, to
+                class probabilities (batch, classes); load with
+                jax.export.deserialize(bytes).call(images)
+    savedmodel  DIR/ a TensorFlow SavedModel (+ DIR/serving.json): signature serving_default takes
+    uint8
+                images (batch, H, W, 3) of any size, resizes and crops them exactly as evaluation
+                does (hcnet.serve.savedmodel.eval_crop) and returns {"probabilities": (batch,
+                classes)}; signatures preprocess and probabilities are its two halves
 
 The weights are constants inside the exported program; the SavedModel runs the same program through
-TensorFlow's XlaCallModule (hcnet.serve.savedmodel says what it takes to make TensorFlow 2.21 read it).
+TensorFlow's XlaCallModule (hcnet.serve.savedmodel says what it takes to make TensorFlow 2.21 read
+it).
 """
 
 import json
@@ -28,7 +32,8 @@ STABLEHLO_FILE, SERVING_FILE = "model.stablehlo", "serving.json"
 
 
 def export(run_dir, out, *, ema: bool = False, step: int | None = None) -> paths.Path:
-    """Copies the chosen weights and the model spec of `run_dir` to the new directory `out` (either gs://)."""
+    """Copies the chosen weights and the model spec of `run_dir` to the new directory `out` (either
+    gs://)."""
     run_dir = paths.path(run_dir)
     paths.check(run_dir)
     if not (run_dir / checkpoint.CHECKPOINTS).is_dir():
@@ -43,8 +48,8 @@ def export(run_dir, out, *, ema: bool = False, step: int | None = None) -> paths
 
 
 def probabilities_fn(predict_fn, weights):
-    """uint8 images (B, S, S, 3), already resized and cropped -> float32 class probabilities (B, classes),
-    the weights held as constants."""
+    """uint8 images (B, S, S, 3), already resized and cropped -> float32 class probabilities (B,
+    classes), the weights held as constants."""
     probabilities = predict.softmax_fn(predict_fn)
 
     def serve(images):
@@ -54,7 +59,8 @@ def probabilities_fn(predict_fn, weights):
 
 
 def _serving(path, ema, step, image_size, crop_pct, platforms):
-    """(the jax.export program of probabilities_fn, serving.json's fields) for a checkpoint or workdir."""
+    """(the jax.export program of probabilities_fn, serving.json's fields) for a checkpoint or
+    workdir."""
     source = trained.open(path, step=step)
     if source.is_segmentation:
         raise UserError(
@@ -90,7 +96,8 @@ def export_stablehlo(
     crop_pct: float | None = None,
     platforms=("cpu", "cuda", "tpu"),
 ) -> paths.Path:
-    """The model of a checkpoint or workdir as serialized StableHLO for `platforms`, the batch size symbolic."""
+    """The model of a checkpoint or workdir as serialized StableHLO for `platforms`, the batch size
+    symbolic."""
     exported, info = _serving(path, ema, step, image_size, crop_pct, platforms)
     out = paths.new_dir(out)
     (out / STABLEHLO_FILE).write_bytes(exported.serialize())
@@ -99,7 +106,8 @@ def export_stablehlo(
         {
             "format": "stablehlo",
             **info,
-            "input": "uint8 (batch, S, S, 3) RGB, shorter side resized to floor(S / crop_pct) (bicubic) "
+            "input": "uint8 (batch, S, S, 3) RGB, shorter side resized to floor(S / crop_pct) "
+            "(bicubic) "
             "and centre-cropped to S x S (hcnet.data.transforms.eval_image)",
         },
     )
@@ -116,7 +124,8 @@ def export_savedmodel(
     crop_pct: float | None = None,
     platforms=("cpu", "cuda", "tpu"),
 ) -> paths.Path:
-    """The model of a checkpoint or workdir as a TensorFlow SavedModel, eval preprocessing included."""
+    """The model of a checkpoint or workdir as a TensorFlow SavedModel, eval preprocessing
+    included."""
     from hcnet.serve import savedmodel  # TensorFlow, only here
 
     exported, info = _serving(path, ema, step, image_size, crop_pct, platforms)
@@ -129,11 +138,14 @@ def export_savedmodel(
                 "format": "savedmodel",
                 **info,
                 "signatures": {
-                    "serving_default": "images: uint8 (batch, H, W, 3) RGB of any size -> probabilities; "
+                    "serving_default": "images: uint8 (batch, H, W, 3) RGB of any size -> "
+                    "probabilities; "
                     "the shorter side resized to floor(S / crop_pct) and the centre S x S kept, as "
                     "hcnet.data.transforms.eval_image does, pixel for pixel",
-                    "preprocess": "images: uint8 (batch, H, W, 3) -> images: uint8 (batch, S, S, 3)",
-                    "probabilities": "images: uint8 (batch, S, S, 3), already cropped -> probabilities",
+                    "preprocess": "images: uint8 (batch, H, W, 3) -> images: uint8 (batch, S, S, "
+                    "3)",
+                    "probabilities": "images: uint8 (batch, S, S, 3), already cropped -> "
+                    "probabilities",
                 },
             },
         )

@@ -1,9 +1,9 @@
 """Predictions of a trained network (hcnet.trained.Trained) for image files: arrays in, arrays out.
 
-Images get the evaluation preprocessing (shorter side to size / crop_pct, bicubic, centre crop) at the
-run's size and crop (224 and 0.875 without a config; arguments override both) for a classifier, or
-are taken at their own size by the run's single-scale test for a segmentation network. A file that
-cannot be read is reported with its reason and skipped; the others are still predicted.
+Images get the evaluation preprocessing (shorter side to size / crop_pct, bicubic, centre crop) at
+the run's size and crop (224 and 0.875 without a config; arguments override both) for a classifier,
+or are taken at their own size by the run's single-scale test for a segmentation network. A file
+that cannot be read is reported with its reason and skipped; the others are still predicted.
 """
 
 import jax
@@ -90,8 +90,8 @@ def classify(
 
 
 def segmenter(source, *, ema: bool = False):
-    """`segment(image)`: per-pixel classes uint8 (H, W) of a uint8 image (H, W, 3) at its own size, as
-    the run's single-scale test infers them (hcnet.seg_inference)."""
+    """`segment(image)`: per-pixel classes uint8 (H, W) of a uint8 image (H, W, 3) at its own size,
+    as the run's single-scale test infers them (hcnet.seg_inference)."""
     predict, weights = source.predictor(ema=ema)
     fn = jax.jit(predict)
     options = source.segmentation_test()

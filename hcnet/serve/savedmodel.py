@@ -1,15 +1,16 @@
 """A TensorFlow SavedModel for serving: uint8 images of any size in, class probabilities out.
 
-TensorFlow runs only here (an export tool), never in the model or the training step. The model inside
-is the same jax.export program as the stablehlo export, called through XlaCallModule (jax2tf); the
-preprocessing is `hcnet.data.transforms.eval_image` rewritten in TensorFlow ops, pixel for pixel.
+TensorFlow runs only here (an export tool), never in the model or the training step. The model
+inside is the same jax.export program as the stablehlo export, called through XlaCallModule
+(jax2tf); the preprocessing is `hcnet.data.transforms.eval_image` rewritten in TensorFlow ops, pixel
+for pixel.
 
-Two things stand between jax 0.10.2's export and TensorFlow 2.21's XlaCallModule, and `for_tensorflow`
-removes both: jax writes StableHLO for consumers at most four weeks older than itself (1.15.0) while
-TensorFlow reads 1.13.7, and erf (the exact GELU) travels as a `chlo.erf` composite whose
-decomposition TensorFlow's shape refinement does not enter, so a symbolic batch size stays dynamic
-there and is refused. The composites are replaced by their decompositions, inlined, and the module
-is written for the older of the two StableHLO versions.
+Two things stand between jax 0.10.2's export and TensorFlow 2.21's XlaCallModule, and
+`for_tensorflow` removes both: jax writes StableHLO for consumers at most four weeks older than
+itself (1.15.0) while TensorFlow reads 1.13.7, and erf (the exact GELU) travels as a `chlo.erf`
+composite whose decomposition TensorFlow's shape refinement does not enter, so a symbolic batch size
+stays dynamic there and is refused. The composites are replaced by their decompositions, inlined,
+and the module is written for the older of the two StableHLO versions.
 """
 
 import dataclasses
@@ -21,15 +22,16 @@ from jax.extend.mlir import ir, passmanager
 from jax.extend.mlir.dialects import func, stablehlo
 from jax.interpreters import mlir as jax_interpreters_mlir
 
-# Pillow 13's resampling (src/libImaging/Resample.c): separable, each pass rounded and clipped to uint8,
-# weights in fixed point with this many fraction bits; the vertical pass goes first when the height
-# shrinks by more than twice as many pixels as the width
+# Pillow 13's resampling (src/libImaging/Resample.c): separable, each pass rounded and clipped to
+# uint8, weights in fixed point with this many fraction bits; the vertical pass goes first when the
+# height shrinks by more than twice as many pixels as the width
 PRECISION_BITS = 32 - 8 - 2
 BICUBIC_SUPPORT, BICUBIC_A = 2.0, -0.5
 
 
 def for_tensorflow(exported: jax.export.Exported, target: str) -> jax.export.Exported:
-    """`exported` without composite ops, serialized for StableHLO `target` (the consumer's version)."""
+    """`exported` without composite ops, serialized for StableHLO `target` (the consumer's
+    version)."""
     with jax_interpreters_mlir.make_ir_context():
         target = stablehlo.get_smaller_version(target, stablehlo.get_current_version())
         portable = jax_mlir.serialize_portable_artifact(
@@ -73,7 +75,8 @@ def _bicubic(x):
 
 
 def _pil_weights(in_size, box0, box1, out_size: int):
-    """Pillow's precompute_coeffs + normalize_coeffs_8bpc: fixed-point weights (out_size, in_size), float64."""
+    """Pillow's precompute_coeffs + normalize_coeffs_8bpc: fixed-point weights (out_size, in_size),
+    float64."""
     import tensorflow as tf
 
     f64 = tf.float64
@@ -95,12 +98,14 @@ def _pil_weights(in_size, box0, box1, out_size: int):
     total = tf.reduce_sum(w, axis=1, keepdims=True)
     w = tf.where(total != 0.0, w / tf.where(total != 0.0, total, 1.0), w)
     one = float(1 << PRECISION_BITS)
-    # (int)(0.5 + w * 2^22), (int)(-0.5 + w * 2^22) for negative weights: rounding half away from zero
+    # (int)(0.5 + w * 2^22), (int)(-0.5 + w * 2^22) for negative weights: rounding half away from
+    # zero
     return tf.where(w < 0, tf.math.ceil(-0.5 + w * one), tf.math.floor(0.5 + w * one))
 
 
 def _pass(images, weights, axis: int):
-    """One resampling pass along `axis` (1 rows, 2 columns) of uint8 (B, H, W, C), rounded as Pillow does."""
+    """One resampling pass along `axis` (1 rows, 2 columns) of uint8 (B, H, W, C), rounded as Pillow
+    does."""
     import tensorflow as tf
 
     x = tf.cast(images, tf.float64)
@@ -115,7 +120,8 @@ def _pass(images, weights, axis: int):
 
 
 def eval_crop(images, size: int, crop_pct: float):
-    """uint8 (B, H, W, 3) -> uint8 (B, size, size, 3): `eval_image`'s resize and centre crop, in TensorFlow."""
+    """uint8 (B, H, W, 3) -> uint8 (B, size, size, 3): `eval_image`'s resize and centre crop, in
+    TensorFlow."""
     import tensorflow as tf
 
     f64 = tf.float64
@@ -144,7 +150,8 @@ def eval_crop(images, size: int, crop_pct: float):
 
 
 def save(exported: jax.export.Exported, out_dir: str, *, size: int, crop_pct: float) -> None:
-    """Writes the SavedModel to the local `out_dir`: signatures serving_default, probabilities, preprocess."""
+    """Writes the SavedModel to the local `out_dir`: signatures serving_default, probabilities,
+    preprocess."""
     import tensorflow as tf
     from jax.experimental import jax2tf
     from tensorflow.compiler.mlir.stablehlo import stablehlo as tf_stablehlo

@@ -1,6 +1,7 @@
 """See what the heat conduction does inside a trained HcNet, for one image at a time.
 
-    python -m hcnet.tools.visualize --checkpoint=/tmp/hcnet-quickstart digit.png --out=/tmp/hcnet-figures [--ema]
+    python -m hcnet.tools.visualize --checkpoint=/tmp/hcnet-quickstart digit.png \\
+        --out=/tmp/hcnet-figures [--ema]
 
 For each image it writes four PNGs and the numbers behind them (<stem>.json):
 - <stem>_k.png: the heat-conduction coefficient k of every Hc-Ra block across depth. With the
@@ -8,11 +9,12 @@ For each image it writes four PNGs and the numbers behind them (<stem>.json):
   the band the 10th-90th percentile, the faint band min-max; a learned or fixed k is one value.
 - <stem>_temperature.png: each stage's output averaged over channels (the "temperature" field the
   blocks conduct), upsampled over the input.
-- <stem>_spectrum.png: the radial power spectrum of the features after the stem and after every block
-  (left), and the share of their energy above a quarter cycle per pixel (right). The paper's Figure 1c
-  claim is that high frequencies fade as depth grows; each heat step is a low-pass filter.
-- <stem>_gradcam.png: Grad-CAM of the predicted (or --class) class at each stage's output (the paper's
-  Figure 5): ReLU(sum_c alpha_c A_c), alpha_c the spatial mean of d logit / d A_c, scaled to [0, 1].
+- <stem>_spectrum.png: the radial power spectrum of the features after the stem and after every
+  block (left), and the share of their energy above a quarter cycle per pixel (right). The paper's
+  Figure 1c claim is that high frequencies fade as depth grows; each heat step is a low-pass filter.
+- <stem>_gradcam.png: Grad-CAM of the predicted (or --class) class at each stage's output (the
+  paper's Figure 5): ReLU(sum_c alpha_c A_c), alpha_c the spatial mean of d logit / d A_c, scaled to
+  [0, 1].
 """
 
 import functools
@@ -36,8 +38,8 @@ def trace(model, x) -> dict:
     """The forward pass kept block by block. x: normalised images (B, H, W, 3); model in eval mode.
 
     The values are the model's own method outputs, captured (nnx.capture): k per block (B, C) (a
-    scalar k broadcast); blocks: each block's output; stage_of_block: its stage; stem: the stem's output
-    (after its dropout); stages: each stage's output (what model.features returns); logits.
+    scalar k broadcast); blocks: each block's output; stage_of_block: its stage; stem: the stem's
+    output (after its dropout); stages: each stage's output (what model.features returns); logits.
     """
     logits, seen = nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)(x)
     out = nnx.to_pure_dict(seen)
@@ -70,7 +72,8 @@ def trace(model, x) -> dict:
 def power_spectrum(features) -> tuple[np.ndarray, np.ndarray]:
     """(power (H, W), radial frequency (H, W) in cycles/pixel) of features (B, H, W, C).
 
-    The per-channel mean is removed first (no DC term); |FFT|^2 / (H W) is averaged over batch and channels.
+    The per-channel mean is removed first (no DC term); |FFT|^2 / (H W) is averaged over batch and
+    channels.
     """
     f = np.asarray(features, np.float64)
     h, w = f.shape[1:3]
@@ -80,8 +83,8 @@ def power_spectrum(features) -> tuple[np.ndarray, np.ndarray]:
 
 
 def radial_bins(power: np.ndarray, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(bin centres, mean power in each bin): bins of width 1 / max(H, W) up to Nyquist (0.5), the corners
-    beyond 0.5 in the last bin, DC left out."""
+    """(bin centres, mean power in each bin): bins of width 1 / max(H, W) up to Nyquist (0.5), the
+    corners beyond 0.5 in the last bin, DC left out."""
     n = max(power.shape) // 2
     index = np.minimum((radius * 2 * n).round().astype(int), n)  # 0 is DC, n is Nyquist
     sums = np.bincount(index.ravel(), power.ravel(), n + 1)
@@ -102,7 +105,8 @@ def radial_spectrum(features) -> tuple[np.ndarray, np.ndarray]:
 
 
 def high_frequency_share(features, cutoff: float = HIGH) -> float:
-    """Share of the (non-DC) spectral energy of features (B, H, W, C) above `cutoff` cycles/pixel."""
+    """Share of the (non-DC) spectral energy of features (B, H, W, C) above `cutoff`
+    cycles/pixel."""
     return share_above(*power_spectrum(features), cutoff)
 
 
@@ -112,10 +116,11 @@ def temperature(features) -> np.ndarray:
 
 
 def grad_cam_map(features, tail, target):
-    """Grad-CAM of classes `target` (B,) at features (B, H, W, C), `tail` mapping them to logits: (B, H, W).
+    """Grad-CAM of classes `target` (B,) at features (B, H, W, C), `tail` mapping them to logits:
+    (B, H, W).
 
-    alpha = spatial mean of d logit[target] / d features; map = ReLU(sum_c alpha_c A_c) / its maximum
-    (all zeros where nothing is positive).
+    alpha = spatial mean of d logit[target] / d features; map = ReLU(sum_c alpha_c A_c) / its
+    maximum (all zeros where nothing is positive).
     """
     target = jnp.asarray(target)
 
@@ -153,7 +158,8 @@ def _device_part(graphdef, state, x, target):
 
 
 def analyse(model, image: np.ndarray, target: int | None = None) -> dict:
-    """Every number the figures show, for one uint8 image (S, S, 3); one compiled program per model and size."""
+    """Every number the figures show, for one uint8 image (S, S, 3); one compiled program per model
+    and size."""
     graphdef, state = nnx.split(model)
     wanted = jnp.full((1,), -1 if target is None else target, jnp.int32)
     t, target, cams = jax.device_get(
@@ -221,7 +227,8 @@ def write_png(a: np.ndarray, path) -> None:
 
 
 def palette(n: int) -> np.ndarray:
-    """n distinct colours, uint8 (n, 3): matplotlib's tab10 (tab20 up to 20 classes), evenly turned hues beyond."""
+    """n distinct colours, uint8 (n, 3): matplotlib's tab10 (tab20 up to 20 classes), evenly turned
+    hues beyond."""
     import colorsys
 
     from matplotlib import colormaps
@@ -248,8 +255,8 @@ def plot_segmentation(
     alpha: float = 0.55,
     legend: int = 20,
 ):
-    """The image, and the predicted classes' colours over it with a legend of the classes present (the
-    `legend` largest by area, each with its share of the pixels)."""
+    """The image, and the predicted classes' colours over it with a legend of the classes present
+    (the `legend` largest by area, each with its share of the pixels)."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
@@ -394,10 +401,10 @@ def plot_grad_cam(image: np.ndarray, numbers: dict, label: str, path):
 
 
 def segment_files(source, files, out, *, ema: bool = False) -> tuple[dict, list]:
-    """Per-pixel classes of image files (a segmentation network, hcnet.serve.predict.segmenter), written as
-    <out>/<stem>_mask.png (class ids, one channel) and <stem>_overlay.png (the classes' colours over the
-    image, with a legend). ({file: {"mask", "overlay", "classes"}}, [(file, reason)]); "classes": the
-    predicted classes by their share of the pixels."""
+    """Per-pixel classes of image files (a segmentation network, hcnet.serve.predict.segmenter),
+    written as <out>/<stem>_mask.png (class ids, one channel) and <stem>_overlay.png (the classes'
+    colours over the image, with a legend). ({file: {"mask", "overlay", "classes"}}, [(file,
+    reason)]); "classes": the predicted classes by their share of the pixels."""
     segment = predict.segmenter(source, ema=ema)
     out = _output_dir(out)
     names, written, failed = source.class_names(), {}, []
@@ -434,9 +441,9 @@ def visualize(
     image_size: int | None = None,
     crop_pct: float | None = None,
 ) -> tuple[dict, list]:
-    """({file: {figure name: path}}, [(file, reason) skipped]) of a trained network (hcnet.trained.Trained);
-    the numbers go to <stem>.json. A segmentation network gets its predicted mask over each image, with a
-    legend (`segment_files`)."""
+    """({file: {figure name: path}}, [(file, reason) skipped]) of a trained network
+    (hcnet.trained.Trained); the numbers go to <stem>.json. A segmentation network gets its
+    predicted mask over each image, with a legend (`segment_files`)."""
     if source.is_segmentation:
         written, failed = segment_files(source, files, out, ema=ema)
         return {

@@ -1,5 +1,5 @@
-"""Image classification: HcNet with a linear head, trained with the Swin recipe (RandAugment, erasing,
-mixup / cutmix, label smoothing), evaluated exactly on `dataset.eval_split`."""
+"""Image classification: HcNet with a linear head, trained with the Swin recipe (RandAugment,
+erasing, mixup / cutmix, label smoothing), evaluated exactly on `dataset.eval_split`."""
 
 import functools
 import re
@@ -114,7 +114,8 @@ class Task:
         d = self.config.dataset
         if spec["num_classes"] != d.num_classes:
             raise ConfigError(
-                f"the checkpoint's head has {spec['num_classes']} classes but config.dataset.num_classes="
+                f"the checkpoint's head has {spec['num_classes']} classes but "
+                "config.dataset.num_classes="
                 f"{d.num_classes} ({d.name}); evaluate it on the dataset it was trained for"
             )
 
@@ -127,8 +128,8 @@ class Task:
         data_dir=None,
         label_key: str = "label",
     ) -> sources.Source:
-        """A split of the config's dataset (or `dataset` in `data_dir`); stops with one line if its classes
-        differ from the config's."""
+        """A split of the config's dataset (or `dataset` in `data_dir`); stops with one line if its
+        classes differ from the config's."""
         d = self.config.dataset
         name, where = dataset or d.name, d.data_dir if dataset is None else data_dir
         source = sources.open_split(
@@ -191,8 +192,9 @@ class Task:
         return functools.partial(classification.eval_step, predict=predict)
 
     def evaluators(self, mesh, predict) -> list:
-        """`eval` on dataset.eval_split, then one per config.evals entry (its own dataset, split, size, crop,
-        labels); a multi-label one (e.g. imagenet2012_real's real_label) is scored as ReaL does."""
+        """`eval` on dataset.eval_split, then one per config.evals entry (its own dataset, split,
+        size, crop, labels); a multi-label one (e.g. imagenet2012_real's real_label) is scored as
+        ReaL does."""
         c, d = self.config, self.config.dataset
         entries = [
             {

@@ -1,18 +1,24 @@
-"""Semantic segmentation: UperNet on HcNet's four stages (hcnet.upernet), trained as mmsegmentation trains
-Swin's and the paper's ADE20K models, evaluated by mIoU (hcnet.evaluators.segmentation).
+"""Semantic segmentation: UperNet on HcNet's four stages (hcnet.upernet), trained as mmsegmentation
+trains Swin's and the paper's ADE20K models, evaluated by mIoU (hcnet.evaluators.segmentation).
 
-    host     decode the image and its mask, mmseg's training pipeline (hcnet.data.seg_transforms): random
-             keep-ratio rescale, crop with cat_max_ratio, flip, photometric distortion, pad to the crop
-    device   Normalize (ImageNet mean and std); the padding made 0 after it, as mmseg pads after Normalize
-    loss     per-pixel cross-entropy of the decode head's logits, bilinearly resized to the crop (torch's
-             align_corners=False), plus aux_weight x the auxiliary FCN head's; ignored pixels (255) add 0 and
-             count in the mean, as mmseg's CrossEntropyLoss (reduction 'mean', no avg_non_ignore) does
-    eval     every image at its own size, whole or by sliding window (config.segmentation.eval_*); with
+    host     decode the image and its mask, mmseg's training pipeline (hcnet.data.seg_transforms):
+    random
+             keep-ratio rescale, crop with cat_max_ratio, flip, photometric distortion, pad to the
+             crop
+    device   Normalize (ImageNet mean and std); the padding made 0 after it, as mmseg pads after
+    Normalize
+    loss     per-pixel cross-entropy of the decode head's logits, bilinearly resized to the crop
+    (torch's
+             align_corners=False), plus aux_weight x the auxiliary FCN head's; ignored pixels (255)
+             add 0 and count in the mean, as mmseg's CrossEntropyLoss (reduction 'mean', no
+             avg_non_ignore) does
+    eval     every image at its own size, whole or by sliding window (config.segmentation.eval_*);
+    with
              ms_ratios, a second evaluator `ms` at several scales with flip (mmseg's aug_test)
 
-BatchNorm in the heads: under jit over a sharded batch its statistics are over the whole global batch (what
-mmseg's SyncBN computes across GPUs); the running statistics live beside the parameters and are updated
-by the train step.
+BatchNorm in the heads: under jit over a sharded batch its statistics are over the whole global
+batch (what mmseg's SyncBN computes across GPUs); the running statistics live beside the parameters
+and are updated by the train step.
 """
 
 import dataclasses
@@ -31,8 +37,9 @@ from hcnet.evaluators import segmentation as seg_eval
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """grain random map: a record (encoded image and mask, `index`) -> {image, label, valid, mask, index} at
-    the crop size; `valid` (h, w) is the part of the crop that is image, the rest being padding."""
+    """grain random map: a record (encoded image and mask, `index`) -> {image, label, valid, mask,
+    index} at the crop size; `valid` (h, w) is the part of the crop that is image, the rest being
+    padding."""
 
     transform: seg_transforms.TrainTransform
     num_classes: int
@@ -70,8 +77,8 @@ class Example:
 
 
 def pixel_loss(logits, labels, ignore_index: int = seg_eval.IGNORE_INDEX):
-    """(B,) mean over each example's pixels of the cross-entropy of logits (B, h, w, C), resized bilinearly
-    to the labels' (B, H, W) size; ignored pixels add 0 but count, as in mmseg."""
+    """(B,) mean over each example's pixels of the cross-entropy of logits (B, h, w, C), resized
+    bilinearly to the labels' (B, H, W) size; ignored pixels add 0 but count, as in mmseg."""
     b, h, w = labels.shape
     logits = upernet.resize(logits.astype(jnp.float32), h, w)
     keep = labels != ignore_index
@@ -131,8 +138,9 @@ def validate(c) -> None:
 
 
 class Task:
-    """config.model (the backbone), config.segmentation (head, pipeline, evaluation) and config.dataset (a
-    prepared segmentation dataset: hcnet_ade20k or a segmentation folder) as a segmentation task."""
+    """config.model (the backbone), config.segmentation (head, pipeline, evaluation) and
+    config.dataset (a prepared segmentation dataset: hcnet_ade20k or a segmentation folder) as a
+    segmentation task."""
 
     validate = staticmethod(validate)
 
@@ -163,7 +171,8 @@ class Task:
             )
 
     def source(self, split: str, field: str) -> sources.SegmentationSource:
-        """A split of the config's dataset; stops with one line if its classes differ from the config's."""
+        """A split of the config's dataset; stops with one line if its classes differ from the
+        config's."""
         d = self.config.dataset
         if split not in self._sources:
             source = sources.open_segmentation(
@@ -171,7 +180,8 @@ class Task:
             )
             if source.num_classes != d.num_classes:
                 raise ConfigError(
-                    f"config.dataset.num_classes={d.num_classes}: {d.name} has {source.num_classes} "
+                    f"config.dataset.num_classes={d.num_classes}: {d.name} has "
+                    f"{source.num_classes} "
                     f"classes; set it to {source.num_classes}"
                 )
             self._sources[split] = source
@@ -238,10 +248,12 @@ class Task:
         )
 
     def eval_step(self, predict):
-        return None  # each image at its own size, by windows the host cuts (hcnet.evaluators.segmentation)
+        # each image at its own size, by windows the host cuts (hcnet.evaluators.segmentation)
+        return None
 
     def evaluators(self, mesh, predict) -> list:
-        """`eval`: single-scale on dataset.eval_split; `ms` as well when segmentation.ms_ratios is given."""
+        """`eval`: single-scale on dataset.eval_split; `ms` as well when segmentation.ms_ratios is
+        given."""
         c, s = self.config, self.config.segmentation
         source = self.source(c.dataset.eval_split, "dataset.eval_split")
         kw = dict(

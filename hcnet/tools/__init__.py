@@ -1,4 +1,5 @@
-"""The command-line tools, apart from the library: `python -m hcnet.tools.NAME --flag=value ... [files]`.
+"""The command-line tools, apart from the library: `python -m hcnet.tools.NAME --flag=value ...
+[files]`.
 
     count  convert  export  predict  visualize  bench  roofline  prepare  data_bench  aot  aot_table
 
@@ -61,8 +62,8 @@ def _one_line(main):
 
 
 def run(main) -> None:
-    """absl's app.run(main) with the tools' one-line errors, after the process-wide settings every command
-    makes (Cloud Storage through gcsfs: hcnet.paths.configure_gcs)."""
+    """absl's app.run(main) with the tools' one-line errors, after the process-wide settings every
+    command makes (Cloud Storage through gcsfs: hcnet.paths.configure_gcs)."""
     from hcnet import paths
 
     paths.configure_gcs()
@@ -70,8 +71,8 @@ def run(main) -> None:
 
 
 def invoke(main, argv: list[str]):
-    """Runs a tool's main in this process with `argv` (flags and files), as the command line would; for
-    tests and notebooks. Flag values are restored afterwards."""
+    """Runs a tool's main in this process with `argv` (flags and files), as the command line would;
+    for tests and notebooks. Flag values are restored afterwards."""
     from absl.testing import flagsaver
 
     with flagsaver.flagsaver():

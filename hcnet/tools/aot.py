@@ -1,9 +1,10 @@
-"""A run's training step compiled for a Cloud TPU slice ahead of time, on any machine with libtpu (a CPU
-one included): per-chip memory against HBM, XLA's flops and bytes per image, the compile time and a
-verdict (what each figure is: hcnet.measure.aot).
+"""A run's training step compiled for a Cloud TPU slice ahead of time, on any machine with libtpu (a
+CPU one included): per-chip memory against HBM, XLA's flops and bytes per image, the compile time
+and a verdict (what each figure is: hcnet.measure.aot).
 
     pip install -r requirements-tpu.txt
-    python -m hcnet.tools.aot --config=configs/hcnet_t.py --topology=v5e-64 [--config.field=value ...]
+    python -m hcnet.tools.aot --config=configs/hcnet_t.py --topology=v5e-64 \\
+        [--config.field=value ...]
         [--out=F.json] [--parts=eval,augmentation] [--json]
 
 Exits 1 with the one-line verdict when the step does not fit.
@@ -63,8 +64,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    # compile-only devices need no chip: stay off any local TPU (a training job may hold it), and let several
-    # compiling processes share libtpu (by default it takes a lock file for its first process alone)
+    # compile-only devices need no chip: stay off any local TPU (a training job may hold it), and
+    # let several compiling processes share libtpu (by default it takes a lock file for its first
+    # process alone)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     tools.run(main)

@@ -1,6 +1,7 @@
 """hcnet.tools.aot's JSON reports as one Markdown table (BENCHMARKS.md, "Compiled for TPU slices").
 
-    python -m hcnet.tools.aot --config=configs/hcnet_t.py --topology=v5e-64 --out=t_v5e-64.json   # one per row
+    # one per row
+    python -m hcnet.tools.aot --config=configs/hcnet_t.py --topology=v5e-64 --out=t_v5e-64.json
     python -m hcnet.tools.aot_table t_v5e-64.json s_v4-32.json ...
 
 Every figure is the TPU compiler's (libtpu's compile-only devices), not a hardware measurement.
@@ -14,8 +15,10 @@ from hcnet.measure import aot
 
 GIB = 2**30
 HEADER = (
-    "| config | slice | batch / device | fits | needed / HBM per device (compiler peak) | largest batch "
-    "(estimate) | GFLOP / image | MB / image (roofline floor) | eval step needs | augmentation MB / image "
+    "| config | slice | batch / device | fits | needed / HBM per device (compiler peak) | largest "
+    "batch "
+    "(estimate) | GFLOP / image | MB / image (roofline floor) | eval step needs | augmentation MB "
+    "/ image "
     "| compile |\n|---|---|---|---|---|---|---|---|---|---|---|"
 )
 

@@ -1,6 +1,7 @@
 """Training and inference throughput of HcNet (beside PyTorch: python -m reference.bench).
 
-    python -m hcnet.tools.bench --variant=T --batch=128 --image_size=224 --dtype=bfloat16 [--devices=N]
+    python -m hcnet.tools.bench --variant=T --batch=128 --image_size=224 --dtype=bfloat16 \\
+        [--devices=N]
         [--mode=train,infer] [--repeats=10] [--json]
 
 What each column means: hcnet.measure.bench.

@@ -1,6 +1,7 @@
 """Imports a reference (PyTorch) HcNet state_dict as a checkpoint that `hcnet.load` reads.
 
-    python -m hcnet.tools.convert --from_torch=PATH --variant=T --out=DIR [--heat_operator=...] [--depths=3,8,18,3]
+    python -m hcnet.tools.convert --from_torch=PATH --variant=T --out=DIR [--heat_operator=...] \\
+        [--depths=3,8,18,3]
 
 PATH is a `.pth`/`.pt` (needs torch), `.safetensors` or `.npz` file. The operator form is read off
 the key names unless --heat_operator is given. Every key must be used and every shape must match.
@@ -29,7 +30,8 @@ def main(argv):
     )
     save(FLAGS.out, model, spec)
     print(
-        f"wrote {FLAGS.out} (HcNet-{FLAGS.variant}, {spec['heat_operator']}, depths {list(spec['depths'])}, "
+        f"wrote {FLAGS.out} (HcNet-{FLAGS.variant}, {spec['heat_operator']}, depths "
+        f"{list(spec['depths'])}, "
         f"{spec['num_classes']} classes)"
     )
 

@@ -2,7 +2,8 @@
 
 python -m hcnet.tools.count --variant=T --heat_operator=mean8 [--image_size=224] [--image_width=W]
     [--depths=3,8,18,3] [--num_classes=1000] [--noxla] [--json]
-python -m hcnet.tools.count --segmentation --variant=T [--num_classes=150]   # UperNet at 512x2048, as mmseg counts
+# UperNet at 512x2048, as mmseg counts
+python -m hcnet.tools.count --segmentation --variant=T [--num_classes=150]
 """
 
 import json

@@ -1,6 +1,8 @@
-"""Input throughput: host decode + crop per core on real JPEGs, and the device augmentation's share of a step.
+"""Input throughput: host decode + crop per core on real JPEGs, and the device augmentation's share
+of a step.
 
-python -m hcnet.tools.data_bench [--image_size=224] [--batch=32] [--variant=T] [--seconds=10] [--nodevice] [--json]
+python -m hcnet.tools.data_bench [--image_size=224] [--batch=32] [--variant=T] [--seconds=10] \\
+    [--nodevice] [--json]
 """
 
 import json
@@ -38,12 +40,14 @@ def main(argv):
     )
     if FLAGS.device:
         print(
-            f"device ({result['device']}), batch {batch}: augmentation {result['augment_s'] * 1e3:.1f} ms, "
+            f"device ({result['device']}), batch {batch}: augmentation "
+            f"{result['augment_s'] * 1e3:.1f} ms, "
             f"HcNet-{FLAGS.variant} training step {result['step_s'] * 1e3:.1f} ms: "
             f"augmentation = {100 * result['augment_share']:.1f}% of a step"
         )
 
 
 if __name__ == "__main__":
-    hostenv.reexec_on_cpu()  # the training step it times runs as train.py would; see hcnet/hostenv.py
+    # the training step it times runs as train.py would; see hcnet/hostenv.py
+    hostenv.reexec_on_cpu()
     tools.run(main)

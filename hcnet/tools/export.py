@@ -1,17 +1,22 @@
-"""Writes a trained model out: a parameters-only checkpoint that `hcnet.load` reads, or a model for serving.
+"""Writes a trained model out: a parameters-only checkpoint that `hcnet.load` reads, or a model for
+serving.
 
-    python -m hcnet.tools.export --workdir=/tmp/hcnet-quickstart --out=/tmp/hcnet-mu-digits [--ema] [--step=N]
-    python -m hcnet.tools.export --format=stablehlo --checkpoint=CKPT_OR_WORKDIR --out=DIR [--image_size=N]
-    python -m hcnet.tools.export --format=savedmodel --checkpoint=CKPT_OR_WORKDIR --out=DIR [--image_size=N]
+    python -m hcnet.tools.export --workdir=/tmp/hcnet-quickstart --out=/tmp/hcnet-mu-digits \\
+        [--ema] [--step=N]
+    python -m hcnet.tools.export --format=stablehlo --checkpoint=CKPT_OR_WORKDIR --out=DIR \\
+        [--image_size=N]
+    python -m hcnet.tools.export --format=savedmodel --checkpoint=CKPT_OR_WORKDIR --out=DIR \\
+        [--image_size=N]
 
-stablehlo: DIR/model.stablehlo, serialized jax.export (batch size symbolic, for CPU, CUDA and TPU) taking
-uint8 (batch, S, S, 3) images cropped as evaluation does and returning class probabilities;
+stablehlo: DIR/model.stablehlo, serialized jax.export (batch size symbolic, for CPU, CUDA and TPU)
+taking uint8 (batch, S, S, 3) images cropped as evaluation does and returning class probabilities;
 DIR/serving.json says the size, crop and class names. Serving needs only jax:
 jax.export.deserialize(open("DIR/model.stablehlo", "rb").read()).call(images).
 
-savedmodel: DIR is a TensorFlow SavedModel whose serving_default signature takes uint8 (batch, H, W, 3)
-images of any size, resizes and crops them exactly as evaluation does, and returns {"probabilities"};
-tf.saved_model.load("DIR").signatures["serving_default"](images=images) or TensorFlow Serving.
+savedmodel: DIR is a TensorFlow SavedModel whose serving_default signature takes uint8 (batch, H, W,
+3) images of any size, resizes and crops them exactly as evaluation does, and returns
+{"probabilities"}; tf.saved_model.load("DIR").signatures["serving_default"](images=images) or
+TensorFlow Serving.
 """
 
 from absl import flags

@@ -1,9 +1,10 @@
 """Top-k classes of image files from a checkpoint or a training workdir.
 
-    python -m hcnet.tools.predict --checkpoint=/tmp/hcnet-quickstart digit.png photo.jpg [--ema] [--top=5] [--json]
+    python -m hcnet.tools.predict --checkpoint=/tmp/hcnet-quickstart digit.png photo.jpg [--ema] \\
+        [--top=5] [--json]
 
-A segmentation checkpoint (UperNet) labels every pixel instead, at the image's own size, as its run's
-single-scale test does; --out is where the masks (<stem>_mask.png, class ids) and the overlays
+A segmentation checkpoint (UperNet) labels every pixel instead, at the image's own size, as its
+run's single-scale test does; --out is where the masks (<stem>_mask.png, class ids) and the overlays
 (<stem>_overlay.png, with a legend) go:
 
     python -m hcnet.tools.predict --checkpoint=/tmp/hcnet-seg-quickstart photo.jpg --out=/tmp/masks

@@ -2,20 +2,27 @@
 
     python -m hcnet.tools.prepare --dataset=imagenet2012 --manual_dir=TARS --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=imagenet2012_real --manual_dir=DIR --data_dir=DIR
-    python -m hcnet.tools.prepare --dataset=imagenet_v2/matched-frequency --manual_dir=DIR --data_dir=DIR
-    python -m hcnet.tools.prepare --dataset=image_folder --manual_dir=ROOT --name=flowers --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=imagenet_v2/matched-frequency --manual_dir=DIR \\
+        --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=image_folder --manual_dir=ROOT --name=flowers \\
+        --data_dir=DIR
     python -m hcnet.tools.prepare --dataset=hcnet_digits --data_dir=DIR
-    python -m hcnet.tools.prepare --dataset=hcnet_ade20k --manual_dir=DIR --data_dir=DIR   # ADEChallengeData2016.zip
-    python -m hcnet.tools.prepare --dataset=segmentation_folder --manual_dir=ROOT --name=streets --data_dir=DIR
-    python -m hcnet.tools.prepare --dataset=imagenet2012 --data_dir=DIR --convert   # a TFRecord build
+    # ADEChallengeData2016.zip
+    python -m hcnet.tools.prepare --dataset=hcnet_ade20k --manual_dir=DIR --data_dir=DIR
+    python -m hcnet.tools.prepare --dataset=segmentation_folder --manual_dir=ROOT --name=streets \\
+        --data_dir=DIR
+    # a TFRecord build
+    python -m hcnet.tools.prepare --dataset=imagenet2012 --data_dir=DIR --convert
     python -m hcnet.tools.prepare --dataset=cifar10 --data_dir=DIR   # any TFDS dataset (downloads)
 
---data_dir may be gs://BUCKET/FOLDER: the build is made in a local staging folder (--staging_dir, or a
+--data_dir may be gs://BUCKET/FOLDER: the build is made in a local staging folder \\
+    (--staging_dir, or a
 temporary one) and uploaded, dataset_info.json last.
 
-imagenet2012_real reads ILSVRC2012_img_val.tar and real.json (github.com/google-research/reassessed-imagenet)
-from --manual_dir; imagenet_v2/<variant> reads the variant's .tar.gz (huggingface.co/datasets/vaishaal/
-ImageNetV2, e.g. imagenetv2-matched-frequency.tar.gz) from --manual_dir. Nothing is downloaded.
+imagenet2012_real reads ILSVRC2012_img_val.tar and real.json
+(github.com/google-research/reassessed-imagenet) from --manual_dir; imagenet_v2/<variant> reads the
+variant's .tar.gz (huggingface.co/datasets/vaishaal/ ImageNetV2, e.g.
+imagenetv2-matched-frequency.tar.gz) from --manual_dir. Nothing is downloaded.
 """
 
 from absl import flags

@@ -1,6 +1,8 @@
-"""Figures of what the heat conduction does inside a trained HcNet, per image (see hcnet.visualize).
+"""Figures of what the heat conduction does inside a trained HcNet, per image (see
+hcnet.serve.visualize).
 
-python -m hcnet.tools.visualize --checkpoint=/tmp/hcnet-quickstart digit.png --out=/tmp/hcnet-figures [--ema]
+python -m hcnet.tools.visualize --checkpoint=/tmp/hcnet-quickstart digit.png \\
+    --out=/tmp/hcnet-figures [--ema]
     [--target_class=N]
 """
 

@@ -1,6 +1,6 @@
-"""Loaded by each Python process the tests start (this folder is on their PYTHONPATH), and by conftest:
-looking up any host but this machine fails at once. A client that escaped the Cloud Storage emulator
-then fails fast instead of reaching, or waiting for, a real Google address."""
+"""Loaded by each Python process the tests start (this folder is on their PYTHONPATH), and by
+conftest: looking up any host but this machine fails at once. A client that escaped the Cloud
+Storage emulator then fails fast instead of reaching, or waiting for, a real Google address."""
 
 import socket
 
