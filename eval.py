@@ -68,7 +68,7 @@ def main(argv):
     if FLAGS.batch_size:
         c.eval_batch_size = FLAGS.batch_size
     report = eval_report.evaluate(c, path, step=FLAGS.step, weights=FLAGS.weights)
-    print(eval_report.table(report))
+    print(eval_report.report_table(report))
     out = paths.path(FLAGS.out) if FLAGS.out else eval_report.default_out(report)
     if not paths.is_remote(out):
         out.parent.mkdir(parents=True, exist_ok=True)

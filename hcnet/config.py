@@ -157,7 +157,7 @@ def defaults() -> ml_collections.ConfigDict:
 NO_AUGMENTATION = {"randaugment": "", "reprob": 0.0, "mixup": 0.0, "cutmix": 0.0}
 
 
-def load(spec: str) -> ml_collections.ConfigDict:
+def from_file(spec: str) -> ml_collections.ConfigDict:
     """The config of 'configs/x.py' or 'configs/x.py:arg' (get_config(arg)), as --config reads
     it."""
     path, _, arg = spec.partition(":")

@@ -26,7 +26,9 @@ def evaluate(c, path, *, step: int | None = None, weights=None) -> dict:
     target = sharding.placed(shapes, sharding.replicated(mesh))
     results = {}
     for w in weights:
-        scalars = trainer.evaluate(evaluators, {"params": source.weights(target, ema=w == "ema")})
+        scalars = trainer.run_evaluators(
+            evaluators, {"params": source.weights(target, ema=w == "ema")}
+        )
         results[w] = {
             k.removeprefix("eval/"): v for k, v in scalars.items()
         }  # the main evaluator's: bare
@@ -53,7 +55,7 @@ def evaluate(c, path, *, step: int | None = None, weights=None) -> dict:
     }
 
 
-def table(report: dict) -> str:
+def report_table(report: dict) -> str:
     """The report as an aligned text table, one row per weights and evaluation: how each evaluation
     was run (its evaluator's columns: size and crop, or a segmentation test's mode, ratios and flip)
     and its metrics."""

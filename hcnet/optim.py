@@ -159,11 +159,10 @@ def from_config(o, batch_size: int, total_steps: int, warmup_steps: int, depths=
     """(optimizer, its learning-rate schedule) from config.optim, the lrs scaled by batch_size /
     o.scale_by_batch. `depths`: the network's blocks per stage, for layer-wise lr decay
     (o.layer_decay < 1)."""
-    scale = (
-        (lambda lr: scale_lr(lr, batch_size, o.scale_by_batch))
-        if o.scale_by_batch
-        else (lambda lr: lr)
-    )
+
+    def scale(lr: float) -> float:
+        return scale_lr(lr, batch_size, o.scale_by_batch) if o.scale_by_batch else lr
+
     if o.schedule not in SCHEDULES:
         raise ConfigError(f"config.optim.schedule={o.schedule!r}: one of {', '.join(SCHEDULES)}")
     extra = {"power": o.power} if o.schedule == "poly" else {}

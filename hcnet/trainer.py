@@ -194,7 +194,7 @@ class Program:
         return cls(model_def, spec, init, abstract_state, batch_sh, step)
 
 
-def evaluate(evaluators, state) -> dict:
+def run_evaluators(evaluators, state) -> dict:
     """Every evaluator on the raw weights (`<name>/<metric>`) and, when kept, the EMA
     (`<name>_ema/<metric>`)."""
     out = {}
@@ -448,7 +448,7 @@ class Loop:
         self.metrics, self.last = None, {**self.last, **scalars}
 
     def evaluate(self, step: int, state) -> None:
-        scalars = evaluate(self.evaluators, state)
+        scalars = run_evaluators(self.evaluators, state)
         self.writer.write_scalars(step, scalars)
         shown = []
         for suffix in ("", "_ema"):

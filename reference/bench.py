@@ -141,7 +141,9 @@ def main(argv):
             )
         )
     print(
-        json.dumps([dataclasses.asdict(r) for r in results]) if FLAGS.json else bench.table(results)
+        json.dumps([dataclasses.asdict(r) for r in results])
+        if FLAGS.json
+        else bench.results_table(results)
     )
 
 

@@ -20,7 +20,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     from reference import torch_model
 
-    tools.require(out=FLAGS.out)
+    tools.require_flags(out=FLAGS.out)
     unknown = set(KINDS.value) - {"logits", "steps"}
     if unknown:
         raise UserError(f"--kinds={','.join(KINDS.value)}: each one of logits, steps")

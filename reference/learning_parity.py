@@ -95,7 +95,7 @@ def overrides(data_dir, seed: int, init: str) -> dict:
 def config(data_dir, seed: int, init: str):
     from hcnet import config as config_lib
 
-    c = config_lib.load(str(CONFIG))
+    c = config_lib.from_file(str(CONFIG))
     c.update_from_flattened_dict(overrides(data_dir, seed, init))
     return c
 
@@ -184,7 +184,7 @@ def run_torch(data_dir, seed: int, init: str) -> dict:
 
 
 def main(argv):
-    tools.require(workdir=FLAGS.workdir)
+    tools.require_flags(workdir=FLAGS.workdir)
     logging.set_verbosity(logging.WARNING)
     bad = [s for s in SIDES.value if s not in ("jax", "torch")] + [
         i for i in INITS.value if i not in ("torch_default", "trunc_normal")

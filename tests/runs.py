@@ -9,7 +9,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def smoke(**overrides):
     """configs/smoke.py with dotted overrides, e.g. smoke(**{"optim.lr": 1e30})."""
-    c = config_lib.load(str(ROOT / "configs/smoke.py"))
+    c = config_lib.from_file(str(ROOT / "configs/smoke.py"))
     for key, value in overrides.items():
         node = c
         *path, leaf = key.split(".")

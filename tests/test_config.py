@@ -40,7 +40,7 @@ FINE_TUNES = [
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_shipped_configs_validate_and_document_their_command(name):
-    c = config_lib.load(str(ROOT / "configs" / name))
+    c = config_lib.from_file(str(ROOT / "configs" / name))
     tasks.validate(c, num_devices=8)
     doc = (ROOT / "configs" / name.split(":")[0]).read_text()
     assert f"python train.py --config=configs/{name.split(':')[0]}" in doc and "Hardware" in doc
@@ -52,7 +52,7 @@ def test_shipped_configs_validate_and_document_their_command(name):
 
 @pytest.mark.parametrize("name", FINE_TUNES)
 def test_fine_tuning_configs_stop_in_one_line_until_given_their_starting_checkpoint(name):
-    c = config_lib.load(str(ROOT / "configs" / name))
+    c = config_lib.from_file(str(ROOT / "configs" / name))
     with pytest.raises(
         ConfigError,
         match=r"^config.init_from='required': this config fine-tunes: give the "
@@ -68,7 +68,7 @@ def test_fine_tuning_configs_stop_in_one_line_until_given_their_starting_checkpo
 
 
 def test_swins_ade20k_upernet_recipe_in_the_segmentation_configs():
-    c = config_lib.load(str(ROOT / "configs/upernet_hcnet_t_ade20k.py"))
+    c = config_lib.from_file(str(ROOT / "configs/upernet_hcnet_t_ade20k.py"))
     o, s = c.optim, c.segmentation
     assert (c.task, c.dataset.name, c.dataset.num_classes, c.batch_size, c.total_steps) == (
         "segmentation",
@@ -102,11 +102,13 @@ def test_swins_ade20k_upernet_recipe_in_the_segmentation_configs():
         True,
     )
     assert (s.eval_stride, c.best_metric) == ((341, 341), "eval/mIoU")
-    assert config_lib.load(str(ROOT / "configs/upernet_hcnet_b_ade20k.py")).model.variant == "B"
+    assert (
+        config_lib.from_file(str(ROOT / "configs/upernet_hcnet_b_ade20k.py")).model.variant == "B"
+    )
 
 
 def test_the_reference_recipe_in_hcnet_t():
-    c = config_lib.load(str(ROOT / "configs/hcnet_t.py"))
+    c = config_lib.from_file(str(ROOT / "configs/hcnet_t.py"))
     assert (c.model.variant, c.model.drop_path, c.epochs, c.optim.warmup_epochs) == (
         "T",
         0.2,
@@ -127,13 +129,15 @@ def test_the_reference_recipe_in_hcnet_t():
         25_020,
         1251,
     )  # the reference: 1251 updates an epoch
-    assert VARIANTS[config_lib.load(str(ROOT / "configs/hcnet_b.py")).model.variant]["depths"] == (
+    assert VARIANTS[config_lib.from_file(str(ROOT / "configs/hcnet_b.py")).model.variant][
+        "depths"
+    ] == (
         10,
         10,
         28,
         10,
     )
-    ablation = config_lib.load(str(ROOT / "configs/ablate_k.py") + ":0.7")
+    ablation = config_lib.from_file(str(ROOT / "configs/ablate_k.py") + ":0.7")
     assert (ablation.model.k_mode, ablation.model.k_value) == ("fixed", 0.7)
 
 
@@ -181,7 +185,7 @@ BAD = [
 
 @pytest.mark.parametrize("overrides,message", BAD)
 def test_bad_fields_stop_with_one_line_naming_field_value_and_what_is_accepted(overrides, message):
-    c = config_lib.load(str(ROOT / "configs/smoke.py"))
+    c = config_lib.from_file(str(ROOT / "configs/smoke.py"))
     for key, value in overrides.items():
         section, _, leaf = key.rpartition(".")
         (c[section] if section else c)[leaf] = value
@@ -247,7 +251,7 @@ def test_train_py_exits_with_the_one_line_before_compiling(tmp_path, flag, messa
     ],
 )
 def test_a_bad_extra_evaluation_is_one_line(evals, message):
-    c = config_lib.load(str(ROOT / "configs/smoke.py"))
+    c = config_lib.from_file(str(ROOT / "configs/smoke.py"))
     c.evals = evals
     with pytest.raises(ConfigError, match="^" + message):
         tasks.validate(c, num_devices=8)

@@ -91,7 +91,9 @@ def test_image_folder_errors(tmp_path):
         prepare.prepare("image_folder", tmp_path / "tfds", tmp_path / "empty")
     with pytest.raises(DataError, match="must be a folder"):
         prepare.prepare("image_folder", tmp_path / "tfds", tmp_path / "missing")
-    assert builders.folder_files(images.image_folder(tmp_path / "x", splits=("a",))).keys() == {"a"}
+    assert builders.image_folder_files(
+        images.image_folder(tmp_path / "x", splits=("a",))
+    ).keys() == {"a"}
 
 
 def test_imagenet_tars_are_checked_before_tfds_runs(tmp_path):
@@ -228,7 +230,7 @@ def test_real_labels_are_scored_as_real_does_through_the_real_tfds_builder(tmp_p
     )
     assert (len(real), real.num_classes, real.multilabel) == (5, 1000, True)
     # through config.evals and the task, as training and eval.py build it
-    c = config_lib.load(str(paths.REPO / "configs/smoke.py"))
+    c = config_lib.from_file(str(paths.REPO / "configs/smoke.py"))
     c.dataset.update(name="synthetic", num_classes=1000, eval_split="validation[:4]")
     c.evals = (
         dict(

@@ -167,7 +167,7 @@ def digit_folders(tmp_path_factory):
 def transfer_config(run: str, data_dir, seed: int = 0, **overrides):
     from hcnet import config as config_lib
 
-    c = config_lib.load(f"{ROOT / 'configs/digits_transfer.py'}:{run}")
+    c = config_lib.from_file(f"{ROOT / 'configs/digits_transfer.py'}:{run}")
     c.dataset.data_dir, c.seed = str(data_dir), seed
     for key, value in overrides.items():
         c[key] = value

@@ -212,7 +212,7 @@ def test_gcs_where_only_a_local_path_works_is_one_line(tmp_path):
         match=r"^--data_dir=gs://b/tfds: converting writes ArrayRecord files, which only "
         r"a local folder takes",
     ):
-        prepare.convert("imagenet2012", "gs://b/tfds")
+        prepare.to_array_record("imagenet2012", "gs://b/tfds")
     with pytest.raises(
         UserError,
         match=r"^--manual_dir=gs://b/tars: the ImageNet tars must be on this machine's disk",

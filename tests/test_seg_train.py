@@ -124,7 +124,7 @@ def test_the_checkpoint_evaluates_as_trained_and_with_the_multi_scale_flip_test(
     # by tenths
     assert got["mIoU"] == pytest.approx(trained, abs=2e-3)
     assert got["ms/mIoU"] > 2 * CHANCE and 0 < got["aAcc"] <= 1
-    text = eval_report.table(report)
+    text = eval_report.report_table(report)
     assert "mIoU" in text.splitlines()[0] and len(text.splitlines()) == 3
     assert eval_report.default_out(report).name == "hcnet_collages_test__40_whole_ms_step80.json"
 

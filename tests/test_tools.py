@@ -72,7 +72,7 @@ def test_evaluation_counts_every_example_for_raw_and_ema_and_matches_training(sm
     assert report["step"] == 4 and list(report["results"]) == ["ema"]
     assert report["results"]["ema"]["count"] == 13 and report["image_size"] == 48
     assert report["results"]["ema"]["train_40/count"] == 7
-    rows = table_rows(eval_report.table(report))
+    rows = table_rows(eval_report.report_table(report))
     assert [
         (r["weights"], r["step"], r["eval"], r["split"], r["size"], r["crop"], r["count"])
         for r in rows
@@ -365,7 +365,7 @@ def test_peak_table_and_what_the_printout_says():
         peak_bytes=2**33,
         peak_source="device",
     )
-    row = table_rows(bench.table([r]))[0]
+    row = table_rows(bench.results_table([r]))[0]
     assert (row["step ms"], row["img/s"], row["compile s"], row["MFU"]) == (
         "250.0",
         "512.0",

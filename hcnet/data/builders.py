@@ -70,7 +70,7 @@ def write_digit_folder(
     return root
 
 
-def folder_files(root) -> dict:
+def image_folder_files(root) -> dict:
     """{split: [(path, class name), ...]} of `root/<split>/<class>/<image>`, sorted."""
     root = paths.path(root)
     splits = {}
@@ -95,7 +95,7 @@ class _ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     ROOT: paths.Path
 
     def _info(self):
-        classes = sorted({c for files in folder_files(self.ROOT).values() for _, c in files})
+        classes = sorted({c for files in image_folder_files(self.ROOT).values() for _, c in files})
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
                 {
@@ -111,7 +111,7 @@ class _ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager):
         return {
             split: self._generate_examples(files)
-            for split, files in folder_files(self.ROOT).items()
+            for split, files in image_folder_files(self.ROOT).items()
         }
 
     def _generate_examples(self, files):

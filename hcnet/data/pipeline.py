@@ -233,6 +233,11 @@ def eval_loader(
     return Loader(ds, sharding, global_batch, prefetch)
 
 
+def loader_options(dataset) -> dict:
+    """A config's dataset section as the loaders' keyword arguments (threads, workers, prefetch)."""
+    return {"threads": dataset.threads, "workers": dataset.workers, "prefetch": dataset.prefetch}
+
+
 def batch_shapes(global_batch: int, **fields) -> dict:
     """The abstract global batch a loader yields: `fields` (name=(per-example shape, dtype)) and the
     loader's own `mask` and `index`, as jax.ShapeDtypeStruct."""

@@ -180,7 +180,7 @@ def _builder(dataset: str, data_dir, manual_dir, name):
 
     download_config = None
     if dataset == "segmentation_folder":
-        segmentation.folder_files(manual_dir or "")  # the layout, before TFDS is asked
+        segmentation.segmentation_folder_files(manual_dir or "")  # the layout, before TFDS is asked
         name = _snake_case(name or paths.path(manual_dir).name)
         builder = segmentation.segmentation_folder(name, manual_dir)(
             data_dir=data_dir, file_format="array_record"
@@ -191,7 +191,7 @@ def _builder(dataset: str, data_dir, manual_dir, name):
                 f"--manual_dir={manual_dir} must be a folder laid out as "
                 "ROOT/<split>/<class>/<image>"
             )
-        files = builders.folder_files(manual_dir)
+        files = builders.image_folder_files(manual_dir)
         if not files:
             raise DataError(
                 f"--manual_dir={manual_dir} has no images in <split>/<class>/ subfolders "
@@ -241,7 +241,7 @@ def _snake_case(name: str) -> str:
     return name
 
 
-def convert(dataset: str, data_dir=None) -> paths.Path:
+def to_array_record(dataset: str, data_dir=None) -> paths.Path:
     """Writes ArrayRecord shards beside an existing TFRecord build of `dataset`, in place: the same
     serialized examples, shard for shard; dataset_info.json then lists array_record first."""
     import json

@@ -166,7 +166,7 @@ def _mask_png(data: bytes, where: str) -> np.ndarray:
         raise DataError(f"{where}: not a readable image ({e})") from None
 
 
-def folder_files(root) -> tuple[list[str], dict]:
+def segmentation_folder_files(root) -> tuple[list[str], dict]:
     """(class names from classes.txt, {split: [(image, mask), ...]}) of a segmentation folder; one
     line when the layout is wrong or an image has no mask."""
     root = paths.path(root)
@@ -216,7 +216,7 @@ class _SegmentationFolder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         )
 
     def _split_generators(self, dl_manager):
-        classes, splits = folder_files(self.ROOT)
+        classes, splits = segmentation_folder_files(self.ROOT)
         self.info.metadata.update(
             classes=classes, reduce_zero_label=False, ignore_index=IGNORE_INDEX
         )

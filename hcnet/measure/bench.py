@@ -255,7 +255,7 @@ def train_step_seconds(
     ).step_s
 
 
-def table(results: list[Result]) -> str:
+def results_table(results: list[Result]) -> str:
     head = (
         "framework",
         "mode",

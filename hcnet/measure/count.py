@@ -52,7 +52,11 @@ def _forward(model: HcNet, height: int, width: int):
     """(function, abstract args) of one image's forward pass."""
     graphdef, state = nnx.split(model)
     image = jax.ShapeDtypeStruct((1, height, width, model.stem.conv1.in_features), jnp.float32)
-    return (lambda s, x: nnx.merge(graphdef, s)(x)), (state, image)
+
+    def forward(s, x):
+        return nnx.merge(graphdef, s)(x)
+
+    return forward, (state, image)
 
 
 def classifier_counts(

@@ -131,7 +131,7 @@ def export_savedmodel(
     exported, info = _serving(path, ema, step, image_size, crop_pct, platforms)
     out = paths.new_dir(out)
     with paths.staged(out) as local:
-        savedmodel.save(exported, str(local), size=info["image_size"], crop_pct=info["crop_pct"])
+        savedmodel.write(exported, str(local), size=info["image_size"], crop_pct=info["crop_pct"])
         _write_info(
             local,
             {

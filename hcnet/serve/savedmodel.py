@@ -39,12 +39,13 @@ def for_tensorflow(exported: jax.export.Exported, target: str) -> jax.export.Exp
         )
         module = jax_mlir.deserialize_portable_artifact(portable)
         composites = []
-        module.operation.walk(
-            lambda op: (
-                (composites.append(op) if op.name == "stablehlo.composite" else None)
-                or ir.WalkResult.ADVANCE
-            )
-        )
+
+        def collect(op):
+            if op.name == "stablehlo.composite":
+                composites.append(op)
+            return ir.WalkResult.ADVANCE
+
+        module.operation.walk(collect)
         for op in composites:
             with ir.InsertionPoint(op), op.location:
                 call = func.CallOp(
@@ -149,7 +150,7 @@ def eval_crop(images, size: int, crop_pct: float):
     )
 
 
-def save(exported: jax.export.Exported, out_dir: str, *, size: int, crop_pct: float) -> None:
+def write(exported: jax.export.Exported, out_dir: str, *, size: int, crop_pct: float) -> None:
     """Writes the SavedModel to the local `out_dir`: signatures serving_default, probabilities,
     preprocess."""
     import tensorflow as tf

@@ -174,9 +174,7 @@ class Task:
             transform,
             seed=c.seed,
             state=state,
-            prefetch=d.prefetch,
-            threads=d.threads,
-            workers=d.workers,
+            **pipeline.loader_options(d),
         )
 
     def train_inputs(self, key, batch):
@@ -227,9 +225,7 @@ class Task:
                     batch_size=c.eval_batch_size or c.batch_size,
                     image_size=e["image_size"],
                     crop_pct=e["crop_pct"],
-                    threads=d.threads,
-                    workers=d.workers,
-                    prefetch=d.prefetch,
+                    **pipeline.loader_options(d),
                 )
             )
         return evaluators

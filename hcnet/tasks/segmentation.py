@@ -221,9 +221,7 @@ class Task:
             example,
             seed=c.seed,
             state=state,
-            prefetch=d.prefetch,
-            threads=d.threads,
-            workers=d.workers,
+            **pipeline.loader_options(d),
         )
 
     def train_inputs(self, key, batch):

@@ -44,7 +44,7 @@ def depths() -> tuple | None:
         ) from None
 
 
-def require(**values) -> None:
+def require_flags(**values) -> None:
     """One line for a required flag left unset."""
     missing = [name for name, value in values.items() if value is None]
     if missing:

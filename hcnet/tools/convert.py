@@ -21,7 +21,7 @@ def main(argv):
     from hcnet.checkpoint import save
     from hcnet.convert import convert
 
-    tools.require(from_torch=FLAGS.from_torch, out=FLAGS.out)
+    tools.require_flags(from_torch=FLAGS.from_torch, out=FLAGS.out)
     model, spec = convert(
         FLAGS.from_torch,
         variant=FLAGS.variant,

@@ -35,9 +35,9 @@ FLAGS = flags.FLAGS
 def main(argv):
     from hcnet.serve import export
 
-    tools.require(out=FLAGS.out)
+    tools.require_flags(out=FLAGS.out)
     if FLAGS.format == "checkpoint":
-        tools.require(workdir=FLAGS.workdir)
+        tools.require_flags(workdir=FLAGS.workdir)
         out = export.export(FLAGS.workdir, FLAGS.out, ema=FLAGS.ema, step=FLAGS.step)
         print(f"wrote {out}; load it with hcnet.load({str(out)!r})")
         return

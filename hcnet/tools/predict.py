@@ -31,12 +31,12 @@ def main(argv):
     from hcnet import trained
     from hcnet.serve import predict, visualize
 
-    tools.require(checkpoint=FLAGS.checkpoint)
+    tools.require_flags(checkpoint=FLAGS.checkpoint)
     if len(argv) < 2:
         raise UserError("give one or more image files after the flags")
     source = trained.open(FLAGS.checkpoint)
     if source.is_segmentation:
-        tools.require(out=FLAGS.out)
+        tools.require_flags(out=FLAGS.out)
         results, failed = visualize.segment_files(source, argv[1:], FLAGS.out, ema=FLAGS.ema)
         describe = _segmentation_lines
     else:

@@ -54,9 +54,9 @@ FLAGS = flags.FLAGS
 def main(argv):
     from hcnet.data import prepare
 
-    tools.require(dataset=FLAGS.dataset)
+    tools.require_flags(dataset=FLAGS.dataset)
     if FLAGS.convert:
-        out = prepare.convert(FLAGS.dataset, FLAGS.data_dir)
+        out = prepare.to_array_record(FLAGS.dataset, FLAGS.data_dir)
     else:
         out = prepare.prepare(
             FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.name, FLAGS.staging_dir

@@ -26,7 +26,7 @@ def main(argv):
     from hcnet import trained
     from hcnet.serve.visualize import visualize
 
-    tools.require(checkpoint=FLAGS.checkpoint, out=FLAGS.out)
+    tools.require_flags(checkpoint=FLAGS.checkpoint, out=FLAGS.out)
     if len(argv) < 2:
         raise UserError("give one or more image files after the flags")
     source = trained.open(FLAGS.checkpoint)
