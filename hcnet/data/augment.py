@@ -165,9 +165,8 @@ def _lut_onehot(x, lut):
 def apply_lut(x, lut, impl: str = "auto"):
     """x integer-valued (H, W, 3), lut (3, 256). impl: 'gather' indexes the tables per pixel (what
     CPUs and GPUs do fast), 'onehot' contracts one-hot pixels with them (what TPUs do fast: XLA's
-    TPU cost analysis charges the per-pixel gather 27 GB per 224x224 image, the contraction 3 MB);
-    'auto' is 'onehot' on TPU and 'gather' elsewhere, chosen when the step is lowered for its
-    devices."""
+    TPU cost analysis charges the gather thousands of times the bytes; BENCHMARKS.md); 'auto' is
+    'onehot' on TPU and 'gather' elsewhere, chosen when the step is lowered for its devices."""
     if impl == "auto":
         return jax.lax.platform_dependent(x, lut, tpu=_lut_onehot, default=_lut_gather)
     return {"gather": _lut_gather, "onehot": _lut_onehot}[impl](x, lut)
