@@ -11,7 +11,7 @@ user can fix (hcnet.errors.UserError, a missing or existing file) ends the comma
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from hcnet.errors import UserError
 
@@ -53,6 +53,8 @@ def require_flags(**values) -> None:
 
 def _one_line(main):
     def wrapped(argv):
+        if FLAGS.verbosity == 0:  # Orbax logs every file it reads at INFO; -v=1 shows all
+            logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
         except (UserError, FileNotFoundError, FileExistsError) as e:
