@@ -7,17 +7,19 @@ faults and their system time all but vanish (BENCHMARKS.md, version 6). glibc re
 only at process start, so `reexec_on_cpu()` starts the process again with the tunable set, before
 JAX is imported.
 
-It changes nothing where an accelerator is installed or JAX_PLATFORMS names another platform,
+It changes nothing where a GPU or TPU is attached or JAX_PLATFORMS names another platform,
 off Linux or before glibc 2.35, where the tunable is already set, or when HCNET_KEEP_MALLOC=1.
 """
 
-import importlib.metadata
+import glob
 import os
 import sys
 
 TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT = "HCNET_KEEP_MALLOC"
-ACCELERATOR_DISTRIBUTIONS = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu")
+# the device files of an attached accelerator: NVIDIA GPUs, AMD GPUs, Cloud TPU chips (v4: accel,
+# v5e and later: vfio)
+ACCELERATOR_DEVICES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
 
 
 def glibc_version() -> tuple[int, int] | None:
@@ -28,10 +30,10 @@ def glibc_version() -> tuple[int, int] | None:
         return None
 
 
-def accelerator_installed() -> bool:
-    """True where a JAX GPU or TPU plugin is installed (its distribution name, not its import)."""
-    names = (d.metadata["Name"] or "" for d in importlib.metadata.distributions())
-    return any(n.lower().startswith(ACCELERATOR_DISTRIBUTIONS) for n in names)
+def accelerator_attached() -> bool:
+    """True where the machine has a GPU or TPU (its device files): an installed JAX plugin
+    (libtpu, the CUDA plugin) without one leaves JAX on the CPU, which wants the tunable."""
+    return any(glob.glob(pattern) for pattern in ACCELERATOR_DEVICES)
 
 
 def cpu_malloc_env(
@@ -51,7 +53,7 @@ def cpu_malloc_env(
     if platforms:
         if platforms.split(",")[0].strip() != "cpu":
             return None
-    elif accelerator if accelerator is not None else accelerator_installed():
+    elif accelerator if accelerator is not None else accelerator_attached():
         return None
     tunables = environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.hugetlb=" in tunables:

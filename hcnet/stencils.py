@@ -45,12 +45,18 @@ def depthwise_conv(x, kernel, impl: str = "auto"):
 
 def per_platform(f, *args):
     """f(*args, impl=...) with the implementation chosen for the platform the program is lowered
-    for: XLA's grouped convolution and autodiff on TPU, the shifted multiply-adds with their
-    hand-written backward pass elsewhere: each is the smaller or faster program on its platform (the
-    compiled figures: BENCHMARKS.md, "Per-platform choices")."""
-    return jax.lax.platform_dependent(
-        *args, tpu=lambda *a: f(*a, impl="conv"), default=lambda *a: f(*a, impl="shift")
-    )
+    for: XLA's grouped convolution and autodiff on TPUs and NVIDIA GPUs, the shifted multiply-adds
+    with their hand-written backward pass elsewhere (the CPU). Each is the smaller or faster program
+    on its platform, and on an NVIDIA GPU the shifted form's kernel-gradient reduction is one that
+    ptxas rejects (the compiled figures: BENCHMARKS.md, "Per-platform choices")."""
+
+    def conv(*a):
+        return f(*a, impl="conv")
+
+    def shift(*a):
+        return f(*a, impl="shift")
+
+    return jax.lax.platform_dependent(*args, tpu=conv, cuda=conv, default=shift)
 
 
 def _pad_same(x, kh: int, kw: int):

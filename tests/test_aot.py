@@ -1,9 +1,8 @@
-"""hcnet.measure.aot: Cloud TPU slice names, and the real train step compiled by the TPU compiler
-(libtpu) on this CPU.
+"""hcnet.measure.aot: Cloud TPU slice and GPU node names, and the real train step compiled by the
+TPU compiler (libtpu) and by XLA's GPU compiler (JAX's CUDA plugin, NVIDIA's ptxas) on this CPU.
 
-The compiling tests need libtpu (requirements-tpu.txt) and are skipped without it: the suite's
-install does not carry the 684 MB wheel (see the README's "Compiling for a TPU slice ahead of
-time")."""
+The compiling tests need libtpu (requirements-tpu.txt) or the CUDA plugin (requirements-gpu.txt) and
+are skipped with one line without them; `.ci/run` installs both."""
 
 import importlib.util
 import json
@@ -18,6 +17,10 @@ from hcnet.measure import aot
 needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None,
     reason="libtpu not installed (pip install -r requirements-tpu.txt)",
+)
+needs_cuda_plugin = pytest.mark.skipif(
+    importlib.util.find_spec("jax_plugins.xla_cuda12") is None,
+    reason="JAX's CUDA plugin not installed (pip install -r requirements-gpu.txt)",
 )
 
 
@@ -310,3 +313,101 @@ def test_without_libtpu_the_tool_says_what_to_install(monkeypatch):
         match=r"^hcnet.tools.aot needs the TPU compiler: pip install -r requirements-tpu.txt",
     ):
         aot.devices("v5e-4")
+
+
+# ---------------------------------------------------------------- GPUs
+@pytest.mark.parametrize(
+    "name, parsed",
+    [
+        ("h100-8", ("h100", 1, 8)),
+        ("2xh100-8", ("h100", 2, 8)),
+        ("h200-1", ("h200", 1, 1)),
+        ("a100-4", ("a100", 1, 4)),
+        ("4xb200-8", ("b200", 4, 8)),
+    ],
+)
+def test_gpu_node_names(name, parsed):
+    """<gpu>-N is a node of N GPUs; <M>x<gpu>-N is M such nodes, one mesh over all."""
+    assert aot.parse_gpu_topology(name) == parsed
+
+
+@pytest.mark.parametrize("name", ["h100", "rtx4090-8", "0xh100-8", "h100-0", "H100-8"])
+def test_a_bad_gpu_name_is_one_line(name):
+    with pytest.raises(
+        ConfigError, match=rf"^--topology='{name}': a node of N GPUs, <gpu>-N, or M "
+    ):
+        aot.devices(name)
+
+
+def test_every_gpu_has_its_description_and_memory():
+    """Each named GPU's target description is in the package, with its source and its memory."""
+    memory = {g: aot.gpu_memory(aot.gpu_target(g)) for g in aot.GPUS}
+    assert memory == {
+        "h100": 84_929_347_584,
+        "h200": 150_754_820_096,
+        "a100": 85_100_068_864,
+        "b200": 191_514_673_152,
+    }
+    for g in aot.GPUS:
+        assert aot.gpu_target(g).startswith("# NVIDIA ") and 'platform_name: "CUDA"' in (
+            aot.gpu_target(g)
+        )
+
+
+def test_a_program_the_compiler_refuses_for_memory_is_the_same_one_line_verdict():
+    """The TPU compiler refuses a step far over HBM (RESOURCE_EXHAUSTED) before memory_analysis():
+    the verdict says so, with what it needed, and names what would fit."""
+    error = RuntimeError(  # as libtpu 0.0.42.1 refused HcNet-B at 16384 images on v5e-4
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (502.20G) exceeds available HBM (15.75G)"
+    )
+    record = aot._refused(error, 4096, 12.0)
+    assert (
+        record["needed_bytes"] == round(502.20 * 2**30)
+        and "RESOURCE_EXHAUSTED" in record["refused"]
+    )
+    report = aot.judge({**record, "topology": "v5e-4", "accum_steps": 1}, 16 * 2**30)
+    assert not report["fits"] and report["largest_batch_per_device_estimate"] is None
+    line = aot.verdict(report)
+    assert line.startswith(
+        "v5e-4: refused by the compiler: its temporaries alone need 502.20 GiB of 16.00 GiB per "
+        "device (batch 4096 per device), does not fit: raise config.optim.accum_steps (now 1)"
+    )
+    assert "\n" not in line and "config.model.remat=True" in line
+
+
+@needs_cuda_plugin
+def test_a_gpu_program_gets_grouped_convolutions():
+    """depthwise_impl='auto' lowered for an NVIDIA GPU: XLA's grouped convolutions (the shifted
+    form's kernel-gradient reduction is rejected by ptxas there: BENCHMARKS.md)."""
+    import jax
+    import jax.numpy as jnp
+
+    from hcnet import stencils
+
+    on_gpu = jax.sharding.SingleDeviceSharding(aot.devices("h100-1")[2][0])
+    h = jax.ShapeDtypeStruct((2, 40, 36, 3), jnp.float32, sharding=on_gpu)
+    k = jax.ShapeDtypeStruct((3, 3, 1, 3), jnp.float32, sharding=on_gpu)
+    grads = jax.jit(jax.grad(lambda h, k: stencils.gelu_filter(h, k).sum(), (0, 1)))
+    assert grads.lower(h, k).as_text().count("stablehlo.convolution") == 2
+
+
+@needs_cuda_plugin
+@pytest.mark.heavy
+@pytest.mark.parametrize("name, gpus", [("h100-1", 1), ("h100-4", 4)])
+def test_the_smoke_train_step_compiles_for_one_gpu_and_a_node(name, gpus):
+    """The step train_and_evaluate builds, compiled by XLA's GPU compiler for described H100s (no
+    GPU here): it fits the card's memory, and XLA's cost analysis of the optimised program counts
+    it."""
+    c = smoke()
+    report = aot.compile_train_step(c, name, augmentation=False)
+    assert report["devices"] == gpus and report["device_kind"] == "NVIDIA H100 80GB HBM3"
+    assert report["hbm_bytes"] == 84_929_347_584 and report["fits"] and report["eval_fits"]
+    assert report["batch_per_device"] == c.batch_size / gpus and report["fusions"] > 0
+    assert report["flops_per_image"] > 0 and report["cost_source"] == "compiled, HloCostAnalysis"
+    assert report["model"]["block_loop"] == "unroll"
+    assert aot.verdict(report).startswith(f"{name}: needs ") and "fits)" in aot.verdict(report)
+    small = aot.judge(report, 2**20)
+    assert not small["fits"] and "does not fit: raise config.optim.accum_steps" in aot.verdict(
+        small
+    )

@@ -31,7 +31,7 @@ def test_a_cpu_linux_process_gets_the_tunable_added_to_its_own():
         ({"HCNET_KEEP_MALLOC": "1"}, {}),  # opted out
         ({}, {"platform": "darwin"}),
         ({}, {"glibc": (2, 34)}),  # before the tunable existed
-        ({}, {"accelerator": True}),  # a GPU or TPU plugin is installed
+        ({}, {"accelerator": True}),  # a GPU or TPU is attached
         ({"JAX_PLATFORMS": "cuda,cpu"}, {}),
     ],
 )
@@ -59,3 +59,14 @@ def test_reexec_restarts_the_command_once_with_the_tunable():
     )
     assert proc.stdout.strip() == hostenv.TUNABLE
     assert proc.stderr.count("hcnet: restarting with GLIBC_TUNABLES=glibc.malloc.hugetlb=1") == 1
+
+
+def test_an_accelerator_is_its_device_files_not_an_installed_plugin(monkeypatch):
+    """libtpu or the CUDA plugin installed on a CPU machine leaves JAX on the CPU: the tunable still
+    applies; a GPU's or TPU's device file is what says one is attached."""
+    monkeypatch.setattr(hostenv.glob, "glob", lambda pattern: [])
+    assert not hostenv.accelerator_attached()
+    assert hostenv.cpu_malloc_env({}, platform="linux", glibc=(2, 36)) is not None
+    monkeypatch.setattr(hostenv.glob, "glob", lambda p: ["/dev/nvidia0"] if "nvidia" in p else [])
+    assert hostenv.accelerator_attached()
+    assert hostenv.cpu_malloc_env({}, platform="linux", glibc=(2, 36)) is None

@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import pathlib
 import re
 import time
 
@@ -60,9 +61,12 @@ CHIPS = {
     "v5p": Chip(95 * GIB, 2, 3, "TensorCores"),
     "v6e": Chip(32 * GIB, 1, 2, "chips"),
 }
-TRAIN_EXAMPLES = {
-    "imagenet2012": 1_281_167
-}  # for the schedule's constants only; shapes do not depend on it
+# for the schedule's constants only; shapes do not depend on it
+TRAIN_EXAMPLES = {"imagenet2012": 1_281_167}
+# GPUs by name: XLA's target description of each (hcnet/measure/gpus/<name>.txtpb, its source in its
+# first lines); a node of N is <name>-N, several nodes <M>x<name>-N
+GPUS = ("h100", "h200", "a100", "b200")
+GPU_DIR = pathlib.Path(__file__).resolve().parent / "gpus"
 
 
 def chip_grid(chips: int, dims: int) -> tuple[int, ...]:
@@ -99,7 +103,7 @@ def parse_topology(name: str) -> tuple[str, int, str]:
     return kind, chips, f"{kind}:{'x'.join(map(str, chip_grid(chips, chip.dims)))}"
 
 
-def devices(name: str):
+def tpu_devices(name: str):
     """(kind, chips, compile-only devices, one per chip) of a slice; one line if libtpu is
     missing."""
     kind, chips, topology = parse_topology(name)
@@ -121,6 +125,74 @@ def devices(name: str):
     # compiled for the first core of each chip, one device per chip as jax.make_mesh requires,
     # against the chip's whole HBM
     return kind, chips, [d for d in devs if getattr(d, "core_on_chip", 0) == 0]
+
+
+def parse_gpu_topology(name: str) -> tuple[str, int, int]:
+    """'h100-8' -> ('h100', 1 node, 8 GPUs a node); '2xh100-8' -> ('h100', 2, 8); one line if it is
+    not one."""
+    m = re.fullmatch(r"(?:(\d+)x)?([a-z]\d+)-(\d+)", name)
+    if not m or m[2] not in GPUS or int(m[3]) < 1 or (m[1] is not None and int(m[1]) < 1):
+        raise ConfigError(
+            f"--topology={name!r}: a node of N GPUs, <gpu>-N, or M nodes, <M>x<gpu>-N, with <gpu> "
+            f"one of {', '.join(GPUS)} (e.g. h100-8, 2xh100-8), or a Cloud TPU slice (e.g. v5e-64)"
+        )
+    return m[2], int(m[1] or 1), int(m[3])
+
+
+def gpu_target(kind: str) -> str:
+    """XLA's GpuTargetConfigProto of a GPU, in text form (hcnet/measure/gpus/<kind>.txtpb)."""
+    return (GPU_DIR / f"{kind}.txtpb").read_text()
+
+
+def gpu_memory(target: str) -> int:
+    """A GPU's memory in bytes, as its target description gives it."""
+    return int(re.search(r"device_memory_size:\s*(\d+)", target)[1])
+
+
+def gpu_devices(name: str):
+    """(kind, GPUs, compile-only devices) of GPU nodes; one line if the CUDA plugin is missing."""
+    kind, nodes, per_node = parse_gpu_topology(name)
+    import importlib.util
+
+    if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+        raise UserError(
+            "hcnet.tools.aot needs the GPU compiler for a GPU: pip install -r requirements-gpu.txt "
+            "(JAX's CUDA plugin; no GPU needed)"
+        )
+    from jax.experimental import topologies
+
+    topology = f"1x{nodes}x{per_node}"  # one slice of `nodes` hosts of `per_node` GPUs each
+    try:
+        devs = topologies.get_topology_desc(
+            platform="cuda", target_config=gpu_target(kind), topology=topology
+        ).devices
+    except (RuntimeError, ValueError) as e:  # the plugin loaded but its platform did not start
+        raise UserError(
+            f"--topology={name}: JAX's CUDA platform is not available here ({_first_line(e)}); "
+            "set JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 before JAX starts on a machine without a GPU "
+            "(hcnet.tools.aot does)"
+        ) from None
+    return kind, nodes * per_node, devs
+
+
+def devices(name: str):
+    """(kind, chips or GPUs, compile-only devices, one per chip or GPU) of a TPU slice or of GPU
+    nodes."""
+    if re.fullmatch(r"v\w+-\d+", name):
+        return tpu_devices(name)
+    return gpu_devices(name)
+
+
+def device_memory(kind: str, devices_per_chip: int) -> int:
+    """Bytes of memory a device of `kind` has: a TPU chip's HBM (shared by its devices), a GPU's."""
+    if kind in CHIPS:
+        return CHIPS[kind].hbm // devices_per_chip
+    return gpu_memory(gpu_target(kind))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 @contextlib.contextmanager
@@ -145,14 +217,18 @@ def without_persistent_cache():
 def figures(lowered, images: float, loops: bool = False) -> dict:
     """Compiles a lowered program: its per-device memory, XLA's flops and bytes per image, the
     compile time. `loops`: the program has loops, whose bodies XLA's cost analysis counts once (its
-    figures are not the program's, and the report says so)."""
+    figures are not the program's, and the report says so). A program the compiler refuses for
+    memory (RESOURCE_EXHAUSTED) gives `refused`, the compiler's line, and what it says it needed."""
     with without_persistent_cache():
         t = time.perf_counter()
-        compiled = lowered.compile()
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            return _refused(e, images, time.perf_counter() - t)
         compile_s = time.perf_counter() - t
     m = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
     memory = {
         "arguments": m.argument_size_in_bytes,
         "outputs": m.output_size_in_bytes,
@@ -161,22 +237,58 @@ def figures(lowered, images: float, loops: bool = False) -> dict:
         "code": m.generated_code_size_in_bytes,
         "peak": m.peak_memory_in_bytes,
     }
-    needed = (
-        memory["arguments"]
-        + memory["outputs"]
-        - memory["aliased"]
-        + memory["temporaries"]
-        + memory["code"]
-    )
+    args_out = memory["arguments"] + memory["outputs"] - memory["aliased"]
+    cost, source = _cost(compiled, lowered)
     return {
         "batch_per_device": images,
         "memory_bytes": memory,
-        "needed_bytes": needed,
-        "flops_per_image": cost.get("flops", float("nan"))
-        / images,  # cost_analysis is one device's program
+        "needed_bytes": args_out + memory["temporaries"] + memory["code"],
+        # the cost analysis is of one device's program
+        "flops_per_image": cost.get("flops", float("nan")) / images,
         "bytes_accessed_per_image": cost.get("bytes accessed", float("nan")) / images,
+        "cost_source": source,
         "cost_counts_loops_once": loops,
+        **_kernels(compiled),
         "compile_seconds": compile_s,
+    }
+
+
+def _cost(compiled, lowered) -> tuple[dict, str]:
+    """XLA's cost analysis of the compiled program; where the backend gives none (XLA's GPU
+    compiler), XLA's HloCostAnalysis of the GPU program's optimised HLO, run by the CPU client."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    if cost:
+        return cost, "compiled"
+    from jax._src import xla_bridge
+    from jax._src.lib import xla_client
+
+    cpu = xla_bridge.get_backend("cpu")
+    module = compiled.runtime_executable().hlo_modules()[0]
+    return xla_client._xla.hlo_module_cost_analysis(cpu, module), "compiled, HloCostAnalysis"
+
+
+def _kernels(compiled) -> dict:
+    """How many fusions and custom calls (cuDNN, cuBLAS, ...) the optimised program has."""
+    text = compiled.as_text() or ""
+    return {
+        "fusions": len(re.findall(r" fusion\(", text)),
+        "custom_calls": len(re.findall(r" custom-call\(", text)),
+    }
+
+
+def _refused(e: BaseException, images: float, seconds: float) -> dict:
+    """The record of a program the compiler refused for memory; `needed_bytes` is what it said it
+    needed for the program's temporaries, where it says so (else None)."""
+    line = next((x for x in str(e).splitlines() if "RESOURCE_EXHAUSTED" in x), _first_line(e))
+    size = re.search(r"temporaries \(([\d.]+)([KMGT])\)", str(e))
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    needed = round(float(size[1]) * units[size[2]]) if size else None
+    return {
+        "batch_per_device": images,
+        "refused": line.strip(),
+        "needed_bytes": needed,
+        "compile_seconds": seconds,
     }
 
 
@@ -234,87 +346,101 @@ def compile_train_step(
     if augmentation:
         inputs = jax.jit(run.task.train_inputs)
         report["augmentation"] = figures(inputs.lower(key, batch), c.batch_size / per_device)
-    return judge(report, CHIPS[kind].hbm // (per_device // chips))
+    return judge(report, device_memory(kind, per_device // chips))
 
 
-def largest_batch(report: dict) -> int:
+def largest_batch(report: dict) -> int | None:
     """The largest per-device batch whose train step would fit, extrapolated from one compile: the
     temporaries (activations, gradients' workspace) grow in proportion to the batch, the rest (the
-    state, the code) does not. An estimate, to be confirmed by compiling at it."""
-    per_image = report["memory_bytes"]["temporaries"] / report["batch_per_device"]
-    return int(
-        (report["hbm_bytes"] - (report["needed_bytes"] - report["memory_bytes"]["temporaries"]))
-        // per_image
-    )
+    state, the code) does not. An estimate, to be confirmed by compiling at it; None for a step the
+    compiler refused."""
+    if "refused" in report:
+        return None
+    temporaries = report["memory_bytes"]["temporaries"]
+    per_image = temporaries / report["batch_per_device"]
+    return int((report["hbm_bytes"] - (report["needed_bytes"] - temporaries)) // per_image)
+
+
+def _fits(program: dict, memory: int) -> bool:
+    return "refused" not in program and program["needed_bytes"] <= memory
 
 
 def judge(report: dict, hbm_bytes: int) -> dict:
-    """The report with the device's HBM and whether the train step (and the eval step) fit in it."""
-    eval_fits = "eval" not in report or report["eval"]["needed_bytes"] <= hbm_bytes
+    """The report with the device's memory and whether the train step (and the eval step) fit."""
+    eval_fits = "eval" not in report or _fits(report["eval"], hbm_bytes)
     report = {
         **report,
         "hbm_bytes": hbm_bytes,
-        "fits": report["needed_bytes"] <= hbm_bytes and eval_fits,
+        "fits": _fits(report, hbm_bytes) and eval_fits,
         "eval_fits": eval_fits,
     }
     return {**report, "largest_batch_per_device_estimate": largest_batch(report)}
 
 
+def _gib(n) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def _needs(program: dict) -> str:
+    if "refused" not in program:
+        return f"needs {_gib(program['needed_bytes'])}"
+    if program["needed_bytes"] is None:
+        return "refused by the compiler for memory"
+    return f"refused by the compiler: its temporaries alone need {_gib(program['needed_bytes'])}"
+
+
 def verdict(report: dict) -> str:
     """One line: fits, or what would."""
-
-    def gib(b):
-        return f"{b / GIB:.2f} GiB"
-
     head = (
-        f"{report['topology']}: needs {gib(report['needed_bytes'])} of {gib(report['hbm_bytes'])} "
-        "per device "
+        f"{report['topology']}: {_needs(report)} of {_gib(report['hbm_bytes'])} per device "
         f"(batch {report['batch_per_device']:g} per device"
     )
     if "eval" in report:
         e = report["eval"]
-        head += f"; evaluation {gib(e['needed_bytes'])} at {e['batch_per_device']:g}"
+        head += f"; evaluation {_needs(e).removeprefix('needs ')} at {e['batch_per_device']:g}"
     if report["fits"]:
         return head + ", fits)"
-    if report["needed_bytes"] <= report["hbm_bytes"]:
+    if _fits(report, report["hbm_bytes"]):
         return head + "), evaluation does not fit: lower config.eval_batch_size"
-    return (
-        head
-        + f"), does not fit: raise config.optim.accum_steps (now {report['accum_steps']}) to cut "
-        "the "
+    return head + (
+        f"), does not fit: raise config.optim.accum_steps (now {report['accum_steps']}) to cut the "
         "activations per micro-batch, shard parameters and optimizer state with config.mesh.fsdp, "
-        "or recompute "
-        "activations with config.model.remat=True"
+        "or recompute activations with config.model.remat=True"
     )
 
 
 def describe(report: dict, line: str) -> str:
     """The report for a terminal: the verdict, then each compiled program's figures."""
-    rows = [
-        line,
-        f"  largest batch per device that would fit, extrapolated from the temporaries: "
-        f"{report['largest_batch_per_device_estimate']} (compile at it to confirm)",
-    ]
-    for name, r in (
-        ("train step", report),
-        ("eval step", report.get("eval")),
-        ("augmentation alone", report.get("augmentation")),
-    ):
-        if r is None:
-            continue
-        cost = (
-            f"{r['flops_per_image'] / 1e9:.2f} GFLOP and {r['bytes_accessed_per_image'] / 1e6:.0f} "
-            "MB accessed "
-            "per image (XLA's cost analysis"
-        )
-        if r.get("cost_counts_loops_once"):
-            cost += (
-                ", which counts each loop body once: not the program's; "
-                "--config.model.block_loop=unroll "
-                "and optim.accum_steps=1 give the program's"
-            )
+    estimate = report["largest_batch_per_device_estimate"]
+    rows = [line]
+    if estimate is not None:
         rows.append(
-            f"  {name}: compile {r['compile_seconds']:.0f} s; {cost}); "
-            + ", ".join(f"{k} {v / GIB:.3f} GiB" for k, v in r["memory_bytes"].items())
+            "  largest batch per device that would fit, extrapolated from the temporaries: "
+            f"{estimate} (compile at it to confirm)"
         )
-    return "\n".join(rows + [f"  {report['note']}"])
+    programs = {
+        "train step": report,
+        "eval step": report.get("eval"),
+        "augmentation alone": report.get("augmentation"),
+    }
+    for name, r in programs.items():
+        if r is not None:
+            rows.append(f"  {name}: {_program_line(r)}")
+    return "\n".join([*rows, f"  {report['note']}"])
+
+
+def _program_line(r: dict) -> str:
+    """One compiled program's compile time, XLA's cost per image and its memory."""
+    if "refused" in r:
+        return f"compile {r['compile_seconds']:.0f} s; refused: {r['refused']}"
+    cost = (
+        f"{r['flops_per_image'] / 1e9:.2f} GFLOP and {r['bytes_accessed_per_image'] / 1e6:.0f} MB "
+        f"accessed per image (XLA's cost analysis of the {r.get('cost_source', 'compiled')} program"
+    )
+    if r.get("cost_counts_loops_once"):
+        cost += (
+            ", which counts each loop body once: not the program's; "
+            "--config.model.block_loop=unroll and optim.accum_steps=1 give the program's"
+        )
+    memory = ", ".join(f"{k} {v / GIB:.3f} GiB" for k, v in r["memory_bytes"].items())
+    return f"compile {r['compile_seconds']:.0f} s; {cost}); {memory}"
