@@ -35,6 +35,7 @@ needs_cuda_plugin = pytest.mark.skipif(
         ("v4-32", 16, "v4:2x2x4"),
         ("v4-128", 64, "v4:4x4x4"),
         ("v5p-128", 64, "v5p:4x4x4"),
+        ("tpu7x-8", 4, "tpu7x:2x2x1"),
     ],
 )
 def test_slice_names_are_cloud_tpus_own(name, chips, topology):
@@ -48,7 +49,8 @@ def test_slice_names_are_cloud_tpus_own(name, chips, topology):
     [
         (
             "v5litepod-4",
-            "--topology='v5litepod-4': a Cloud TPU slice name: v4-N or v5p-N (N TensorCores)",
+            "--topology='v5litepod-4': a Cloud TPU slice name: v4-N, v5p-N or tpu7x-N (N "
+            "TensorCores)",
         ),
         ("v5e-6", "--topology='v5e-6': v5e-N counts chips; N must be a power of two (e.g. v5e-4)"),
         (
@@ -65,11 +67,20 @@ def test_a_bad_slice_name_is_one_line(name, message):
 @needs_libtpu
 @pytest.mark.parametrize(
     "name, devices",
-    [("v5e-1", 1), ("v5e-2", 2), ("v6e-1", 1), ("v4-2", 1), ("v4-8", 4), ("v5p-16", 8)],
+    [
+        ("v5e-1", 1),
+        ("v5e-2", 2),
+        ("v6e-1", 1),
+        ("v4-2", 1),
+        ("v4-8", 4),
+        ("v5p-16", 8),
+        ("tpu7x-8", 8),
+    ],
 )
 def test_a_slice_has_one_device_per_chip(name, devices):
     """libtpu's default host is 2x2 chips (one or two chips are a host of their own); v4 and v5p
-    names count TensorCores, two a chip, which JAX drives as one device."""
+    names count TensorCores, two a chip, which JAX drives as one device; a TPU7x chip's two
+    TensorCores are a device each."""
     assert len(aot.devices(name)[2]) == devices
 
 
@@ -219,13 +230,15 @@ def test_the_augmentation_compiled_for_tpu_looks_up_tables_without_gathers():
 
 @needs_libtpu
 def test_a_step_that_cannot_fit_is_refused_in_one_line_naming_what_would(smoke_on_v5e):
-    """The compiled smoke step against a device of 16 MiB (it needs about 32)."""
+    """The compiled smoke step against a device with half the memory it needs."""
     _, report = smoke_on_v5e
-    small = aot.judge(report, 16 * 2**20)
+    half = report["needed_bytes"] // 2
+    small = aot.judge(report, half)
     assert not small["fits"] and aot.judge(report, report["needed_bytes"])["fits"]
     line = aot.verdict(small)
+    gib = f"{report['needed_bytes'] / aot.GIB:.2f} GiB of {half / aot.GIB:.2f} GiB"
     assert line.startswith(
-        "v5e-4: needs 0.03 GiB of 0.02 GiB per device (batch 4 per device; evaluation 0.00 GiB "
+        f"v5e-4: needs {gib} per device (batch 4 per device; evaluation 0.00 GiB "
         "at 4), does not fit: raise config.optim.accum_steps (now 1)"
     )
     assert "config.mesh.fsdp" in line and "config.model.remat=True" in line and "\n" not in line
@@ -292,6 +305,14 @@ def test_reports_become_one_markdown_table(tmp_path, capsys):
     (tmp_path / "t.json").write_text(json.dumps({**report, "cost_counts_loops_once": True}))
     invoke(aot_table.main, [str(tmp_path / "t.json")])
     assert "| 120 | - (loop) | - (loop) (386) | - | - | 403 s |" in capsys.readouterr().out
+    error = RuntimeError("RESOURCE_EXHAUSTED: ... HLO temporaries (502.20G) exceeds available HBM")
+    refused = {**aot._refused(error, 4096, 9.0), "topology": "v5e-4", "devices": 4}
+    (tmp_path / "r.json").write_text(json.dumps(aot.judge(refused, 16 * aot.GIB)))
+    invoke(aot_table.main, [str(tmp_path / "r.json")])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        "| `?` | v5e-4 (4 devices) | 4096 | **no** | refused by the compiler: 502.20 / 16 GiB "
+        "| - | - | - | - | - | 9 s |"
+    )
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(UserError, match="bad.json: not a report written by hcnet.tools.aot --out"):
         aot_table.main(["aot_table", str(tmp_path / "bad.json")])

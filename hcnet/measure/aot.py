@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import pathlib
 import re
 import time
@@ -53,6 +54,7 @@ class Chip:
     cores: int  # TensorCores per chip, as Cloud TPU counts them in a slice's name
     dims: int  # the torus's dimensions
     name_counts: str  # what the number in a slice's name counts
+    megacore: bool = True  # JAX drives a chip's TensorCores as one device (else one device each)
 
 
 CHIPS = {
@@ -60,6 +62,8 @@ CHIPS = {
     "v5e": Chip(16 * GIB, 1, 2, "chips"),
     "v5p": Chip(95 * GIB, 2, 3, "TensorCores"),
     "v6e": Chip(32 * GIB, 1, 2, "chips"),
+    # Ironwood: two TensorCores a chip, on two chiplets with their own HBM, each its own device
+    "tpu7x": Chip(192 * GIB, 2, 3, "TensorCores", megacore=False),
 }
 # for the schedule's constants only; shapes do not depend on it
 TRAIN_EXAMPLES = {"imagenet2012": 1_281_167}
@@ -84,9 +88,9 @@ def chip_grid(chips: int, dims: int) -> tuple[int, ...]:
 def parse_topology(name: str) -> tuple[str, int, str]:
     """'v5e-64' -> ('v5e', 64 chips, 'v5e:8x8'), the name libtpu's topology takes; one line if it is
     not one."""
-    m = re.fullmatch(r"(v4|v5e|v5p|v6e)-(\d+)", name)
+    m = re.fullmatch(r"(v4|v5e|v5p|v6e|tpu7x)-(\d+)", name)
     accepted = (
-        "a Cloud TPU slice name: v4-N or v5p-N (N TensorCores), v5e-N or v6e-N (N chips), "
+        "a Cloud TPU slice name: v4-N, v5p-N or tpu7x-N (N TensorCores), v5e-N or v6e-N (N chips), "
         "e.g. v5e-64"
     )
     if not m:
@@ -119,12 +123,31 @@ def tpu_devices(name: str):
     # libtpu's default host holds 2x2(x1) chips; a slice smaller than that is one host of its own
     # size
     host = {} if math.prod(grid) >= 4 else {"chips_per_host_bounds": (grid + [1])[:3]}
-    devs = topologies.get_topology_desc(platform="tpu", topology_name=topology, **host).devices
-    # v4 and v5p chips are two TensorCores, which JAX drives as one device ("megacore"): libtpu
-    # 0.0.42's compile-only topology lists both cores and has no megacore option, so the program is
-    # compiled for the first core of each chip, one device per chip as jax.make_mesh requires,
-    # against the chip's whole HBM
+    with _without_cpu_flags():
+        devs = topologies.get_topology_desc(platform="tpu", topology_name=topology, **host).devices
+    # v4 and v5p chips are two TensorCores, which JAX drives as one device ("megacore"): libtpu's
+    # compile-only topology lists both cores and has no megacore option, so the program is compiled
+    # for the first core of each chip, one device per chip as jax.make_mesh requires, against the
+    # chip's whole HBM; a TPU7x chip's cores are two devices, each with half the chip's HBM
+    if not CHIPS[kind].megacore:
+        return kind, chips, devs
     return kind, chips, [d for d in devs if getattr(d, "core_on_chip", 0) == 0]
+
+
+@contextlib.contextmanager
+def _without_cpu_flags():
+    """XLA_FLAGS without XLA:CPU's own flags (--xla_cpu_*) while libtpu starts and compiles: it
+    parses XLA_FLAGS and stops the process on a flag it does not know (0.0.52 does on
+    --xla_cpu_use_fusion_emitters)."""
+    flags = os.environ.get("XLA_FLAGS")
+    if flags is not None:
+        kept = [f for f in flags.split() if not f.startswith("--xla_cpu_")]
+        os.environ["XLA_FLAGS"] = " ".join(kept)
+    try:
+        yield
+    finally:
+        if flags is not None:
+            os.environ["XLA_FLAGS"] = flags
 
 
 def parse_gpu_topology(name: str) -> tuple[str, int, int]:
@@ -178,7 +201,7 @@ def gpu_devices(name: str):
 def devices(name: str):
     """(kind, chips or GPUs, compile-only devices, one per chip or GPU) of a TPU slice or of GPU
     nodes."""
-    if re.fullmatch(r"v\w+-\d+", name):
+    if re.fullmatch(r"(v\w+|tpu\w+)-\d+", name):
         return tpu_devices(name)
     return gpu_devices(name)
 
@@ -186,7 +209,7 @@ def devices(name: str):
 def device_memory(kind: str, devices_per_chip: int) -> int:
     """Bytes of memory a device of `kind` has: a TPU chip's HBM (shared by its devices), a GPU's."""
     if kind in CHIPS:
-        return CHIPS[kind].hbm // devices_per_chip
+        return CHIPS[kind].hbm // devices_per_chip  # TPU7x: two devices a chip
     return gpu_memory(gpu_target(kind))
 
 
@@ -219,7 +242,7 @@ def figures(lowered, images: float, loops: bool = False) -> dict:
     compile time. `loops`: the program has loops, whose bodies XLA's cost analysis counts once (its
     figures are not the program's, and the report says so). A program the compiler refuses for
     memory (RESOURCE_EXHAUSTED) gives `refused`, the compiler's line, and what it says it needed."""
-    with without_persistent_cache():
+    with without_persistent_cache(), _without_cpu_flags():
         t = time.perf_counter()
         try:
             compiled = lowered.compile()

@@ -1,10 +1,10 @@
-"""hcnet.tools.aot's JSON reports as one Markdown table (BENCHMARKS.md, "Compiled for TPU slices").
+"""hcnet.tools.aot's JSON reports as one Markdown table (BENCHMARKS.md, "Compiled ahead of time").
 
     # one per row
     python -m hcnet.tools.aot --config=configs/hcnet_t.py --topology=v5e-64 --out=t_v5e-64.json
     python -m hcnet.tools.aot_table t_v5e-64.json s_v4-32.json ...
 
-Every figure is the TPU compiler's (libtpu's compile-only devices), not a hardware measurement.
+Every figure is the compiler's (compile-only TPU or GPU devices), not a hardware measurement.
 """
 
 import json
@@ -15,39 +15,48 @@ from hcnet.measure import aot
 
 GIB = 2**30
 HEADER = (
-    "| config | slice | batch / device | fits | needed / HBM per device (compiler peak) | largest "
-    "batch "
-    "(estimate) | GFLOP / image | MB / image (roofline floor) | eval step needs | augmentation MB "
-    "/ image "
-    "| compile |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    "| config | slice / node | batch / device | fits | needed / memory per device (compiler peak) "
+    "| largest batch (estimate) | GFLOP / image | MB / image (roofline floor) | eval step needs "
+    "| augmentation MB / image | compile |\n|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
-def row(r: dict) -> str:
-    m = r["memory_bytes"]
-    evaluation = (
-        f"{r['eval']['needed_bytes'] / GIB:.2f} GiB at {r['eval']['batch_per_device']:g}"
-        if "eval" in r
-        else "-"
-    )
-    augmentation = (
-        f"{r['augmentation']['bytes_accessed_per_image'] / 1e6:.0f}" if "augmentation" in r else "-"
-    )
-    floor = (
-        f" ({r['roofline_bytes_per_image'] / 1e6:.0f})" if "roofline_bytes_per_image" in r else ""
-    )
-    flops, bytes_ = (
-        f"{r['flops_per_image'] / 1e9:.2f}",
-        f"{r['bytes_accessed_per_image'] / 1e6:,.0f}",
-    )
+def _needed(r: dict) -> str:
+    """needed / memory (peak), or the compiler's refusal with what it said the temporaries need."""
+    memory = f"{r['hbm_bytes'] / GIB:.0f} GiB"
+    if "refused" in r:
+        need = "-" if r["needed_bytes"] is None else f"{r['needed_bytes'] / GIB:.2f}"
+        return f"refused by the compiler: {need} / {memory}"
+    return f"{r['needed_bytes'] / GIB:.2f} / {memory} ({r['memory_bytes']['peak'] / GIB:.2f})"
+
+
+def _cost(r: dict) -> tuple[str, str]:
+    if "refused" in r:
+        return "-", "-"
     if r.get("cost_counts_loops_once"):  # XLA counted each loop body once: not the step's figures
-        flops = bytes_ = "- (loop)"
+        return "- (loop)", "- (loop)"
+    return f"{r['flops_per_image'] / 1e9:.2f}", f"{r['bytes_accessed_per_image'] / 1e6:,.0f}"
+
+
+def row(r: dict) -> str:
+    e = r.get("eval")
+    evaluation = "-"
+    if e is not None:
+        need = "refused" if "refused" in e else f"{e['needed_bytes'] / GIB:.2f} GiB"
+        evaluation = f"{need} at {e['batch_per_device']:g}"
+    augmentation = "-"
+    if "augmentation" in r:
+        augmentation = f"{r['augmentation']['bytes_accessed_per_image'] / 1e6:.0f}"
+    floor = ""
+    if "roofline_bytes_per_image" in r:
+        floor = f" ({r['roofline_bytes_per_image'] / 1e6:.0f})"
+    flops, bytes_ = _cost(r)
+    largest = aot.largest_batch(r)
     return (
         f"| `{r.get('config', '?')}` | {r['topology']} ({r['devices']} devices) "
-        f"| {r['batch_per_device']:g} | {'yes' if r['fits'] else '**no**'} "
-        f"| {r['needed_bytes'] / GIB:.2f} / {r['hbm_bytes'] / GIB:.0f} GiB ({m['peak'] / GIB:.2f}) "
-        f"| {aot.largest_batch(r)} | {flops} | {bytes_}{floor} | {evaluation} | {augmentation} "
-        f"| {r['compile_seconds']:.0f} s |"
+        f"| {r['batch_per_device']:g} | {'yes' if r['fits'] else '**no**'} | {_needed(r)} "
+        f"| {'-' if largest is None else largest} | {flops} | {bytes_}{floor} | {evaluation} "
+        f"| {augmentation} | {r['compile_seconds']:.0f} s |"
     )
 
 
