@@ -1,7 +1,7 @@
 """HcNet-B on ImageNet-1K at 224: HcNet-T's recipe with the B variant and drop path 0.5.
 
+    # on every worker of the slice
     python train.py --config=configs/hcnet_b.py --workdir=gs://BUCKET/runs/hcnet_b \\
-        # on every worker of the slice
         --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets
 
 Hardware: a TPU v4-64 slice or 16 GPUs with 80 GB (or 8 with optim.accum_steps=2). Expected top-1:
@@ -9,7 +9,7 @@ Hardware: a TPU v4-64 slice or 16 GPUs with 80 GB (or 8 with optim.accum_steps=2
 Parameters above 2^18 elements are split over the mesh's fsdp axis when mesh.fsdp > 1. Compiled for
 v4-64 by `python -m hcnet.tools.aot --config=configs/hcnet_b.py --topology=v4-64` (compiler figures,
 not hardware; blocks scanned on TPU): 8.5 of 32 GiB per chip at 32 images per chip, 219 s to compile
-on a 2-core VM (BENCHMARKS.md, "Compiled for Cloud TPU slices").
+on a 2-core VM (BENCHMARKS.md, "Compiled ahead of time").
 """
 
 from configs import hcnet_t

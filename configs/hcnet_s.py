@@ -1,7 +1,7 @@
 """HcNet-S on ImageNet-1K at 224: HcNet-T's recipe with the S variant and drop path 0.3.
 
+    # on every worker of the slice
     python train.py --config=configs/hcnet_s.py --workdir=gs://BUCKET/runs/hcnet_s \\
-        # on every worker of the slice
         --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets
 
 Hardware: a TPU v4-32 slice or 8 GPUs with 80 GB. Expected top-1: 83.9 (paper Table 2). Drop path

@@ -1,7 +1,7 @@
 """HcNet-T on ImageNet-1K at 224, the reference recipe (paper: "mostly follows Swin").
 
+    # on every worker of the slice
     python train.py --config=configs/hcnet_t.py --workdir=gs://BUCKET/runs/hcnet_t \\
-        # on every worker of the slice
         --config.dataset.data_dir=gs://BUCKET/tensorflow_datasets
 
 Hardware: a TPU v4-32 or v5e-64 slice, or 8 GPUs with 80 GB (batch 1024 global; on fewer devices

@@ -37,7 +37,7 @@ def for_platform(spec: dict, platform: str) -> dict:
     """The spec with block_loop="auto" made concrete for a program compiled for `platform` (a JAX
     device's `platform`): the blocks scanned on a TPU, where the compiler's time grows with each
     block's code, and unrolled elsewhere, where the scan is slower, and with dropout, which a
-    scanned stage does not draw (BENCHMARKS.md, "Compiled for Cloud TPU slices")."""
+    scanned stage does not draw (BENCHMARKS.md, "Compiled ahead of time")."""
     spec = dict(spec)
     if spec.get("block_loop", "auto") == "auto":
         scan = platform == "tpu" and not spec.get("dropout", 0.0)

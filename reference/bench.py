@@ -7,8 +7,6 @@ installed:
         [--dtype=float32] [--torch_compile] [--channels_last] [--json]
 """
 
-import dataclasses
-import json
 import time
 
 from absl import flags
@@ -140,11 +138,7 @@ def main(argv):
                 **common,
             )
         )
-    print(
-        json.dumps([dataclasses.asdict(r) for r in results])
-        if FLAGS.json
-        else bench.results_table(results)
-    )
+    print(bench.render(results, FLAGS.json))
 
 
 if __name__ == "__main__":

@@ -426,8 +426,14 @@ def test_the_smoke_train_step_compiles_for_one_gpu_and_a_node(name, gpus):
     assert report["hbm_bytes"] == 84_929_347_584 and report["fits"] and report["eval_fits"]
     assert report["batch_per_device"] == c.batch_size / gpus and report["fusions"] > 0
     assert report["flops_per_image"] > 0 and report["cost_source"] == "compiled, HloCostAnalysis"
-    assert report["model"]["block_loop"] == "unroll"
-    assert aot.verdict(report).startswith(f"{name}: needs ") and "fits)" in aot.verdict(report)
+    assert report["model"]["block_loop"] == "unroll" and report["note"].startswith(
+        "compiler figures"
+    )
+    assert (
+        "for a GPU" in report["note"]
+        and aot.verdict(report).startswith(f"{name}: needs ")
+        and "fits)" in aot.verdict(report)
+    )
     small = aot.judge(report, 2**20)
     assert not small["fits"] and "does not fit: raise config.optim.accum_steps" in aot.verdict(
         small

@@ -65,6 +65,11 @@ CHIPS = {
     # Ironwood: two TensorCores a chip, on two chiplets with their own HBM, each its own device
     "tpu7x": Chip(192 * GIB, 2, 3, "TensorCores", megacore=False),
 }
+NOTES = {
+    "tpu": "compiler figures for a TPU (libtpu's compile-only devices), not hardware measurements",
+    "gpu": "compiler figures for a GPU (XLA's GPU compiler and ptxas for a described card), not "
+    "hardware measurements",
+}
 # for the schedule's constants only; shapes do not depend on it
 TRAIN_EXAMPLES = {"imagenet2012": 1_281_167}
 # GPUs by name: XLA's target description of each (hcnet/measure/gpus/<name>.txtpb, its source in its
@@ -353,8 +358,7 @@ def compile_train_step(
         "mesh": {"data": run.mesh.shape[sharding.DATA], "fsdp": run.mesh.shape[sharding.FSDP]},
         **train,
         "lower_seconds": lower_s,
-        "note": "compiler figures for a TPU (libtpu's compile-only devices), not hardware "
-        "measurements",
+        "note": NOTES["tpu" if kind in CHIPS else "gpu"],
     }
     act_bytes = 4 if c.model.dtype == "float32" else 2
     floor = roofline.bytes_per_image(program.spec, height, c.batch_size // per_device, act_bytes)

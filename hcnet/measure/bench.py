@@ -26,6 +26,7 @@ For scripts: `train_step_seconds(variant, batch, image_size, repeats)` is the st
 """
 
 import dataclasses
+import json
 import resource
 import statistics
 import time
@@ -306,3 +307,10 @@ def results_table(results: list[Result]) -> str:
         for r in results
     ]
     return monitor.text_table(head, rows)
+
+
+def render(results: list[Result], as_json: bool = False) -> str:
+    """The results as one JSON list, or as the text table."""
+    if as_json:
+        return json.dumps([dataclasses.asdict(r) for r in results])
+    return results_table(results)

@@ -7,9 +7,6 @@
 What each column means: hcnet.measure.bench.
 """
 
-import dataclasses
-import json
-
 from absl import flags
 
 from hcnet import hostenv, tools
@@ -55,11 +52,7 @@ def main(argv):
                 **common,
             )
         )
-    print(
-        json.dumps([dataclasses.asdict(r) for r in results])
-        if FLAGS.json
-        else bench.results_table(results)
-    )
+    print(bench.render(results, FLAGS.json))
 
 
 if __name__ == "__main__":
