@@ -40,10 +40,13 @@ def adaptive_pool_matrix(size: int, bins: int) -> np.ndarray:
 
 
 def adaptive_avg_pool(x, bins: int):
-    """(B, H, W, C) -> (B, bins, bins, C), exactly as torch.nn.AdaptiveAvgPool2d(bins)."""
+    """(B, H, W, C) -> (B, bins, bins, C), exactly as torch.nn.AdaptiveAvgPool2d(bins). Rows, then
+    columns, as two contractions: XLA's GPU compiler finds no tiling for the one-einsum form's
+    gradient (BENCHMARKS.md, "Compiled ahead of time")."""
     ph = jnp.asarray(adaptive_pool_matrix(x.shape[1], bins), x.dtype)
     pw = jnp.asarray(adaptive_pool_matrix(x.shape[2], bins), x.dtype)
-    return jnp.einsum("ih,bhwc,jw->bijc", ph, x, pw)
+    rows = jnp.einsum("ih,bhwc->biwc", ph, x)
+    return jnp.einsum("biwc,jw->bijc", rows, pw)
 
 
 def resize(x, height: int, width: int):

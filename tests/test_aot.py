@@ -414,6 +414,25 @@ def test_a_gpu_program_gets_grouped_convolutions():
 
 
 @needs_cuda_plugin
+def test_upernets_pyramid_pooling_compiles_for_a_gpu():
+    """The pooling's gradient at UperNet's stage-4 shape for a 512 crop (16 x 16 x 512, 6 bins,
+    bf16): XLA's GPU compiler finds no tiling for it written as one three-operand einsum, and
+    compiles it as two contractions (hcnet.upernet.adaptive_avg_pool)."""
+    import jax
+    import jax.numpy as jnp
+
+    from hcnet import upernet
+
+    on_gpu = jax.sharding.SingleDeviceSharding(aot.devices("h100-1")[2][0])
+    x = jax.ShapeDtypeStruct((2, 16, 16, 512), jnp.bfloat16, sharding=on_gpu)
+
+    def loss(x):
+        return (upernet.adaptive_avg_pool(x, 6).astype(jnp.float32) ** 2).sum()
+
+    jax.jit(jax.grad(loss)).lower(x).compile()
+
+
+@needs_cuda_plugin
 @pytest.mark.heavy
 @pytest.mark.parametrize("name, gpus", [("h100-1", 1), ("h100-4", 4)])
 def test_the_smoke_train_step_compiles_for_one_gpu_and_a_node(name, gpus):
