@@ -49,10 +49,44 @@ def adaptive_avg_pool(x, bins: int):
     return jnp.einsum("biwc,jw->bijc", rows, pw)
 
 
+def bilinear_taps(size: int, out: int):
+    """(first, second, their weights) of each output row when `size` rows are enlarged to `out`,
+    PyTorch's align_corners=False rule: source = (i + 0.5) size / out - 0.5, clamped to the
+    image."""
+    src = np.maximum((np.arange(out) + 0.5) * size / out - 0.5, 0.0)
+    first = np.minimum(np.floor(src).astype(np.int32), size - 1)
+    second = np.minimum(first + 1, size - 1)
+    w = (src - first).astype(np.float32)
+    return first, second, 1.0 - w, w
+
+
+def _enlarge(x, axis: int, out: int):
+    """x bilinearly enlarged to `out` along `axis` (1: rows, 2: columns), two taps an output."""
+    first, second, w0, w1 = bilinear_taps(x.shape[axis], out)
+    shape = [1] * x.ndim
+    shape[axis] = out
+    w0, w1 = w0.reshape(shape).astype(x.dtype), w1.reshape(shape).astype(x.dtype)
+    return jnp.take(x, first, axis=axis) * w0 + jnp.take(x, second, axis=axis) * w1
+
+
+def resize_by_taps(x, height: int, width: int):
+    """`resize` as two taps a row, then two a column (no matrix product)."""
+    return _enlarge(_enlarge(x, 1, height), 2, width)
+
+
 def resize(x, height: int, width: int):
     """Bilinear with half-pixel centres (PyTorch's align_corners=False) to (height, width); the head
-    only enlarges, where jax.image.resize and torch agree."""
-    return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), method="bilinear")
+    only enlarges, where jax.image.resize and torch agree. On NVIDIA GPUs as two taps a row and a
+    column: XLA's GPU compiler finds no tiling for jax.image.resize's matrix products in the loss's
+    gradient (BENCHMARKS.md, "Compiled ahead of time")."""
+
+    def dense(x):
+        return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), method="bilinear")
+
+    def taps(x):
+        return resize_by_taps(x, height, width)
+
+    return jax.lax.platform_dependent(x, cuda=taps, default=dense)
 
 
 class ConvBNReLU(nnx.Module):

@@ -433,9 +433,28 @@ def test_upernets_pyramid_pooling_compiles_for_a_gpu():
 
 
 @needs_cuda_plugin
+def test_the_segmentation_loss_resize_compiles_for_a_gpu():
+    """The gradient of the loss's bilinear resize (UperNet's stride-4 logits, 150 classes, to a 512
+    crop): XLA's GPU compiler finds no tiling for jax.image.resize's products there, and
+    upernet.resize gives a GPU the two-tap form."""
+    import jax
+    import jax.numpy as jnp
+
+    from hcnet import upernet
+
+    on_gpu = jax.sharding.SingleDeviceSharding(aot.devices("h100-1")[2][0])
+    x = jax.ShapeDtypeStruct((2, 128, 128, 150), jnp.float32, sharding=on_gpu)
+
+    def loss(x):
+        return (upernet.resize(x, 512, 512) ** 2).sum()
+
+    jax.jit(jax.grad(loss)).lower(x).compile()
+
+
+@needs_cuda_plugin
 @pytest.mark.heavy
-@pytest.mark.parametrize("name, gpus", [("h100-1", 1), ("h100-4", 4)])
-def test_the_smoke_train_step_compiles_for_one_gpu_and_a_node(name, gpus):
+@pytest.mark.parametrize("name, gpus", [("h100-1", 1), ("h100-4", 4), ("2xh100-2", 4)])
+def test_the_smoke_train_step_compiles_for_one_gpu_a_node_and_two_nodes(name, gpus):
     """The step train_and_evaluate builds, compiled by XLA's GPU compiler for described H100s (no
     GPU here): it fits the card's memory, and XLA's cost analysis of the optimised program counts
     it."""

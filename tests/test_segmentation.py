@@ -166,6 +166,26 @@ def test_resizing_follows_opencv_and_torch_rules():
     np.testing.assert_array_equal(st.resize_nearest(label, 1, 5), [[1, 1, 2, 2, 3]])
 
 
+def test_the_gpus_two_tap_resize_is_the_dense_one():
+    """upernet.resize on NVIDIA GPUs (two taps a row and a column) against jax.image.resize (every
+    other platform): torch's align_corners=False values on a row, and the same enlargement of random
+    maps. Each output is a convex combination of at most four inputs whose weights both compute in
+    float32, so they differ by a few roundings of the largest input (8 ulps allowed)."""
+    import jax
+    import jax.numpy as jnp
+
+    from hcnet import upernet
+
+    row = jnp.asarray([[[[0.0], [10.0]]]])  # (1, 1, 2, 1)
+    np.testing.assert_allclose(upernet.resize_by_taps(row, 1, 4)[0, 0, :, 0], [0, 2.5, 7.5, 10])
+    x = np.random.default_rng(0).normal(size=(2, 7, 5, 3)).astype(np.float32)
+    for h, w in ((20, 13), (28, 20), (7, 9)):
+        dense = np.asarray(jax.image.resize(x, (2, h, w, 3), method="bilinear"))
+        taps = np.asarray(upernet.resize_by_taps(jnp.asarray(x), h, w))
+        atol = 8 * np.finfo(np.float32).eps * np.abs(x).max()
+        np.testing.assert_allclose(taps, dense, rtol=0, atol=atol)
+
+
 def test_sliding_windows_are_mmsegs_grid():
     from hcnet import seg_inference
 
