@@ -10,8 +10,9 @@ top-1: 83.0 (paper Table 2). ImageNet must be prepared first: python -m hcnet.to
 --dataset=imagenet2012 --manual_dir=DIR_WITH_THE_TARS --data_dir=gs://BUCKET/tensorflow_datasets
 (built locally, then uploaded; README "Cloud TPU, with the data and the run in a bucket").
 Compiled by `python -m hcnet.tools.aot --config=configs/hcnet_t.py --topology=v5e-64` (compiler
-figures, not hardware; blocks scanned on TPU, model.block_loop='auto'): 1.9 of 16 GiB per v5e chip
-at 16 images each, 199 s to compile on a 2-core VM; 5.8 of 32 GiB per v4 chip on v4-32 (64 each).
+figures, not hardware): 1.4 of 16 GiB per v5e chip at 16 images each, 1.4 of 32 GiB on v6e-64, 3.9
+of 32 GiB per v4 chip on v4-32 (64 each); 11.7 of 79 GiB per GPU on h100-8 (128 each);
+BENCHMARKS.md, "Compiled ahead of time".
 
 The recipe is `hcnet.config.defaults()`, which holds HcNet-T's reference values once; this config
 adds the run's schedule. Where each value comes from ([paper] arXiv 2408.05901 section 4.1; [yaml]

@@ -14,8 +14,10 @@ one bit for bit on the same devices.
 import contextlib
 import dataclasses
 import functools
+import importlib.metadata
 import os
 import signal
+import sys
 import time
 
 import flax
@@ -308,6 +310,26 @@ class Run:
         return sharding.placed(shapes, self.program.batch_sharding)
 
 
+# the libtpu jax 0.10.2 pins: its profiler is the one jax.profiler was built with
+PROFILER_LIBTPU = "0.0.42.1"
+
+
+def check_profiler(profile_steps) -> None:
+    """One line before anything compiles when config.profile_steps asks for a trace in a process
+    that has loaded another libtpu: jax.profiler.start_trace crashes (SIGSEGV) beside libtpu 0.0.52
+    (README, "Running on a TPU VM")."""
+    first, last = profile_steps
+    if last <= first or "libtpu" not in sys.modules:
+        return
+    version = importlib.metadata.version("libtpu")
+    if version != PROFILER_LIBTPU:
+        raise ConfigError(
+            f"config.profile_steps={tuple(profile_steps)}: jax.profiler crashes beside libtpu "
+            f"{version}; set profile_steps=(0, 0), or trace with libtpu=={PROFILER_LIBTPU} "
+            "(jax[tpu] 0.10.2's own)"
+        )
+
+
 def train_and_evaluate(c, workdir) -> dict:
     """Trains (resuming from workdir's newest checkpoint), evaluates, checkpoints; returns the last
     metrics. `workdir` (and config.dataset.data_dir) may be local or gs://."""
@@ -319,6 +341,7 @@ def train_and_evaluate(c, workdir) -> dict:
     if c.init_from:
         finetune.check_source(c.init_from)
     run = Run.create(c)
+    check_profiler(c.profile_steps)  # after the devices started: on a TPU VM libtpu is loaded then
     evaluators = run.task.evaluators(run.mesh, run.predict())
     check_best_metric(c.best_metric, evaluators)
 

@@ -47,11 +47,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (gcs.OFFLINE, os.environ.get("PYTHONPATH")) if p
 )
 sys.path.insert(0, gcs.OFFLINE)
-import contextlib  # noqa: E402  (after the environment above)
 import fcntl  # noqa: E402
-import io  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
+import subprocess  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
@@ -78,17 +77,27 @@ def once_per_session(tmp_path_factory, worker_id, name: str, make) -> dict:
 def smoke_run(tmp_path_factory, worker_id):
     """One uninterrupted smoke run per session, shared by the xdist workers: (workdir, metrics,
     console)."""
-    from runs import smoke
-
-    from hcnet import checkpoint, trainer
-
-    checkpoint.configure_orbax()
 
     def make(run_dir):
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            result = trainer.train_and_evaluate(smoke(profile_steps=(2, 4)), run_dir)
-        return {"result": result, "console": out.getvalue(), "dir": str(run_dir)}
+        # in a process of its own: it traces steps 2-4 with jax.profiler, which crashes in a process
+        # that has loaded libtpu 0.0.52 (tests/test_aot.py's workers do)
+        code = (
+            "import json, sys; sys.path.insert(0, sys.argv[2]); from runs import smoke; "
+            "from hcnet import checkpoint, trainer; checkpoint.configure_orbax(); "
+            "r = trainer.train_and_evaluate(smoke(profile_steps=(2, 4)), sys.argv[1]); "
+            "print('SMOKE-RESULT ' + json.dumps(r))"
+        )
+        root = pathlib.Path(__file__).resolve().parent
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(run_dir), str(root)],
+            cwd=root.parent,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        console, _, result = proc.stdout.rpartition("SMOKE-RESULT ")
+        return {"result": json.loads(result), "console": console, "dir": str(run_dir)}
 
     saved = once_per_session(tmp_path_factory, worker_id, "smoke-run", make)
     return pathlib.Path(saved["dir"]), saved["result"], saved["console"]

@@ -255,3 +255,23 @@ def test_a_bad_extra_evaluation_is_one_line(evals, message):
     c.evals = evals
     with pytest.raises(ConfigError, match="^" + message):
         tasks.validate(c, num_devices=8)
+
+
+def test_a_trace_beside_a_libtpu_whose_profiler_crashes_is_refused_in_one_line(monkeypatch):
+    """jax.profiler.start_trace crashed (SIGSEGV) in a process that had loaded libtpu 0.0.52; with
+    jax's own libtpu, or none loaded, or no trace asked for, nothing is said."""
+    import importlib.metadata
+    import types
+
+    from hcnet import trainer
+
+    monkeypatch.setitem(sys.modules, "libtpu", types.ModuleType("libtpu"))
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0.52")
+    with pytest.raises(ConfigError, match=r"^config.profile_steps=\(2, 4\): jax.profiler crashes "):
+        trainer.check_profiler((2, 4))
+    trainer.check_profiler((0, 0))  # no trace
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: trainer.PROFILER_LIBTPU)
+    trainer.check_profiler((2, 4))
+    monkeypatch.delitem(sys.modules, "libtpu")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0.52")
+    trainer.check_profiler((2, 4))  # installed, not loaded: the profiler works

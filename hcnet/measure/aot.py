@@ -298,7 +298,8 @@ def _cost(compiled, lowered) -> tuple[dict, str]:
 
 def _kernels(compiled) -> dict:
     """How many fusions and custom calls (cuDNN, cuBLAS, ...) the optimised program has; None where
-    it cannot be printed (libtpu 0.0.52's TPU7x programs fail a check on the way to text)."""
+    it cannot be printed (libtpu 0.0.52's v6e and TPU7x programs fail a check on the way to
+    text)."""
     try:
         text = compiled.as_text() or ""
     except jax.errors.JaxRuntimeError:
