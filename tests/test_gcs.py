@@ -13,10 +13,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import numpy as np
 import pytest
-from runs import smoke
 from test_checkpoints import abstract, tiny_state
 from test_train import (
     ROOT,
@@ -29,7 +29,7 @@ from test_train import (
 )
 
 import hcnet
-from hcnet import checkpoint, monitor, paths, tools, trainer
+from hcnet import checkpoint, monitor, paths, tools
 from hcnet.errors import UserError
 from hcnet.serve.export import export
 
@@ -259,14 +259,24 @@ def test_smoke_trains_on_gcs_data_into_a_gcs_workdir_then_exports_loads_evaluate
         "dataset.data_dir": data_dir,
         "dataset.train_split": "train",
         "dataset.eval_split": "test[:40]",
-        "profile_steps": (2, 4),
+        "profile_steps": "(2, 4)",
     }
-    with contextlib.redirect_stdout(io.StringIO()) as said:
-        result = trainer.train_and_evaluate(smoke(**digits), os.fspath(workdir))
-    assert result["step"] == 8 and result["eval/count"] == 40
+    # train.py, as a user runs it (its own process: the trace it takes crashes jax.profiler in a
+    # process that has loaded libtpu 0.0.52, as this suite's workers may have)
+    flags = [f"--config.{k}={v}" for k, v in digits.items()]
+    proc = subprocess.run(
+        train_cmd(os.fspath(workdir), *flags),
+        env=env_with(8),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "step 8 eval: eval/top1" in proc.stdout
     rows = monitor.read_metrics(workdir)
     assert [r["step"] for r in rows if "train/loss" in r] == [2, 4, 6, 8]
     assert [r["step"] for r in rows if "eval/top1" in r] == [4, 8]
+    assert [r["eval/count"] for r in rows if "eval/count" in r] == [40, 40]
     assert [s for s, _ in scalars(workdir)["eval/top1"]] == [4, 8]
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
         4,
@@ -332,11 +342,24 @@ def test_sigkill_during_a_gcs_save_then_rerun_ends_bitwise_identical_with_whole_
     env = env_with(8)
 
     # on a slow machine the step-4 save (asynchronous) may still be uploading at step 8's eval line:
-    # the kill waits for it to commit, so that it lands in step 8's save, not step 4's
-    def committed_4():
-        return 4 in checkpoint_steps(workdir)
+    # the kill waits for it to commit, so that it lands in step 8's save, not step 4's. A thread
+    # watches for that commit from the start, so that at the eval line the kill does not wait for a
+    # listing of the bucket (on an idle machine step 8's save can finish within one)
+    committed_4, done = threading.Event(), threading.Event()
 
-    killed = _run_until(train_cmd(workdir), env, "step 8 eval", signal.SIGKILL, ready=committed_4)
+    def watch():
+        while not (committed_4.is_set() or done.is_set()):
+            if 4 in checkpoint_steps(workdir):
+                committed_4.set()
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        killed = _run_until(
+            train_cmd(workdir), env, "step 8 eval", signal.SIGKILL, ready=committed_4.is_set
+        )
+    finally:
+        done.set()
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     rerun = subprocess.run(train_cmd(workdir), env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
