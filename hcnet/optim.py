@@ -100,7 +100,7 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """Clip by global norm, then AdamW on `schedule` (steps count optimizer updates).
 
-    Gradient accumulation happens inside the training step (hcnet.trainer.train_step), so one
+    Gradient accumulation happens inside the training step (hcnet.program.train_step), so one
     update always sees one whole global batch.
     """
     return optax.chain(

@@ -12,7 +12,8 @@ import pytest
 from runs import smoke
 
 from hcnet.errors import ConfigError, UserError
-from hcnet.measure import aot
+from hcnet.measure import aot, targets
+from hcnet.program import Program, init_state
 
 needs_libtpu = pytest.mark.skipif(
     importlib.util.find_spec("libtpu") is None,
@@ -41,7 +42,7 @@ needs_cuda_plugin = pytest.mark.skipif(
 def test_slice_names_are_cloud_tpus_own(name, chips, topology):
     """v5e / v6e names count chips, v4 / v5p names TensorCores (two a chip); the shapes are Cloud
     TPU's tori."""
-    assert aot.parse_topology(name) == (name.split("-")[0], chips, topology)
+    assert targets.parse_topology(name) == (name.split("-")[0], chips, topology)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +62,7 @@ def test_slice_names_are_cloud_tpus_own(name, chips, topology):
 )
 def test_a_bad_slice_name_is_one_line(name, message):
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
-        aot.parse_topology(name)
+        targets.parse_topology(name)
 
 
 @needs_libtpu
@@ -81,7 +82,7 @@ def test_a_slice_has_one_device_per_chip(name, devices):
     """libtpu's default host is 2x2 chips (one or two chips are a host of their own); v4 and v5p
     names count TensorCores, two a chip, which JAX drives as one device; a TPU7x chip's two
     TensorCores are a device each."""
-    assert len(aot.devices(name)[2]) == devices
+    assert len(targets.devices(name)[2]) == devices
 
 
 @needs_libtpu
@@ -93,7 +94,7 @@ def test_a_tpu_program_gets_grouped_convolutions():
 
     from hcnet import stencils
 
-    device = aot.devices("v5e-1")[2][0]
+    device = targets.devices("v5e-1")[2][0]
     on_tpu = jax.sharding.SingleDeviceSharding(device)
     h = jax.ShapeDtypeStruct((2, 40, 36, 3), jnp.float32, sharding=on_tpu)
     k = jax.ShapeDtypeStruct((3, 3, 1, 3), jnp.float32, sharding=on_tpu)
@@ -109,12 +110,12 @@ def test_a_tpu_program_gets_grouped_convolutions():
 
 @needs_libtpu
 def test_the_program_for_a_tpu_scans_its_blocks_and_elsewhere_unrolls():
-    """model.block_loop="auto" (the default): hcnet.trainer.Program's network scans each stage's
+    """model.block_loop="auto" (the default): hcnet.Program's network scans each stage's
     blocks when its mesh is a TPU slice (one block body per stage for the TPU compiler) and unrolls
     them on this CPU's devices; a loop chosen in the config holds on either."""
     import jax
 
-    from hcnet import optim, sharding, tasks, trainer
+    from hcnet import optim, sharding, tasks
 
     scanned = {}
     for loop in ("auto", "unroll"):
@@ -122,8 +123,8 @@ def test_the_program_for_a_tpu_scans_its_blocks_and_elsewhere_unrolls():
         c.model.block_loop = loop
         task = tasks.create(c)
         tx, schedule = optim.from_config(c.optim, c.batch_size, 8, 2)
-        for platform, devices in (("tpu", aot.devices("v5e-4")[2]), ("cpu", jax.devices()[:4])):
-            program = trainer.Program.build(
+        for platform, devices in (("tpu", targets.devices("v5e-4")[2]), ("cpu", jax.devices()[:4])):
+            program = Program.build(
                 task, tx, schedule, sharding.make_mesh(4, 1, devices=devices), seed=0
             )
             zeros = jax.tree.map(
@@ -165,11 +166,11 @@ def test_the_smoke_train_step_compiles_for_a_v5e_slice_within_a_hand_bound(smoke
     import jax
 
     c, report = smoke_on_v5e
-    from hcnet import optim, tasks, trainer
+    from hcnet import optim, tasks
 
     task = tasks.create(c)
     tx, schedule = optim.from_config(c.optim, c.batch_size, 8, 2)
-    shapes = jax.eval_shape(lambda: trainer.init_state(task.spec, tx, 0, ema=True))
+    shapes = jax.eval_shape(lambda: init_state(task.spec, tx, 0, ema=True))
     leaves = jax.tree.leaves(shapes)
     rows = c.batch_size // 4
     batch = [
@@ -212,7 +213,7 @@ def test_the_augmentation_compiled_for_tpu_looks_up_tables_without_gathers():
 
     from hcnet import sharding, tasks
 
-    devices = aot.devices("v5e-4")[2]
+    devices = targets.devices("v5e-4")[2]
     batch_sh = sharding.batch_sharding(sharding.make_mesh(4, 1, devices=devices))
     key = jax.ShapeDtypeStruct(
         (), jax.random.key(0).dtype, sharding=sharding.replicated(batch_sh.mesh)
@@ -333,7 +334,7 @@ def test_without_libtpu_the_tool_says_what_to_install(monkeypatch):
         UserError,
         match=r"^hcnet.tools.aot needs the TPU compiler: pip install -r requirements-tpu.txt",
     ):
-        aot.devices("v5e-4")
+        targets.devices("v5e-4")
 
 
 # ---------------------------------------------------------------- GPUs
@@ -349,7 +350,7 @@ def test_without_libtpu_the_tool_says_what_to_install(monkeypatch):
 )
 def test_gpu_node_names(name, parsed):
     """<gpu>-N is a node of N GPUs; <M>x<gpu>-N is M such nodes, one mesh over all."""
-    assert aot.parse_gpu_topology(name) == parsed
+    assert targets.parse_gpu_topology(name) == parsed
 
 
 @pytest.mark.parametrize("name", ["h100", "rtx4090-8", "0xh100-8", "h100-0", "H100-8"])
@@ -357,21 +358,21 @@ def test_a_bad_gpu_name_is_one_line(name):
     with pytest.raises(
         ConfigError, match=rf"^--topology='{name}': a node of N GPUs, <gpu>-N, or M "
     ):
-        aot.devices(name)
+        targets.devices(name)
 
 
 def test_every_gpu_has_its_description_and_memory():
     """Each named GPU's target description is in the package, with its source and its memory."""
-    memory = {g: aot.gpu_memory(aot.gpu_target(g)) for g in aot.GPUS}
+    memory = {g: targets.gpu_memory(targets.gpu_target(g)) for g in targets.GPUS}
     assert memory == {
         "h100": 84_929_347_584,
         "h200": 150_754_820_096,
         "a100": 85_100_068_864,
         "b200": 191_514_673_152,
     }
-    for g in aot.GPUS:
-        assert aot.gpu_target(g).startswith("# NVIDIA ") and 'platform_name: "CUDA"' in (
-            aot.gpu_target(g)
+    for g in targets.GPUS:
+        assert targets.gpu_target(g).startswith("# NVIDIA ") and 'platform_name: "CUDA"' in (
+            targets.gpu_target(g)
         )
 
 
@@ -406,7 +407,7 @@ def test_a_gpu_program_gets_grouped_convolutions():
 
     from hcnet import stencils
 
-    on_gpu = jax.sharding.SingleDeviceSharding(aot.devices("h100-1")[2][0])
+    on_gpu = jax.sharding.SingleDeviceSharding(targets.devices("h100-1")[2][0])
     h = jax.ShapeDtypeStruct((2, 40, 36, 3), jnp.float32, sharding=on_gpu)
     k = jax.ShapeDtypeStruct((3, 3, 1, 3), jnp.float32, sharding=on_gpu)
     grads = jax.jit(jax.grad(lambda h, k: stencils.gelu_filter(h, k).sum(), (0, 1)))
@@ -423,7 +424,7 @@ def test_upernets_pyramid_pooling_compiles_for_a_gpu():
 
     from hcnet import upernet
 
-    on_gpu = jax.sharding.SingleDeviceSharding(aot.devices("h100-1")[2][0])
+    on_gpu = jax.sharding.SingleDeviceSharding(targets.devices("h100-1")[2][0])
     x = jax.ShapeDtypeStruct((2, 16, 16, 512), jnp.bfloat16, sharding=on_gpu)
 
     def loss(x):
@@ -442,7 +443,7 @@ def test_the_segmentation_loss_resize_compiles_for_a_gpu():
 
     from hcnet import upernet
 
-    on_gpu = jax.sharding.SingleDeviceSharding(aot.devices("h100-1")[2][0])
+    on_gpu = jax.sharding.SingleDeviceSharding(targets.devices("h100-1")[2][0])
     x = jax.ShapeDtypeStruct((2, 128, 128, 150), jnp.float32, sharding=on_gpu)
 
     def loss(x):

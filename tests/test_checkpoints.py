@@ -11,8 +11,9 @@ import pytest
 from flax import nnx
 from runs import smoke
 
-from hcnet import checkpoint, sharding, tasks, trainer
+from hcnet import checkpoint, sharding, tasks
 from hcnet.optim import lr_schedule, make_optimizer
+from hcnet.program import Program
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 checkpoint.configure_orbax()
@@ -84,7 +85,7 @@ def _step(accum=1, ema=0.0, dtype="float32", tx=None):
     schedule = lr_schedule(
         base_lr=1e-2, warmup_lr=1e-2, min_lr=1e-2, warmup_steps=0, total_steps=10
     )
-    program = trainer.Program.build(
+    program = Program.build(
         task,
         tx or make_optimizer(schedule),
         schedule,
@@ -187,7 +188,7 @@ class _BatchNormNet(nnx.Module):
 
 
 class _BatchNormTask:
-    """The least a task needs for trainer.Program: a network with BatchNorm, inputs, a loss."""
+    """The least a task needs for Program: a network with BatchNorm, inputs, a loss."""
 
     spec = {"num_classes": 3}
 
@@ -214,7 +215,7 @@ def test_running_statistics_travel_in_the_weights_and_follow_batchnorms_momentum
     schedule = lr_schedule(
         base_lr=1e-2, warmup_lr=1e-2, min_lr=1e-2, warmup_steps=0, total_steps=10
     )
-    program = trainer.Program.build(
+    program = Program.build(
         _BatchNormTask(),
         make_optimizer(schedule),
         schedule,

@@ -5,7 +5,7 @@ reference initialises it, fixed batches of photo crops, and what the reference's
 (hcnet/ torch_model.py: Swin's weight-decay groups, timm's label smoothing, global-norm clipping,
 AdamW, timm's cosine scheduler stepped after each update) did with them in float64. Here the same
 weights, through the converter, take the same updates through what train.py runs (config ->
-trainer.Run).
+Run).
 """
 
 import pathlib
@@ -16,7 +16,8 @@ import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from hcnet import config as config_lib
-from hcnet import convert, optim, sharding, trainer
+from hcnet import convert, optim, sharding
+from hcnet.program import Run
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 FORMS = ("mean8", "learned5")
@@ -80,7 +81,7 @@ def params_of(state_dict, form, like):
 def run_steps(c, form, data, init):
     """train.py's program for config c, from the reference's initial weights, over the fixed
     batches."""
-    run = trainer.Run.create(c, train_examples=c.batch_size)
+    run = Run.create(c, train_examples=c.batch_size)
     state = jax.device_get(run.program.init())
     state["params"] = params_of(init, form, state["params"])
     state["opt"] = run.tx.init(state["params"])

@@ -21,7 +21,7 @@ from hcnet.data import augment, sources, transforms
 from hcnet.errors import ConfigError, UserError
 from hcnet.measure import bench, roofline
 from hcnet.model import create_model
-from hcnet.serve import predict, visualize
+from hcnet.serve import analysis, predict, visualize
 from hcnet.tools import predict as predict_tool
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -204,13 +204,13 @@ def test_radial_spectrum_puts_a_sinusoid_at_its_frequency():
         wave = (
             np.cos(2 * np.pi * cycles * x)[None, :, :, None] + 3.0
         )  # the constant is removed first
-        freqs, power = visualize.radial_spectrum(wave)
+        freqs, power = analysis.radial_spectrum(wave)
         assert freqs[np.argmax(power)] == pytest.approx(cycles)
         assert power.max() > 100 * np.delete(power, np.argmax(power)).max()
-    assert visualize.high_frequency_share(
+    assert analysis.high_frequency_share(
         np.cos(2 * np.pi * 0.375 * x)[None, :, :, None]
     ) == pytest.approx(1.0)
-    assert visualize.high_frequency_share(
+    assert analysis.high_frequency_share(
         np.cos(2 * np.pi * 0.125 * x)[None, :, :, None]
     ) == pytest.approx(0.0)
 
@@ -222,13 +222,13 @@ def test_a_heat_only_stack_of_blocks_loses_high_frequencies_monotonically():
         None, depths=(10, 1, 1, 1), dims=(16, 16, 16, 16), num_classes=0, rngs=nnx.Rngs(0)
     )
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 16))
-    shares, high = [visualize.high_frequency_share(x)], []
+    shares, high = [analysis.high_frequency_share(x)], []
     for block in net.stages[0].blocks:
         k = block.heat.conductivity(x)
         assert 0 < float(k.min()) and float(k.max()) < 1  # sigmoid: inside the stable range
         x = x + block.heat(x)
-        shares.append(visualize.high_frequency_share(x))
-        freqs, power = visualize.radial_spectrum(x)
+        shares.append(analysis.high_frequency_share(x))
+        freqs, power = analysis.radial_spectrum(x)
         high.append(power[freqs > 0.25].sum())
     assert all(b < a for a, b in zip(shares, shares[1:])), shares
     assert all(b < a for a, b in zip(high, high[1:]))
@@ -239,7 +239,7 @@ def test_trace_follows_the_model_and_reports_each_blocks_k():
     net = create_model("mu", num_classes=10, rngs=nnx.Rngs(0))
     net = nnx.view(net, deterministic=True)
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-    t, features = nnx.jit(lambda m, x: (visualize.trace(m, x), m.features(x)))(net, x)
+    t, features = nnx.jit(lambda m, x: (analysis.trace(m, x), m.features(x)))(net, x)
     for a, b in zip(t["stages"], features):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert [int(s) for s in t["stage_of_block"]] == [0, 1, 2, 2, 3] and [
@@ -249,10 +249,10 @@ def test_trace_follows_the_model_and_reports_each_blocks_k():
     gate = jax.nn.sigmoid(block.heat.gate(t["blocks"][2].mean(axis=(1, 2))))
     np.testing.assert_allclose(t["k"][3], gate, rtol=1e-5)
     learned = create_model("mu", num_classes=10, k_mode="learned", k_value=0.3, rngs=nnx.Rngs(0))
-    learned_k = nnx.jit(lambda m, x: visualize.trace(m, x)["k"])(learned, x)
+    learned_k = nnx.jit(lambda m, x: analysis.trace(m, x)["k"])(learned, x)
     assert [float(k.mean()) for k in learned_k] == pytest.approx([0.3] * 5)
     np.testing.assert_allclose(
-        visualize.temperature(t["stages"][0]), t["stages"][0].mean(-1), rtol=1e-6
+        analysis.temperature(t["stages"][0]), t["stages"][0].mean(-1), rtol=1e-6
     )
 
 
@@ -265,8 +265,8 @@ def test_grad_cam_lights_up_the_evidence_for_the_class_and_not_against_it():
     def tail(a):
         return a.mean(axis=(1, 2)) @ weights
 
-    cam0 = np.asarray(visualize.grad_cam_map(jnp.asarray(feats), tail, np.array([0])))[0]
-    cam1 = np.asarray(visualize.grad_cam_map(jnp.asarray(feats), tail, np.array([1])))[0]
+    cam0 = np.asarray(analysis.grad_cam_map(jnp.asarray(feats), tail, np.array([0])))[0]
+    cam1 = np.asarray(analysis.grad_cam_map(jnp.asarray(feats), tail, np.array([1])))[0]
     assert (
         np.unravel_index(cam0.argmax(), cam0.shape) == (1, 2)
         and cam0[6, 5] == 0

@@ -35,9 +35,10 @@ import jax
 import numpy as np
 
 from hcnet import config as config_lib
-from hcnet import monitor, sharding, trainer
+from hcnet import monitor, sharding
 from hcnet.errors import UserError
 from hcnet.measure import count, roofline
+from hcnet.program import Run
 
 MODES = ("train", "infer")
 
@@ -201,7 +202,7 @@ def measure(
         "label": rng.integers(0, num_classes, batch).astype(np.int32),
         "mask": np.ones(batch, bool),
     }
-    run = trainer.Run.create(c, train_examples=batch, devices=devs)
+    run = Run.create(c, train_examples=batch, devices=devs)
     data = jax.device_put(data, run.program.batch_sharding)
     step, args, update = (_train_program if mode == "train" else _infer_program)(run, data)
 
