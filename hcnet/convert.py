@@ -1,11 +1,14 @@
-"""Imports a reference (PyTorch) HcNet state_dict into an Orbax checkpoint that `hcnet.load` reads.
+"""The reference's (PyTorch) HcNet state_dicts, both ways: imported into an Orbax checkpoint that
+`hcnet.load` reads, and our parameters written back under the reference's names and layouts.
 
   python -m hcnet.tools.convert --from_torch=PATH --variant=T --out=DIR [--heat_operator=...] \\
       [--depths=3,8,18,3]
+  python -m hcnet.tools.export --format=torch --checkpoint=RUN_OR_EXPORT --out=FILE.pth
 
 PATH is a `.pth`/`.pt` (needs torch), `.safetensors` or `.npz` file. The operator form is read off
 the key names unless given. Every key must be used and every shape must match; the model comes back
-in eval mode.
+in eval mode. Going back (`to_state_dict`), mean8's `mean_num` buffers are added for the input size
+the reference model is built at, so that it loads the result with strict=True.
 """
 
 import io
@@ -112,6 +115,16 @@ def to_ours(value: np.ndarray, shape: tuple) -> np.ndarray:
     return value
 
 
+def to_reference(value: np.ndarray, key: str) -> np.ndarray:
+    """The inverse of to_ours: HWIO -> OIHW, (in, out) -> the head's (out, in) or a 1x1 conv's
+    (out, in, 1, 1)."""
+    if value.ndim == 4:
+        return value.transpose(3, 2, 0, 1)
+    if value.ndim == 2:
+        return value.T if key.startswith("head.") else value.T[:, :, None, None]
+    return value
+
+
 def reference_shape(shape: tuple, key: str) -> tuple:
     """Our parameter shape in the reference's layout, for error messages."""
     if len(shape) == 4:
@@ -184,3 +197,42 @@ def convert(path, *, variant: str | None = "T", heat_operator: str | None = None
     model_def, wanted = ModelDef.from_spec(spec)
     params = unflatten_dict(torch_params(state, flatten_dict(wanted), heat_operator))
     return model_def.eval_model(params), spec
+
+
+# What the reference's HcNet always is; a spec with another value has no reference equivalent.
+REFERENCE_ONLY = {"k_mode": "input", "ra_filter": True, "mlp_ratio": 4.0}
+
+
+def check_expressible(spec: dict) -> None:
+    """One line naming the first option of `spec` the reference's HcNet has no equivalent for."""
+    for option, value in REFERENCE_ONLY.items():
+        if spec.get(option, value) != value:
+            raise ConversionError(
+                f"model.{option}={spec[option]!r}: the reference's HcNet has no such option (it is "
+                f"always {option}={value!r}), so no state_dict of it can hold this network"
+            )
+
+
+def mean_num_buffers(depths, image_size: int) -> dict[str, np.ndarray]:
+    """mean8's buffers as the reference registers them for img_size: each stage's neighbour count
+    at (img_size // 4) // 2**stage, shape (1, 1, H, W)."""
+    out, side = {}, image_size // 4
+    for i, depth in enumerate(depths):
+        count = neighbour_count(side, side)[None, None, ..., 0]
+        out.update({f"layers.{i}.blocks.{j}.mean_num": count.copy() for j in range(depth)})
+        side //= 2
+    return out
+
+
+def to_state_dict(params: dict, spec: dict, image_size: int = 224) -> dict[str, np.ndarray]:
+    """The reference's state_dict (float32 numpy arrays by key) of HcNet parameters `params` (our
+    nested tree) with spec `spec`; mean8 gets its `mean_num` buffers for `image_size` inputs."""
+    check_expressible(spec)
+    heat_operator = spec.get("heat_operator", "mean8")
+    state = {}
+    for path, value in flatten_dict(params).items():
+        key = reference_name(path, heat_operator)
+        state[key] = np.ascontiguousarray(to_reference(np.asarray(value, np.float32), key))
+    if heat_operator == "mean8":
+        state.update(mean_num_buffers(spec["depths"], image_size))
+    return state

@@ -156,3 +156,118 @@ def test_model_and_conversion_import_without_tensorflow():
         "bad = [m for m in ('tensorflow', 'torch') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- back to PyTorch: hcnet.tools.export --format=torch ------------------------------------------
+
+
+def export_torch(source, out, *extra):
+    from hcnet.tools import export as export_tool
+
+    tools.invoke(
+        export_tool.main, ["--format=torch", f"--checkpoint={source}", f"--out={out}", *extra]
+    )
+
+
+def converted(form, tmp_path):
+    """The fixture of `form` through `hcnet.tools.convert`: an export of the reference's weights."""
+    out = tmp_path / f"converted_{form}"
+    source = FIXTURES / f"parity_{form}.npz"
+    tools.invoke(convert_tool.main, [f"--from_torch={source}", "--variant=mu", f"--out={out}"])
+    return out
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_convert_then_export_gives_back_the_reference_state_dict(form, tmp_path, capsys):
+    """Same keys, same values bit for bit, same dtypes, mean8's buffers included (the fixtures were
+    written from a model built at 224)."""
+    export_torch(converted(form, tmp_path), tmp_path / "back.safetensors", "--image_size=224")
+    assert "load_state_dict(strict=True)" in capsys.readouterr().out
+    back, original = read_state_dict(tmp_path / "back.safetensors"), state(form)
+    assert back.keys() == original.keys()
+    for key, value in original.items():
+        assert back[key].dtype == value.dtype and np.array_equal(back[key], value), key
+
+
+def test_export_then_convert_gives_back_the_same_arrays(smoke_run, tmp_path):
+    """A trained run out to the reference's names and back in: bit-identical weights."""
+    from hcnet import nets
+
+    run_dir = smoke_run[0]
+    export_torch(run_dir, tmp_path / "run.safetensors")
+    model, _ = convert(tmp_path / "run.safetensors", variant="mu")
+    again, trained = nets.weights_of(model), nets.weights_of(hcnet.load(run_dir))
+    assert jax.tree.structure(again) == jax.tree.structure(trained)
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(trained)):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_the_reference_loads_the_export_strictly_and_gives_our_logits(
+    form, smoke_run, tmp_path, capsys
+):
+    """mean8 from a trained run (the smoke run), learned3 and learned5 from converted weights:
+    the PyTorch statement of the reference, built at the export's size, loads the .pth with
+    strict=True and gives hcnet.load's logits at 224x224 and 160x96, to the float32 rounding the
+    fixture parity allows (its side in float64)."""
+    torch = pytest.importorskip("torch", reason="the reference's side needs torch")
+    from reference.torch_model import TorchHcNet
+
+    source = smoke_run[0] if form == "mean8" else converted(form, tmp_path)
+    export_torch(source, tmp_path / "w", "--image_size=64")
+    out = capsys.readouterr().out
+    assert "w.pth" in out and "strict=True" in out
+    ours = hcnet.load(source)
+    spec = hcnet.trained.open(source).spec
+    reference = TorchHcNet(
+        spec["depths"],
+        spec["dims"],
+        num_classes=spec["num_classes"],
+        heat_operator=form,
+        img_size=64,
+    )
+    reference.load_state_dict(torch.load(tmp_path / "w.pth", weights_only=True), strict=True)
+    reference = reference.double().eval()
+    for h, w in SIZES:
+        x = fixture_input(h, w)
+        with torch.no_grad():
+            expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2)).double()).numpy()
+        assert rel_err(logits(ours, x), expected) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "option, value", [("k_mode", "learned"), ("ra_filter", False), ("num_classes", 0)]
+)
+def test_a_network_the_reference_cannot_hold_is_refused_in_one_line(option, value, tmp_path):
+    from hcnet import checkpoint, nets
+
+    spec = hcnet.model_spec("mu", **{option: value})
+    directory = checkpoint.save(tmp_path / "ckpt", nets.build(spec, rngs=nnx.Rngs(0)), spec)
+    with pytest.raises(SystemExit) as stop:
+        export_torch(directory, tmp_path / "w.safetensors")
+    assert str(stop.value).startswith(f"error: model.{option}={value!r}: the reference")
+    assert "\n" not in str(stop.value) and not (tmp_path / "w.safetensors").exists()
+
+
+def test_a_state_dict_file_is_named_pth_pt_or_safetensors(smoke_run, tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: --out=.*w\.bin: a state_dict file ends in"):
+        export_torch(smoke_run[0], tmp_path / "w.bin")
+
+
+def test_a_segmentation_checkpoint_exports_its_backbone_and_says_what_it_left(tmp_path, capsys):
+    from hcnet import checkpoint, nets, upernet
+    from hcnet.convert import reference_name
+
+    spec = upernet.spec("mu", num_classes=4, channels=16, aux_channels=8)
+    model = nets.build(spec, rngs=nnx.Rngs(0))
+    directory = checkpoint.save(tmp_path / "seg", model, spec)
+    export_torch(directory, tmp_path / "backbone.safetensors")
+    line = capsys.readouterr().out
+    assert "\n" not in line.strip() and "left out UperNet's decode and auxiliary heads" in line
+    state_dict = read_state_dict(tmp_path / "backbone.safetensors")
+    backbone = nets.weights_of(model)["backbone"]
+    from flax.traverse_util import flatten_dict
+
+    names = {reference_name(p, "mean8") for p in flatten_dict(backbone)}
+    assert {k for k in state_dict if not k.endswith("mean_num")} == names
+    assert not any(k.startswith("head.") for k in state_dict)

@@ -7,6 +7,9 @@ model for serving that needs nothing of this project (hcnet.tools.export).
                 uint8 images (batch, S, S, 3), resized and centre-cropped as evaluation does, to
                 class probabilities (batch, classes); load with
                 jax.export.deserialize(bytes).call(images)
+    torch       FILE.pth or FILE.safetensors: the reference's own state_dict (its names, OIHW
+                convolutions, (out, in) linear weights, mean8's mean_num buffers for one input
+                size), which the reference's HcNet loads with load_state_dict(strict=True)
     savedmodel  DIR/ a TensorFlow SavedModel (+ DIR/serving.json): signature serving_default takes
     uint8
                 images (batch, H, W, 3) of any size, resizes and crops them exactly as evaluation
@@ -18,16 +21,19 @@ TensorFlow's XlaCallModule (hcnet.serve.savedmodel says what it takes to make Te
 it).
 """
 
+import io
 import json
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from hcnet import checkpoint, paths, trained
+from hcnet import checkpoint, convert, nets, paths, trained
 from hcnet.errors import UserError
 from hcnet.serve import predict
 
-FORMATS = ("checkpoint", "stablehlo", "savedmodel")
+FORMATS = ("checkpoint", "stablehlo", "savedmodel", "torch")
+TORCH_SUFFIXES = (".pth", ".pt", ".safetensors")
 STABLEHLO_FILE, SERVING_FILE = "model.stablehlo", "serving.json"
 
 
@@ -45,6 +51,79 @@ def export(run_dir, out, *, ema: bool = False, step: int | None = None) -> paths
     if source.config is not None:  # image size, crop and dataset for predict and visualize
         paths.copy_file(source.path / trained.CONFIG_FILE, out / trained.CONFIG_FILE)
     return out
+
+
+def _torch_file(out) -> paths.Path:
+    """`out` with a suffix: as given, else .pth where torch is installed and .safetensors
+    elsewhere."""
+    out = paths.path(out)
+    if out.suffix.lower() in TORCH_SUFFIXES:
+        return out
+    if out.suffix:
+        raise UserError(
+            f"--out={out}: a state_dict file ends in .pth, .pt or .safetensors (or give no suffix)"
+        )
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return out.with_name(out.name + ".safetensors")
+    return out.with_name(out.name + ".pth")
+
+
+def state_dict_bytes(state: dict, suffix: str) -> bytes:
+    """The file's bytes: torch.save of tensors for .pth / .pt, safetensors otherwise."""
+    if suffix == ".safetensors":
+        from safetensors.numpy import save
+
+        return save(state)
+    try:
+        import torch
+    except ImportError:
+        raise UserError(
+            f"writing {suffix} needs torch (pip install torch==2.13.0); or write FILE.safetensors, "
+            "which the reference reads with safetensors.torch.load_file"
+        ) from None
+    buffer = io.BytesIO()
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, buffer)
+    return buffer.getvalue()
+
+
+def export_torch(
+    path, out, *, ema: bool = False, step: int | None = None, image_size: int | None = None
+) -> tuple[paths.Path, str]:
+    """A checkpoint or workdir as the reference's state_dict in FILE.pth or FILE.safetensors; ->
+    (the file, one line saying what it holds and how to load it). A segmentation network gives its
+    backbone; mean8's buffers are sized for `image_size` (default: the run's training size)."""
+    source = trained.open(path, step=step)
+    weights = jax.tree.map(np.asarray, nets.weights_of(source.model(ema=ema)))
+    spec = {"heat_operator": "mean8", "num_classes": 1000, **source.spec}  # HcNet's defaults
+    spec.pop("decoder", None)
+    convert.check_expressible(spec)
+    size = image_size or source.preprocessing()[0]
+    if source.is_segmentation:
+        left = len(jax.tree.leaves(weights)) - len(jax.tree.leaves(weights["backbone"]))
+        weights = weights["backbone"]
+        how = (
+            f"the HcNet backbone only: left out UperNet's decode and auxiliary heads ({left} "
+            "arrays), and the backbone has no classification head; load it with strict=False, or "
+            "as mmsegmentation and mmdetection load a backbone's weights"
+        )
+    elif not spec["num_classes"]:
+        raise UserError(
+            "model.num_classes=0: the reference's HcNet always has a classification head; export "
+            "a network with one"
+        )
+    else:
+        how = "load_state_dict(strict=True) into the reference's HcNet"
+    state = convert.to_state_dict(weights, spec, size)
+    out = _torch_file(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(state_dict_bytes(state, out.suffix.lower()))
+    dims = ", ".join(str(d) for d in spec["dims"])
+    depths = ", ".join(str(d) for d in spec["depths"])
+    built = f"depths=({depths}), dims=({dims}), heat_operator={spec['heat_operator']!r}"
+    sized = f", img_size={size}" if spec["heat_operator"] == "mean8" else ""
+    return out, f"{len(state)} tensors for HcNet({built}{sized}); {how}"
 
 
 def probabilities_fn(predict_fn, weights):

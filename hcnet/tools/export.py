@@ -13,6 +13,15 @@ taking uint8 (batch, S, S, 3) images cropped as evaluation does and returning cl
 DIR/serving.json says the size, crop and class names. Serving needs only jax:
 jax.export.deserialize(open("DIR/model.stablehlo", "rb").read()).call(images).
 
+torch: FILE.pth (torch.save) or FILE.safetensors, the reference's own state_dict: its names and
+layouts, and for mean8 the mean_num buffers of a model built with img_size=--image_size (default:
+the run's training size); torch.load it and load_state_dict(strict=True) into the reference's HcNet.
+A segmentation network gives its backbone (said in one line); an option the reference does not
+have (k_mode, ra_filter, mlp_ratio) is refused in one line.
+
+    python -m hcnet.tools.export --format=torch --checkpoint=RUN_OR_EXPORT --out=FILE.pth \\
+        [--ema] [--step=N] [--image_size=224]
+
 savedmodel: DIR is a TensorFlow SavedModel whose serving_default signature takes uint8 (batch, H, W,
 3) images of any size, resizes and crops them exactly as evaluation does, and returns
 {"probabilities"}; tf.saved_model.load("DIR").signatures["serving_default"](images=images) or
@@ -25,7 +34,7 @@ from hcnet import tools
 from hcnet.errors import UserError
 
 flags.DEFINE_enum(
-    "format", "checkpoint", ["checkpoint", "stablehlo", "savedmodel"], "what to write"
+    "format", "checkpoint", ["checkpoint", "stablehlo", "savedmodel", "torch"], "what to write"
 )
 for _name in ("workdir", "checkpoint", "out", "ema", "step", "image_size", "crop_pct"):
     flags.declare_key_flag(_name)
@@ -46,6 +55,12 @@ def main(argv):
         raise UserError(
             f"--format={FLAGS.format} needs --checkpoint=DIR (a checkpoint or a training workdir)"
         )
+    if FLAGS.format == "torch":
+        out, what = export.export_torch(
+            source, FLAGS.out, ema=FLAGS.ema, step=FLAGS.step, image_size=FLAGS.image_size
+        )
+        print(f"wrote {out}: {what}")
+        return
     write = export.export_stablehlo if FLAGS.format == "stablehlo" else export.export_savedmodel
     out = write(
         source,
