@@ -7,7 +7,7 @@
     # the released training code
     python train.py --config=configs/ablate_operator.py:learned5 --workdir=DIR
 
-Hardware and time as configs/hcnet_t.py. The README's operator table says how the forms differ.
+Hardware and time as configs/hcnet_t.py. docs/model.md's operator table says how the forms differ.
 """
 
 from configs import hcnet_t

@@ -8,7 +8,7 @@ Hardware: a TPU v4-32 or v5e-64 slice, or 8 GPUs with 80 GB (batch 1024 global; 
 keep batch_size and raise optim.accum_steps). 300 epochs = 375,300 steps (1,251 an epoch). Expected
 top-1: 83.0 (paper Table 2). ImageNet must be prepared first: python -m hcnet.tools.prepare
 --dataset=imagenet2012 --manual_dir=DIR_WITH_THE_TARS --data_dir=gs://BUCKET/tensorflow_datasets
-(built locally, then uploaded; README "Cloud TPU, with the data and the run in a bucket").
+(built locally, then uploaded; docs/cloud-tpu.md, step 2).
 Compiled by `python -m hcnet.tools.aot --config=configs/hcnet_t.py --topology=v5e-64` (compiler
 figures, not hardware): 1.4 of 16 GiB per v5e chip at 16 images each, 1.4 of 32 GiB on v6e-64, 3.9
 of 32 GiB per v4 chip on v4-32 (64 each); 11.7 of 79 GiB per GPU on h100-8 (128 each);
@@ -24,7 +24,7 @@ warmup_epochs 20 [paper] [yaml]; model: variant T (Table 1), heat_operator mean8
 reprob 0.25, mixup 0.8, cutmix 1.0, mix_prob 1.0, switch_prob 0.5, smoothing 0.1 [swin]. optim: lr
 1e-3 [yaml] (x batch / 512), warmup_lr 5e-7, min_lr 5e-6, scale_by_batch 512, AdamW (0.9, 0.999,
 1e-8), weight_decay 0.05 (none on norms, biases and k), clip_norm 5.0, no accumulation [swin]; no
-EMA [ref]. The README's audit table lists each beside the reference's.
+EMA [ref]. docs/fidelity.md's table lists each beside the reference's.
 """
 
 from hcnet.config import defaults

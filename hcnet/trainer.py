@@ -91,12 +91,22 @@ def check_finite(state, step: int, checkpoints: checkpoint.Checkpoints) -> None:
 PROFILER_LIBTPU = "0.0.42.1"
 
 
+def libtpu_loaded() -> bool:
+    """Whether libtpu.so is mapped into this process (a TPU client or compile-only TPU devices
+    made); JAX imports the libtpu package on start wherever it is installed, which loads nothing."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return "libtpu" in maps.read()
+    except OSError:  # not Linux: the package's presence is the best sign there is
+        return "libtpu" in sys.modules
+
+
 def check_profiler(profile_steps) -> None:
     """One line before anything compiles when config.profile_steps asks for a trace in a process
     that has loaded another libtpu: jax.profiler.start_trace crashes (SIGSEGV) beside libtpu 0.0.52
-    (README, "Running on a TPU VM")."""
+    (docs/install.md, "Cloud TPU VMs")."""
     first, last = profile_steps
-    if last <= first or "libtpu" not in sys.modules:
+    if last <= first or not libtpu_loaded():
         return
     version = importlib.metadata.version("libtpu")
     if version != PROFILER_LIBTPU:

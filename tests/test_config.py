@@ -1,6 +1,8 @@
 """Configs: every shipped config validates; a bad field stops with one line before anything
 compiles."""
 
+import importlib.util
+import os
 import pathlib
 import subprocess
 import sys
@@ -261,17 +263,32 @@ def test_a_trace_beside_a_libtpu_whose_profiler_crashes_is_refused_in_one_line(m
     """jax.profiler.start_trace crashed (SIGSEGV) in a process that had loaded libtpu 0.0.52; with
     jax's own libtpu, or none loaded, or no trace asked for, nothing is said."""
     import importlib.metadata
-    import types
 
     from hcnet import trainer
 
-    monkeypatch.setitem(sys.modules, "libtpu", types.ModuleType("libtpu"))
+    monkeypatch.setattr(trainer, "libtpu_loaded", lambda: True)
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0.52")
     with pytest.raises(ConfigError, match=r"^config.profile_steps=\(2, 4\): jax.profiler crashes "):
         trainer.check_profiler((2, 4))
     trainer.check_profiler((0, 0))  # no trace
     monkeypatch.setattr(importlib.metadata, "version", lambda name: trainer.PROFILER_LIBTPU)
     trainer.check_profiler((2, 4))
-    monkeypatch.delitem(sys.modules, "libtpu")
+    monkeypatch.setattr(trainer, "libtpu_loaded", lambda: False)
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0.52")
     trainer.check_profiler((2, 4))  # installed, not loaded: the profiler works
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs libtpu installed")
+def test_libtpu_counts_as_loaded_once_tpu_devices_are_made_not_when_jax_imports_it():
+    """JAX imports the libtpu package wherever it is installed (a CPU run's trace is safe then);
+    compile-only TPU devices load the library itself."""
+    code = (
+        "import sys, jax; from hcnet import trainer; jax.devices(); a = trainer.libtpu_loaded(); "
+        "from hcnet.measure import targets; targets.devices('v5e-4'); "
+        "print(a, 'libtpu' in sys.modules, trainer.libtpu_loaded())"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert proc.stdout.split() == ["False", "True", "True"]

@@ -1,4 +1,4 @@
-"""The input benchmark runs and reports what the README quotes."""
+"""The input benchmark runs and reports what BENCHMARKS.md quotes."""
 
 import json
 

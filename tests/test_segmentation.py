@@ -135,7 +135,7 @@ def test_upernet_t_parameters_are_mmsegs_heads_on_hcnet_t():
     assert (t["decode"], t["aux"]) == (decode, aux) == (29_711_510, 776_342)
     assert t["backbone"] == 28_416_936 - (
         512 * 1000 + 1000
-    )  # HcNet-T (README's count) without its head
+    )  # HcNet-T (docs/model.md's count) without its head
 
 
 def test_adaptive_pool_is_torchs_on_sizes_that_do_not_divide():
