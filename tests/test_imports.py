@@ -29,6 +29,16 @@ LAYERS = [
     ],
     ["hcnet.stencils", "hcnet.layers", "hcnet.model", "hcnet.upernet", "hcnet.nets"],
     [
+        "hcnet.detection",
+        "hcnet.detection.boxes",
+        "hcnet.detection.anchors",
+        "hcnet.detection.nms",
+        "hcnet.detection.roi_align",
+        "hcnet.detection.assign",
+        "hcnet.detection.losses",
+        "hcnet.detection.coco_eval",
+    ],
+    [
         "hcnet.sharding",
         "hcnet.optim",
         "hcnet.config",

@@ -1,0 +1,75 @@
+"""mmcv's RoIAlign (aligned=True, average) with a fixed sampling ratio, and mmdet's mapping of RoIs
+to FPN levels (SingleRoIExtractor, finest_scale 56).
+
+Swin's config asks for sampling_ratio=0, which picks ceil(roi size / output size) points per bin
+for each RoI: a shape that depends on the data. Here it is fixed (2 by default, the value
+Detectron2 and mmdet's other configs use), so that the program has static shapes."""
+
+import jax.numpy as jnp
+
+from hcnet.detection import boxes as box_ops
+
+
+def _axis_taps(start, size, bins: int, ratio: int, length: int):
+    """Per RoI, the sample points along one axis: their low and high indices and their two
+    bilinear weights, zero for points mmcv leaves out (beyond one pixel outside the map)."""
+    step = size / bins
+    points = jnp.arange(bins * ratio)
+    bin_index, sub = points // ratio, points % ratio
+    pos = start[:, None] + bin_index * step[:, None] + (sub + 0.5) * step[:, None] / ratio
+    inside = (pos >= -1.0) & (pos <= length)
+    pos = jnp.clip(pos, 0.0, None)
+    low = jnp.floor(pos).astype(jnp.int32)
+    at_edge = low >= length - 1
+    low = jnp.where(at_edge, length - 1, low)
+    high = jnp.where(at_edge, length - 1, low + 1)
+    pos = jnp.where(at_edge, low.astype(pos.dtype), pos)
+    frac = pos - low
+    w_low = jnp.where(inside, 1.0 - frac, 0.0)
+    w_high = jnp.where(inside, frac, 0.0)
+    return low, high, w_low, w_high
+
+
+def roi_align(features, rois, *, output_size: int, spatial_scale: float, sampling_ratio: int = 2):
+    """features (H, W, C) of one image, rois (R, 4) in image pixels -> (R, S, S, C) (S =
+    output_size), each bin the mean of sampling_ratio^2 bilinear samples."""
+    height, width = features.shape[:2]
+    scaled = rois * spatial_scale - 0.5  # aligned: pixel centres at half-integers
+    y0, x0 = scaled[:, 1], scaled[:, 0]
+    rh, rw = scaled[:, 3] - y0, scaled[:, 2] - x0
+    ylo, yhi, wyl, wyh = _axis_taps(y0, rh, output_size, sampling_ratio, height)
+    xlo, xhi, wxl, wxh = _axis_taps(x0, rw, output_size, sampling_ratio, width)
+    out = 0.0
+    for ys, wy in ((ylo, wyl), (yhi, wyh)):
+        for xs, wx in ((xlo, wxl), (xhi, wxh)):
+            taps = features[ys[:, :, None], xs[:, None, :]]  # (R, P, P, C)
+            out = out + (wy[:, :, None] * wx[:, None, :])[..., None] * taps
+    r, p = out.shape[0], output_size
+    out = out.reshape(r, p, sampling_ratio, p, sampling_ratio, -1)
+    return out.mean(axis=(2, 4)).astype(features.dtype)
+
+
+def roi_levels(rois, num_levels: int = 4, finest_scale: float = 56.0):
+    """mmdet's map_roi_levels: floor(log2(sqrt(area) / finest_scale + 1e-6)), clipped to the
+    levels."""
+    scale = jnp.sqrt(jnp.clip(box_ops.area(rois), 0.0))
+    level = jnp.floor(jnp.log2(scale / finest_scale + 1e-6))
+    return jnp.clip(level, 0, num_levels - 1).astype(jnp.int32)
+
+
+def multilevel_roi_align(
+    features, rois, *, output_size: int, strides=(4, 8, 16, 32), sampling_ratio: int = 2
+):
+    """features: one (H_l, W_l, C) map per level of one image; each RoI pooled from its level."""
+    levels = roi_levels(rois, len(strides))
+    out = jnp.zeros((rois.shape[0], output_size, output_size, features[0].shape[-1]))
+    for level, (feat, stride) in enumerate(zip(features, strides)):
+        pooled = roi_align(
+            feat,
+            rois,
+            output_size=output_size,
+            spatial_scale=1.0 / stride,
+            sampling_ratio=sampling_ratio,
+        )
+        out = jnp.where((levels == level)[:, None, None, None], pooled, out)
+    return out.astype(features[0].dtype)
