@@ -109,6 +109,8 @@ def defaults() -> ml_collections.ConfigDict:
             # the reference's per-step cosine; "poly": mmcv's poly decay (segmentation)
             schedule="cosine",
             power=1.0,  # poly's exponent
+            milestones=(8, 11),  # "step": the epochs after which lr x gamma (mmdet's 1x)
+            gamma=0.1,
             weight_decay=0.05,
             b1=0.9,
             b2=0.999,
@@ -149,6 +151,30 @@ def defaults() -> ml_collections.ConfigDict:
             ms_flip=True,
         )
     )  # () or mmseg's (0.5, ..., 1.75)
+    # task="detection" (hcnet.tasks.detection): Mask R-CNN's heads and mmdet's pipeline; the values
+    # are Swin's mask_rcnn_swin_fpn settings (configs/mask_rcnn_hcnet_t_coco_1x.py gives the
+    # sources)
+    c.detection = ml_collections.ConfigDict(
+        dict(
+            canvas=(1344, 1344),  # (h, w): the static padded size every image is placed on
+            scales=((1333, 800),),  # mmdet img_scale (long, short); several: one drawn per image
+            crop_branch=False,  # Swin's: half the images resized 400-600, cropped 384-600, resized
+            flip=0.5,
+            test_scale=(1333, 800),
+            max_instances=100,  # ground truth per image (more are cut, and said once each)
+            channels=256,
+            fc_channels=1024,
+            mask_convs=4,
+            rpn_train_pre=2000,
+            rpn_test_pre=1000,
+            rpn_post=1000,
+            rpn_samples=256,
+            roi_samples=512,
+            rcnn_pre=2000,
+            max_detections=100,
+            sampling_ratio=2,
+        )
+    )
     return c
 
 
@@ -235,10 +261,16 @@ def _validate_training(c, num_devices: int) -> None:
         "(min, max) with 0 < min <= max <= 1",
     )
     require(
-        o.schedule in ("cosine", "poly"),
+        o.schedule in ("cosine", "poly", "step"),
         "optim.schedule",
         o.schedule,
-        "'cosine' (the reference's) or 'poly' (mmcv's, for segmentation)",
+        "'cosine' (the reference's), 'poly' (mmcv's, segmentation) or 'step' (mmdet's, detection)",
+    )
+    require(
+        0 < o.gamma <= 1 and all(m > 0 for m in o.milestones),
+        "optim.milestones",
+        (tuple(o.milestones), o.gamma),
+        "positive epochs and 0 < gamma <= 1 (mmdet's 1x: (8, 11), 0.1)",
     )
     require(o.power > 0, "optim.power", o.power, "poly's exponent, > 0 (mmseg: 1.0)")
     require(o.accum_steps >= 1, "optim.accum_steps", o.accum_steps, "must be at least 1")

@@ -15,6 +15,7 @@ from flax import nnx
 
 from hcnet import model, upernet
 from hcnet.data.augment import normalize
+from hcnet.detection import maskrcnn
 
 WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)  # what a checkpoint holds of a network
 
@@ -25,6 +26,8 @@ def build(spec: dict, *, rngs: nnx.Rngs) -> nnx.Module:
     decoder = spec.pop("decoder", None)
     if decoder is None:
         return model.from_spec(spec, rngs=rngs)
+    if decoder.get("kind") == "mask_rcnn":
+        return maskrcnn.from_spec(spec, decoder, rngs=rngs)
     return upernet.from_spec(spec, decoder, rngs=rngs)
 
 
@@ -127,7 +130,7 @@ def predict_fn(model_def: ModelDef) -> Predict:
     network in evaluation mode: logits (B, classes), or a segmentation network's per-pixel logits
     (B, H, W, classes). What every evaluator, export and tool runs; jit it where it is used."""
 
-    def predict(weights, images):
-        return model_def.eval_model(weights)(normalize(images))
+    def predict(weights, images, *extra):  # extra: what a detector takes, each image's size
+        return model_def.eval_model(weights)(normalize(images), *extra)
 
     return predict

@@ -81,7 +81,27 @@ def poly_schedule(
     return schedule
 
 
-SCHEDULES = ("cosine", "poly")
+def step_schedule(
+    *, base_lr: float, warmup_lr: float, warmup_steps: int, milestones, gamma: float
+) -> optax.Schedule:
+    """mmcv's StepLrUpdaterHook with linear warmup (mmdet's detection schedules): lr x gamma at each
+    milestone passed (in updates), and over the first warmup_steps updates from warmup_lr / lr of
+    it up to all of it, set before each update from the updates done."""
+    ratio = warmup_lr / base_lr if base_lr else 1.0
+    milestones = jnp.asarray(sorted(milestones), jnp.float32)
+
+    def schedule(step):
+        t = jnp.asarray(step, jnp.float32)
+        lr = base_lr * gamma ** jnp.sum(t >= milestones)
+        if warmup_steps == 0:
+            return lr
+        a = t / warmup_steps
+        return jnp.where(t < warmup_steps, lr * (a + ratio * (1.0 - a)), lr)
+
+    return schedule
+
+
+SCHEDULES = ("cosine", "poly", "step")
 
 
 def decay_mask(params):
@@ -155,26 +175,37 @@ def only_trainable(tx: optax.GradientTransformation, pattern: str) -> optax.Grad
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def from_config(o, batch_size: int, total_steps: int, warmup_steps: int, depths=None):
+def from_config(
+    o, batch_size: int, total_steps: int, warmup_steps: int, depths=None, per_epoch: int = 1
+):
     """(optimizer, its learning-rate schedule) from config.optim, the lrs scaled by batch_size /
     o.scale_by_batch. `depths`: the network's blocks per stage, for layer-wise lr decay
-    (o.layer_decay < 1)."""
+    (o.layer_decay < 1); `per_epoch`: updates an epoch, for the step schedule's milestones."""
 
     def scale(lr: float) -> float:
         return scale_lr(lr, batch_size, o.scale_by_batch) if o.scale_by_batch else lr
 
     if o.schedule not in SCHEDULES:
         raise ConfigError(f"config.optim.schedule={o.schedule!r}: one of {', '.join(SCHEDULES)}")
-    extra = {"power": o.power} if o.schedule == "poly" else {}
-    make = lr_schedule if o.schedule == "cosine" else poly_schedule
-    schedule = make(
-        base_lr=scale(o.lr),
-        warmup_lr=scale(o.warmup_lr),
-        min_lr=scale(o.min_lr),
-        warmup_steps=warmup_steps,
-        total_steps=total_steps,
-        **extra,
-    )
+    if o.schedule == "step":
+        schedule = step_schedule(
+            base_lr=scale(o.lr),
+            warmup_lr=scale(o.warmup_lr),
+            warmup_steps=warmup_steps,
+            milestones=[m * per_epoch for m in o.milestones],
+            gamma=o.gamma,
+        )
+    else:
+        extra = {"power": o.power} if o.schedule == "poly" else {}
+        make = lr_schedule if o.schedule == "cosine" else poly_schedule
+        schedule = make(
+            base_lr=scale(o.lr),
+            warmup_lr=scale(o.warmup_lr),
+            min_lr=scale(o.min_lr),
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
+            **extra,
+        )
     tx = make_optimizer(
         schedule,
         weight_decay=o.weight_decay,

@@ -210,7 +210,9 @@ class Run:
         examples = task.train_examples() if train_examples is None else train_examples
         total, warmup, per_epoch = config_lib.steps(c, examples)
         depths = task.spec.get("depths")
-        tx, schedule = optim.from_config(c.optim, c.batch_size, total, warmup, depths=depths)
+        tx, schedule = optim.from_config(
+            c.optim, c.batch_size, total, warmup, depths=depths, per_epoch=per_epoch
+        )
         mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, devices=devices)
         program = Program.build(
             task,

@@ -75,14 +75,18 @@ class Trained:
     available: tuple[str, ...]  # "raw", and "ema" when the run kept one
 
     @property
+    def is_detection(self) -> bool:
+        return self.spec.get("decoder", {}).get("kind") == "mask_rcnn"
+
+    @property
     def is_segmentation(self) -> bool:
-        return "decoder" in self.spec
+        return "decoder" in self.spec and not self.is_detection
 
     @property
     def num_classes(self) -> int:
         return (
             self.spec["decoder"]["num_classes"]
-            if self.is_segmentation
+            if "decoder" in self.spec
             else self.spec["num_classes"]
         )
 
@@ -143,7 +147,17 @@ class Trained:
     def class_names(self) -> list[str]:
         """Names of the head's classes: ImageNet's, the run's dataset's, or 'class N'."""
         dataset = self.config.dataset if self.config is not None else None
-        return sources.class_names(dataset, self.num_classes, segmentation=self.is_segmentation)
+        return sources.class_names(
+            dataset,
+            self.num_classes,
+            segmentation=self.is_segmentation,
+            detection=self.is_detection,
+        )
+
+    def detection_test(self) -> dict:
+        """The run's test pipeline (config.detection: canvas, test scale), or Swin's."""
+        d = (self.config or config_lib.defaults()).detection
+        return {"canvas": tuple(d.canvas), "scale": tuple(d.test_scale)}
 
 
 def open(path, *, step: int | None = None) -> Trained:  # noqa: A001  trained.open(path), as io.open

@@ -167,8 +167,8 @@ BAD = [
     ({"model.block_loop": "loop"}, "config.model.block_loop='loop': one of auto, scan, unroll"),
     ({"model.dtype": "int8"}, "config.model.dtype='int8': one of float32, bfloat16, float16"),
     (
-        {"optim.schedule": "step"},
-        "config.optim.schedule='step': 'cosine' (the reference's) or 'poly'",
+        {"optim.schedule": "exponential"},
+        "config.optim.schedule='exponential': 'cosine' (the reference's), 'poly'",
     ),
     (
         {"task": "segmentation", "segmentation.eval_mode": "tiles"},

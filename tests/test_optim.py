@@ -105,3 +105,17 @@ def test_poly_schedule_is_mmcvs_with_linear_warmup():
         base_lr=1.0, warmup_lr=1.0, min_lr=0.1, warmup_steps=0, total_steps=10, power=2.0
     )
     assert float(squared(5)) == pytest.approx(0.9 * 0.25 + 0.1)
+
+
+def test_step_schedule_is_mmcvs_with_linear_warmup():
+    """lr x 0.1 from each milestone on; the first 500 updates rise linearly from 0.001 x lr (mmcv's
+    warmup_ratio) over the step schedule's value; set before each update from the updates done."""
+    from hcnet import optim
+
+    s = optim.step_schedule(
+        base_lr=1e-4, warmup_lr=1e-7, warmup_steps=500, milestones=(800, 1100), gamma=0.1
+    )
+    np.testing.assert_allclose(float(s(0)), 1e-7, rtol=1e-5)
+    np.testing.assert_allclose(float(s(250)), 1e-4 * (0.5 + 0.001 * 0.5), rtol=1e-5)
+    for step, lr in ((500, 1e-4), (799, 1e-4), (800, 1e-5), (1099, 1e-5), (1100, 1e-6)):
+        np.testing.assert_allclose(float(s(step)), lr, rtol=1e-5)

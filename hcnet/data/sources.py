@@ -263,19 +263,32 @@ def imagenet_synsets() -> list[str]:
     return [row[0] for row in _imagenet_rows()]
 
 
-def class_names(dataset, num_classes: int, *, segmentation: bool = False) -> list[str]:
+def class_names(
+    dataset, num_classes: int, *, segmentation: bool = False, detection: bool = False
+) -> list[str]:
     """Names for a head's classes: ImageNet's for 1000 classifier classes, else those of `dataset`
     (a config's dataset section, or None) when its metadata is prepared and has that many, else
     'class N'."""
-    if num_classes == 1000 and not segmentation:
+    if num_classes == 1000 and not (segmentation or detection):
         return imagenet_names()
     names = []
     if dataset is not None and dataset.name != SYNTHETIC:
         try:
-            names = _dataset_names(dataset, segmentation)
+            names = (
+                _detection_names(dataset) if detection else _dataset_names(dataset, segmentation)
+            )
         except Exception:  # noqa: BLE001  metadata unavailable: numbers instead
             names = []
     return names if len(names) == num_classes else [f"class {i}" for i in range(num_classes)]
+
+
+def _detection_names(dataset) -> list[str]:
+    from hcnet.data import instances
+
+    split = instances.open_source(
+        dataset.name, dataset.eval_split, dataset.data_dir or None, training=False
+    )
+    return list(split.class_names)
 
 
 def _dataset_names(dataset, segmentation: bool) -> list[str]:

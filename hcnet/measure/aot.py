@@ -47,8 +47,9 @@ NOTES = {
     "gpu": "compiler figures for a GPU (XLA's GPU compiler and ptxas for a described card), not "
     "hardware measurements",
 }
-# for the schedule's constants only; shapes do not depend on it
-TRAIN_EXAMPLES = {"imagenet2012": 1_281_167}
+# for the schedule's constants only; shapes do not depend on it (COCO's train2017 as mmdet filters
+# it: images with objects, 32 pixels a side or more)
+TRAIN_EXAMPLES = {"imagenet2012": 1_281_167, "coco": 117_266}
 
 
 @contextlib.contextmanager

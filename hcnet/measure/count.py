@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from hcnet import nets, upernet
+from hcnet import model, nets, upernet
 from hcnet.model import HcNet
 
 
@@ -94,4 +94,34 @@ def segmentation_counts(
     image = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
     params = {name: count_params(getattr(net, name)) for name in ("backbone", "decode", "aux")}
     macs = jaxpr_macs(jax.make_jaxpr(decode)(state, image).jaxpr)
+    return {**params, "params": sum(params.values()), "macs": macs}
+
+
+def detection_counts(
+    variant: str, num_classes: int = 80, height: int = 800, width: int = 1280
+) -> dict:
+    """Parameters (backbone, FPN, RPN, box head, mask head, all) of Mask R-CNN on HcNet and the MACs
+    of mmdet's get_flops pass at height x width (its forward_dummy: backbone, FPN and RPN on the
+    image, the box head on 1000 RoIs and the mask head on 100)."""
+    from hcnet.detection import maskrcnn
+
+    spec = {
+        **model.model_spec(variant, num_classes=0, dtype="float32", depthwise_impl="conv"),
+        "decoder": maskrcnn.decoder_spec(num_classes),
+    }
+    net = nets.abstract(spec)
+    graphdef, state = nnx.split(net)
+
+    def dummy(s, x):
+        m = nnx.merge(graphdef, s)
+        levels = m.fpn(m.backbone.features(x))
+        rpn = [m.rpn(p) for p in levels]
+        box = m.box_head(jnp.zeros((1000, 7, 7, levels[0].shape[-1]), x.dtype))
+        mask = m.mask_head(jnp.zeros((100, 14, 14, levels[0].shape[-1]), x.dtype))
+        return rpn, box, mask
+
+    image = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
+    parts = ("backbone", "fpn", "rpn", "box_head", "mask_head")
+    params = {name: count_params(getattr(net, name)) for name in parts}
+    macs = jaxpr_macs(jax.make_jaxpr(dummy)(state, image).jaxpr)
     return {**params, "params": sum(params.values()), "macs": macs}

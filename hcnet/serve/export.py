@@ -100,11 +100,16 @@ def export_torch(
     spec.pop("decoder", None)
     convert.check_expressible(spec)
     size = image_size or source.preprocessing()[0]
-    if source.is_segmentation:
+    if "decoder" in source.spec:
         left = len(jax.tree.leaves(weights)) - len(jax.tree.leaves(weights["backbone"]))
         weights = weights["backbone"]
+        heads = (
+            "Mask R-CNN's FPN and heads"
+            if source.is_detection
+            else ("UperNet's decode and auxiliary heads")
+        )
         how = (
-            f"the HcNet backbone only: left out UperNet's decode and auxiliary heads ({left} "
+            f"the HcNet backbone only: left out {heads} ({left} "
             "arrays), and the backbone has no classification head; load it with strict=False, or "
             "as mmsegmentation and mmdetection load a backbone's weights"
         )
@@ -141,10 +146,11 @@ def _serving(path, ema, step, image_size, crop_pct, platforms):
     """(the jax.export program of probabilities_fn, serving.json's fields) for a checkpoint or
     workdir."""
     source = trained.open(path, step=step)
-    if source.is_segmentation:
+    if "decoder" in source.spec:
         raise UserError(
-            f"{path} is a segmentation network: it exports as --format=checkpoint (hcnet.load and "
-            "hcnet.tools.predict read it); stablehlo and savedmodel serve classifiers"
+            f"{path} is a {'detection' if source.is_detection else 'segmentation'} network: it "
+            "exports as --format=checkpoint (hcnet.load and hcnet.tools.predict read it) or "
+            "--format=torch (its backbone); stablehlo and savedmodel serve classifiers"
         )
     size, crop = source.preprocessing(image_size, crop_pct)
     (batch,) = jax.export.symbolic_shape("batch")

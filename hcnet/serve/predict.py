@@ -10,7 +10,8 @@ import jax
 import numpy as np
 
 from hcnet import paths, seg_inference
-from hcnet.data import transforms
+from hcnet.data import instances, transforms
+from hcnet.detection import postprocess
 
 
 def read_images(files, image_size: int, crop_pct: float):
@@ -110,3 +111,25 @@ def class_shares(pred: np.ndarray, names: list[str]) -> list[dict]:
     share = np.bincount(pred.ravel(), minlength=len(names)) / pred.size
     order = [c for c in np.argsort(-share, kind="stable") if share[c] > 0]
     return [{"class": int(c), "name": names[c], "share": float(share[c])} for c in order]
+
+
+def detector(source, *, ema: bool = False):
+    """`detect(image)`: a Mask R-CNN's detections of a uint8 image (H, W, 3) at its own size, as
+    the run's test pipeline makes them (keep-ratio resize to the test scale on the canvas): (boxes
+    (n, 4) x1 y1 x2 y2, scores (n,), labels (n,), masks (n, H, W) bool), best first."""
+    predict, weights = source.predictor(ema=ema)
+    fn = jax.jit(predict)
+    test = source.detection_test()
+    transform = instances.Transform(canvas=test["canvas"], scales=(test["scale"],))
+
+    def detect(image):
+        h, w = image.shape[:2]
+        item = instances.Instances(
+            image, np.zeros((0, 4), np.float32), np.zeros(0, np.int32), np.zeros((0, h, w)), 0
+        )
+        example = transform(item)
+        out = fn(weights, example["image"][None], example["image_hw"][None].astype(np.float32))
+        out = jax.tree.map(np.asarray, out)
+        return postprocess.to_image(out, 0, example["scale"], h, w)
+
+    return detect

@@ -120,6 +120,66 @@ def plot_segmentation(
     _save(fig, path)
 
 
+def plot_detections(image: np.ndarray, detections, names: list[str], path, alpha: float = 0.45):
+    """The image with each detection's mask in its class's colour, its box, and its class name
+    and score."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    boxes, scores, labels, masks = detections
+    colours = palette(len(names))
+    shown = image.astype(np.float32)
+    for m, c in zip(masks, labels):
+        shown[m] = (1 - alpha) * shown[m] + alpha * colours[c]
+    h, w = image.shape[:2]
+    fig = Figure(figsize=(6 * w / max(h, w) + 0.2, 6 * h / max(h, w) + 0.2), dpi=120)
+    ax = fig.subplots()
+    ax.imshow(shown.round().astype(np.uint8))
+    for (x1, y1, x2, y2), score, c in zip(boxes, scores, labels):
+        colour = colours[c] / 255
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, lw=1.5))
+        ax.text(
+            x1,
+            y1,
+            f"{names[c]} {score:.2f}",
+            color="white",
+            fontsize=7,
+            va="bottom",
+            bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "lw": 0},
+        )
+    ax.axis("off")
+    fig.tight_layout(pad=0.1)
+    _save(fig, path)
+
+
+def detect_files(source, files, out, *, ema: bool = False, min_score: float = 0.3):
+    """A Mask R-CNN's detections of image files (hcnet.serve.predict.detector), drawn as
+    <out>/<stem>_detections.png (those scoring at least min_score). ({file: {"figure",
+    "detections"}}, [(file, reason)]); "detections": class, name, score and box of each, best
+    first."""
+    detect = predict.detector(source, ema=ema)
+    out = _output_dir(out)
+    names, written, failed = source.class_names(), {}, []
+    for f in files:
+        try:
+            image = predict.read_image(f)
+        except Exception as e:  # noqa: BLE001  unreadable or not an image: say so, keep going
+            failed.append((str(f), predict.reason(e)))
+            continue
+        boxes, scores, labels, masks = detect(image)
+        keep = scores >= min_score
+        figure = out / f"{paths.path(f).stem}_detections.png"
+        plot_detections(
+            image, (boxes[keep], scores[keep], labels[keep], masks[keep]), names, figure
+        )
+        rows = [
+            {"class": int(c), "name": names[c], "score": float(p), "box": [float(v) for v in b]}
+            for b, p, c in zip(boxes[keep], scores[keep], labels[keep])
+        ]
+        written[str(f)] = {"figure": str(figure), "detections": rows}
+    return written, failed
+
+
 def plot_k(numbers: dict, path):
     from matplotlib.figure import Figure
 

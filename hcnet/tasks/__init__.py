@@ -11,7 +11,11 @@ from typing import Protocol
 from hcnet import config as config_lib
 from hcnet.errors import ConfigError
 
-TASKS = {"classification": "hcnet.tasks.classification", "segmentation": "hcnet.tasks.segmentation"}
+TASKS = {
+    "classification": "hcnet.tasks.classification",
+    "segmentation": "hcnet.tasks.segmentation",
+    "detection": "hcnet.tasks.detection",
+}
 
 
 class Task(Protocol):

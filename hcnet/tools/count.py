@@ -4,6 +4,8 @@ python -m hcnet.tools.count --variant=T --heat_operator=mean8 [--image_size=224]
     [--depths=3,8,18,3] [--num_classes=1000] [--noxla] [--json]
 # UperNet at 512x2048, as mmseg counts
 python -m hcnet.tools.count --segmentation --variant=T [--num_classes=150]
+# Mask R-CNN at 800x1280, as mmdet's get_flops counts
+python -m hcnet.tools.count --detection --variant=T [--num_classes=80]
 """
 
 import json
@@ -22,6 +24,12 @@ flags.DEFINE_bool(
     "UperNet on the variant (hcnet.upernet): parameters by part and the "
     "MACs of backbone + decode head at --image_size x --image_width (default 512 x 2048)",
 )
+flags.DEFINE_bool(
+    "detection",
+    False,
+    "Mask R-CNN on the variant (hcnet.detection.maskrcnn): parameters by part and the MACs of "
+    "mmdet's get_flops pass at --image_size x --image_width (default 800 x 1280)",
+)
 for _name in ("variant", "heat_operator", "depths", "image_size", "json"):
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
@@ -33,6 +41,8 @@ def main(argv):
 
     if FLAGS.segmentation:
         return _segmentation()
+    if FLAGS.detection:
+        return _detection()
     height = FLAGS.image_size or 224
     width = FLAGS.image_width or height
     if min(height, width) < 32:
@@ -80,6 +90,22 @@ def _segmentation():
     ):
         print(f"  params {name:15s} {out[part]:,} ({out[part] / 1e6:.2f}M)")
     print(f"  MACs (backbone + decode head)  {out['macs']:,} ({out['macs'] / 1e9:.1f} G)")
+
+
+def _detection():
+    from hcnet.measure.count import detection_counts
+
+    height, width = FLAGS.image_size or 800, FLAGS.image_width or 1280
+    classes = 80 if FLAGS.num_classes == 1000 else FLAGS.num_classes  # COCO's unless given
+    out = detection_counts(FLAGS.variant, classes, height, width)
+    if FLAGS.json:
+        print(json.dumps(out))
+        return
+    print(f"Mask R-CNN + HcNet-{FLAGS.variant}, {classes} classes, at {height}x{width}")
+    for part in ("backbone", "fpn", "rpn", "box_head", "mask_head", "params"):
+        name = "total" if part == "params" else part.replace("_", " ")
+        print(f"  params {name:15s} {out[part]:,} ({out[part] / 1e6:.2f}M)")
+    print(f"  MACs (1000 RoIs in the box head, 100 in the mask head)  {out['macs'] / 1e9:.1f} G")
 
 
 if __name__ == "__main__":

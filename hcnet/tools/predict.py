@@ -3,6 +3,9 @@
     python -m hcnet.tools.predict --checkpoint=/tmp/hcnet-quickstart digit.png photo.jpg [--ema] \\
         [--top=5] [--json]
 
+A detection checkpoint (Mask R-CNN) prints each detection (score, class, box) and draws them with
+their masks as --out/<stem>_detections.png.
+
 A segmentation checkpoint (UperNet) labels every pixel instead, at the image's own size, as its
 run's single-scale test does; --out is where the masks (<stem>_mask.png, class ids) and the overlays
 (<stem>_overlay.png, with a legend) go:
@@ -35,7 +38,11 @@ def main(argv):
     if len(argv) < 2:
         raise UserError("give one or more image files after the flags")
     source = trained.open(FLAGS.checkpoint)
-    if source.is_segmentation:
+    if source.is_detection:
+        tools.require_flags(out=FLAGS.out)
+        results, failed = visualize.detect_files(source, argv[1:], FLAGS.out, ema=FLAGS.ema)
+        describe = _detection_lines
+    elif source.is_segmentation:
         tools.require_flags(out=FLAGS.out)
         results, failed = visualize.segment_files(source, argv[1:], FLAGS.out, ema=FLAGS.ema)
         describe = _segmentation_lines
@@ -58,6 +65,15 @@ def main(argv):
             print("\n".join(describe(f, r)))
     if failed:
         sys.exit(1)
+
+
+def _detection_lines(f, written) -> list[str]:
+    rows = [
+        f"  {d['score']:6.3f}  {d['name']}  ({d['class']})  box "
+        + " ".join(f"{v:.1f}" for v in d["box"])
+        for d in written["detections"]
+    ]
+    return [f"{f}: {written['figure']}", *(rows or ["  nothing above the score threshold"])]
 
 
 def _segmentation_lines(f, written) -> list[str]:
