@@ -2,6 +2,7 @@
 pasting by hand, the network's losses and detections, evaluation on any number of devices, and the
 config's one-line checks."""
 
+import json
 import pathlib
 
 import jax
@@ -311,3 +312,125 @@ def test_a_short_run_lifts_box_and_mask_ap_far_above_an_untrained_networks(tmp_p
     for kind in ("bbox", "segm"):
         trained = result[f"eval/{kind}_AP"]
         assert trained > 0.05 and trained > 5 * untrained[f"{kind}_AP"], (kind, trained, untrained)
+
+
+def coco_folder(root: pathlib.Path) -> pathlib.Path:
+    """A miniature COCO in its own layout: val2017/ with four JPEGs and
+    annotations/instances_val2017.json with a polygon, an RLE mask, a crowd region, a box under a
+    pixel wide, an image without objects and one under 32 pixels a side."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    (root / "val2017").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    sizes = {1: (60, 80), 2: (50, 70), 3: (40, 40), 4: (20, 40)}
+    for i, (h, w) in sizes.items():
+        Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)).save(
+            root / "val2017" / f"{i:012d}.jpg"
+        )
+    rle_mask = np.zeros((50, 70), np.uint8)
+    rle_mask[10:30, 20:50] = 1
+    rle = mask_utils.encode(np.asfortranarray(rle_mask))
+    rle["counts"] = rle["counts"].decode("ascii")
+    anns = [
+        dict(
+            id=1,
+            image_id=1,
+            category_id=3,
+            bbox=[10, 5, 30, 20],
+            area=600,
+            iscrowd=0,
+            segmentation=[[10, 5, 40, 5, 40, 25, 10, 25]],
+        ),
+        dict(
+            id=2,
+            image_id=2,
+            category_id=7,
+            bbox=[20, 10, 30, 20],
+            area=600,
+            iscrowd=0,
+            segmentation=rle,
+        ),
+        dict(
+            id=3,
+            image_id=2,
+            category_id=7,
+            bbox=[0, 0, 10, 10],
+            area=100,
+            iscrowd=1,
+            segmentation=rle,
+        ),
+        dict(
+            id=4,
+            image_id=1,
+            category_id=3,
+            bbox=[50, 50, 0.5, 10],
+            area=5,
+            iscrowd=0,
+            segmentation=[[50, 50, 50.5, 50, 50.5, 60, 50, 60]],
+        ),
+        dict(
+            id=5,
+            image_id=4,
+            category_id=3,
+            bbox=[1, 1, 5, 5],
+            area=25,
+            iscrowd=0,
+            segmentation=[[1, 1, 6, 1, 6, 6, 1, 6]],
+        ),
+    ]
+    dataset = {
+        "images": [
+            {"id": i, "file_name": f"{i:012d}.jpg", "height": h, "width": w}
+            for i, (h, w) in sizes.items()
+        ],
+        "annotations": anns,
+        "categories": [{"id": 3, "name": "car"}, {"id": 7, "name": "truck"}],
+    }
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(dataset))
+    return root
+
+
+def test_coco_files_are_read_as_mmdet_filters_them(tmp_path):
+    root = coco_folder(tmp_path / "coco")
+    train = instances.CocoSource(root, "val2017", training=True)
+    test = instances.CocoSource(root, "val2017", training=False)
+    # training leaves out image 3 (no objects) and image 4 (20 pixels high); evaluation keeps all
+    assert [train.image_id(i) for i in range(len(train))] == [1, 2]
+    assert len(test) == 4 and train.class_names == ["car", "truck"]
+    assert train.category_ids() == [3, 7]
+    first, second = train[0], train[1]
+    # image 1: the polygon, not the box under a pixel wide; labels are 0-based in category order
+    assert first.boxes.tolist() == [[10.0, 5.0, 40.0, 25.0]] and first.labels.tolist() == [0]
+    assert first.masks.shape == (1, 60, 80) and first.masks[0, 6:24, 11:39].all()
+    # image 2: the RLE mask; the crowd region is not trained on
+    assert (
+        second.labels.tolist() == [1]
+        and (second.masks[0] == np.asarray(np.zeros((50, 70)), np.uint8)).sum() < 50 * 70
+    )
+    assert second.masks[0].sum() == 600
+    missing = tmp_path / "nothing"
+    with pytest.raises(Exception, match="instances_val2017.json is missing"):
+        instances.CocoSource(missing, "val2017", training=False)
+
+
+def test_a_coco_format_dataset_trains_and_evaluates_through_the_task(tmp_path):
+    """dataset.name and data_dir of any COCO-format folder: the loader's batches and the evaluator
+    (COCO's own category ids in its results; every image of the split counted once)."""
+    root = coco_folder(tmp_path / "coco")
+    c = tiny_config(channels=16, fc_channels=32, rpn_train_pre=100, rpn_test_pre=100, rpn_post=50)
+    c.dataset.name, c.dataset.data_dir = "mini", str(root)
+    c.dataset.train_split = c.dataset.eval_split = "val2017"
+    c.dataset.num_classes, c.batch_size = 2, 8
+    task = tasks.create(c)
+    assert task.train_examples() == 2
+    mesh = sharding.make_mesh()
+    batch = next(task.train_loader(sharding.batch_sharding(mesh)))
+    assert batch["gt_masks"].shape == (8, 4, 128, 128) and batch["image"].shape == (8, 128, 128, 3)
+    assert int(np.asarray(batch["gt_valid"]).sum()) == 8  # one object in each of 8 draws
+    net = nets.build(task.spec, rngs=nnx.Rngs(0))
+    model_def, _ = nets.ModelDef.from_spec(task.spec)
+    (evaluator,) = task.evaluators(mesh, nets.predict_fn(model_def))
+    ids, rows = evaluator.detections(nets.weights_of(net))
+    assert sorted(ids) == [1, 2, 3, 4] and {r["category_id"] for r in rows} <= {3, 7}
+    assert evaluator(nets.weights_of(net))["count"] == 4

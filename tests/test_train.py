@@ -285,7 +285,7 @@ def test_a_task_defined_outside_hcnet_trains_with_its_own_loss_evaluator_and_bes
         trainer.train_and_evaluate(smoke(task="toy", best_metric="eval/top1"), tmp_path / "other")
     with pytest.raises(
         hcnet.errors.ConfigError,
-        match="config.task='nope': one of classification, segmentation, toy",
+        match="config.task='nope': one of classification, segmentation, detection, toy",
     ):
         trainer.train_and_evaluate(smoke(task="nope"), tmp_path / "other")
 

@@ -194,6 +194,9 @@ class CocoSource:
     def category_ids(self) -> list[int]:
         return list(self._cats)
 
+    def image_id(self, i: int) -> int:
+        return int(self.ids[int(i)])
+
     def ground_truth(self):
         return self.coco
 

@@ -100,15 +100,15 @@ class Task:
 
     def source(self, split: str, *, training: bool):
         d = self.config.dataset
-        if split not in self._sources:
+        if (split, training) not in self._sources:  # training's filter differs from evaluation's
             source = instances.open_source(d.name, split, d.data_dir or None, training=training)
             if len(source.class_names) != d.num_classes:
                 raise ConfigError(
                     f"config.dataset.num_classes={d.num_classes}: {d.name} has "
                     f"{len(source.class_names)} classes; set it to {len(source.class_names)}"
                 )
-            self._sources[split] = source
-        return self._sources[split]
+            self._sources[split, training] = source
+        return self._sources[split, training]
 
     def transform(self, training: bool) -> instances.Transform:
         d = self.config.detection
