@@ -6,11 +6,14 @@
         [--image_size=288] [--crop_pct=1.0] [--weights=raw,ema] [--step=N] [--out=FILE.json]
     # segmentation: mIoU, + multi-scale
     python eval.py --workdir=/tmp/hcnet-seg-quickstart --multiscale
+    # detection: COCOeval's box and mask AP, + the detections in COCO's results format
+    python eval.py --workdir=/tmp/hcnet-det-quickstart
 
 --checkpoint takes a checkpoint directory (convert/export) or a workdir; --workdir takes a training
 workdir and, without --config, reads the dataset from the run's config.json. Prints a table and
 writes the JSON report to --out (default
-CHECKPOINT/eval/<dataset>_<split>_<size>_<crop>[_step<N>].json).
+CHECKPOINT/eval/<dataset>_<split>_<size>_<crop>[_step<N>].json); a detector's detections go beside
+it as <report>_eval_<raw|ema>_detections.json, the file COCO's test server takes.
 """
 
 import json
@@ -72,6 +75,10 @@ def main(argv):
     out = paths.path(FLAGS.out) if FLAGS.out else eval_report.default_out(report)
     if not paths.is_remote(out):
         out.parent.mkdir(parents=True, exist_ok=True)
+    for name, rows in report.pop("detections", {}).items():  # COCO's results format, per weights
+        file = out.with_name(f"{out.stem}_{name}_detections.json")
+        file.write_text(json.dumps(rows))
+        print(f"wrote {file} ({len(rows)} detections, COCO's results format)")
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -24,7 +24,7 @@ def evaluate(c, path, *, step: int | None = None, weights=None) -> dict:
     model_def, shapes = nets.ModelDef.from_spec(nets.for_mesh(source.spec, mesh))
     evaluators = task.evaluators(mesh, nets.predict_fn(model_def))
     target = sharding.placed(shapes, sharding.replicated(mesh))
-    results = {}
+    results, detections = {}, {}
     for w in weights:
         scalars = trainer.run_evaluators(
             evaluators, {"params": source.weights(target, ema=w == "ema")}
@@ -32,6 +32,9 @@ def evaluate(c, path, *, step: int | None = None, weights=None) -> dict:
         results[w] = {
             k.removeprefix("eval/"): v for k, v in scalars.items()
         }  # the main evaluator's: bare
+        for ev in evaluators:  # a detector's last detections, in COCO's results format
+            if getattr(ev, "results", None) is not None:
+                detections[f"{ev.name}_{w}"] = ev.results
     evals = []
     for ev in evaluators:
         where = {"dataset": ev.source.name, "split": ev.source.split, "examples": len(ev.source)}
@@ -52,6 +55,7 @@ def evaluate(c, path, *, step: int | None = None, weights=None) -> dict:
         **main,
         "evals": evals,
         "results": results,
+        **({"detections": detections} if detections else {}),
     }
 
 

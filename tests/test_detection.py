@@ -269,6 +269,19 @@ def test_predict_prints_detections_and_draws_them(tiny_net, tmp_path, capsys):
         assert 0 <= float(x1) <= float(x2) <= 128 and 0 <= float(y1) <= float(y2) <= 96
 
 
+def test_eval_reports_ap_and_the_detections_in_cocos_results_format(tiny_net, tmp_path):
+    from hcnet import checkpoint, eval_report
+
+    task, net = tiny_net
+    directory = checkpoint.save(tmp_path / "det", net, task.spec)
+    report = eval_report.evaluate(task.config, directory)
+    assert report["results"]["raw"]["count"] == 80 and "segm_AP" in report["results"]["raw"]
+    rows = report["detections"]["eval_raw"]
+    assert rows and set(rows[0]) == {"image_id", "category_id", "bbox", "score", "segmentation"}
+    assert {r["category_id"] for r in rows} <= {1, 2, 3, 4}
+    assert "segm_AP" in eval_report.report_table(report)
+
+
 @pytest.mark.heavy
 def test_a_short_run_lifts_box_and_mask_ap_far_above_an_untrained_networks(tmp_path):
     """train.py runs configs/det_quickstart.py for 150 updates (in a process of one CPU device at
@@ -332,52 +345,24 @@ def coco_folder(root: pathlib.Path) -> pathlib.Path:
     rle_mask[10:30, 20:50] = 1
     rle = mask_utils.encode(np.asfortranarray(rle_mask))
     rle["counts"] = rle["counts"].decode("ascii")
+
+    def ann(i, image, category, bbox, segmentation, crowd=0):
+        return dict(
+            id=i,
+            image_id=image,
+            category_id=category,
+            bbox=bbox,
+            area=bbox[2] * bbox[3],
+            iscrowd=crowd,
+            segmentation=segmentation,
+        )
+
     anns = [
-        dict(
-            id=1,
-            image_id=1,
-            category_id=3,
-            bbox=[10, 5, 30, 20],
-            area=600,
-            iscrowd=0,
-            segmentation=[[10, 5, 40, 5, 40, 25, 10, 25]],
-        ),
-        dict(
-            id=2,
-            image_id=2,
-            category_id=7,
-            bbox=[20, 10, 30, 20],
-            area=600,
-            iscrowd=0,
-            segmentation=rle,
-        ),
-        dict(
-            id=3,
-            image_id=2,
-            category_id=7,
-            bbox=[0, 0, 10, 10],
-            area=100,
-            iscrowd=1,
-            segmentation=rle,
-        ),
-        dict(
-            id=4,
-            image_id=1,
-            category_id=3,
-            bbox=[50, 50, 0.5, 10],
-            area=5,
-            iscrowd=0,
-            segmentation=[[50, 50, 50.5, 50, 50.5, 60, 50, 60]],
-        ),
-        dict(
-            id=5,
-            image_id=4,
-            category_id=3,
-            bbox=[1, 1, 5, 5],
-            area=25,
-            iscrowd=0,
-            segmentation=[[1, 1, 6, 1, 6, 6, 1, 6]],
-        ),
+        ann(1, 1, 3, [10, 5, 30, 20], [[10, 5, 40, 5, 40, 25, 10, 25]]),
+        ann(2, 2, 7, [20, 10, 30, 20], rle),
+        ann(3, 2, 7, [0, 0, 10, 10], rle, crowd=1),
+        ann(4, 1, 3, [50, 50, 0.5, 10], [[50, 50, 50.5, 50, 50.5, 60, 50, 60]]),
+        ann(5, 4, 3, [1, 1, 5, 5], [[1, 1, 6, 1, 6, 6, 1, 6]]),
     ]
     dataset = {
         "images": [

@@ -33,6 +33,7 @@ class Evaluator:
 
     metrics = (*METRICS, "count")
     headline = ("bbox_AP", "segm_AP")
+    results = None  # the last evaluation's detections, every process's, in COCO's results format
 
     def __init__(self, name, source, predict, *, mesh, transform, batch_size: int, ground_truth):
         self.name, self.source, self.transform = name, source, transform
@@ -87,6 +88,7 @@ class Evaluator:
     def __call__(self, weights) -> dict[str, float]:
         ids, rows = self.detections(weights)
         ids, rows = _gather(ids), _gather(rows)
+        self.results = rows  # what eval.py writes for COCO's test server
         metrics = coco_eval.evaluate(self.ground_truth, rows)
         out = {k.replace("/", "_"): v for k, v in metrics.items()}
         out["count"] = float(len(set(ids)))  # images scored, each once

@@ -152,6 +152,17 @@ def plot_detections(image: np.ndarray, detections, names: list[str], path, alpha
     _save(fig, path)
 
 
+def _readable(files, failed: list):
+    """(file, uint8 image) of each file that reads; the others go to `failed` with their reason."""
+    for f in files:
+        try:
+            image = predict.read_image(f)
+        except Exception as e:  # noqa: BLE001  unreadable or not an image: say so, keep going
+            failed.append((str(f), predict.reason(e)))
+            continue
+        yield f, image
+
+
 def detect_files(source, files, out, *, ema: bool = False, min_score: float = 0.3):
     """A Mask R-CNN's detections of image files (hcnet.serve.predict.detector), drawn as
     <out>/<stem>_detections.png (those scoring at least min_score). ({file: {"figure",
@@ -160,12 +171,7 @@ def detect_files(source, files, out, *, ema: bool = False, min_score: float = 0.
     detect = predict.detector(source, ema=ema)
     out = _output_dir(out)
     names, written, failed = source.class_names(), {}, []
-    for f in files:
-        try:
-            image = predict.read_image(f)
-        except Exception as e:  # noqa: BLE001  unreadable or not an image: say so, keep going
-            failed.append((str(f), predict.reason(e)))
-            continue
+    for f, image in _readable(files, failed):
         boxes, scores, labels, masks = detect(image)
         keep = scores >= min_score
         figure = out / f"{paths.path(f).stem}_detections.png"
@@ -303,12 +309,7 @@ def segment_files(source, files, out, *, ema: bool = False) -> tuple[dict, list]
     segment = predict.segmenter(source, ema=ema)
     out = _output_dir(out)
     names, written, failed = source.class_names(), {}, []
-    for f in files:
-        try:
-            image = predict.read_image(f)
-        except Exception as e:  # noqa: BLE001  unreadable or not an image: say so, keep going
-            failed.append((str(f), predict.reason(e)))
-            continue
+    for f, image in _readable(files, failed):
         pred = segment(image)
         stem = paths.path(f).stem
         files_out = {"mask": out / f"{stem}_mask.png", "overlay": out / f"{stem}_overlay.png"}
