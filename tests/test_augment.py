@@ -11,9 +11,10 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from hcnet import sharding
 from hcnet.data import augment as A
+from hcnet.data import randaugment as R
 
 BILINEAR = Image.Resampling.BILINEAR
-COLOUR = [op for op in A.INCREASING_OPS if op not in A.GEOMETRIC]
+COLOUR = [op for op in R.INCREASING_OPS if op not in R.GEOMETRIC]
 
 
 def timm_op(img: Image.Image, name: str, level: float, sign: float) -> Image.Image:
@@ -37,7 +38,7 @@ def timm_op(img: Image.Image, name: str, level: float, sign: float) -> Image.Ima
         "ContrastIncreasing": lambda: ImageEnhance.Contrast(img).enhance(factor),
         "BrightnessIncreasing": lambda: ImageEnhance.Brightness(img).enhance(factor),
         "SharpnessIncreasing": lambda: ImageEnhance.Sharpness(img).enhance(factor),
-        "Rotate": lambda: img.rotate(s * 30, resample=BILINEAR, fillcolor=A.FILL),
+        "Rotate": lambda: img.rotate(s * 30, resample=BILINEAR, fillcolor=R.FILL),
     }
     if name in ops:
         return ops[name]()
@@ -48,14 +49,14 @@ def timm_op(img: Image.Image, name: str, level: float, sign: float) -> Image.Ima
         "TranslateYRel": (1, 0, 0, 0, 1, s * 0.45 * h),
     }[name]
     return img.transform(
-        img.size, Image.Transform.AFFINE, affine, resample=BILINEAR, fillcolor=A.FILL
+        img.size, Image.Transform.AFFINE, affine, resample=BILINEAR, fillcolor=R.FILL
     )
 
 
 @jax.jit
 def one_op(x, op, level, sign):
-    y, m = A.apply_op(x.astype(jnp.float32), jnp.eye(3), op, level, sign)
-    return jnp.clip(jnp.round(A.warp(y, m)), 0, 255)
+    y, m = R.apply_op(x.astype(jnp.float32), jnp.eye(3), op, level, sign)
+    return jnp.clip(jnp.round(R.warp(y, m)), 0, 255)
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +64,17 @@ def photos():
     return [images.photo(p, (96, 72)) for p in ("astronaut", "coffee", "chelsea")]
 
 
-@pytest.mark.parametrize("name", A.INCREASING_OPS)
+@pytest.mark.parametrize("name", R.INCREASING_OPS)
 def test_each_randaugment_op_matches_pil(photos, name):
     """Within 1 grey level everywhere (rounding), colour and geometric ops alike."""
-    op = A.INCREASING_OPS.index(name)
+    op = R.INCREASING_OPS.index(name)
     for a in photos:
         for level, sign in ((0.9, 1.0), (0.55, -1.0), (1.0, 1.0)):
             want = np.asarray(timm_op(Image.fromarray(a), name, level, sign)).astype(int)
             got = np.asarray(one_op(jnp.asarray(a), op, level, sign)).astype(int)
             diff = np.abs(want - got)
             assert diff.max() <= 1, (name, level, diff.max())
-            assert (diff == 0).mean() > (0.5 if name in A.GEOMETRIC else 0.999), (
+            assert (diff == 0).mean() > (0.5 if name in R.GEOMETRIC else 0.999), (
                 name,
                 level,
                 diff.mean(),
@@ -86,7 +87,7 @@ def test_lookup_implementations_agree_exactly(photos):
     TPU keeps all 24 bits at HIGHEST precision is the compiler's contract, not checked here: this
     CPU's dots are float32 at any precision.)"""
     x = jnp.asarray(np.stack(photos), jnp.float32)
-    luts = jax.vmap(lambda im: A._luts(im, A.grayscale(im), 0.7, 1.0, True)[0])(
+    luts = jax.vmap(lambda im: R._luts(im, R.grayscale(im), 0.7, 1.0, True)[0])(
         x
     )  # (3 photos, 15 ops, 3, 256)
     luts = jnp.concatenate(
@@ -94,7 +95,7 @@ def test_lookup_implementations_agree_exactly(photos):
     )
 
     def apply(impl):
-        return jax.jit(jax.vmap(jax.vmap(lambda im, lut: A.apply_lut(im, lut, impl), (None, 0))))
+        return jax.jit(jax.vmap(jax.vmap(lambda im, lut: R.apply_lut(im, lut, impl), (None, 0))))
 
     gathered = np.asarray(apply("gather")(x, luts))
     np.testing.assert_array_equal(np.asarray(apply("onehot")(x, luts)), gathered)
@@ -110,16 +111,16 @@ def test_geometric_ops_compose_into_one_warp(photos):
     """Rotate then ShearX as one map: PIL's single transform by that map within one interpolation's
     error, and PIL's two transforms in a row within two interpolations' blur."""
     a = photos[0]
-    m = A._geometry(A.INCREASING_OPS.index("Rotate"), 0.5, 1.0, 72, 96, 0.45) @ A._geometry(
-        A.INCREASING_OPS.index("ShearX"), 0.5, 1.0, 72, 96, 0.45
+    m = R._geometry(R.INCREASING_OPS.index("Rotate"), 0.5, 1.0, 72, 96, 0.45) @ R._geometry(
+        R.INCREASING_OPS.index("ShearX"), 0.5, 1.0, 72, 96, 0.45
     )
-    got = np.asarray(jnp.round(A.warp(jnp.asarray(a, jnp.float32), m))).astype(int)
+    got = np.asarray(jnp.round(R.warp(jnp.asarray(a, jnp.float32), m))).astype(int)
     once = Image.fromarray(a).transform(
         (96, 72),
         Image.Transform.AFFINE,
         tuple(np.asarray(m)[:2].ravel()),
         resample=BILINEAR,
-        fillcolor=A.FILL,
+        fillcolor=R.FILL,
     )
     assert np.abs(np.asarray(once).astype(int) - got).max() <= 1
     twice = timm_op(timm_op(Image.fromarray(a), "Rotate", 0.5, 1.0), "ShearX", 0.5, 1.0)
@@ -129,21 +130,21 @@ def test_geometric_ops_compose_into_one_warp(photos):
 
 def test_randaugment_statistics(photos):
     x = jnp.asarray(photos[1])
-    ra = A.RandAugment.parse("rand-m9-mstd0.5-inc1")
+    ra = R.RandAugment.parse("rand-m9-mstd0.5-inc1")
     keys = jax.random.split(jax.random.key(0), 256)
-    out = jax.jit(jax.vmap(lambda k: A.randaugment(k, x, ra)))(keys)
+    out = jax.jit(jax.vmap(lambda k: R.randaugment(k, x, ra)))(keys)
     out = np.asarray(out)
     assert out.min() >= 0 and out.max() <= 255 and np.array_equal(out, np.round(out))
     unchanged = np.all(out == np.asarray(x, np.float32), axis=(1, 2, 3)).mean()
     # both layers skipped: 1/4; plus the rare op that leaves this photo as it is
     assert 0.17 < unchanged < 0.40, unchanged
     assert len({o.tobytes() for o in out}) > 150
-    again = jax.jit(lambda k: A.randaugment(k, x, ra))(keys[3])
+    again = jax.jit(lambda k: R.randaugment(k, x, ra))(keys[3])
     np.testing.assert_array_equal(np.asarray(again), out[3])
 
 
 def test_randaugment_spec_grammar():
-    ra = A.RandAugment.parse("rand-m7-n3-mstd0.25-mmax12-inc0")
+    ra = R.RandAugment.parse("rand-m7-n3-mstd0.25-mmax12-inc0")
     assert (ra.magnitude, ra.num_layers, ra.magnitude_std, ra.magnitude_max, ra.increasing) == (
         7,
         3,
@@ -156,7 +157,7 @@ def test_randaugment_spec_grammar():
         with pytest.raises(
             ValueError, match="is not a RandAugment spec like 'rand-m9-mstd0.5-inc1'"
         ):
-            A.RandAugment.parse(bad)
+            R.RandAugment.parse(bad)
 
 
 def test_random_erasing_probability_area_and_values():

@@ -3,6 +3,7 @@ threshold is a miss, a crowd region takes no false positive."""
 
 import numpy as np
 
+from hcnet.data.instances import coco_index
 from hcnet.detection import coco_eval
 
 
@@ -60,7 +61,7 @@ PERFECT = {1: [(10, 5, 30, 25, 0, 0.9)], 2: [(0, 0, 30, 30, 1, 0.8), (35, 10, 55
 
 
 def test_perfect_detections_score_one():
-    coco = coco_eval.ground_truth(dataset())
+    coco = coco_index(dataset())
     metrics = coco_eval.evaluate(coco, detect(PERFECT))
     for kind in ("bbox", "segm"):
         assert metrics[f"{kind}/AP"] == 1.0 and metrics[f"{kind}/AP50"] == 1.0
@@ -73,7 +74,7 @@ def test_a_box_below_the_iou_threshold_is_a_miss():
     """The second dog found at IoU 0.6: a hit at 0.5, a miss at 0.75."""
     shifted = dict(PERFECT)
     shifted[2] = [(0, 0, 30, 30, 1, 0.8), (35, 10, 55, 25, 1, 0.7)]  # 20 x 15 of 20 x 25
-    metrics = coco_eval.evaluate(coco_eval.ground_truth(dataset()), detect(shifted), ("bbox",))
+    metrics = coco_eval.evaluate(coco_index(dataset()), detect(shifted), ("bbox",))
     assert metrics["bbox/AP50"] == 1.0
     assert metrics["bbox/AP75"] < 0.76 and metrics["bbox/AP"] < 1.0
 
@@ -81,7 +82,7 @@ def test_a_box_below_the_iou_threshold_is_a_miss():
 def test_a_detection_on_a_crowd_is_no_false_positive():
     crowd = {**PERFECT, 2: PERFECT[2] + [(40, 0, 60, 8, 1, 0.95)]}
     wrong_class = {**PERFECT, 2: PERFECT[2] + [(5, 5, 25, 25, 0, 0.95)]}  # a cat where none is
-    coco = coco_eval.ground_truth(dataset())
+    coco = coco_index(dataset())
     assert coco_eval.evaluate(coco, detect(crowd), ("bbox",))["bbox/AP"] == 1.0
     assert coco_eval.evaluate(coco, detect(wrong_class), ("bbox",))["bbox/AP"] < 1.0
 
@@ -90,5 +91,5 @@ def test_results_are_cocos_format_and_nothing_found_scores_zero():
     rows = detect({1: [(10, 5, 30, 25, 0, 0.9)]})
     assert rows[0]["bbox"] == [10.0, 5.0, 20.0, 20.0] and rows[0]["category_id"] == 17
     assert set(rows[0]["segmentation"]) == {"size", "counts"}
-    metrics = coco_eval.evaluate(coco_eval.ground_truth(dataset()), [])
+    metrics = coco_eval.evaluate(coco_index(dataset()), [])
     assert metrics["bbox/AP"] == 0.0 and metrics["segm/AP"] == 0.0

@@ -13,8 +13,8 @@ from flax import nnx
 
 from hcnet import config as config_lib
 from hcnet import model, nets, sharding, tasks
-from hcnet.data import instances
-from hcnet.detection import maskrcnn, postprocess
+from hcnet.data import det_transforms, instances
+from hcnet.detection import postprocess, roi_align
 from hcnet.errors import ConfigError
 
 
@@ -51,7 +51,7 @@ class Always:
 def test_the_pipeline_keeps_image_boxes_and_masks_aligned(flip):
     """Resized from 60x90 to 80x120 (and flipped): each instance's mask covers pixels of its own
     grey level, its box is its mask's tight box to a pixel, and the rest is padding."""
-    t = instances.Transform(canvas=(128, 128), scales=((120, 80),), flip=1.0, max_instances=3)
+    t = det_transforms.Transform(canvas=(128, 128), scales=((120, 80),), flip=1.0, max_instances=3)
     out = t(painted(), Always() if flip else None)
     assert out["image_hw"].tolist() == [80, 120]
     assert out["gt_valid"].tolist() == [True, True, False]
@@ -74,7 +74,7 @@ def test_swins_crop_branch_keeps_boxes_and_masks_aligned():
     384x384, resized to 80x80, flipped. The second instance lies outside the crop and is dropped;
     the first is cut by the crop's right edge, and its mask still covers its own pixels with its
     box the mask's tight box."""
-    t = instances.Transform(
+    t = det_transforms.Transform(
         canvas=(128, 128), scales=((120, 80),), flip=1.0, max_instances=3, crop_branch=True
     )
     out = t(painted(), Always(low=True))
@@ -94,14 +94,14 @@ def test_swins_crop_branch_keeps_boxes_and_masks_aligned():
 
 
 def test_more_instances_than_the_padding_are_cut_and_said(caplog):
-    t = instances.Transform(canvas=(128, 128), scales=((90, 60),), max_instances=1)
+    t = det_transforms.Transform(canvas=(128, 128), scales=((90, 60),), max_instances=1)
     out = t(painted())
     assert out["gt_valid"].tolist() == [True]
     assert "has 2 instances; the first 1 are kept" in caplog.text
 
 
 def test_an_image_larger_than_the_canvas_is_refused_in_one_line():
-    t = instances.Transform(canvas=(64, 64), scales=((120, 80),))
+    t = det_transforms.Transform(canvas=(64, 64), scales=((120, 80),))
     with pytest.raises(Exception, match="does not fit the \\(64, 64\\) canvas"):
         t(painted())
 
@@ -110,7 +110,7 @@ def test_mask_targets_crop_the_full_resolution_mask():
     gt = np.zeros((1, 64, 64), np.uint8)
     gt[0, 16:48, 8:40] = 1  # 32 x 32 at (8, 16)
     rois = jnp.array([[8.0, 16.0, 40.0, 48.0], [24.0, 16.0, 56.0, 48.0]])
-    t = np.asarray(maskrcnn.mask_targets(jnp.asarray(gt), jnp.array([0, 0]), rois))
+    t = np.asarray(roi_align.mask_targets(jnp.asarray(gt), jnp.array([0, 0]), rois))
     assert t[0].all()  # the box itself: all mask
     assert t[1][:, :14].all() and not t[1][:, 14:].any()  # half of it over the mask
 

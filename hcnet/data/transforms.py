@@ -16,6 +16,10 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+MEAN, STD = (
+    (0.485, 0.456, 0.406),
+    (0.229, 0.224, 0.225),
+)  # ImageNet's, what every task normalises by
 BICUBIC = Image.Resampling.BICUBIC
 PAD_INDEX = -1  # `index` of the padding examples that make evaluation batches full
 

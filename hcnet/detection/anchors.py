@@ -1,6 +1,7 @@
 """mmdetection 2.x's AnchorGenerator as Swin's Mask R-CNN config sets it: one scale (8) and three
 ratios (0.5, 1, 2) at strides 4 to 64, centred on the grid points (center offset 0)."""
 
+import jax.numpy as jnp
 import numpy as np
 
 STRIDES = (4, 8, 16, 32, 64)
@@ -47,15 +48,14 @@ def all_anchors(height: int, width: int, strides=STRIDES) -> list[np.ndarray]:
     ]
 
 
-def valid_flags(
-    image_hw, padded_hw, strides=STRIDES, num_anchors: int = len(RATIOS) * len(SCALES)
-) -> list[np.ndarray]:
-    """mmdet's valid_flags: an anchor counts when its grid point lies in the image's own part of the
-    padded canvas (ceil(image / stride) points each way); padding's anchors never train."""
-    flags = []
-    for (h, w), stride in zip(level_sizes(*padded_hw, len(strides)), strides):
-        vh = min(int(np.ceil(image_hw[0] / stride)), h)
-        vw = min(int(np.ceil(image_hw[1] / stride)), w)
-        inside = (np.arange(h)[:, None] < vh) & (np.arange(w)[None, :] < vw)
-        flags.append(np.repeat(inside.reshape(-1), num_anchors))
-    return flags
+def anchor_valid(image_hw, canvas):
+    """(B, N) bool: mmdet's valid flags of every level's anchors for each image's own size."""
+    out = []
+    for (h, w), stride in zip(level_sizes(*canvas), STRIDES):
+        vh = jnp.minimum(jnp.ceil(image_hw[:, 0] / stride), h)
+        vw = jnp.minimum(jnp.ceil(image_hw[:, 1] / stride), w)
+        inside = (jnp.arange(h)[None, :, None] < vh[:, None, None]) & (
+            jnp.arange(w)[None, None, :] < vw[:, None, None]
+        )
+        out.append(jnp.repeat(inside.reshape(inside.shape[0], -1), len(RATIOS), axis=1))
+    return jnp.concatenate(out, axis=1)

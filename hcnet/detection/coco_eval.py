@@ -1,6 +1,7 @@
 """Box and mask AP with COCO's own API (pycocotools' COCOeval), over a whole split: detections as
 COCO's results format (what the COCO test server takes) and the twelve numbers COCOeval prints,
-of which the six the paper reports (AP, AP50, AP75, APs, APm, APl) are returned by name."""
+of which the six the paper reports (AP, AP50, AP75, APs, APm, APl) are returned by name. The
+ground truth is a pycocotools COCO (hcnet.data.instances.coco_index makes one of a dict)."""
 
 import contextlib
 import io
@@ -12,15 +13,6 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-def ground_truth(dataset: dict) -> COCO:
-    """A COCO object from an annotations dict (instances_*.json's content), quietly."""
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
 
 
 def results(image_id: int, boxes, scores, labels, category_ids, masks=None) -> list[dict]:

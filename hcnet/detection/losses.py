@@ -1,6 +1,7 @@
 """Mask R-CNN's losses as mmdet 2.x normalises them, in float32. Each takes per-element terms and
 the masks of what counts, and returns a scalar for the batch."""
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -42,3 +43,28 @@ def mask_loss(mask_logits, labels, targets, positive):
     ce = optax.sigmoid_binary_cross_entropy(mine[..., 0], targets.astype(jnp.float32))
     pixels = jnp.maximum(jnp.sum(positive) * ce.shape[1] * ce.shape[2], 1.0)
     return jnp.sum(jnp.where(positive[:, None, None], ce, 0.0)) / pixels
+
+
+def batch_shares(loss_fn, *args):
+    """Per-image shares (B,) of loss_fn's two terms, each normalised by the batch's sampled count
+    (args[4]): image b's share is B x its sum / that count, so the mean over images is loss_fn of
+    the whole batch."""
+    b = args[0].shape[0]
+    count = jnp.maximum(jnp.sum(args[4]), 1.0)
+
+    def sums(*rows):  # loss_fn's terms times its own count: the image's sums
+        n = jnp.maximum(jnp.sum(rows[4]), 1.0)
+        return tuple(term * n for term in loss_fn(*rows))
+
+    return tuple(b * term / count for term in jax.vmap(sums)(*args))
+
+
+def mask_shares(logits, labels, targets, positive):
+    """Per-image shares of the mask loss, normalised by the batch's positive RoIs' pixels."""
+    b = logits.shape[0]
+    count = jnp.maximum(jnp.sum(positive), 1.0)
+
+    def sums(lg, lb, t, p):
+        return mask_loss(lg, lb, t, p) * jnp.maximum(jnp.sum(p), 1.0)
+
+    return b * jax.vmap(sums)(logits, labels, targets, positive) / count

@@ -2,8 +2,9 @@
 (256 channels, five levels, P6 by a stride-2 max-pool of P5), the RPN head (3x3 conv, 3 anchors a
 point), RoIAlign 7x7 into the Shared2FC box head (1024, class-specific deltas with stds 0.1, 0.1,
 0.2, 0.2), RoIAlign 14x14 into the FCN mask head (4 convs, 2x deconvolution, 28x28, a mask per
-class). Static shapes throughout: ground truth padded to a fixed count, fixed proposal counts, NMS
-with a fixed output size (hcnet.detection.nms), sampling by random top-k.
+class; the layers are hcnet.detection.heads). Static shapes throughout: ground truth padded to a
+fixed count, fixed proposal counts, NMS with a fixed output size (hcnet.detection.nms), sampling by
+random top-k.
 
 Images arrive on a padded canvas with their own (height, width) (`image_hw`); the padding is 0 after
 normalisation, as mmdet pads after Normalize. Box arithmetic, the last layers and the losses run in
@@ -19,7 +20,7 @@ from flax import nnx
 
 from hcnet import model
 from hcnet.detection import anchors as anchor_ops
-from hcnet.detection import assign, losses, nms, roi_align
+from hcnet.detection import assign, heads, losses, nms, roi_align
 from hcnet.detection import boxes as box_ops
 
 RCNN_STDS = (0.1, 0.1, 0.2, 0.2)
@@ -61,154 +62,16 @@ def decoder_spec(num_classes: int, **overrides) -> dict:
     }
 
 
-def _conv(cin, cout, k, rngs, *, init=None, stride=1):
-    return nnx.Conv(
-        cin,
-        cout,
-        (k, k),
-        strides=stride,
-        padding="SAME" if k > 1 else "VALID",
-        kernel_init=init or nnx.initializers.xavier_uniform(),
-        bias_init=nnx.initializers.zeros,
-        rngs=rngs,
-    )
-
-
-_KAIMING_FAN_OUT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-class FPN(nnx.Module):
-    """Lateral 1x1 convolutions, top-down nearest upsampling to each finer map's size, 3x3 output
-    convolutions (xavier-uniform, as mmdet's FPN), and P6 = max-pool(P5, 1, stride 2)."""
-
-    def __init__(self, dims, channels: int, *, rngs: nnx.Rngs):
-        self.lateral = nnx.List([_conv(d, channels, 1, rngs) for d in dims])
-        self.output = nnx.List([_conv(channels, channels, 3, rngs) for _ in dims])
-
-    def __call__(self, feats):
-        laterals = [conv(f) for conv, f in zip(self.lateral, feats)]
-        for i in range(len(laterals) - 1, 0, -1):
-            h, w = laterals[i - 1].shape[1:3]
-            laterals[i - 1] = laterals[i - 1] + _nearest(laterals[i], h, w)
-        outs = [conv(x) for conv, x in zip(self.output, laterals)]
-        return outs + [outs[-1][:, ::2, ::2]]
-
-
-def _nearest(x, h, w):
-    """torch's nearest interpolation to (h, w): source index floor(i * in / out) (for an exact
-    doubling, each row and column twice)."""
-    if x.shape[1] * 2 == h and x.shape[2] * 2 == w:
-        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    rows = (np.arange(h) * x.shape[1] // h).astype(np.int32)
-    cols = (np.arange(w) * x.shape[2] // w).astype(np.int32)
-    return x[:, rows][:, :, cols]
-
-
-class RPNHead(nnx.Module):
-    """3x3 conv + ReLU, then per point 3 objectness logits and 3 x 4 deltas (normal 0.01 init)."""
-
-    def __init__(self, channels: int, num_anchors: int, *, rngs: nnx.Rngs):
-        normal = nnx.initializers.normal(0.01)
-        self.conv = _conv(channels, channels, 3, rngs, init=normal)
-        self.cls = _conv(channels, num_anchors, 1, rngs, init=normal)
-        self.reg = _conv(channels, num_anchors * 4, 1, rngs, init=normal)
-
-    def __call__(self, x):
-        h = jax.nn.relu(self.conv(x))
-        b = x.shape[0]
-        return self.cls(h).reshape(b, -1), self.reg(h).reshape(b, -1, 4)
-
-
-class BoxHead(nnx.Module):
-    """Shared2FCBBoxHead: two 1024 fully connected layers (xavier), then class scores (background
-    last; normal 0.01) and class-specific deltas (normal 0.001)."""
-
-    def __init__(self, channels: int, fc: int, num_classes: int, *, rngs: nnx.Rngs):
-        def dense(i, o, init):
-            return nnx.Linear(i, o, kernel_init=init, bias_init=nnx.initializers.zeros, rngs=rngs)
-
-        xavier = nnx.initializers.xavier_uniform()
-        self.fc1 = dense(channels * 49, fc, xavier)
-        self.fc2 = dense(fc, fc, xavier)
-        self.cls = dense(fc, num_classes + 1, nnx.initializers.normal(0.01))
-        self.reg = dense(fc, num_classes * 4, nnx.initializers.normal(0.001))
-        self.num_classes = num_classes
-
-    def __call__(self, pooled):
-        h = jax.nn.relu(self.fc1(pooled.reshape(pooled.shape[0], -1)))
-        h = jax.nn.relu(self.fc2(h)).astype(jnp.float32)
-        deltas = self.reg(h).reshape(h.shape[0], self.num_classes, 4)
-        return self.cls(h), deltas
-
-
-class MaskHead(nnx.Module):
-    """FCNMaskHead: 4 3x3 convolutions + ReLU, a 2x transposed convolution + ReLU, and a 1x1
-    convolution to one mask logit per class (kaiming-normal, fan out)."""
-
-    def __init__(self, channels: int, convs: int, num_classes: int, *, rngs: nnx.Rngs):
-        self.convs = nnx.List(
-            [_conv(channels, channels, 3, rngs, init=_KAIMING_FAN_OUT) for _ in range(convs)]
-        )
-        self.up = nnx.ConvTranspose(
-            channels,
-            channels,
-            (2, 2),
-            strides=2,
-            kernel_init=_KAIMING_FAN_OUT,
-            bias_init=nnx.initializers.zeros,
-            rngs=rngs,
-        )
-        self.logits = _conv(channels, num_classes, 1, rngs, init=_KAIMING_FAN_OUT)
-
-    def __call__(self, pooled):
-        h = pooled
-        for conv in self.convs:
-            h = jax.nn.relu(conv(h))
-        return self.logits(jax.nn.relu(self.up(h))).astype(jnp.float32)
-
-
-def anchor_valid(image_hw, canvas):
-    """(B, N) bool: mmdet's valid flags of every level's anchors for each image's own size."""
-    out = []
-    for (h, w), stride in zip(anchor_ops.level_sizes(*canvas), anchor_ops.STRIDES):
-        vh = jnp.minimum(jnp.ceil(image_hw[:, 0] / stride), h)
-        vw = jnp.minimum(jnp.ceil(image_hw[:, 1] / stride), w)
-        inside = (jnp.arange(h)[None, :, None] < vh[:, None, None]) & (
-            jnp.arange(w)[None, None, :] < vw[:, None, None]
-        )
-        out.append(jnp.repeat(inside.reshape(inside.shape[0], -1), len(anchor_ops.RATIOS), axis=1))
-    return jnp.concatenate(out, axis=1)
-
-
-def mask_targets(gt_masks, gt_index, rois, size: int = 28, ratio: int = 2):
-    """(R, size, size) float {0, 1}: ground-truth mask gt_index[r] (of gt_masks (G, H, W)) inside
-    RoI r, by aligned RoIAlign at full resolution, then >= 0.5 (mmdet's
-    BitmapMasks.crop_and_resize). Gathers only the sampled pixels."""
-    g, height, width = gt_masks.shape
-    r = rois.shape[0]
-    pooled = roi_align._pooled(
-        gt_masks.reshape(-1, 1),
-        rois,
-        scale=jnp.ones((r,), jnp.float32),
-        height=jnp.full((r,), height, jnp.int32),
-        width=jnp.full((r,), width, jnp.int32),
-        offset=gt_index.astype(jnp.int32) * (height * width),
-        output_size=size,
-        sampling_ratio=ratio,
-    )
-    return (pooled[..., 0] >= 0.5).astype(jnp.float32)
-
-
 class MaskRCNN(nnx.Module):
     """HcNet (no classification head) + FPN + RPN + box head + mask head."""
 
     def __init__(self, backbone: model.HcNet, dims, settings: Settings, *, rngs: nnx.Rngs):
         s = settings
         self.backbone = backbone
-        self.fpn = FPN(dims, s.channels, rngs=rngs)
-        self.rpn = RPNHead(s.channels, len(anchor_ops.RATIOS), rngs=rngs)
-        self.box_head = BoxHead(s.channels, s.fc_channels, s.num_classes, rngs=rngs)
-        self.mask_head = MaskHead(s.channels, s.mask_convs, s.num_classes, rngs=rngs)
+        self.fpn = heads.FPN(dims, s.channels, rngs=rngs)
+        self.rpn = heads.RPNHead(s.channels, len(anchor_ops.RATIOS), rngs=rngs)
+        self.box_head = heads.BoxHead(s.channels, s.fc_channels, s.num_classes, rngs=rngs)
+        self.mask_head = heads.MaskHead(s.channels, s.mask_convs, s.num_classes, rngs=rngs)
         self.settings = s
 
     # --- shared ---------------------------------------------------------------------------------
@@ -259,7 +122,7 @@ class MaskRCNN(nnx.Module):
             [jax.lax.stop_gradient(d) for d in deltas],
             image_hw,
         )
-        return jax.lax.stop_gradient(proposals), ok
+        return proposals, ok  # of stopped inputs: no gradient flows through them
 
     def _pool(self, levels, rois, size: int):
         """(B, R, size, size, C) from P2-P5 by each RoI's level."""
@@ -284,7 +147,7 @@ class MaskRCNN(nnx.Module):
         levels, logits, deltas = self._pyramid(x, image_hw)
         k_rpn, k_roi = jax.vmap(jax.random.split, out_axes=1)(keys)
         anchors = jnp.asarray(np.concatenate(anchor_ops.all_anchors(*canvas)))
-        anchor_ok = anchor_valid(image_hw, canvas)
+        anchor_ok = anchor_ops.anchor_valid(image_hw, canvas)
         logits_all, deltas_all = jnp.concatenate(logits, 1), jnp.concatenate(deltas, 1)
 
         def rpn_targets(k, ok, boxes, valid):
@@ -297,7 +160,7 @@ class MaskRCNN(nnx.Module):
 
         idx, is_pos, taken, rpn_deltas = jax.vmap(rpn_targets)(k_rpn, anchor_ok, gt_boxes, gt_valid)
         pick = jax.vmap(lambda a, i: a[i])
-        rpn_cls, rpn_box = _shares(
+        rpn_cls, rpn_box = losses.batch_shares(
             losses.rpn_losses,
             pick(logits_all, idx),
             pick(deltas_all, idx),
@@ -324,11 +187,10 @@ class MaskRCNN(nnx.Module):
         rois, pos, ok, labels, gt_index, targets = jax.vmap(roi_targets)(
             k_roi, proposals, proposal_ok, gt_boxes, gt_labels, gt_valid
         )
-        rois = jax.lax.stop_gradient(rois)
         pooled = self._pool(levels, rois, 7)
         cls_logits, box_deltas = self.box_head(pooled.reshape(-1, *pooled.shape[2:]))
         r = rois.shape[1]
-        rcnn_cls, rcnn_box = _shares(
+        rcnn_cls, rcnn_box = losses.batch_shares(
             losses.rcnn_losses,
             cls_logits.reshape(b, r, -1),
             box_deltas.reshape(b, r, *box_deltas.shape[1:]),
@@ -341,8 +203,10 @@ class MaskRCNN(nnx.Module):
         m = int(s.roi_samples * s.roi_pos_fraction)  # the sampler puts the positives first
         mask_rois, mask_pos = rois[:, :m], pos[:, :m]
         mask_logits = self.mask_head(self._pool(levels, mask_rois, 14).reshape(b * m, 14, 14, -1))
-        mask_t = jax.vmap(mask_targets)(gt_masks, gt_index[:, :m], mask_rois)
-        mask = _mask_shares(mask_logits.reshape(b, m, 28, 28, -1), labels[:, :m], mask_t, mask_pos)
+        mask_t = jax.vmap(roi_align.mask_targets)(gt_masks, gt_index[:, :m], mask_rois)
+        mask = losses.mask_shares(
+            mask_logits.reshape(b, m, 28, 28, -1), labels[:, :m], mask_t, mask_pos
+        )
         terms = {
             "rpn_cls": rpn_cls,
             "rpn_box": rpn_box,
@@ -407,31 +271,6 @@ class MaskRCNN(nnx.Module):
         if image_hw is None:
             image_hw = jnp.broadcast_to(jnp.asarray(x.shape[1:3], jnp.float32), (x.shape[0], 2))
         return self.detect(x, image_hw.astype(jnp.float32))
-
-
-def _shares(loss_fn, *args):
-    """Per-image shares (B,) of loss_fn's two terms, each normalised by the batch's sampled count
-    (args[4]): image b's share is B x its sum / that count, so the mean over images is loss_fn of
-    the whole batch."""
-    b = args[0].shape[0]
-    count = jnp.maximum(jnp.sum(args[4]), 1.0)
-
-    def sums(*rows):  # loss_fn's terms times its own count: the image's sums
-        n = jnp.maximum(jnp.sum(rows[4]), 1.0)
-        return tuple(term * n for term in loss_fn(*rows))
-
-    return tuple(b * term / count for term in jax.vmap(sums)(*args))
-
-
-def _mask_shares(logits, labels, targets, positive):
-    """Per-image shares of the mask loss, normalised by the batch's positive RoIs' pixels."""
-    b = logits.shape[0]
-    count = jnp.maximum(jnp.sum(positive), 1.0)
-
-    def sums(lg, lb, t, p):
-        return losses.mask_loss(lg, lb, t, p) * jnp.maximum(jnp.sum(p), 1.0)
-
-    return b * jax.vmap(sums)(logits, labels, targets, positive) / count
 
 
 def from_spec(backbone: dict, decoder: dict, *, rngs: nnx.Rngs) -> MaskRCNN:

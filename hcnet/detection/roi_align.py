@@ -102,3 +102,22 @@ def multilevel_roi_align(
         sampling_ratio=sampling_ratio,
     )
     return out.astype(features[0].dtype)
+
+
+def mask_targets(gt_masks, gt_index, rois, size: int = 28, ratio: int = 2):
+    """(R, size, size) float {0, 1}: ground-truth mask gt_index[r] (of gt_masks (G, H, W)) inside
+    RoI r, by aligned RoIAlign at full resolution, then >= 0.5 (mmdet's
+    BitmapMasks.crop_and_resize). Gathers only the sampled pixels."""
+    g, height, width = gt_masks.shape
+    r = rois.shape[0]
+    pooled = _pooled(
+        gt_masks.reshape(-1, 1),
+        rois,
+        scale=jnp.ones((r,), jnp.float32),
+        height=jnp.full((r,), height, jnp.int32),
+        width=jnp.full((r,), width, jnp.int32),
+        offset=gt_index.astype(jnp.int32) * (height * width),
+        output_size=size,
+        sampling_ratio=ratio,
+    )
+    return (pooled[..., 0] >= 0.5).astype(jnp.float32)

@@ -68,21 +68,21 @@ class Evaluator:
         rows, scored = [], []
         for start in range(0, len(mine), self._batch):
             ids = mine[start : start + self._batch]
-            items = [self.source[i] for i in ids]
-            examples = [self.transform(item) for item in items]
+            read = [self.source.image(i) for i in ids]  # (image, its id): no masks decoded
+            examples = [self.transform.place(image, image_id) for image, image_id in read]
             examples += [examples[-1]] * (self._batch - len(examples))  # padding, dropped below
             images = np.stack([e["image"] for e in examples])
             hw = np.stack([e["image_hw"] for e in examples]).astype(np.float32)
             out = sharding.to_host(
                 self._fn(weights, jax.device_put(images, batch), jax.device_put(hw, batch))
             )
-            for i, item in enumerate(items):
-                h, w = item.image.shape[:2]
+            for i, (image, image_id) in enumerate(read):
+                h, w = image.shape[:2]
                 boxes, scores, labels, masks = postprocess.to_image(
                     out, i, examples[i]["scale"], h, w
                 )
-                rows += coco_eval.results(item.image_id, boxes, scores, labels, category_ids, masks)
-                scored.append(int(item.image_id))
+                rows += coco_eval.results(image_id, boxes, scores, labels, category_ids, masks)
+                scored.append(int(image_id))
         return scored, rows
 
     def __call__(self, weights) -> dict[str, float]:

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from hcnet import paths, seg_inference
-from hcnet.data import instances, transforms
+from hcnet.data import det_transforms, transforms
 from hcnet.detection import postprocess
 
 
@@ -120,14 +120,11 @@ def detector(source, *, ema: bool = False):
     predict, weights = source.predictor(ema=ema)
     fn = jax.jit(predict)
     test = source.detection_test()
-    transform = instances.Transform(canvas=test["canvas"], scales=(test["scale"],))
+    transform = det_transforms.Transform(canvas=test["canvas"], scales=(test["scale"],))
 
     def detect(image):
         h, w = image.shape[:2]
-        item = instances.Instances(
-            image, np.zeros((0, 4), np.float32), np.zeros(0, np.int32), np.zeros((0, h, w)), 0
-        )
-        example = transform(item)
+        example = transform.place(image)
         out = fn(weights, example["image"][None], example["image_hw"][None].astype(np.float32))
         out = jax.tree.map(np.asarray, out)
         return postprocess.to_image(out, 0, example["scale"], h, w)

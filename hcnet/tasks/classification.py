@@ -10,7 +10,7 @@ import optax
 from hcnet import config as config_lib
 from hcnet import model
 from hcnet.config import require
-from hcnet.data import augment, pipeline, sources, transforms
+from hcnet.data import augment, pipeline, randaugment, sources, transforms
 from hcnet.errors import ConfigError
 from hcnet.evaluators import classification, multilabel
 
@@ -26,14 +26,14 @@ def validate(c) -> None:
         )
     if a.randaugment:
         try:
-            augment.RandAugment.parse(a.randaugment)
+            randaugment.RandAugment.parse(a.randaugment)
         except ValueError as e:
             raise ConfigError(f"config.{e}") from None
     require(
-        a.lut_impl in augment.LUT_IMPLS,
+        a.lut_impl in randaugment.LUT_IMPLS,
         "augment.lut_impl",
         a.lut_impl,
-        f"one of {', '.join(augment.LUT_IMPLS)}",
+        f"one of {', '.join(randaugment.LUT_IMPLS)}",
     )
     _validate_evals(c)
 

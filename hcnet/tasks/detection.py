@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from hcnet import config as config_lib
 from hcnet import model
 from hcnet.config import require
-from hcnet.data import augment, instances, pipeline
+from hcnet.data import augment, det_transforms, instances, pipeline
 from hcnet.detection import maskrcnn
 from hcnet.errors import ConfigError
 from hcnet.evaluators import detection as det_eval
@@ -47,13 +47,12 @@ def validate(c) -> None:
         d.canvas,
         "(height, width), multiples of 64 (the coarsest level's stride), e.g. (1344, 1344)",
     )
-    for field in ("scales",):
-        require(
-            len(d[field]) >= 1 and all(len(s) == 2 and min(s) > 0 for s in d[field]),
-            f"detection.{field}",
-            d[field],
-            "one or more (long, short) sizes, e.g. ((1333, 800),)",
-        )
+    require(
+        len(d.scales) >= 1 and all(len(s) == 2 and min(s) > 0 for s in d.scales),
+        "detection.scales",
+        d.scales,
+        "one or more (long, short) sizes, e.g. ((1333, 800),)",
+    )
     for scale in (*d.scales, d.test_scale):
         require(
             max(scale) <= min(d.canvas),
@@ -110,10 +109,10 @@ class Task:
             self._sources[split, training] = source
         return self._sources[split, training]
 
-    def transform(self, training: bool) -> instances.Transform:
+    def transform(self, training: bool) -> det_transforms.Transform:
         d = self.config.detection
         scales = tuple(tuple(s) for s in d.scales) if training else (tuple(d.test_scale),)
-        return instances.Transform(
+        return det_transforms.Transform(
             canvas=tuple(d.canvas),
             scales=scales,
             flip=d.flip if training else 0.0,
@@ -147,7 +146,7 @@ class Task:
             _Records(len(source)),
             sharding,
             c.batch_size,
-            instances.TrainExample(source, self.transform(True)),
+            det_transforms.TrainExample(source, self.transform(True)),
             seed=c.seed,
             state=state,
             **pipeline.loader_options(d),
