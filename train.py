@@ -1,11 +1,12 @@
 """Train and evaluate HcNet: python train.py --config=configs/hcnet_t.py --workdir=DIR.
 
 The same command runs on one CPU, a GPU host or a TPU pod. Several processes join through JAX's
-own runtime: automatically on Cloud TPU and under SLURM or Open MPI, or with the --coordinator
-flags anywhere else (one command per process). Run again with the same --workdir to resume.
+own runtime (hcnet/cluster.py): automatically on Cloud TPU and under SLURM or Open MPI, or with the
+--coordinator flags anywhere else (one command per process). Run again with the same --workdir to
+resume. Exit status: 0 done, 1 a problem with what was given (one line), 75 stopped early by
+SIGTERM, preemption or a fault (docs/reliability.md): the same command resumes.
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -22,20 +23,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def _cluster() -> bool:
-    """True where JAX's runtime can find its peers alone (a multi-host TPU slice, SLURM, Open
-    MPI)."""
-
-    def value(name):
-        return os.environ.get(name, "")
-
-    return (
-        "," in value("TPU_WORKER_HOSTNAMES")
-        or value("SLURM_NTASKS") not in ("", "1")
-        or value("OMPI_COMM_WORLD_SIZE") not in ("", "1")
-    )
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -46,24 +33,35 @@ def main(argv):
     import jax  # global toggles first, before any computation
 
     jax.config.update("jax_threefry_partitionable", True)
-    if FLAGS.coordinator:
-        jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-    elif _cluster():
-        jax.distributed.initialize()
+    from hcnet import checkpoint, cluster, paths, trainer
+    from hcnet.errors import FAULT_EXIT, FaultError, UserError
 
-    from hcnet import checkpoint, paths, trainer
-    from hcnet.errors import UserError
-
-    paths.configure_gcs()
-    checkpoint.configure_orbax()
     try:
-        trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        cluster.join(
+            coordinator=FLAGS.coordinator,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+            peer_timeout=FLAGS.config.peer_timeout,
+        )
+        paths.configure_gcs()
+        paths.RETRY_S = FLAGS.config.storage_retry_s
+        checkpoint.configure_orbax()
+        result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (UserError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
+    except FaultError as e:
+        cluster.stop_now(str(e))  # at once: a failed save leaves threads that would print more
+    except Exception as e:
+        cluster.settle(e)  # a lost peer ends the process here, in one line
+        raise
+    cluster.leave()
+    if result["preempted"]:
+        sys.exit(FAULT_EXIT)
 
 
 if __name__ == "__main__":
-    from hcnet import hostenv
+    from hcnet import hostenv, supervise
 
     hostenv.reexec_on_cpu()  # before JAX starts; see hcnet/hostenv.py
+    supervise.run_in_child()  # several processes: see hcnet/supervise.py
     app.run(main)

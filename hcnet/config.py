@@ -35,6 +35,14 @@ def defaults() -> ml_collections.ConfigDict:
         "eval/top1"  # an evaluator's metric, "<name>/<metric>"; higher is better, *loss lower
     )
     c.checkpoint_async = True
+    # faults (docs/reliability.md), in seconds: how long the run's own writes to Cloud Storage are
+    # retried; how long a step may take before the watchdog stops the run (0: 20 steps at the
+    # measured pace, at least 120 s) and how long compiling, an evaluation or a save may (0: no
+    # watchdog); how long a peer process may go silent before every process stops
+    c.storage_retry_s = 300.0
+    c.step_timeout = 0.0
+    c.phase_timeout = 1800.0
+    c.peer_timeout = 60.0
     c.profile_steps = (
         0,
         0,
@@ -330,6 +338,9 @@ def _validate_training(c, num_devices: int) -> None:
     )
     for field in ("eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         require(c[field] >= 0, field, c[field], "must be >= 0 (0: off, or only at the end)")
+    for field in ("storage_retry_s", "step_timeout", "phase_timeout"):
+        require(c[field] >= 0, field, c[field], "seconds, >= 0")
+    require(c.peer_timeout >= 5, "peer_timeout", c.peer_timeout, "seconds, at least 5")
     require(c.log_every_steps > 0, "log_every_steps", c.log_every_steps, "must be at least 1")
     require(
         len(c.profile_steps) == 2 and 0 <= c.profile_steps[0] <= c.profile_steps[1],

@@ -1,7 +1,11 @@
 """The errors a user can act on: each says, in one line, what was wrong and what would be accepted.
 
-Commands (train.py, eval.py, hcnet.tools.*) print them as `error: ...` and exit with status 1.
+Commands (train.py, eval.py, hcnet.tools.*) print them as `error: ...` and exit with status 1; a
+fault of the machines (`FaultError`) ends the same way with status 75 (EX_TEMPFAIL): running the
+same command again resumes (docs/reliability.md).
 """
+
+FAULT_EXIT = 75  # sysexits' EX_TEMPFAIL: a temporary failure, the same command again resumes
 
 
 class UserError(ValueError):
@@ -18,3 +22,8 @@ class DataError(UserError):
 
 class ConversionError(UserError):
     """A state_dict that does not fit the model; the message names the keys."""
+
+
+class FaultError(RuntimeError):
+    """A fault of the machines or services (Cloud Storage that stays down or turns a run away, a
+    full disk), said in one line; the run's last complete checkpoint stands."""

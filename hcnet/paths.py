@@ -10,7 +10,11 @@ What Cloud Storage cannot do is handled here:
 - the ArrayRecord writer and the profiler write local files only: `staged` gives a local folder and
   uploads it whole (`copy_tree`), with the file that marks the folder complete last;
 - a missing bucket, missing credentials or permissions surface deep in a client library:
-  `check` says which, in one line, before anything is built.
+  `check` says which, in one line, before anything is built;
+- the clients retry a busy service in their own ways, and gcsfs not a resumable upload whose
+  answer was lost: the run's own writes (`LogFile`, the run files) go through `retried`, which
+  tries a whole write again for `RETRY_S` seconds, says so at most once a minute, and then ends
+  the run in one line (docs/reliability.md).
 """
 
 import contextlib
@@ -18,17 +22,20 @@ import functools
 import os
 import shutil
 import tempfile
+import time
 import uuid
 
 import fsspec.config
+from absl import logging
 from etils import epath
 
-from hcnet.errors import UserError
+from hcnet.errors import FaultError, UserError
 
 Path = epath.Path
 PACKAGE = epath.Path(__file__).resolve().parent  # hcnet/ (its data files)
 REPO = PACKAGE.parent  # the checkout (git commit of a run)
 REMOTE = ("gs://",)
+RETRY_S = 300.0  # how long `retried` tries a write again: a few minutes of a service's trouble
 
 
 @functools.cache
@@ -41,10 +48,51 @@ def configure_gcs() -> None:
       wins);
     - gcsfs caches folder listings forever by default; the hosts of a pod and a resumed run write
       the same folders, so a listing must be what the bucket holds now (FSSPEC_GS_USE_LISTINGS_CACHE
-      wins).
+      wins);
+    - a resumable upload whose last answer was lost (a reset connection) is retried by gcsfs
+      against a session the service has closed, which fails (404) although the object is written:
+      `_finish_lost_uploads` accepts the object when it is there whole.
     """
     os.environ.setdefault("EPATH_USE_TF", "false")
     fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
+    _finish_lost_uploads()
+
+
+def _finish_lost_uploads() -> None:
+    """gcsfs's last chunk of an upload (every write through gcsfs is a resumable upload, Orbax's
+    metadata and commit files included): when its retry finds the session gone (FileNotFoundError),
+    the upload is done if the object now holds exactly these bytes (its size and MD5)."""
+    from gcsfs import core
+
+    upload = core.GCSFile._upload_chunk
+    if getattr(upload, "hcnet", False):
+        return
+
+    def _upload_chunk(self, final=False):
+        data = bytes(self.buffer.getbuffer()) if final and self.offset == 0 else None
+        try:
+            return upload(self, final)
+        except FileNotFoundError:
+            if data is None or not (self.autocommit and _holds(self.fs, self.path, data)):
+                raise
+            self.buffer, self.offset = core.UnclosableBytesIO(), len(data)
+            return True
+
+    _upload_chunk.hcnet = True
+    core.GCSFile._upload_chunk = _upload_chunk
+
+
+def _holds(fs, path: str, data: bytes) -> bool:
+    """Whether object `path` is exactly `data` (its size and MD5, as the service reports them)."""
+    import base64
+    import hashlib
+
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return False
+    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+    return int(info.get("size", -1)) == len(data) and info.get("md5Hash") == md5
 
 
 def is_remote(p) -> bool:
@@ -119,6 +167,43 @@ def _check_bucket(bucket: str, where: str, write: bool) -> None:
 
 def _first_line(text) -> str:
     return str(text).strip().splitlines()[0][:160] if str(text).strip() else ""
+
+
+_said = {"at": -float("inf"), "since": 0}  # retries, and when the last line about them was said
+
+
+def retried(where, write, *, budget_s: float | None = None):
+    """`write()` of something at `where`; for gs:// tried again with backoff (1 s doubling to 30 s)
+    for up to `budget_s` (RETRY_S) seconds while it fails, so the write must be whole each time (it
+    rewrites an object). A line at most once a minute says how many writes were retried; when the
+    time is spent, FaultError names `where` and the last error."""
+    if not is_remote(where):
+        return write()
+    what, budget = os.fspath(where), RETRY_S if budget_s is None else budget_s
+    deadline, delay = time.monotonic() + budget, 1.0
+    while True:
+        try:
+            return write()
+        except Exception as e:  # a write to a bucket: whatever its client raised
+            error = f"{type(e).__name__}: {_first_line(e) or 'no message'}"
+            if time.monotonic() + delay > deadline:
+                raise FaultError(
+                    f"{what}: Cloud Storage failed for {budget:.0f} s ({error}); the last complete "
+                    "checkpoint stands: run the same command again once the bucket answers"
+                ) from None
+            _said["since"] += 1
+            if time.monotonic() - _said["at"] >= 60:
+                logging.warning(
+                    "Cloud Storage: %d write(s) retried in the last minute (%s: %s); retrying "
+                    "for up to %.0f s",
+                    _said["since"],
+                    what,
+                    error,
+                    budget,
+                )
+                _said.update(at=time.monotonic(), since=0)
+            time.sleep(delay)
+            delay = min(2 * delay, 30.0)
 
 
 def new_dir(p) -> epath.Path:
@@ -218,7 +303,8 @@ class LogFile:
         if not self._remote:
             self._file.flush()
         elif self._dirty:
-            self.path.write_bytes(bytes(self._data))
+            data = bytes(self._data)
+            retried(self.path, lambda: self.path.write_bytes(data))
             self._dirty = False
 
     def close(self) -> None:

@@ -84,6 +84,12 @@ def placed(shapes, shardings):
     return jax.tree.map(place, shapes, shardings)
 
 
+def nbytes(tree) -> int:
+    """The bytes of a (possibly abstract) pytree's arrays, all of each: what a checkpoint of it
+    holds."""
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
 def to_host(tree):
     """Replicated device values (and pytrees of them, e.g. clu metrics) as numpy, on any number of
     processes."""

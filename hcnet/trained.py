@@ -33,9 +33,14 @@ def write_run_files(workdir, config, spec: dict) -> None:
     workdir = paths.path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     text = config.to_json_best_effort(indent=2, sort_keys=True)
-    (workdir / CONFIG_FILE).write_text(text + "\n")
-    checkpoint.write_spec(workdir, spec)
-    (workdir / COMMIT_FILE).write_text(git_commit() + "\n")
+    commit = git_commit()
+
+    def write():
+        (workdir / CONFIG_FILE).write_text(text + "\n")
+        checkpoint.write_spec(workdir, spec)
+        (workdir / COMMIT_FILE).write_text(commit + "\n")
+
+    paths.retried(workdir, write)
 
 
 def read_config(directory):

@@ -16,7 +16,7 @@ import time
 
 import jax
 
-from hcnet import checkpoint, finetune, monitor, paths, sharding, trained
+from hcnet import checkpoint, faults, finetune, monitor, paths, sharding, trained
 from hcnet.errors import ConfigError
 from hcnet.program import Run
 
@@ -139,18 +139,27 @@ def train_and_evaluate(c, workdir) -> dict:
     console = monitor.Console(run.total, run.per_epoch, c.batch_size)
     writer = monitor.Writers([])
     stop = Stop(checkpoints)
+    watchdog = faults.Watchdog(c.step_timeout, c.phase_timeout)
     try:
-        first, state, data_state = _restore_or_init(run, checkpoints, console)
-        if first == 1 and c.init_from:  # a new run: its parameters from another run or checkpoint
-            state = finetune.start_from(c, state, console.say)
-        writer = monitor.create_writer(workdir, first)
-        loader = run.task.train_loader(run.program.batch_sharding, state=data_state)
-        loop = Loop(c, run, evaluators, checkpoints, console, writer, stop, workdir)
-        return loop.run(state, loader, first)
-    finally:
-        stop.restore()
-        writer.close()
-        checkpoints.close()
+        try:
+            watchdog.phase("restoring the last checkpoint")
+            first, state, data_state = _restore_or_init(run, checkpoints, console)
+            if first == 1 and c.init_from:  # a new run: its parameters from another run
+                state = finetune.start_from(c, state, console.say)
+            writer = monitor.create_writer(workdir, first)
+            loader = run.task.train_loader(run.program.batch_sharding, state=data_state)
+            loop = Loop(c, run, evaluators, checkpoints, console, writer, stop, workdir)
+            return loop.run(state, loader, first, watchdog)
+        finally:
+            watchdog.close()
+            stop.restore()
+            writer.close()
+            checkpoints.close()
+    except Exception as e:  # a full disk or a failing bucket: one line (hcnet.faults)
+        fault = faults.explain(e, workdir, sharding.nbytes(run.program.abstract_state))
+        if fault is None:
+            raise
+        raise fault from None
 
 
 def _restore_or_init(run: Run, checkpoints: checkpoint.Checkpoints, console: monitor.Console):
@@ -200,13 +209,17 @@ class Loop:
     def due(self, every: int, step: int) -> bool:
         return bool(every and step % every == 0) or step == self.run_.total
 
-    def run(self, state, loader, first: int) -> dict:
+    def run(self, state, loader, first: int, watchdog: faults.Watchdog) -> dict:
         """Runs steps first..total; the last metrics (and whether a signal stopped it)."""
-        c, program, self.loader = self.c, self.run_.program, loader
+        c, program, self.loader, self.watchdog = self.c, self.run_.program, loader, watchdog
         key = sharding.replicated_key(c.seed, self.run_.mesh)
         with contextlib.ExitStack() as stack:
             profile = Profile(tuple(c.profile_steps), self.workdir, stack)
             for step in range(first, self.run_.total + 1):
+                if step == first:
+                    watchdog.phase(f"step {step} (compiling)")
+                else:
+                    watchdog.step(step)
                 profile.before(step)
                 t = time.perf_counter()
                 batch = next(loader)
@@ -229,6 +242,7 @@ class Loop:
                 if self.due(c.checkpoint_every_steps, step):
                     self.save(step, state, evaluated)
         # the last step always logs, so it was checked for non-finite values there
+        watchdog.phase("the last checkpoint")
         self.checkpoints.wait()
         last_step = self.run_.total if first <= self.run_.total else first - 1
         return {"step": last_step, "preempted": False, **self.last}
@@ -239,6 +253,7 @@ class Loop:
         self.console.mark(step)  # the first step's time is compilation
 
     def preempt(self, step: int, state) -> dict:
+        self.watchdog.phase(f"the checkpoint at step {step}")
         check_finite(state, step, self.checkpoints)
         self.checkpoints.save(step, state, self.loader.get_state())
         self.checkpoints.wait()
@@ -252,12 +267,16 @@ class Loop:
         check_finite(state, step, self.checkpoints)
         computed = sharding.to_host(self.metrics).compute()
         scalars = {f"train/{k}": float(v) for k, v in computed.items()}
-        scalars.update(self.console.line(step, scalars))
+        speed = self.console.line(step, scalars)
+        scalars.update(speed)
+        if speed["train/images_per_s"] > 0:
+            self.watchdog.pace = self.c.batch_size / speed["train/images_per_s"]
         scalars["train/epoch"] = step / self.run_.per_epoch
         self.writer.write_scalars(step, scalars)
         self.metrics, self.last = None, {**self.last, **scalars}
 
     def evaluate(self, step: int, state) -> None:
+        self.watchdog.phase(f"the evaluation at step {step}")
         scalars = run_evaluators(self.evaluators, state)
         self.writer.write_scalars(step, scalars)
         shown = []
@@ -272,6 +291,7 @@ class Loop:
         self.console.mark(step)
 
     def save(self, step: int, state, evaluated: bool) -> None:
+        self.watchdog.phase(f"the checkpoint at step {step}")
         check_finite(state, step, self.checkpoints)
         metrics = self.last if evaluated else None
         self.checkpoints.save(step, state, self.loader.get_state(), metrics)
