@@ -22,6 +22,9 @@ from hcnet.errors import FAULT_EXIT, UserError
 SCHEDULER_SIZES = {"SLURM": "SLURM_NTASKS", "Open MPI": "OMPI_COMM_WORLD_SIZE"}
 _DETECT = object()  # plan(): ask JAX which cluster this is
 _watching: list = []  # this process's PeerWatch, once joined
+AGAIN = (
+    "The last complete checkpoint stands: start every process again with the same command to resume"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,6 +284,5 @@ class PeerWatch:
             return
         stop_now(
             f"{what} stopped answering for {self.timeout:.0f} s (killed, frozen or its host "
-            f"lost); process {self.me} stops too. The last complete checkpoint stands: start "
-            "every process again with the same command to resume"
+            f"lost); process {self.me} stops too. {AGAIN}"
         )

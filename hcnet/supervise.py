@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 
+from hcnet.cluster import AGAIN
 from hcnet.errors import FAULT_EXIT
 
 CHILD = "HCNET_SUPERVISED"  # set in the child: it runs the command itself
