@@ -79,10 +79,8 @@ def run_in_child() -> None:
     status = child.wait()
     if held and status == -signal.SIGABRT:
         sys.stdout.flush()
-        out.write(
-            f"error: {lost(b''.join(held))}; this process stops too. The last complete "
-            "checkpoint stands: start every process again with the same command to resume\n".encode()
-        )
+        line = f"error: {lost(b''.join(held))}; this process stops too. {AGAIN}\n"
+        out.write(line.encode())
         out.flush()
         os._exit(FAULT_EXIT)
     out.write(b"".join(held))
