@@ -84,7 +84,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from hcnet import hostenv
-
-    hostenv.reexec_on_cpu()  # before JAX starts; see hcnet/hostenv.py
-    tools.run(main)
+    tools.run(main, cluster=True)  # several processes join first; see hcnet/cluster.py

@@ -37,12 +37,14 @@ def main(argv):
     from hcnet.errors import FAULT_EXIT, FaultError, UserError
 
     try:
-        cluster.join(
+        joined = cluster.join(
             coordinator=FLAGS.coordinator,
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
             peer_timeout=FLAGS.config.peer_timeout,
         )
+        if joined.num_processes > 1:
+            print(cluster.summary(joined), flush=True)
         paths.configure_gcs()
         paths.RETRY_S = FLAGS.config.storage_retry_s
         checkpoint.configure_orbax()

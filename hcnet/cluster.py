@@ -167,6 +167,16 @@ def join(*, coordinator=None, num_processes=None, process_id=None, peer_timeout=
     return p
 
 
+def summary(p: Plan) -> str:
+    """What this process joined, as every process of several prints it first."""
+    import jax
+
+    return (
+        f"process {jax.process_index()} of {jax.process_count()} ({p.source}): "
+        f"{jax.local_device_count()} of {jax.device_count()} {jax.devices()[0].platform} devices"
+    )
+
+
 def leave() -> None:
     """This process finished its work: its peers stop watching it (call before exiting)."""
     for watch in _watching:

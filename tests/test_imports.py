@@ -14,8 +14,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # higher one. Within hcnet/data the order is the listed one too. hcnet/tools and the commands sit
 # above everything.
 LAYERS = [
-    ["hcnet.errors", "hcnet.hostenv"],
-    ["hcnet.paths"],
+    ["hcnet.errors", "hcnet.hostenv", "hcnet.cluster", "hcnet.supervise"],
+    ["hcnet.paths", "hcnet.faults"],
     [
         "hcnet.data.transforms",
         "hcnet.data.randaugment",

@@ -63,13 +63,34 @@ def _one_line(main):
     return wrapped
 
 
-def run(main) -> None:
+def run(main, *, cluster: bool = False) -> None:
     """absl's app.run(main) with the tools' one-line errors, after the process-wide settings every
-    command makes (Cloud Storage through gcsfs: hcnet.paths.configure_gcs)."""
+    command makes (Cloud Storage through gcsfs: hcnet.paths.configure_gcs). With `cluster` (a
+    command a TPU slice or a GPU cluster runs on every host: eval.py, bench), XLA:CPU's malloc
+    setting first (hcnet.hostenv), then the process joins its peers (hcnet.cluster, under
+    hcnet.supervise) before `main`."""
     from hcnet import paths
 
+    if cluster:
+        from hcnet import hostenv, supervise
+
+        hostenv.reexec_on_cpu()
+        supervise.run_in_child()
+        main = _joined(main)
     paths.configure_gcs()
     app.run(_one_line(main))
+
+
+def _joined(main):
+    def wrapped(argv):
+        from hcnet import cluster
+
+        cluster.join()
+        result = main(argv)
+        cluster.leave()
+        return result
+
+    return wrapped
 
 
 def invoke(main, argv: list[str]):

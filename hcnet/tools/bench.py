@@ -9,7 +9,7 @@ What each column means: hcnet.measure.bench.
 
 from absl import flags
 
-from hcnet import hostenv, tools
+from hcnet import tools
 
 flags.DEFINE_string("dtype", "float32", "compute dtype: float32, bfloat16 or float16")
 flags.DEFINE_integer("devices", None, "the first N devices (default: all)")
@@ -56,5 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    hostenv.reexec_on_cpu()  # huge pages for XLA:CPU's buffers; see hcnet/hostenv.py
-    tools.run(main)
+    tools.run(main, cluster=True)  # on every host of a slice; hcnet/hostenv.py's malloc first
