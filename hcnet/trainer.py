@@ -132,6 +132,20 @@ def train_and_evaluate(c, workdir) -> dict:
     evaluators = run.task.evaluators(run.mesh, run.predict())
     check_best_metric(c.best_metric, evaluators)
 
+    watchdog = faults.Watchdog(c.step_timeout, c.phase_timeout)
+    try:
+        watchdog.phase("setting up the run (its files, its checkpoints)")
+        return _train(c, workdir, run, evaluators, watchdog)
+    except Exception as e:  # a full disk or a failing bucket: one line (hcnet.faults)
+        fault = faults.explain(e, workdir, sharding.nbytes(run.program.abstract_state))
+        if fault is None:
+            raise
+        raise fault from None
+    finally:
+        watchdog.close()
+
+
+def _train(c, workdir, run: Run, evaluators, watchdog: faults.Watchdog) -> dict:
     trained.write_run_files(workdir, c, run.task.spec)
     checkpoints = checkpoint.Checkpoints(
         workdir, keep=c.keep_checkpoints, async_save=c.checkpoint_async, best_metric=c.best_metric
@@ -139,27 +153,19 @@ def train_and_evaluate(c, workdir) -> dict:
     console = monitor.Console(run.total, run.per_epoch, c.batch_size)
     writer = monitor.Writers([])
     stop = Stop(checkpoints)
-    watchdog = faults.Watchdog(c.step_timeout, c.phase_timeout)
     try:
-        try:
-            watchdog.phase("restoring the last checkpoint")
-            first, state, data_state = _restore_or_init(run, checkpoints, console)
-            if first == 1 and c.init_from:  # a new run: its parameters from another run
-                state = finetune.start_from(c, state, console.say)
-            writer = monitor.create_writer(workdir, first)
-            loader = run.task.train_loader(run.program.batch_sharding, state=data_state)
-            loop = Loop(c, run, evaluators, checkpoints, console, writer, stop, workdir)
-            return loop.run(state, loader, first, watchdog)
-        finally:
-            watchdog.close()
-            stop.restore()
-            writer.close()
-            checkpoints.close()
-    except Exception as e:  # a full disk or a failing bucket: one line (hcnet.faults)
-        fault = faults.explain(e, workdir, sharding.nbytes(run.program.abstract_state))
-        if fault is None:
-            raise
-        raise fault from None
+        watchdog.phase("restoring the last checkpoint")
+        first, state, data_state = _restore_or_init(run, checkpoints, console)
+        if first == 1 and c.init_from:  # a new run: its parameters from another run or checkpoint
+            state = finetune.start_from(c, state, console.say)
+        writer = monitor.create_writer(workdir, first)
+        loader = run.task.train_loader(run.program.batch_sharding, state=data_state)
+        loop = Loop(c, run, evaluators, checkpoints, console, writer, stop, workdir)
+        return loop.run(state, loader, first, watchdog)
+    finally:
+        stop.restore()
+        writer.close()
+        checkpoints.close()
 
 
 def _restore_or_init(run: Run, checkpoints: checkpoint.Checkpoints, console: monitor.Console):
