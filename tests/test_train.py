@@ -155,13 +155,13 @@ def _run_until(cmd, env, marker: str, sig, ready=None) -> subprocess.CompletedPr
 def test_sigterm_saves_and_resumes_then_sigkill_mid_save_and_a_rerun_ends_bitwise_identical(
     smoke_run, tmp_path
 ):
-    """SIGTERM after step 2 saves and exits cleanly; the resumed run is killed (SIGKILL) while its
+    """SIGTERM after step 2 saves and exits with 75 (resume me); the resumed run is killed (SIGKILL) while its
     next checkpoint is being written, right after its eval line; the next run resumes and ends as
     the uninterrupted run did."""
     run_dir, _, _ = smoke_run
     env = env_with(8)
     stopped = _run_until(train_cmd(tmp_path), env, "step 2/8", signal.SIGTERM)
-    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    assert stopped.returncode == hcnet.errors.FAULT_EXIT, stopped.stderr[-2000:]
     assert "stopping at step" in stopped.stdout
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and saved[-1] < 8
