@@ -155,9 +155,9 @@ def _run_until(cmd, env, marker: str, sig, ready=None) -> subprocess.CompletedPr
 def test_sigterm_saves_and_resumes_then_sigkill_mid_save_and_a_rerun_ends_bitwise_identical(
     smoke_run, tmp_path
 ):
-    """SIGTERM after step 2 saves and exits with 75 (resume me); the resumed run is killed (SIGKILL) while its
-    next checkpoint is being written, right after its eval line; the next run resumes and ends as
-    the uninterrupted run did."""
+    """SIGTERM after step 2 saves and exits with 75 (to be resumed); the resumed run is killed
+    (SIGKILL) while its next checkpoint is being written, right after its eval line; the next run
+    resumes and ends as the uninterrupted run did."""
     run_dir, _, _ = smoke_run
     env = env_with(8)
     stopped = _run_until(train_cmd(tmp_path), env, "step 2/8", signal.SIGTERM)
