@@ -238,15 +238,17 @@ class Loop:
                 self.console.progress(step)
                 if step == first:
                     self.compiled(step, state, t)
-                if self.stop(step):
-                    return self.preempt(step, state)
                 if self.due(c.log_every_steps, step):
                     self.log(step, state)
                 evaluated = self.due(c.eval_every_steps, step)
                 if evaluated:
                     self.evaluate(step, state)
-                if self.due(c.checkpoint_every_steps, step):
+                saved = self.due(c.checkpoint_every_steps, step)
+                if saved:
                     self.save(step, state, evaluated)
+                # after the step's own actions, so that a resumed run's logs are the same
+                if self.stop(step) and step < self.run_.total:
+                    return self.preempt(step, state, saved)
         # the last step always logs, so it was checked for non-finite values there
         watchdog.phase("the last checkpoint")
         self.checkpoints.wait()
@@ -258,10 +260,11 @@ class Loop:
         self.console.say(f"step {step}: compiled and ran in {time.perf_counter() - start:.1f} s")
         self.console.mark(step)  # the first step's time is compilation
 
-    def preempt(self, step: int, state) -> dict:
+    def preempt(self, step: int, state, saved: bool) -> dict:
         self.watchdog.phase(f"the checkpoint at step {step}")
-        check_finite(state, step, self.checkpoints)
-        self.checkpoints.save(step, state, self.loader.get_state())
+        if not saved:
+            check_finite(state, step, self.checkpoints)
+            self.checkpoints.save(step, state, self.loader.get_state())
         self.checkpoints.wait()
         self.console.say(
             f"stopping at step {step} on SIGTERM / preemption: checkpoint saved in "

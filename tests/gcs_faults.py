@@ -2,7 +2,7 @@
 that answers a chosen share of requests with what the real service sends when it is busy or the
 network drops, and can turn the whole bucket away.
 
-Faults, each on a seeded share of the requests:
+Faults, on a seeded share of the requests (`kind` "mixed": each fault drawn in turn among them):
 - "503", "429": answered at once with that status and Google's JSON error, never forwarded;
 - "reset": forwarded and carried out, then the connection is reset halfway through the answer
   (what a client sees when a load balancer or the network drops a finished request);
@@ -42,7 +42,7 @@ class Proxy:
         seed=0,
         stall_s: float = 5.0,
     ):
-        assert kind is None or kind in KINDS, kind
+        assert kind is None or kind in (*KINDS, "mixed"), kind
         self.upstream = urllib.parse.urlsplit(upstream).netloc
         self.kind, self.rate, self.stall_s, self.refuse = kind, rate, stall_s, None
         self.counts = {"requests": 0, **{k: 0 for k in KINDS}, "refused": 0}
@@ -76,8 +76,9 @@ class Proxy:
                 self.counts["refused"] += 1
                 return "refuse"
             if self.kind and self._random.random() < self.rate:
-                self.counts[self.kind] += 1
-                return self.kind
+                kind = self._random.choice(KINDS) if self.kind == "mixed" else self.kind
+                self.counts[kind] += 1
+                return kind
             return None
 
     def _serve(self, h):

@@ -66,11 +66,12 @@ def through_proxy(gcs_emulator, bucket, digits_run):
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize("kind", gcs_faults.KINDS)
-def test_a_run_through_a_failing_cloud_storage_ends_as_a_clean_run(kind, through_proxy, digits_run):
+def test_a_run_through_a_failing_cloud_storage_ends_as_a_clean_run(through_proxy, digits_run):
+    """Every kind of fault in one run (each run is most of a minute here): 503s, 429s, resets after
+    the work was done, stalls, each met by every client several times."""
     bucket, proxy, env = through_proxy
-    # a share of the run's ~400 requests; a client waits a second or two before each retry
-    proxy.kind, proxy.rate, proxy.stall_s = kind, 0.04 if kind == "reset" else 0.02, 2.0
+    # 6% of the run's ~400 requests; a client waits a second or two before each retry
+    proxy.kind, proxy.rate, proxy.stall_s = "mixed", 0.06, 2.0
     workdir = paths.path(bucket) / "run"
     start = time.monotonic()
     proc = subprocess.run(
@@ -82,7 +83,7 @@ def test_a_run_through_a_failing_cloud_storage_ends_as_a_clean_run(kind, through
     )
     took = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proxy.counts[kind] >= 3, proxy.counts  # the faults happened, to every client
+    assert all(proxy.counts[k] >= 2 for k in gcs_faults.KINDS), proxy.counts
     reference = digits_run[1]
     assert_same(params_of(workdir), params_of(reference))
     assert_same(params_of(workdir, ema=True), params_of(reference, ema=True))
