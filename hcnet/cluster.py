@@ -208,10 +208,17 @@ def check_joined() -> None:
 
 
 def stop_now(line: str) -> None:
-    """Ends this process at once with `line` (the main thread may be stuck in a collective)."""
-    sys.stdout.flush()
-    sys.stderr.write(f"error: {line}\n")
-    sys.stderr.flush()
+    """Ends this process at once with `line` as its last (the main thread may be stuck in a
+    collective, and the threads of a failed save may still be printing)."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    stderr = os.dup(2)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # whatever other threads print now goes nowhere
+    time.sleep(0.1)  # and a write already under way lands before the line
+    os.write(stderr, f"error: {line}\n".encode())
     os._exit(FAULT_EXIT)
 
 

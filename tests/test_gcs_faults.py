@@ -70,8 +70,8 @@ def test_a_run_through_a_failing_cloud_storage_ends_as_a_clean_run(through_proxy
     """Every kind of fault in one run (each run is most of a minute here): 503s, 429s, resets after
     the work was done, stalls, each met by every client several times."""
     bucket, proxy, env = through_proxy
-    # 6% of the run's ~400 requests; a client waits a second or two before each retry
-    proxy.kind, proxy.rate, proxy.stall_s = "mixed", 0.06, 2.0
+    # 5% of the run's ~400 requests; a client waits a second or two before each retry
+    proxy.kind, proxy.rate, proxy.stall_s = "mixed", 0.05, 1.0
     workdir = paths.path(bucket) / "run"
     start = time.monotonic()
     proc = subprocess.run(
