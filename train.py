@@ -64,6 +64,9 @@ def main(argv):
 if __name__ == "__main__":
     from hcnet import hostenv, supervise
 
+    hostenv.cpu_only()  # before JAX starts: no plugin errors on a CPU host
     hostenv.reexec_on_cpu()  # before JAX starts; see hcnet/hostenv.py
     supervise.run_in_child()  # several processes: see hcnet/supervise.py
-    app.run(main)
+    from hcnet.errors import parse_flags
+
+    app.run(main, flags_parser=parse_flags)

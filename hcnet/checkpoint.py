@@ -21,6 +21,7 @@ from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
 from hcnet import nets, paths
+from hcnet.errors import UserError
 
 SPEC_FILE, PARAMS_DIR, CHECKPOINTS = "model.json", "params", "checkpoints"
 TRAIN_KEYS = (
@@ -54,7 +55,17 @@ def write_spec(directory, spec: dict) -> None:
 
 
 def read_spec(directory) -> dict:
-    return json.loads((paths.path(directory) / SPEC_FILE).read_text())
+    file = paths.path(directory) / SPEC_FILE
+    try:
+        spec = json.loads(file.read_text())
+    except ValueError as e:
+        spec = e
+    if not isinstance(spec, dict):
+        raise UserError(
+            f"{file}: damaged ({spec if isinstance(spec, Exception) else type(spec).__name__}); "
+            "hcnet.tools.convert, hcnet.tools.export and train.py write it as a JSON object"
+        )
+    return spec
 
 
 def _is_run_dir(path) -> bool:
@@ -145,7 +156,7 @@ class Checkpoints:
         items = {**self._items(state, ocp.args.StandardSave), "data": ocp.args.JsonSave(data_state)}
         best = (
             {self.best_metric: float(metrics[self.best_metric])}
-            if metrics and self.best_metric in metrics
+            if metrics and metrics.get(self.best_metric) is not None
             else None
         )
         self.manager.save(step, args=ocp.args.Composite(**items), metrics=best, force=True)

@@ -38,22 +38,14 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
             f"{path}: unknown suffix {suffix!r} (expected .pth, .pt, .safetensors or .npz)"
         )
     data = path.read_bytes()
-    if suffix == ".npz":
-        with np.load(io.BytesIO(data)) as f:
-            state = {k: f[k] for k in f.files}
-    elif suffix == ".safetensors":
-        from safetensors.numpy import load
-
-        state = load(data)
-    else:
-        try:
-            import torch
-        except ImportError:
-            raise ConversionError(
-                f"{path}: reading {suffix} needs torch (pip install torch), or give "
-                "the weights as .safetensors or .npz"
-            ) from None
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not data:
+        raise ConversionError(f"{path}: an empty file (expected a {suffix} state_dict)")
+    state = _parse(path, suffix, data)
+    if not isinstance(state, dict):
+        raise ConversionError(
+            f"{path}: holds a {type(state).__name__}, not a state_dict (a dict of tensors by "
+            "name); save one with torch.save(model.state_dict(), f)"
+        )
     for wrapper in ("model", "state_dict", "model_ema"):
         if isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -62,6 +54,51 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
         k.removeprefix("module."): np.asarray(v.float().numpy() if hasattr(v, "numpy") else v)
         for k, v in state.items()
     }
+
+
+def _parse(path, suffix: str, data: bytes):
+    """The object a weight file holds; one line for a file that is not what its suffix says."""
+    try:
+        if suffix == ".npz":
+            with np.load(io.BytesIO(data)) as f:
+                return {k: f[k] for k in f.files}
+        if suffix == ".safetensors":
+            from safetensors.numpy import load
+
+            return load(data)
+    except Exception as e:  # a damaged or foreign file, as the reader says
+        raise _unreadable(path, suffix, e) from None
+    try:
+        import torch
+    except ImportError:
+        raise ConversionError(
+            f"{path}: reading {suffix} needs torch (pip install torch), or give "
+            "the weights as .safetensors or .npz"
+        ) from None
+    import pickle
+
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "global" not in str(e):  # not a class it refused: random bytes, a damaged file
+            raise ConversionError(  # (torch's own message advises weights_only=False)
+                f"{path}: not a readable {suffix} file (it does not unpickle as torch.save "
+                "writes); expected what torch.save(model.state_dict(), f) writes"
+            ) from None
+        raise ConversionError(  # objects beyond tensors: never unpickled from a given file
+            f"{path}: not a plain state_dict (it pickles objects other than tensors, which are "
+            "not loaded from a file one did not make); save one with "
+            "torch.save(model.state_dict(), f), or give .safetensors"
+        ) from None
+    except Exception as e:  # not a torch file at all: truncated, random, another format
+        raise _unreadable(path, suffix, e, "; expected what torch.save writes") from None
+
+
+def _unreadable(path, suffix: str, e: Exception, hint: str = "") -> ConversionError:
+    said = str(e).strip().splitlines()[0][:120] if str(e).strip() else "no message"
+    return ConversionError(
+        f"{path}: not a readable {suffix} file ({type(e).__name__}: {said}){hint}"
+    )
 
 
 def infer_heat_operator(keys) -> str:

@@ -27,3 +27,43 @@ class ConversionError(UserError):
 class FaultError(RuntimeError):
     """A fault of the machines or services (Cloud Storage that stays down or turns a run away, a
     full disk), said in one line; the run's last complete checkpoint stands."""
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing for every command (app.run's flags_parser), with a bad flag or
+    --config override said in one line: absl prints two for an unknown flag, ml_collections raises
+    tracebacks for an unknown config field, and for a config file that failed to load when the
+    command first reads it."""
+    import sys
+
+    from absl import flags
+
+    try:
+        rest = flags.FLAGS(argv)
+    except Exception as e:  # flags.Error, or what a --config.field override raised
+        while e.args and isinstance(e.args[0], BaseException):
+            e = e.args[0]  # ml_collections wraps the KeyError that says which field
+        missing = _said(e).split(";")[0].strip("'\"")  # a field the config lacks, if that is it
+        arg = next(
+            (
+                a.partition("=")[0]
+                for a in argv
+                if isinstance(e, (KeyError, AttributeError))
+                and a.startswith("--config.")
+                and missing in a.partition("=")[0].split(".")
+            ),
+            None,
+        )
+        sys.exit(f"error: {arg + ': no such field ' if arg else ''}{_said(e)}")
+    for name in list(flags.FLAGS):
+        value = getattr(flags.FLAGS, name)
+        if type(value).__name__ == "_ErrorConfig":  # ml_collections keeps the load's error
+            sys.exit(f"error: --{name}: {_said(object.__getattribute__(value, '_error'))}")
+    return rest
+
+
+def _said(e: BaseException) -> str:
+    """An exception's message in one line: its last two non-empty lines."""
+    text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return "; ".join(lines[-2:]) if lines else type(e).__name__

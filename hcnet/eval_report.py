@@ -81,7 +81,7 @@ def _number(values: dict, key: str) -> str:
     if key not in values:
         return "-"  # e.g. ReaL reports top1 only
     value = values[key]
-    return str(value) if isinstance(value, int) else f"{value:.4f}"
+    return str(value) if isinstance(value, int) else monitor.shown(value)
 
 
 def default_out(report: dict) -> paths.Path:

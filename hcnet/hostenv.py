@@ -61,6 +61,18 @@ def cpu_malloc_env(
     return {**environ, "GLIBC_TUNABLES": f"{tunables}:{TUNABLE}" if tunables else TUNABLE}
 
 
+def cpu_only(environ=os.environ, *, accelerator: bool | None = None) -> None:
+    """JAX_PLATFORMS=cpu where no GPU or TPU is attached and nothing chose a platform, before JAX
+    starts: the CUDA plugin and libtpu (requirements-gpu.txt, requirements-tpu.txt) print errors and
+    tracebacks when they find no device. Compile-only TPU and GPU devices (hcnet.tools.aot) need
+    no platform of theirs, so nothing is lost; an attached accelerator changes nothing."""
+    attached = accelerator if accelerator is not None else accelerator_attached()
+    if not environ.get("JAX_PLATFORMS") and not attached:
+        environ["JAX_PLATFORMS"] = "cpu"
+        if "jax" in sys.modules:  # imported already (JAX reads the variable then), not started
+            sys.modules["jax"].config.update("jax_platforms", "cpu")
+
+
 def reexec_on_cpu() -> None:
     """Restarts this command with the tunable set (see the module's docstring), or returns."""
     env = cpu_malloc_env(os.environ)

@@ -17,6 +17,16 @@ METRICS_FILE = "metrics.jsonl"
 _FILES = itertools.count()  # event files this process opened: part of each one's name
 
 
+def measured(scalars: dict):
+    """The (name, value) pairs that have a value: a metric without data (None) is left out."""
+    return [(k, v) for k, v in scalars.items() if v is not None]
+
+
+def shown(value) -> str:
+    """A metric as tables and the console show it: '-' where it has no value."""
+    return "-" if value is None else f"{value:.4f}"
+
+
 class JsonLinesWriter:
     """One JSON object per write_scalars call: {"step": N, "train/loss": ..., ...}, appended.
 
@@ -36,7 +46,8 @@ class JsonLinesWriter:
     def write_scalars(self, step: int, scalars: dict):
         self._file.write(
             (
-                json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n"
+                json.dumps({"step": int(step), **{k: float(v) for k, v in measured(scalars)}})
+                + "\n"
             ).encode()
         )
         self._file.flush()
@@ -91,7 +102,7 @@ class TensorBoardWriter:
         self._records.write(event.SerializeToString())
 
     def write_scalars(self, step: int, scalars: dict):
-        values = [self._summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+        values = [self._summary.Value(tag=k, simple_value=float(v)) for k, v in measured(scalars)]
         self._write(
             self._event(wall_time=time.time(), step=int(step), summary=self._summary(value=values))
         )

@@ -121,9 +121,27 @@ def bucket_of(p) -> str:
 
 def check(p, *, write: bool = False) -> None:
     """For gs:// paths: the bucket exists and these credentials may list it (and, with `write`,
-    write and delete objects there); one line naming what is missing otherwise. Local paths pass."""
+    write and delete objects there); for a local folder to write in: it is a folder, made if need
+    be, that this user may write in. One line naming what is wrong otherwise."""
     if is_remote(p):
         _check_bucket(bucket_of(p), os.fspath(p), write)
+    elif write:
+        _check_folder(path(p))
+
+
+def _check_folder(p: epath.Path) -> None:
+    if p.exists() and not p.is_dir():
+        raise UserError(
+            f"{p}: a file, not a folder; give a folder (a new one, or a run's to resume)"
+        )
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"{p}: cannot make this folder ({e.strerror}); give one you may write in"
+        ) from None
+    if not os.access(p, os.W_OK):
+        raise UserError(f"{p}: this user may not write in this folder; give one you may write in")
 
 
 @functools.cache

@@ -50,7 +50,13 @@ def read_config(directory):
         raise ConfigError(
             f"{file}: no config.json there; give --config=configs/<the run's config>.py"
         )
-    return config_lib.from_json(file.read_text())
+    try:
+        return config_lib.from_json(file.read_text())
+    except ValueError as e:  # JSONDecodeError, or a value the config's fields do not take
+        raise ConfigError(
+            f"{file}: not a config.json this code can read ({str(e).splitlines()[0][:160]}); "
+            "give --config=configs/<the run's config>.py"
+        ) from None
 
 
 def git_commit() -> str:

@@ -294,7 +294,7 @@ class Loop:
                 for m in ev.headline:
                     key = metric_key(ev.name, suffix, m)
                     if key in scalars:
-                        shown.append(f"{key} {scalars[key]:.4f}")
+                        shown.append(f"{key} {monitor.shown(scalars[key])}")
         self.console.say(f"step {step} eval: " + ", ".join(shown))
         self.last.update(scalars)
         self.console.mark(step)

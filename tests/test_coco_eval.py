@@ -66,8 +66,20 @@ def test_perfect_detections_score_one():
     for kind in ("bbox", "segm"):
         assert metrics[f"{kind}/AP"] == 1.0 and metrics[f"{kind}/AP50"] == 1.0
         assert metrics[f"{kind}/AP75"] == 1.0 and metrics[f"{kind}/APs"] == 1.0
-        # no medium or large object here: COCOeval's -1, reported as 0
-        assert metrics[f"{kind}/APl"] == 0.0
+        # no medium or large object here: COCOeval's -1, no score at all (never 0)
+        assert metrics[f"{kind}/APm"] is None and metrics[f"{kind}/APl"] is None
+
+
+def test_a_metric_without_data_is_a_dash_in_tables_and_absent_from_the_logs(tmp_path):
+    from hcnet import monitor
+
+    metrics = coco_eval.evaluate(coco_index(dataset()), detect(PERFECT))
+    assert monitor.shown(metrics["bbox/APl"]) == "-" and monitor.shown(0.0) == "0.0000"
+    writer = monitor.create_writer(tmp_path)
+    writer.write_scalars(4, {"eval/bbox_AP": metrics["bbox/AP"], "eval/bbox_APl": None})
+    writer.close()
+    [row] = monitor.read_metrics(tmp_path)
+    assert row == {"step": 4, "eval/bbox_AP": 1.0}
 
 
 def test_a_box_below_the_iou_threshold_is_a_miss():

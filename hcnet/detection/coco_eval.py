@@ -35,9 +35,14 @@ def results(image_id: int, boxes, scores, labels, category_ids, masks=None) -> l
     return out
 
 
+def none_if_negative(value) -> float | None:
+    return float(value) if value >= 0 else None
+
+
 def evaluate(coco: COCO, detections: list[dict], iou_types=("bbox", "segm")) -> dict:
     """{"bbox/AP": ..., "segm/AP50": ...} over every image of `coco`, by COCOeval; no detection at
-    all scores 0."""
+    all scores 0, and a metric without ground truth (COCOeval's -1: no large objects, say) is None,
+    shown as "-" and left out of the logs, never 0."""
     metrics = {}
     for iou_type in iou_types:
         if not detections:
@@ -50,6 +55,6 @@ def evaluate(coco: COCO, detections: list[dict], iou_types=("bbox", "segm")) -> 
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-        stats = np.maximum(evaluator.stats[: len(METRICS)], 0.0)  # -1: no such objects
-        metrics.update({f"{iou_type}/{m}": float(v) for m, v in zip(METRICS, stats)})
+        stats = evaluator.stats[: len(METRICS)]  # -1: no such objects
+        metrics.update({f"{iou_type}/{m}": none_if_negative(v) for m, v in zip(METRICS, stats)})
     return metrics

@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags, logging
 
-from hcnet.errors import UserError
+from hcnet.errors import UserError, parse_flags
 
 FLAGS = flags.FLAGS
 # the flags several tools take; a tool lists those it uses with flags.declare_key_flag
@@ -69,16 +69,17 @@ def run(main, *, cluster: bool = False) -> None:
     command a TPU slice or a GPU cluster runs on every host: eval.py, bench), XLA:CPU's malloc
     setting first (hcnet.hostenv), then the process joins its peers (hcnet.cluster, under
     hcnet.supervise) before `main`."""
-    from hcnet import paths
+    from hcnet import hostenv, paths
 
+    hostenv.cpu_only()  # before JAX starts: no plugin errors on a CPU host
     if cluster:
-        from hcnet import hostenv, supervise
+        from hcnet import supervise
 
         hostenv.reexec_on_cpu()
         supervise.run_in_child()
         main = _joined(main)
     paths.configure_gcs()
-    app.run(_one_line(main))
+    app.run(_one_line(main), flags_parser=parse_flags)
 
 
 def _joined(main):
