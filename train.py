@@ -53,8 +53,8 @@ def main(argv):
         sys.exit(f"error: {e}")
     except FaultError as e:
         cluster.stop_now(str(e))  # at once: a failed save leaves threads that would print more
-    except Exception as e:
-        cluster.settle(e)  # a lost peer ends the process here, in one line
+    except Exception:
+        cluster.settle()  # a lost peer ends the process here, in one line
         raise
     cluster.leave()
     if result["preempted"]:

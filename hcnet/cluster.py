@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+from hcnet import hostenv
 from hcnet.errors import FAULT_EXIT, UserError
 
 SCHEDULER_SIZES = {"SLURM": "SLURM_NTASKS", "Open MPI": "OMPI_COMM_WORLD_SIZE"}
@@ -65,7 +66,7 @@ def local_layout(environ) -> tuple[int, int] | None:
     return None
 
 
-def visible_gpus(environ, device_files: str = "/dev/nvidia[0-9]*") -> int:
+def visible_gpus(environ, device_files: str = hostenv.NVIDIA_DEVICES) -> int:
     """The NVIDIA GPUs this process may use: CUDA_VISIBLE_DEVICES's list, else the node's."""
     if "CUDA_VISIBLE_DEVICES" in environ:
         return len([d for d in environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()])
@@ -183,7 +184,7 @@ def leave() -> None:
         watch.stop()
 
 
-def settle(error: BaseException) -> None:
+def settle() -> None:
     """Before an unexpected error ends a process of several: if a peer was lost (a collective
     fails at once when a peer dies), wait for the peer watch to say so in its one line and exit;
     returns if no peer was lost within the watch's time."""

@@ -17,7 +17,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from hcnet import paths
-from hcnet.errors import ConversionError
+from hcnet.errors import ConversionError, described
 from hcnet.model import model_spec
 from hcnet.nets import ModelDef
 from hcnet.stencils import neighbour_count
@@ -95,10 +95,7 @@ def _parse(path, suffix: str, data: bytes):
 
 
 def _unreadable(path, suffix: str, e: Exception, hint: str = "") -> ConversionError:
-    said = str(e).strip().splitlines()[0][:120] if str(e).strip() else "no message"
-    return ConversionError(
-        f"{path}: not a readable {suffix} file ({type(e).__name__}: {said}){hint}"
-    )
+    return ConversionError(f"{path}: not a readable {suffix} file ({described(e)}){hint}")
 
 
 def infer_heat_operator(keys) -> str:

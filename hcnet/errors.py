@@ -29,6 +29,12 @@ class FaultError(RuntimeError):
     full disk), said in one line; the run's last complete checkpoint stands."""
 
 
+def described(e: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:240] if lines else 'no message'}"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing for every command (app.run's flags_parser), with a bad flag or
     --config override said in one line: absl prints two for an unknown flag, ml_collections raises

@@ -14,7 +14,7 @@ import threading
 import time
 
 from hcnet import cluster, paths
-from hcnet.errors import FaultError
+from hcnet.errors import FaultError, described
 
 # the clients whose errors are Cloud Storage failing (a frame of theirs in the traceback)
 STORAGE_CLIENTS = (
@@ -107,11 +107,6 @@ def _from_storage(e: BaseException) -> bool:
     return False
 
 
-def first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:240] if lines else 'no message'}"
-
-
 def explain(e: BaseException, workdir, checkpoint_bytes: int) -> FaultError | None:
     """The one line for a run stopped by a full disk or by Cloud Storage, or None for any other
     error."""
@@ -126,7 +121,7 @@ def explain(e: BaseException, workdir, checkpoint_bytes: int) -> FaultError | No
         )
     if paths.is_remote(workdir) and _from_storage(e):
         return FaultError(
-            f"{workdir}: Cloud Storage failed ({first_line(e)}); the last complete checkpoint "
+            f"{workdir}: Cloud Storage failed ({described(e)}); the last complete checkpoint "
             "stands: run the same command again once the bucket answers"
         )
     return None

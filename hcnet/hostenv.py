@@ -19,7 +19,9 @@ TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT = "HCNET_KEEP_MALLOC"
 # the device files of an attached accelerator: NVIDIA GPUs, AMD GPUs, Cloud TPU chips (v4: accel,
 # v5e and later: vfio)
-ACCELERATOR_DEVICES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
+NVIDIA_DEVICES = "/dev/nvidia[0-9]*"
+TPU_DEVICES = ("/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
+ACCELERATOR_DEVICES = (NVIDIA_DEVICES, "/dev/kfd", *TPU_DEVICES)
 
 
 def glibc_version() -> tuple[int, int] | None:

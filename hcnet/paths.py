@@ -29,7 +29,7 @@ import fsspec.config
 from absl import logging
 from etils import epath
 
-from hcnet.errors import FaultError, UserError
+from hcnet.errors import FaultError, UserError, described
 
 Path = epath.Path
 PACKAGE = epath.Path(__file__).resolve().parent  # hcnet/ (its data files)
@@ -203,7 +203,7 @@ def retried(where, write, *, budget_s: float | None = None):
         try:
             return write()
         except Exception as e:  # a write to a bucket: whatever its client raised
-            error = f"{type(e).__name__}: {_first_line(e) or 'no message'}"
+            error = described(e)
             if time.monotonic() + delay > deadline:
                 raise FaultError(
                     f"{what}: Cloud Storage failed for {budget:.0f} s ({error}); the last complete "

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 
+from hcnet import hostenv
 from hcnet.cluster import AGAIN
 from hcnet.errors import FAULT_EXIT
 
@@ -34,7 +35,7 @@ def several_processes(environ, argv) -> bool:
         or environ.get("SLURM_NTASKS", "1") not in ("", "1")
         or environ.get("OMPI_COMM_WORLD_SIZE", "1") not in ("", "1")
         or "," in environ.get("TPU_WORKER_HOSTNAMES", "")
-        or bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
+        or any(glob.glob(pattern) for pattern in hostenv.TPU_DEVICES)
     )
 
 

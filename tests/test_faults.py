@@ -80,6 +80,17 @@ class Pair:
             out = "".join(self.lines) + out
         return self.procs[process].returncode, out, err
 
+    def fault(self, marker: str, victim: int, sig, watched: int) -> tuple[int, str, str, float]:
+        """Up to process 0's line starting with `marker`, then `sig` to process `victim`; process
+        `watched`'s (status, stdout, stderr) and the seconds it took to end after the signal."""
+        try:
+            self.until(marker)
+            t = self.signal(victim, sig)
+            status, out, err = self.finish(watched)
+            return status, out, err, time.monotonic() - t
+        finally:
+            self.kill()
+
     def kill(self):
         for p in self.procs:
             try:
@@ -143,14 +154,8 @@ def test_a_slurm_job_meets_every_fault_in_turn_and_ends_bitwise_as_an_uninterrup
         assert status == FAULT_EXIT, err[-2000:]
     assert "stopping at step" in results[0][1]
 
-    pair = Pair(tmp_path)
-    try:
-        pair.until("step ")  # "step N: compiled ...": the next steps' collectives need process 1
-        t = pair.signal(1, signal.SIGKILL)
-        status, out, err = pair.finish(0)
-        took = time.monotonic() - t
-    finally:
-        pair.kill()
+    # "step N: compiled ...": the next steps' collectives need process 1
+    status, out, err, took = Pair(tmp_path).fault("step ", 1, signal.SIGKILL, 0)
     assert "resumed from" in out
     assert status == FAULT_EXIT and took < bound, err[-3000:]
     assert last_line(err).startswith(
@@ -160,25 +165,12 @@ def test_a_slurm_job_meets_every_fault_in_turn_and_ends_bitwise_as_an_uninterrup
     assert "Check failure stack trace" not in err and "Fatal Python error" not in err
 
     pair = Pair(tmp_path, "--config.phase_timeout=6", "--config.peer_timeout=120")
-    try:
-        pair.until("process 0 of 2 (slurm)")
-        t = pair.signal(1, signal.SIGSTOP)
-        status, _, err = pair.finish(0)
-        took = time.monotonic() - t
-    finally:
-        pair.kill()
+    status, _, err, took = pair.fault("process 0 of 2 (slurm)", 1, signal.SIGSTOP, 0)
     assert status == FAULT_EXIT and took < 6 + 15, err[-3000:]
     assert "Thread 0x" in err and "most recent call first" in err  # every thread's stack
     assert re.match(r"error: .+ did not finish in 6 s \(the watchdog", last_line(err)), err
 
-    pair = Pair(tmp_path)
-    try:
-        pair.until("step ")
-        t = pair.signal(0, signal.SIGKILL)
-        status, _, err = pair.finish(1)
-        took = time.monotonic() - t
-    finally:
-        pair.kill()
+    status, _, err, took = Pair(tmp_path).fault("step ", 0, signal.SIGKILL, 1)
     assert status == FAULT_EXIT and took < bound, err[-3000:]
     assert last_line(err).startswith(
         "error: process 0, which holds JAX's coordination service, is gone"

@@ -54,6 +54,12 @@ def digits_run(tmp_path_factory, worker_id):
     return saved["data"], saved["run"]
 
 
+def train_on_digits(workdir, bucket, env) -> subprocess.CompletedProcess:
+    """train.py on the digits in `bucket`, into `workdir`, with `env`'s clients."""
+    cmd = train_cmd(workdir, *digits_flags(f"{bucket}/tfds"))
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
 @pytest.fixture
 def through_proxy(gcs_emulator, bucket, digits_run):
     """(the bucket with the digits data in it, a faulty proxy, the environment that points every
@@ -74,13 +80,7 @@ def test_a_run_through_a_failing_cloud_storage_ends_as_a_clean_run(through_proxy
     proxy.kind, proxy.rate, proxy.stall_s = "mixed", 0.05, 1.0
     workdir = paths.path(bucket) / "run"
     start = time.monotonic()
-    proc = subprocess.run(
-        train_cmd(workdir, *digits_flags(f"{bucket}/tfds")),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = train_on_digits(workdir, bucket, env)
     took = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert all(proxy.counts[k] >= 2 for k in gcs_faults.KINDS), proxy.counts
@@ -138,13 +138,7 @@ def test_a_bucket_deleted_or_turned_403_mid_run_ends_it_in_one_line_and_the_reru
         if status == 403:  # the second run: the first one's step 4 stood
             assert f"resumed from {workdir}/checkpoints/4" in proc.stdout
     proxy.refuse = None
-    rerun = subprocess.run(
-        train_cmd(workdir, *digits_flags(f"{bucket}/tfds")),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    rerun = train_on_digits(workdir, bucket, env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resumed from {workdir}/checkpoints/4\n" in rerun.stdout
     assert_same(params_of(workdir), params_of(digits_run[1]))
