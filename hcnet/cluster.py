@@ -211,9 +211,8 @@ def check_joined() -> None:
 def stop_now(line: str) -> None:
     """Ends this process at once with `line` as its last (the main thread may be stuck in a
     collective, and the threads of a failed save may still be printing)."""
-    try:
+    try:  # not stderr: another thread's half-written line would go out before this one
         sys.stdout.flush()
-        sys.stderr.flush()
     except (OSError, ValueError):
         pass
     stderr = os.dup(2)
