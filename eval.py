@@ -18,7 +18,7 @@ it as <report>_eval_<raw|ema>_detections.json, the file COCO's test server takes
 
 import json
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from hcnet import tools
@@ -31,7 +31,10 @@ flags.DEFINE_string(
     "split", None, "TFDS split string, e.g. validation or 'validation[:1000]' (default: eval_split)"
 )
 flags.DEFINE_integer(
-    "batch_size", None, "global evaluation batch (default: eval_batch_size or batch_size)"
+    "batch_size",
+    None,
+    "global evaluation batch (default: eval_batch_size or batch_size)",
+    lower_bound=1,
 )
 flags.DEFINE_list("weights", None, "raw, ema or both (default: all the checkpoint has)")
 flags.DEFINE_bool(
@@ -49,8 +52,6 @@ MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg's aug_test img_ratios
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.verbosity == 0:
         logging.set_verbosity(logging.WARNING)
     path = FLAGS.checkpoint or FLAGS.workdir

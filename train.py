@@ -24,8 +24,6 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.verbosity == 0:
         logging.set_verbosity(
             logging.WARNING
@@ -34,9 +32,10 @@ def main(argv):
 
     jax.config.update("jax_threefry_partitionable", True)
     from hcnet import checkpoint, cluster, paths, trainer
-    from hcnet.errors import FAULT_EXIT, FaultError, UserError
+    from hcnet.errors import FAULT_EXIT, FaultError, UserError, no_arguments
 
     try:
+        no_arguments(argv)
         joined = cluster.join(
             coordinator=FLAGS.coordinator,
             num_processes=FLAGS.num_processes,

@@ -12,6 +12,7 @@ gs:// (no renames there) it writes in place and marks the step complete with a l
 does not read is skipped with a warning and the one before used. Every directory may be gs://.
 """
 
+import contextlib
 import json
 
 import jax
@@ -21,7 +22,7 @@ from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
 from hcnet import nets, paths
-from hcnet.errors import UserError
+from hcnet.errors import UserError, described
 
 SPEC_FILE, PARAMS_DIR, CHECKPOINTS = "model.json", "params", "checkpoints"
 TRAIN_KEYS = (
@@ -108,18 +109,30 @@ def restore_params(path, target: dict, *, ema: bool = False, step: int | None = 
     shardings."""
     path = paths.path(path)
     if not _is_run_dir(path):
-        with ocp.StandardCheckpointer() as ckptr:
+        with ocp.StandardCheckpointer() as ckptr, _damaged(path / PARAMS_DIR):
             return ckptr.restore(path / PARAMS_DIR, target)
     item, step = "ema" if ema else "params", choose_step(path, step)
-    if not (path / CHECKPOINTS / str(step) / item).is_dir():
+    where = path / CHECKPOINTS / str(step)
+    if not (where / item).is_dir():
         raise FileNotFoundError(
-            f"{path / CHECKPOINTS / str(step)} has no {item!r} weights"
-            + (" (the run had optim.ema_decay=0)" if ema else "")
+            f"{where} has no {item!r} weights" + (" (the run had optim.ema_decay=0)" if ema else "")
         )
-    with _reader(path) as manager:
+    with _reader(path) as manager, _damaged(where / item, "; give another --step"):
         return manager.restore(
             step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)})
         )[item]
+
+
+@contextlib.contextmanager
+def _damaged(where, advice: str = ""):
+    """A checkpoint whose files do not parse or do not hold what its model.json says, in one line
+    (a storage fault is not caught here: it stays a fault)."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(
+            f"{where}: a damaged checkpoint, or not this model's ({described(e)}){advice}"
+        ) from None
 
 
 class Checkpoints:

@@ -7,6 +7,7 @@ and what would be accepted.
 
 import importlib.util
 import json
+import math
 import os
 import re
 
@@ -244,7 +245,17 @@ def validate(c, num_devices: int, *, training: bool = True) -> None:
         sharding.check_mesh(c.mesh.data, c.mesh.fsdp, num_devices)
     except ConfigError as e:
         raise ConfigError(f"config.{e}") from None
+    for field, value in _flatten(c.to_dict()).items():
+        if isinstance(value, float):
+            require(math.isfinite(value), field, value, "must be a finite number")
+    m = c.model
+    require(m.mlp_ratio > 0, "model.mlp_ratio", m.mlp_ratio, "must be > 0 (the reference's: 4)")
     d = c.dataset
+    require(0 <= d.hflip <= 1, "dataset.hflip", d.hflip, "a probability in [0, 1]")
+    require(d.threads >= 1, "dataset.threads", d.threads, "must be at least 1")
+    for field in ("workers", "prefetch"):
+        require(d[field] >= 0, f"dataset.{field}", d[field], "must be >= 0")
+    require(c.mesh.fsdp_min_size >= 0, "mesh.fsdp_min_size", c.mesh.fsdp_min_size, "must be >= 0")
     require(d.image_size >= 32, "dataset.image_size", d.image_size, "must be at least 32")
     require(d.num_classes >= 1, "dataset.num_classes", d.num_classes, "must be at least 1")
     require(0 < d.crop_pct <= 1, "dataset.crop_pct", d.crop_pct, "must be in (0, 1]")
@@ -282,6 +293,14 @@ def _validate_training(c, num_devices: int) -> None:
     )
     require(o.power > 0, "optim.power", o.power, "poly's exponent, > 0 (mmseg: 1.0)")
     require(o.accum_steps >= 1, "optim.accum_steps", o.accum_steps, "must be at least 1")
+    require(o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "must be >= 0")
+    require(
+        o.warmup_steps >= -1,
+        "optim.warmup_steps",
+        o.warmup_steps,
+        "-1 (from warmup_epochs) or a number of steps >= 0",
+    )
+    require(c.epochs >= 0, "epochs", c.epochs, "must be >= 0 (used when total_steps is 0)")
     micro = num_devices * o.accum_steps
     require(
         c.batch_size > 0 and c.batch_size % micro == 0,

@@ -35,6 +35,15 @@ def described(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0][:240] if lines else 'no message'}"
 
 
+def no_arguments(argv: list[str]) -> None:
+    """One line for words after the flags of a command that takes flags only (absl passes them on
+    to main): a flag missing its `--`, or a value split from its flag by a space."""
+    if len(argv) > 1:
+        raise UserError(
+            f"unexpected arguments {argv[1:]}: this command takes flags only, as --name=value"
+        )
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing for every command (app.run's flags_parser), with a bad flag or
     --config override said in one line: absl prints two for an unknown flag, ml_collections raises
@@ -60,16 +69,26 @@ def parse_flags(argv: list[str]) -> list[str]:
             ),
             None,
         )
-        sys.exit(f"error: {arg + ': no such field ' if arg else ''}{_said(e)}")
+        if arg:
+            sys.exit(f"error: {arg}: no such field {_said(e)}")
+        if not isinstance(e, flags.Error):  # the code of a --config file raised as it loaded
+            given = next((a for a in argv if a.startswith("--config=")), "--config")
+            sys.exit(f"error: {given}: {type(e).__name__}: {_said(e)}")
+        sys.exit(f"error: {_said(e)}")
     for name in list(flags.FLAGS):
         value = getattr(flags.FLAGS, name)
         if type(value).__name__ == "_ErrorConfig":  # ml_collections keeps the load's error
-            sys.exit(f"error: --{name}: {_said(object.__getattribute__(value, '_error'))}")
+            error = object.__getattribute__(value, "_error")
+            given = next((a for a in argv if a.startswith(f"--{name}=")), f"--{name}")
+            sys.exit(f"error: {given}: {type(error).__name__}: {_said(error)}")
     return rest
 
 
 def _said(e: BaseException) -> str:
-    """An exception's message in one line: its last two non-empty lines."""
+    """An exception's message in one line: its last two non-empty lines, or where it quotes a
+    traceback (a config file that raised), its first line and the traceback's last."""
     text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip().strip("^~")]
+    if any(line.startswith("Traceback") for line in lines):
+        return f"{lines[0].rstrip(':')}: {lines[-1]}"
     return "; ".join(lines[-2:]) if lines else type(e).__name__

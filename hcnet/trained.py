@@ -45,6 +45,7 @@ def write_run_files(workdir, config, spec: dict) -> None:
 
 def read_config(directory):
     """The config a run wrote (config.json; export copies it) over today's defaults."""
+    paths.check(directory)  # a bucket that is not there, said as such
     file = paths.path(directory) / CONFIG_FILE
     if not file.is_file():
         raise ConfigError(

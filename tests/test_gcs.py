@@ -316,7 +316,7 @@ def test_smoke_trains_on_gcs_data_into_a_gcs_workdir_then_exports_loads_evaluate
     files = [str(images / f"{i}.png") for i in range(3)] + [str(images / "bad.png")]
     with contextlib.redirect_stdout(io.StringIO()) as said, pytest.raises(SystemExit) as exit_:
         tools.invoke(predict_tool.main, [f"--checkpoint={out}", "--json", *files])
-    assert exit_.value.code == 1
+    assert exit_.value.code == "error: 1 of the 4 files skipped (above: why)"
     answer = json.loads(said.getvalue())
     assert sorted(answer["predictions"]) == files[:3] and list(answer["skipped"]) == files[3:]
     assert all(len(top) == 5 for top in answer["predictions"].values())

@@ -162,7 +162,7 @@ def test_predict_gives_sorted_top5_and_keeps_going_past_bad_files(smoke_run, tmp
     ]  # synthetic data has no names
 
 
-def test_predict_command_line_reports_skips_and_exits_1(smoke_run, tmp_path, capsys):
+def test_predict_command_line_reports_skips_and_ends_with_their_count(smoke_run, tmp_path, capsys):
     run_dir, _, _ = smoke_run
     files = write_images(tmp_path)
     with pytest.raises(SystemExit) as exit_:
@@ -176,7 +176,7 @@ def test_predict_command_line_reports_skips_and_exits_1(smoke_run, tmp_path, cap
                 files["missing.png"],
             ],
         )
-    assert exit_.value.code == 1
+    assert exit_.value.code == "error: 1 of the 2 files skipped (above: why)"
     out, err = capsys.readouterr()
     assert err.strip() == f"skipped {files['missing.png']}: no such file"
     assert len(json.loads(out)["predictions"][files["good.png"]]) == 3

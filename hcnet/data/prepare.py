@@ -153,13 +153,14 @@ def prepare(
 ) -> paths.Path:
     """Builds `dataset` under data_dir (local or gs://) unless it is there already; returns the
     version directory."""
+    if paths.is_remote(data_dir or ""):
+        paths.check(data_dir, write=True)  # before TFDS looks there
     builder, download_config = _builder(dataset, data_dir, manual_dir, name)
     if builder.is_prepared():
         return paths.path(builder.data_dir)
     if not paths.is_remote(data_dir or ""):
         builder.download_and_prepare(download_config=download_config)
         return paths.path(builder.data_dir)
-    paths.check(data_dir, write=True)
     if staging_dir:
         staging_dir = os.fspath(
             paths.local(staging_dir, "--staging_dir", "the build is made on this machine's disk")

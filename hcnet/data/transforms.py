@@ -11,6 +11,8 @@ gets.
 import dataclasses
 import io
 import math
+import re
+import warnings
 
 import numpy as np
 from absl import logging
@@ -30,7 +32,24 @@ def open_image(data) -> Image.Image:
         return Image.fromarray(data[..., 0] if data.ndim == 3 and data.shape[-1] == 1 else data)
     if not data:
         raise ValueError("empty file")
-    return Image.open(io.BytesIO(data))
+    with warnings.catch_warnings():  # the size is checked here, in one line, instead
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as e:  # over twice the limit: says how many pixels
+            raise ValueError(_too_large(re.search(r"\((\d+) pixels\)", str(e))[1])) from None
+    if im.width * im.height > Image.MAX_IMAGE_PIXELS:
+        raise ValueError(_too_large(f"{im.width} x {im.height} = {im.width * im.height}"))
+    return im
+
+
+def _too_large(pixels: str) -> str:
+    """Why an image is refused before it is decoded: its header promises more pixels than Pillow's
+    limit against decompression bombs (PIL.Image.MAX_IMAGE_PIXELS, which a user may raise)."""
+    return (
+        f"{pixels} pixels, more than the {Image.MAX_IMAGE_PIXELS} an image may have (Pillow's "
+        "limit against decompression bombs, PIL.Image.MAX_IMAGE_PIXELS)"
+    )
 
 
 def rgb(im: Image.Image) -> Image.Image:

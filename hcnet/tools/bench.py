@@ -12,7 +12,7 @@ from absl import flags
 from hcnet import tools
 
 flags.DEFINE_string("dtype", "float32", "compute dtype: float32, bfloat16 or float16")
-flags.DEFINE_integer("devices", None, "the first N devices (default: all)")
+flags.DEFINE_integer("devices", None, "the first N devices (default: all)", lower_bound=1)
 flags.DEFINE_list("mode", ["train", "infer"], "train, infer or both")
 flags.DEFINE_bool("remat", False, "recompute each block in the backward pass")
 flags.DEFINE_string(

@@ -13,10 +13,11 @@ import json
 from absl import flags
 
 from hcnet import tools
-from hcnet.errors import UserError
 
-flags.DEFINE_integer("image_width", None, "image width when it differs from --image_size")
-flags.DEFINE_integer("num_classes", 1000, "classes of the head")
+flags.DEFINE_integer(
+    "image_width", None, "image width when it differs from --image_size", lower_bound=32
+)
+flags.DEFINE_integer("num_classes", 1000, "classes of the head (0: none)", lower_bound=0)
 flags.DEFINE_bool("xla", True, "also XLA's FLOP estimate (--noxla skips the compile)")
 flags.DEFINE_bool(
     "segmentation",
@@ -43,12 +44,8 @@ def main(argv):
         return _segmentation()
     if FLAGS.detection:
         return _detection()
-    height = FLAGS.image_size or 224
+    height = FLAGS.image_size or 224  # each side at least 32: the flags' own bounds
     width = FLAGS.image_width or height
-    if min(height, width) < 32:
-        raise UserError(
-            f"--image_size={height} --image_width={width}: each side must be at least 32"
-        )
     spec = model_spec(
         FLAGS.variant,
         heat_operator=FLAGS.heat_operator,

@@ -11,7 +11,7 @@ from absl import flags
 
 from hcnet import hostenv, tools
 
-flags.DEFINE_float("seconds", 10.0, "per host measurement")
+flags.DEFINE_float("seconds", 10.0, "per host measurement (above 0)", lower_bound=0.01)
 flags.DEFINE_bool(
     "device",
     True,
@@ -24,7 +24,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     from hcnet.measure.data_bench import device_costs, host_rates
+    from hcnet.model import model_spec
 
+    if FLAGS.device:
+        model_spec(FLAGS.variant)  # a wrong variant said now, not after the host's measurement
     size, batch, repeats = FLAGS.image_size or 224, FLAGS.batch or 32, FLAGS.repeats or 3
     result = host_rates(size, FLAGS.seconds)
     if FLAGS.device:

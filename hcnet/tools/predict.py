@@ -13,18 +13,17 @@ run's single-scale test does; --out is where the masks (<stem>_mask.png, class i
     python -m hcnet.tools.predict --checkpoint=/tmp/hcnet-seg-quickstart photo.jpg --out=/tmp/masks
 
 A file that cannot be read is reported in one line (`skipped FILE: reason`) and the others are still
-predicted; the exit status is then 1.
+predicted; a last line then says how many were skipped, and the exit status is 1.
 """
 
 import json
-import sys
 
 from absl import flags
 
 from hcnet import tools
 from hcnet.errors import UserError
 
-flags.DEFINE_integer("top", 5, "how many classes per image")
+flags.DEFINE_integer("top", 5, "how many classes per image", lower_bound=1)
 for _name in ("checkpoint", "ema", "image_size", "crop_pct", "json", "out"):
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS
@@ -56,15 +55,12 @@ def main(argv):
             crop_pct=FLAGS.crop_pct,
         )
         describe = _classification_lines
-    for f, reason in failed:
-        print(f"skipped {f}: {reason}", file=sys.stderr)
     if FLAGS.json:
         print(json.dumps({"predictions": results, "skipped": dict(failed)}))
     else:
         for f, r in results.items():
             print("\n".join(describe(f, r)))
-    if failed:
-        sys.exit(1)
+    tools.report_skipped(failed, len(argv) - 1, "was predicted")
 
 
 def _detection_lines(f, written) -> list[str]:
@@ -88,4 +84,4 @@ def _classification_lines(f, rows) -> list[str]:
 
 
 if __name__ == "__main__":
-    tools.run(main)
+    tools.run(main, files=True)

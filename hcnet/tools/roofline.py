@@ -14,6 +14,7 @@ from absl import flags
 from hcnet import tools
 
 flags.DEFINE_integer("act_bytes", 2, "bytes per activation element: 2 for bf16, 4 for fp32")
+flags.register_validator("act_bytes", lambda v: v in (1, 2, 4), "must be 1, 2 or 4")
 for _name in ("variant", "image_size", "batch", "json"):
     flags.declare_key_flag(_name)
 FLAGS = flags.FLAGS

@@ -7,7 +7,6 @@ python -m hcnet.tools.visualize --checkpoint=/tmp/hcnet-quickstart digit.png \\
 """
 
 import os
-import sys
 
 from absl import flags
 
@@ -15,7 +14,10 @@ from hcnet import tools
 from hcnet.errors import UserError
 
 flags.DEFINE_integer(
-    "target_class", None, "the class Grad-CAM explains (default: the predicted one)"
+    "target_class",
+    None,
+    "the class Grad-CAM explains (default: the predicted one)",
+    lower_bound=0,
 )
 for _name in ("checkpoint", "out", "ema", "image_size", "crop_pct"):
     flags.declare_key_flag(_name)
@@ -39,13 +41,10 @@ def main(argv):
         image_size=FLAGS.image_size,
         crop_pct=FLAGS.crop_pct,
     )
-    for f, reason in failed:
-        print(f"skipped {f}: {reason}", file=sys.stderr)
     for f, files in written.items():
         print(f"{f}: " + ", ".join(os.path.basename(v) for v in files.values()))
-    if failed:
-        sys.exit(1)
+    tools.report_skipped(failed, len(argv) - 1, "was drawn")
 
 
 if __name__ == "__main__":
-    tools.run(main)
+    tools.run(main, files=True)
