@@ -1,6 +1,8 @@
-"""Ordinary mistakes end a command in one line, `error: ...`, status 1, no traceback: a workdir
-that is a file, a config field misspelt, a config file that is not there, a value of the wrong type,
-a damaged run file, weight files that are empty, random, a list or a pickle of objects; a metric
+"""Ordinary mistakes end a command in one line, `error: ...`, status 1, no traceback, before
+anything long runs: a table of each command's broken inputs (MATRIX: flags out of range, config
+values of the wrong type or range, files empty, truncated, random, of another format, a
+decompression bomb, folders empty or a file, damaged run files and checkpoints, buckets that do
+not exist), every number a config field takes, weight files that are not state_dicts; a metric
 without data is '-'; and a CPU host with the accelerator requirements installed stays quiet."""
 
 import collections
@@ -318,6 +320,7 @@ def test_every_bad_input_of_a_command_ends_in_one_line(command, smoke_run, bucke
                 + "\n".join("    " + line for line in lines[-6:])
             )
     assert not wrong, "\n".join(wrong)
+    assert not (tmp_path / "new" / "checkpoints").exists()  # stopped before anything long ran
 
 
 def test_the_matrix_has_rows_for_every_command():

@@ -197,36 +197,6 @@ def test_bad_fields_stop_with_one_line_naming_field_value_and_what_is_accepted(o
 
 
 @pytest.mark.parametrize(
-    "flag,message",
-    [
-        ("--config.optim.lr=-1", "error: config.optim.lr=-1.0: must be >= 0"),
-        (
-            "--config.dataset.name=no_such_dataset",
-            "error: dataset.name='no_such_dataset' is neither a TFDS dataset",
-        ),
-    ],
-)
-def test_train_py_exits_with_the_one_line_before_compiling(tmp_path, flag, message):
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            f"--config={ROOT / 'configs/smoke.py'}",
-            f"--workdir={tmp_path}",
-            flag,
-            f"--config.dataset.data_dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith(message), (
-        run.stderr[-1500:]
-    )
-    assert not (tmp_path / "checkpoints").exists()
-
-
-@pytest.mark.parametrize(
     "evals, message",
     [
         (

@@ -131,7 +131,34 @@ def documented_commands() -> dict:
     return by_target
 
 
+# each command's --help starts with its module's docstring: its examples are held to its flags too
+HELP_TEXTS = [
+    ROOT / "train.py",
+    ROOT / "eval.py",
+    *sorted((ROOT / "hcnet/tools").glob("[a-z]*.py")),
+]
+
+
+def help_commands() -> dict:
+    """{module or script: [{"where", "args"}]} over the command lines of each command's --help."""
+    by_target = {}
+    for file in HELP_TEXTS:
+        lines, shell = (ast.get_docstring(ast.parse(file.read_text())) or "").splitlines(), []
+        for n, line in enumerate(lines):  # command lines and their continuations, not the prose
+            if "python" in line and not (n and lines[n - 1].endswith("\\")):
+                shell.append(line[line.index("python") :])
+            elif n and lines[n - 1].endswith("\\") and shell:
+                shell.append(line)
+        for target, args in command_lines("\n".join(shell)):
+            by_target.setdefault(target, []).append(
+                {"where": f"{rel(file)} (--help)", "args": args}
+            )
+    return by_target
+
+
 COMMANDS = documented_commands()
+for _target, _commands in help_commands().items():
+    COMMANDS.setdefault(_target, []).extend(_commands)
 
 
 def test_the_docs_show_the_commands_a_newcomer_needs():
@@ -146,6 +173,29 @@ def test_the_docs_show_the_commands_a_newcomer_needs():
         "ssh --command='\n  cd hcnet &&\n  ~/venv/bin/python -m m \\\n  --a=1'"
     )
     assert spanning == [("m", ["--a=1"])]
+
+
+def test_every_commands_help_shows_a_command_line():
+    """The --help texts are read (an extraction that found nothing would check nothing)."""
+    shown = {c["where"].split(" ")[0] for cs in help_commands().values() for c in cs}
+    assert shown == {rel(f) for f in HELP_TEXTS}, sorted({rel(f) for f in HELP_TEXTS} - shown)
+
+
+def test_the_aot_help_names_every_topology_it_takes_and_only_those():
+    """--topology's help is made from the tables the parsers read: every generation and GPU is
+    named, and each example it gives is one the tool takes."""
+    from hcnet.measure import targets
+
+    said = targets.topology_names()
+    assert all(f"{name}-N" in said for name in targets.CHIPS)
+    assert all(gpu in said for gpu in targets.GPUS)
+    examples = said.rpartition("e.g. ")[2].split(", ")
+    assert len(examples) >= 3
+    for example in examples:
+        if example[0].isdigit() or example.split("-")[0] in targets.GPUS:
+            targets.parse_gpu_topology(example)
+        else:
+            targets.parse_topology(example)
 
 
 @pytest.mark.parametrize("target", sorted(COMMANDS))

@@ -220,23 +220,6 @@ def test_gcs_where_only_a_local_path_works_is_one_line(tmp_path):
         prepare.check_imagenet_tars("gs://b/tars")
 
 
-def test_train_py_stops_on_a_missing_bucket_in_one_line_before_compiling(gcs_emulator):
-    proc = subprocess.run(
-        train_cmd("gs://hcnet-missing/run"),
-        env=env_with(8),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 1
-    assert (
-        proc.stderr.strip()
-        .splitlines()[-1]
-        .startswith("error: gs://hcnet-missing/run: bucket gs://hcnet-missing does not exist")
-    )
-    assert "compiled" not in proc.stdout
-
-
 @pytest.mark.heavy
 def test_smoke_trains_on_gcs_data_into_a_gcs_workdir_then_exports_loads_evaluates_and_predicts(
     bucket, tmp_path

@@ -39,6 +39,18 @@ GPUS = ("h100", "h200", "a100", "b200")
 GPU_DIR = pathlib.Path(__file__).resolve().parent / "gpus"
 
 
+def topology_names() -> str:
+    """What --topology takes, from the tables above (hcnet.tools.aot's --help)."""
+    by_count = {}
+    for name, chip in CHIPS.items():
+        by_count.setdefault(chip.name_counts, []).append(f"{name}-N")
+    slices = "; ".join(f"{', '.join(names)}: N {counts}" for counts, names in by_count.items())
+    return (
+        f"a Cloud TPU slice ({slices}) or GPU nodes (<gpu>-N: a node of N GPUs, <M>x<gpu>-N: M "
+        f"such nodes; <gpu> one of {', '.join(GPUS)}), e.g. v5e-64, h100-8, 2xh100-8"
+    )
+
+
 def chip_grid(chips: int, dims: int) -> tuple[int, ...]:
     """Cloud TPU's slice shape for a chip count: 2D 2x2, 2x4, 4x4, 4x8, 8x8, 8x16, 16x16; 3D 2x2x1,
     2x2x2, 2x2x4, 2x4x4, 4x4x4, 4x4x8, ... (single chips and pairs as 1x1 and 1x2)."""

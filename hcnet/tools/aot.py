@@ -1,10 +1,11 @@
-"""A run's training step compiled for a Cloud TPU slice ahead of time, on any machine with libtpu (a
-CPU one included): per-chip memory against HBM, XLA's flops and bytes per image, the compile time
-and a verdict (what each figure is: hcnet.measure.aot).
+"""A run's training step compiled ahead of time for a Cloud TPU slice (on any machine with libtpu:
+requirements-tpu.txt) or a node of NVIDIA GPUs (with JAX's CUDA plugin: requirements-gpu.txt), a CPU
+one included: per-chip memory against HBM, XLA's flops and bytes per image, the compile time and a
+verdict (what each figure is: hcnet.measure.aot).
 
-    pip install -r requirements-tpu.txt
+    pip install -r requirements-tpu.txt   # or requirements-gpu.txt for --topology=h100-8
     python -m hcnet.tools.aot --config=configs/hcnet_t.py --topology=v5e-64 \\
-        [--config.field=value ...]
+        [--config.optim.accum_steps=2 ...]
         [--out=F.json] [--parts=eval,augmentation] [--json]
 
 Exits 1 with the one-line verdict when the step does not fit.
@@ -18,13 +19,12 @@ from ml_collections import config_flags
 
 from hcnet import tools
 from hcnet.errors import UserError
+from hcnet.measure import targets
 
 config_flags.DEFINE_config_file(
     "config", None, "configs/*.py[:arg], then --config.field=value overrides"
 )
-flags.DEFINE_string(
-    "topology", None, "a Cloud TPU slice: v4-N, v5p-N (TensorCores), v5e-N, v6e-N (chips)"
-)
+flags.DEFINE_string("topology", None, targets.topology_names())
 flags.DEFINE_list(
     "parts",
     ["eval", "augmentation"],
