@@ -15,5 +15,5 @@ from configs import hcnet_t
 
 def get_config(arg="mean8"):
     c = hcnet_t.get_config()
-    c.model.heat_operator = arg  # checked against the three forms by hcnet.config.validate
+    c.model.heat_operator = arg  # checked against the three forms by hcnet.checks.validate
     return c

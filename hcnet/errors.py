@@ -72,16 +72,21 @@ def parse_flags(argv: list[str]) -> list[str]:
         if arg:
             sys.exit(f"error: {arg}: no such field {_said(e)}")
         if not isinstance(e, flags.Error):  # the code of a --config file raised as it loaded
-            given = next((a for a in argv if a.startswith("--config=")), "--config")
+            given = _given(argv, "config")
             sys.exit(f"error: {given}: {type(e).__name__}: {_said(e)}")
         sys.exit(f"error: {_said(e)}")
     for name in list(flags.FLAGS):
         value = getattr(flags.FLAGS, name)
         if type(value).__name__ == "_ErrorConfig":  # ml_collections keeps the load's error
             error = object.__getattribute__(value, "_error")
-            given = next((a for a in argv if a.startswith(f"--{name}=")), f"--{name}")
+            given = _given(argv, name)
             sys.exit(f"error: {given}: {type(error).__name__}: {_said(error)}")
     return rest
+
+
+def _given(argv: list[str], name: str) -> str:
+    """The flag as the user wrote it, `--name=value`, or `--name`."""
+    return next((a for a in argv if a.startswith(f"--{name}=")), f"--{name}")
 
 
 def _said(e: BaseException) -> str:

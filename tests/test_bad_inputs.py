@@ -23,8 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_train import ROOT, env_with
 
+from hcnet import checks, hostenv, tasks, tools
 from hcnet import config as config_lib
-from hcnet import hostenv, tasks, tools
 from hcnet.errors import ConfigError
 from hcnet.tools import convert as convert_tool
 
@@ -413,7 +413,7 @@ def test_a_cpu_host_with_the_accelerator_requirements_prints_no_plugin_errors():
 NUMBERS = [  # (task, field) of every number in the config
     (task, field, type(value))
     for task in tasks.TASKS
-    for field, value in config_lib._flatten(config_lib.defaults().to_dict()).items()
+    for field, value in config_lib.flatten(config_lib.defaults().to_dict()).items()
     if isinstance(value, (int, float)) and not isinstance(value, bool)
 ]
 
@@ -433,7 +433,7 @@ def taken_or_refused(task: str, field: str, value) -> None:
     *parents, leaf = field.split(".")
     functools.reduce(lambda n, p: n[p], parents, c)[leaf] = value
     try:
-        config_lib.validate(c, 8)
+        checks.validate(c, 8)
         tasks.create(c)
         config_lib.steps(c, 1000)
     except ConfigError:

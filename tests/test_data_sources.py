@@ -195,8 +195,8 @@ def test_real_labels_are_scored_as_real_does_through_the_real_tfds_builder(tmp_p
     import jax
     from flax import nnx
 
+    from hcnet import checks, sharding, tasks
     from hcnet import config as config_lib
-    from hcnet import sharding, tasks
     from hcnet.data.augment import normalize
     from hcnet.evaluators import multilabel
     from hcnet.model import model_spec
@@ -244,7 +244,7 @@ def test_real_labels_are_scored_as_real_does_through_the_real_tfds_builder(tmp_p
         ),
     )
     c.eval_batch_size = 4  # 5 images in 2 batches of 4 over 2 devices: 3 padding rows
-    config_lib.validate(c, num_devices=2, training=False)
+    checks.validate(c, num_devices=2, training=False)
     mesh = sharding.make_mesh(devices=jax.devices()[:2])
     _, evaluator = tasks.create(c).evaluators(mesh, predict_fn(model_def))
     assert isinstance(evaluator, multilabel.Evaluator) and evaluator.metrics == (

@@ -52,6 +52,7 @@ LAYERS = [
         "hcnet.sharding",
         "hcnet.optim",
         "hcnet.config",
+        "hcnet.checks",
         "hcnet.convert",
         "hcnet.checkpoint",
         "hcnet.trained",

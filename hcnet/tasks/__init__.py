@@ -8,7 +8,7 @@ its evaluators (hcnet.evaluators). A new task is a module here, a line in TASKS,
 import importlib
 from typing import Protocol
 
-from hcnet import config as config_lib
+from hcnet import checks
 from hcnet.errors import ConfigError
 
 TASKS = {
@@ -70,8 +70,8 @@ def _task_class(c):
 
 def validate(c, num_devices: int, *, training: bool = True) -> None:
     """Every check a config gets before anything is built or compiled: the run-wide fields
-    (hcnet.config.validate; training=False: what evaluation reads), then the task's own section."""
-    config_lib.validate(c, num_devices, training=training)
+    (hcnet.checks.validate; training=False: what evaluation reads), then the task's own section."""
+    checks.validate(c, num_devices, training=training)
     _task_class(c).validate(c)
 
 

@@ -9,7 +9,7 @@ import optax
 
 from hcnet import config as config_lib
 from hcnet import model
-from hcnet.config import require
+from hcnet.checks import require
 from hcnet.data import augment, pipeline, randaugment, sources, transforms
 from hcnet.errors import ConfigError
 from hcnet.evaluators import classification, multilabel

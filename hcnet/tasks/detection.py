@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from hcnet import config as config_lib
 from hcnet import model
-from hcnet.config import require
+from hcnet.checks import require
 from hcnet.data import augment, det_transforms, instances, pipeline
 from hcnet.detection import maskrcnn
 from hcnet.errors import ConfigError

@@ -29,7 +29,7 @@ import optax
 
 from hcnet import config as config_lib
 from hcnet import model, upernet
-from hcnet.config import require
+from hcnet.checks import require
 from hcnet.data import augment, pipeline, seg_transforms, segmentation, sources, transforms
 from hcnet.errors import ConfigError
 from hcnet.evaluators import segmentation as seg_eval
