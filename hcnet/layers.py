@@ -133,8 +133,23 @@ class HeatConduction(nnx.Module):
         kernel = stencil_kernel(self.stencil[...], self.heat_operator).astype(x.dtype)
         return depthwise_conv(x, kernel, self.depthwise_impl)
 
+    @jax.named_scope("heat")  # what hcnet.measure.hlo groups the compiled step's bytes by
     def __call__(self, x):
         return self.conductivity(x) * self.laplacian(x)
+
+
+def pointwise(layer: nnx.Linear, x):
+    """A 1x1 convolution (a Linear over the channels) of an NHWC map. Elsewhere than on a TPU as a
+    (B*H*W, C) matmul: the weight gradient is then a plain 2-D dot (on a 4-D map XLA:CPU transposes
+    each gradient map before it). On a TPU on the map itself: there the reshape to rows is a copy
+    of the map whenever W is not a multiple of the 8-row tile (28, 14 and 7 at 224), and the dot
+    over the channels is the same (BENCHMARKS.md, "Where the bytes go")."""
+
+    def rows(x):
+        b, h, w, c = x.shape
+        return layer(x.reshape(b * h * w, c)).reshape(b, h, w, -1)
+
+    return jax.lax.platform_dependent(x, tpu=layer, default=rows)
 
 
 class RefinementApproximation(nnx.Module):
@@ -154,13 +169,13 @@ class RefinementApproximation(nnx.Module):
         self.depthwise_impl = depthwise_impl
 
     def __call__(self, x):
-        # the 1x1 convolutions as (B*H*W, C) matmuls: the weight gradients are then plain 2-D dots
-        # (on 4-D maps XLA:CPU transposes each gradient map before its weight-gradient dot)
-        b, h, w, c = x.shape
-        y = self.fc1(x.reshape(b * h * w, c)).reshape(b, h, w, -1)
-        kernel = self.filter[...].astype(y.dtype) if self.filter is not None else None
-        y = self.drop(gelu_filter(y, kernel, self.depthwise_impl))
-        return self.drop(self.fc2(y.reshape(b * h * w, -1))).reshape(b, h, w, c)
+        with jax.named_scope("ra_mlp"):
+            y = pointwise(self.fc1, x)
+        with jax.named_scope("ra_filter"):
+            kernel = self.filter[...].astype(y.dtype) if self.filter is not None else None
+            y = self.drop(gelu_filter(y, kernel, self.depthwise_impl))
+        with jax.named_scope("ra_mlp"):
+            return self.drop(pointwise(self.fc2, y))
 
 
 class HcRaBlock(nnx.Module):
@@ -200,7 +215,9 @@ class HcRaBlock(nnx.Module):
         """The block with `drop` (a map -> map) as its drop path."""
         dx = self.heat(x)
         x = x + (drop(dx) if self.drop_heat else dx)
-        return x + drop(self.ra(self.norm(x)))
+        with jax.named_scope("groupnorm"):
+            y = self.norm(x)
+        return x + drop(self.ra(y))
 
 
 def drop_path(key, x, rate):
@@ -225,6 +242,7 @@ class Downsample(nnx.Module):
         )
         self.norm = group_norm(cout, dtype, param_dtype, rngs)
 
+    @jax.named_scope("downsample")
     def __call__(self, x):
         return self.norm(self.conv(x))
 
@@ -296,6 +314,7 @@ class Stem(nnx.Module):
         self.conv2 = conv3x3(dim // 2, dim, **kw)
         self.norm2 = group_norm(dim, dtype, param_dtype, rngs)
 
+    @jax.named_scope("stem")
     def __call__(self, x):
         x = gelu(self.norm1(self.conv1(x)))
         return self.norm2(self.conv2(x))

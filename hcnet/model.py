@@ -123,6 +123,7 @@ class HcNet(nnx.Module):
             outs.append(feat)
         return outs
 
+    @jax.named_scope("head")
     def classify(self, last):
         """Logits (or, with num_classes=0, pooled features) from the last stage's output."""
         z = self.norm(last).mean(axis=(1, 2))

@@ -54,13 +54,16 @@ def train_step(
     """One optimizer update from one global batch -> (state, TrainMetrics)."""
     key = jax.random.fold_in(key, state["step"])
     k_inputs, k_drop = jax.random.split(key)
-    inputs, targets = task.train_inputs(k_inputs, batch)
+    with jax.named_scope("augmentation"):  # the scopes hcnet.measure.hlo groups bytes by
+        inputs, targets = task.train_inputs(k_inputs, batch)
     mask = batch["mask"].astype(jnp.float32)
     valid = jnp.maximum(mask.sum(), 1.0)
 
     def loss_fn(params, x, t, m, k):
         model = model_def.bind(params, k)
-        loss = jnp.sum(task.loss(task.forward(model, x), t) * m) / valid
+        logits = task.forward(model, x)
+        with jax.named_scope("loss"):
+            loss = jnp.sum(task.loss(logits, t) * m) / valid
         return loss, nets.running_statistics(model)  # BatchNorm's, updated by this forward pass
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -90,29 +93,30 @@ def train_step(
         (loss, grads, _), stats = jax.lax.scan(micro, zero, jnp.arange(accum))
         stats = jax.tree.map(lambda a: a[-1], stats)  # after the last micro-batch
 
-    grad_norm = optax.tree.norm(
-        grads
-    )  # (running statistics have none: the loss does not depend on them)
-    updates, opt = tx.update(grads, state["opt"], params)
-    new_params = with_statistics(optax.apply_updates(params, updates), stats)
-    earlier = state["nonfinite_step"] >= 0
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & ~earlier
+    with jax.named_scope("optimizer"):  # the update, the finite check, the EMA
+        grad_norm = optax.tree.norm(
+            grads
+        )  # (running statistics have none: the loss does not depend on them)
+        updates, opt = tx.update(grads, state["opt"], params)
+        new_params = with_statistics(optax.apply_updates(params, updates), stats)
+        earlier = state["nonfinite_step"] >= 0
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & ~earlier
 
-    def keep(new, old):
-        return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        def keep(new, old):
+            return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
-    step = state["step"] + 1
-    new = {
-        "params": keep(new_params, params),
-        "opt": keep(opt, state["opt"]),
-        "step": step,
-        "nonfinite_step": jnp.where(ok | earlier, state["nonfinite_step"], step),
-    }
-    if "ema" in state:
-        ema = jax.tree.map(
-            lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema"], new_params
-        )
-        new["ema"] = keep(ema, state["ema"])
+        step = state["step"] + 1
+        new = {
+            "params": keep(new_params, params),
+            "opt": keep(opt, state["opt"]),
+            "step": step,
+            "nonfinite_step": jnp.where(ok | earlier, state["nonfinite_step"], step),
+        }
+        if "ema" in state:
+            ema = jax.tree.map(
+                lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema"], new_params
+            )
+            new["ema"] = keep(ema, state["ema"])
     metrics = TrainMetrics.single_from_model_output(
         loss=loss, grad_norm=grad_norm, lr=schedule(state["step"])
     )

@@ -147,7 +147,7 @@ def smoke_on_v5e():
     v5e-4, with its eval step."""
     c = smoke()
     return c, aot.compile_train_step(
-        c, "v5e-4", augmentation=False
+        c, "v5e-4", augmentation=False, breakdown=True
     )  # the augmentation: its own test below
 
 
@@ -192,15 +192,37 @@ def test_the_smoke_train_step_compiles_for_a_v5e_slice_within_a_hand_bound(smoke
         got["aliased"] >= sum(x.size * x.dtype.itemsize for x in leaves) - 64
     )  # the state, donated
     assert report["flops_per_image"] > 0 and report["compile_seconds"] > 0
-    assert (
-        report["model"]["block_loop"] == "scan" and report["cost_counts_loops_once"]
-    )  # counted once: said
+    # the blocks scanned, each body counted as often as it runs: more than XLA's own count
+    assert report["model"]["block_loop"] == "scan" and not report["cost_counts_loops_once"]
+    from hcnet import model
+
+    depths = [d for d in model.model_spec(c.model.variant)["depths"] if d > 1]
+    network = [x for x in report["loops"] if x["op_name"].endswith(("jvp()/while", "jvp())/while"))]
+    counted = [x["trip_count"] for x in network]
+    assert sorted(counted) == sorted(depths * 2), report["loops"]  # forward, backward
+    own = report["compiler_counts_loops_once"]
+    assert report["flops_per_image"] > own["flops_per_image"]
     params = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes["params"]))
     evaluation = report["eval"][
         "memory_bytes"
     ]  # the parameters alone and a quarter of the eval batch
     assert params <= evaluation["arguments"] < got["arguments"] and report["eval_fits"]
     assert report["eval"]["batch_per_device"] == (c.eval_batch_size or c.batch_size) // 4
+
+
+@needs_libtpu
+def test_the_breakdown_of_a_tpu_step_names_its_layers_and_pads_to_tiles(smoke_on_v5e, capsys):
+    """The TPU program's bytes by layer kind (every part of the step named), each array padded to
+    the chip's tiles: at 32 pixels and 16 to 64 channels most of a tile is padding, so far more
+    bytes than the plain count, as libtpu's own count has too."""
+    _, report = smoke_on_v5e
+    kinds = {k["kind"] for k in report["breakdown"]["kinds"]}
+    want = {"stem", "downsample", "heat", "ra_mlp", "ra_filter", "groupnorm", "head", "loss"}
+    assert want | {"augmentation", "optimizer", "layout copies"} <= kinds, kinds
+    assert report["bytes_accessed_per_image"] > 1.5 * report["plain_bytes_accessed_per_image"]
+    print(aot.describe(report, aot.verdict(report)))
+    out = capsys.readouterr().out
+    assert "where the bytes go (per image, by kind):" in out and "  heat " in out
 
 
 @needs_libtpu

@@ -38,7 +38,7 @@ import time
 import jax
 
 from hcnet import sharding
-from hcnet.measure import roofline, targets
+from hcnet.measure import hlo, roofline, targets
 from hcnet.measure.targets import GIB, first_line, without_cpu_flags
 from hcnet.program import Run
 
@@ -71,10 +71,11 @@ def without_persistent_cache():
         compilation_cache.reset_cache()
 
 
-def figures(lowered, images: float, loops: bool = False) -> dict:
+def figures(lowered, images: float, loops: bool = False, breakdown: bool = False) -> dict:
     """Compiles a lowered program: its per-device memory, XLA's flops and bytes per image, the
-    compile time. `loops`: the program has loops, whose bodies XLA's cost analysis counts once (its
-    figures are not the program's, and the report says so). A program the compiler refuses for
+    compile time. `loops`: the program has loops (said where only the compiled program's own
+    figures, which count a loop body once, can be had); `breakdown`: where the bytes go
+    (hcnet.measure.hlo.breakdown). A program the compiler refuses for
     memory (RESOURCE_EXHAUSTED) gives `refused`, the compiler's line, and what it says it needed."""
     with without_persistent_cache(), without_cpu_flags():
         t = time.perf_counter()
@@ -95,43 +96,72 @@ def figures(lowered, images: float, loops: bool = False) -> dict:
         "peak": m.peak_memory_in_bytes,
     }
     args_out = memory["arguments"] + memory["outputs"] - memory["aliased"]
-    cost, source = _cost(compiled, lowered)
     return {
         "batch_per_device": images,
         "memory_bytes": memory,
         "needed_bytes": args_out + memory["temporaries"] + memory["code"],
-        # the cost analysis is of one device's program
-        "flops_per_image": cost.get("flops", float("nan")) / images,
-        "bytes_accessed_per_image": cost.get("bytes accessed", float("nan")) / images,
-        "cost_source": source,
-        "cost_counts_loops_once": loops,
+        **_costs(compiled, images, loops, breakdown),
         **_kernels(compiled),
         "compile_seconds": compile_s,
     }
 
 
-def _cost(compiled, lowered) -> tuple[dict, str]:
-    """XLA's cost analysis of the compiled program; where the backend gives none (XLA's GPU
-    compiler), XLA's HloCostAnalysis of the GPU program's optimised HLO, run by the CPU client."""
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    if cost:
-        return cost, "compiled"
-    from jax._src import xla_bridge
-    from jax._src.lib import xla_client
+def _costs(compiled, images: float, loops: bool, breakdown: bool) -> dict:
+    """Flops and bytes per image: each instruction of the optimised program as XLA's cost analysis
+    counts it, times the trip counts of the loops around it (hcnet.measure.hlo), beside the
+    compiled program's own analysis, which counts each loop body once. Where the program cannot be
+    printed, the compiled program's own figures alone (and whether they count loops once)."""
+    own = compiled.cost_analysis()
+    own = (own[0] if isinstance(own, list) else own) or {}
+    fallback = {
+        "flops_per_image": own.get("flops", float("nan")) / images,
+        "bytes_accessed_per_image": own.get("bytes accessed", float("nan")) / images,
+        "cost_source": "compiled",
+        "cost_counts_loops_once": loops,
+    }
+    text = _text(compiled)
+    if text is None:
+        return fallback
+    try:
+        items, found = hlo.costs(text)
+    except (ValueError, KeyError, IndexError, jax.errors.JaxRuntimeError) as e:
+        # a compiler's text this reader does not know: the compiled program's own figures
+        reason = targets.first_line(e)
+        return {**fallback, "cost_source": f"compiled (its text unread per instruction: {reason})"}
+    total = hlo.totals(items)
+    out = {
+        "flops_per_image": total["flops"] / images,
+        # on a TPU each array padded to its tiles (elsewhere the same as the plain count)
+        "bytes_accessed_per_image": total["tiled bytes accessed"] / images,
+        "plain_bytes_accessed_per_image": total["bytes accessed"] / images,
+        "cost_source": "per instruction, loops by their trip counts (hcnet.measure.hlo)",
+        "cost_counts_loops_once": False,
+        "loops": found,
+    }
+    if own:
+        out["compiler_counts_loops_once"] = {
+            "flops_per_image": own.get("flops", float("nan")) / images,
+            "bytes_accessed_per_image": own.get("bytes accessed", float("nan")) / images,
+        }
+    if breakdown:
+        out["breakdown"] = hlo.breakdown(items, images)
+    return out
 
-    cpu = xla_bridge.get_backend("cpu")
-    module = compiled.runtime_executable().hlo_modules()[0]
-    return xla_client._xla.hlo_module_cost_analysis(cpu, module), "compiled, HloCostAnalysis"
+
+def _text(compiled) -> str | None:
+    """The optimised program's text; None where it cannot be printed (libtpu 0.0.52's v6e and
+    TPU7x programs fail a check on the way to text)."""
+    try:
+        return compiled.as_text() or None
+    except jax.errors.JaxRuntimeError:
+        return None
 
 
 def _kernels(compiled) -> dict:
     """How many fusions and custom calls (cuDNN, cuBLAS, ...) the optimised program has; None where
-    it cannot be printed (libtpu 0.0.52's v6e and TPU7x programs fail a check on the way to
-    text)."""
-    try:
-        text = compiled.as_text() or ""
-    except jax.errors.JaxRuntimeError:
+    it cannot be printed."""
+    text = _text(compiled)
+    if text is None:
         return {"fusions": None, "custom_calls": None}
     return {
         "fusions": len(re.findall(r" fusion\(", text)),
@@ -155,10 +185,16 @@ def _refused(e: BaseException, images: float, seconds: float) -> dict:
 
 
 def compile_train_step(
-    c, topology: str, *, eval_step: bool = True, augmentation: bool = True
+    c,
+    topology: str,
+    *,
+    eval_step: bool = True,
+    augmentation: bool = True,
+    breakdown: bool = False,
 ) -> dict:
     """Compiles config c's train step (and its task's eval step and its augmentation alone) for the
-    slice `topology`; the report (see the module's docstring)."""
+    slice `topology`; the report (see the module's docstring), with where the train step's bytes
+    go if `breakdown`."""
     kind, chips, devs = targets.devices(topology)
     if (
         c.init_from == "required"
@@ -175,7 +211,8 @@ def compile_train_step(
     lower_s = time.perf_counter() - t
     block_loop = program.spec["block_loop"]  # what Program.build chose for the slice
     scanned = block_loop == "scan"
-    train = figures(lowered, c.batch_size / per_device, loops=scanned or c.optim.accum_steps > 1)
+    loops = scanned or c.optim.accum_steps > 1
+    train = figures(lowered, c.batch_size / per_device, loops=loops, breakdown=breakdown)
     height, width = batch["image"].shape[1:3]
     report = {
         "topology": topology,
@@ -219,6 +256,8 @@ def largest_batch(report: dict) -> int | None:
         return None
     temporaries = report["memory_bytes"]["temporaries"]
     per_image = temporaries / report["batch_per_device"]
+    if per_image == 0:  # older libtpu releases report no temporaries for some chips
+        return None
     return int((report["hbm_bytes"] - (report["needed_bytes"] - temporaries)) // per_image)
 
 
@@ -287,6 +326,8 @@ def describe(report: dict, line: str) -> str:
     for name, r in programs.items():
         if r is not None:
             rows.append(f"  {name}: {_program_line(r)}")
+    if "breakdown" in report:
+        rows.append(hlo.describe(report["breakdown"]))
     return "\n".join([*rows, f"  {report['note']}"])
 
 
@@ -296,12 +337,27 @@ def _program_line(r: dict) -> str:
         return f"compile {r['compile_seconds']:.0f} s; refused: {r['refused']}"
     cost = (
         f"{r['flops_per_image'] / 1e9:.2f} GFLOP and {r['bytes_accessed_per_image'] / 1e6:.0f} MB "
-        f"accessed per image (XLA's cost analysis of the {r.get('cost_source', 'compiled')} program"
+        "accessed per image ("
     )
     if r.get("cost_counts_loops_once"):
         cost += (
-            ", which counts each loop body once: not the program's; "
-            "--config.model.block_loop=unroll and optim.accum_steps=1 give the program's"
+            "XLA's cost analysis of the compiled program, which counts each loop body once: not "
+            "the program's; --config.model.block_loop=unroll and optim.accum_steps=1 give the "
+            "program's)"
         )
+    elif "plain_bytes_accessed_per_image" in r:
+        cost += (
+            "XLA's cost analysis of each instruction, loops by their trip counts; "
+            f"{r['plain_bytes_accessed_per_image'] / 1e6:.0f} MB without tile padding"
+        )
+        own = r.get("compiler_counts_loops_once")
+        if own:
+            cost += (
+                f"; the compiler's own count, each loop body once: "
+                f"{own['bytes_accessed_per_image'] / 1e6:.0f} MB"
+            )
+        cost += ")"
+    else:
+        cost += "XLA's cost analysis of the compiled program)"
     memory = ", ".join(f"{k} {v / GIB:.3f} GiB" for k, v in r["memory_bytes"].items())
-    return f"compile {r['compile_seconds']:.0f} s; {cost}); {memory}"
+    return f"compile {r['compile_seconds']:.0f} s; {cost}; {memory}"

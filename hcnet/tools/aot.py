@@ -6,7 +6,10 @@ verdict (what each figure is: hcnet.measure.aot).
     pip install -r requirements-tpu.txt   # or requirements-gpu.txt for --topology=h100-8
     python -m hcnet.tools.aot --config=configs/hcnet_t.py --topology=v5e-64 \\
         [--config.optim.accum_steps=2 ...]
-        [--out=F.json] [--parts=eval,augmentation] [--json]
+        [--out=F.json] [--parts=eval,augmentation] [--json] [--breakdown]
+
+--breakdown: where the train step's bytes go, by the layer they come from (heat, groupnorm, ra_mlp,
+...), layout copies and collectives, and its largest instructions (hcnet.measure.hlo).
 
 Exits 1 with the one-line verdict when the step does not fit.
 """
@@ -31,6 +34,11 @@ flags.DEFINE_list(
     "what else to compile beside the train step: the eval "
     "step, the augmentation alone (empty for neither)",
 )
+flags.DEFINE_bool(
+    "breakdown",
+    False,
+    "also where the train step's bytes and flops go: by layer kind and the largest instructions",
+)
 flags.mark_flags_as_required(["config", "topology"])
 for _name in ("out", "json"):
     flags.declare_key_flag(_name)
@@ -52,6 +60,7 @@ def main(argv):
         FLAGS.topology,
         eval_step="eval" in parts,
         augmentation="augmentation" in parts,
+        breakdown=FLAGS.breakdown,
     )
     report = {"config": config_flags.get_config_filename(FLAGS["config"]), **report}
     line = aot.verdict(report)

@@ -1,0 +1,388 @@
+"""A compiled program's optimised HLO read instruction by instruction: XLA's own cost analysis
+(HloCostAnalysis, run by the CPU client) of each top-level instruction alone, counted as often as
+the loops around it run. XLA's analysis of a whole program counts a loop's body once; this gives a
+scanned program's figures per step, and traces each instruction's bytes to the layer it comes from
+(hcnet.tools.aot --breakdown; the figures in BENCHMARKS.md, "Where the bytes go").
+
+On a TPU an array occupies whole (8, 128) tiles (its layout's T(...)): each instruction's bytes are
+scaled by how much its operands and result grow when padded to their tiles, which libtpu's own count
+does too (the two agree within a few percent on a program without loops: BENCHMARKS.md).
+"""
+
+import collections
+import dataclasses
+import functools
+import math
+import re
+
+# bytes per element of XLA's types (token and opaque types hold no data)
+ITEMSIZE = {
+    "pred": 1, "s8": 1, "u8": 1, "s4": 0.5, "u4": 0.5, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
+    "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16,
+    "f8e4m3fn": 1, "f8e5m2": 1,
+}  # fmt: skip
+ARRAY = re.compile(r"\b(\w+)\[([\d,]*)\](?:\{([^}]*)\})?")
+HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) \(.*\) -> .*\{$")
+INSTRUCTION = re.compile(r"^\s+(ROOT )?%([\w.\-]+) = ")
+CALLED = re.compile(
+    r"\b(?:calls|to_apply|body|condition|true_computation|false_computation)=%([\w.\-]+)"
+    r"|branch_computations=\{([^}]*)\}"
+)
+# instructions that move no data of their own (views, tuples) or whose work is their computations'
+NO_COST = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while", "call"}
+NO_COST |= {"conditional", "after-all", "add-dependency", "opt-barrier"}
+# what model code runs under which jax.named_scope (hcnet/layers.py, hcnet/program.py): an
+# instruction belongs to the innermost of these its op_name names
+SCOPES = (
+    "stem", "downsample", "heat", "groupnorm", "ra_mlp", "ra_filter", "head", "loss",
+    "augmentation", "optimizer",
+)  # fmt: skip
+MOVES = {"copy", "copy-start", "copy-done", "transpose", "bitcast", "reshape", "parameter"}
+MOVES |= {"slice-start", "slice-done", "tuple", "get-tuple-element"}
+# how lax.scan writes each iteration's saved arrays into stacked buffers and reads them back
+STACKING = {"dynamic_update_index_in_dim", "dynamic_index_in_dim"}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
+
+
+def array_bytes(shape: str, tiled: bool) -> float:
+    """Bytes of the arrays in an HLO shape (a tuple's summed); `tiled`: each padded to its layout's
+    first tile, as a TPU stores it."""
+    total = 0.0
+    for dtype, dims, layout in ARRAY.findall(shape):
+        if dtype not in ITEMSIZE:
+            continue
+        size = [int(d) for d in dims.split(",") if d]
+        tile = re.search(r":.*?T\(([\d,]+)\)", layout or "")
+        if tiled and tile:
+            order = [int(d) for d in layout.split(":")[0].split(",") if d]
+            major = [size[d] for d in reversed(order)] or [1]
+            t = [int(d) for d in tile[1].split(",")]
+            major = [1] * max(0, len(t) - len(major)) + major
+            for j in range(1, len(t) + 1):
+                major[-j] = -(-major[-j] // t[-j]) * t[-j]
+            size = major
+        total += math.prod(size) * ITEMSIZE[dtype]
+    return total
+
+
+@dataclasses.dataclass
+class Instruction:
+    name: str
+    shape: str
+    opcode: str
+    operands: list[str]
+    args: str  # the text between the parentheses: the operands, or a constant's value
+    attrs: str
+
+    def called(self) -> list[str]:
+        names = []
+        for one, many in CALLED.findall(self.attrs):
+            names += [one] if one else re.findall(r"%([\w.\-]+)", many)
+        return names
+
+    def attr(self, key: str) -> str | None:
+        m = re.search(rf"\b{key}=%?([\w.\-]+)", self.attrs)
+        return m[1] if m else None
+
+    @property
+    def op_name(self) -> str:
+        m = re.search(r'op_name="([^"]*)"', self.attrs)
+        return m[1] if m else ""
+
+
+def _closing(text: str, start: int) -> int:
+    """The index of the parenthesis closing the one at `start`."""
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    raise ValueError(f"unbalanced parentheses: {text[start : start + 80]}")
+
+
+def _instruction(name: str, rest: str) -> Instruction:
+    if rest.startswith("("):  # a tuple-shaped result
+        end = _closing(rest, 0)
+        shape, rest = rest[: end + 1], rest[end + 2 :]
+    else:
+        shape, rest = rest.split(" ", 1)
+    opcode = rest[: rest.index("(")]
+    end = _closing(rest, len(opcode))
+    args = rest[len(opcode) + 1 : end]
+    return Instruction(name, shape, opcode, re.findall(r"%([\w.\-]+)", args), args, rest[end + 1 :])
+
+
+@dataclasses.dataclass
+class Module:
+    """An HLO module's computations as text and as instructions, and its entry's name."""
+
+    computations: dict[str, list[Instruction]]
+    text: dict[str, str]
+    roots: dict[str, Instruction]
+    entry: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Module":
+        computations, sources, roots, entry, name, lines = {}, {}, {}, None, None, []
+        for line in text.splitlines():
+            m = HEADER.match(line)
+            if m:
+                name, lines = m[2], [line]
+                computations[name] = []
+                entry = name if m[1] else entry
+                continue
+            if name is None:
+                continue
+            lines.append(line)
+            if line.startswith("}"):  # "}" or "}, execution_thread=..."
+                sources[name] = "\n".join(lines).removeprefix("ENTRY ")
+                name = None
+                continue
+            m = INSTRUCTION.match(line)
+            if m:
+                i = _instruction(m[2], line[m.end() :])
+                computations[name].append(i)
+                if m[1]:
+                    roots[name] = i
+        if entry is None:
+            raise ValueError("no ENTRY computation: not an HLO module's text")
+        return cls(computations, sources, roots, entry)
+
+    def closure(self, names, seen=None) -> list[str]:
+        """The computations `names` call, transitively, each after those it calls."""
+        seen = [] if seen is None else seen
+        for n in names:
+            if n not in seen:
+                for i in self.computations[n]:
+                    self.closure(i.called(), seen)
+                seen.append(n)
+        return seen
+
+    def alone(self, chain: list[Instruction], shapes: dict[str, str]) -> str:
+        """A module of these instructions alone (an instruction, or an async start and its done):
+        their operands as parameters, their computations."""
+        params, lines, inside = {}, [], {i.name for i in chain}
+        for o in (o for i in chain for o in i.operands):
+            if o not in params and o not in inside:
+                params[o] = f"p{len(params)}"
+                lines.append(f"  %{params[o]} = {shapes[o]} parameter({len(params) - 1})")
+        for n, i in enumerate(chain):
+            operands = ", ".join("%" + params.get(o, o) for o in i.operands)
+            # scheduling edges name instructions left behind
+            attrs = re.sub(r", control-predecessors=\{[^}]*\}", "", i.attrs)
+            root = "ROOT " if n == len(chain) - 1 else ""
+            lines.append(f"  {root}%{i.name} = {i.shape} {i.opcode}({operands}){attrs}")
+        called = self.closure([c for i in chain for c in i.called()])
+        computations = "".join(self.text[c] + "\n\n" for c in called)
+        return f"HloModule alone\n\n{computations}ENTRY %e {{\n" + "\n".join(lines) + "\n}\n"
+
+    def trip_count(self, i: Instruction, shapes: dict[str, Instruction]) -> int | None:
+        """A while loop's trip count: XLA's own where it printed one, else from a counted loop's
+        form (JAX's scan and fori_loop: `i < N`, i from a constant); None for any other loop."""
+        m = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', i.attrs)
+        if m:
+            return int(m[1])
+        condition = {x.name: x for x in self.computations[i.attr("condition")]}
+        root = self.roots[i.attr("condition")]
+        if root.opcode != "compare" or "direction=LT" not in root.attrs:
+            return None
+        counter, bound = (condition.get(o) for o in root.operands)
+        if not (counter and bound) or counter.opcode != "get-tuple-element":
+            return None
+        if bound.opcode != "constant" or condition.get(counter.operands[0]).opcode != "parameter":
+            return None
+        init = shapes.get(i.operands[0])
+        if init is None or init.opcode != "tuple":
+            return None
+        start = shapes.get(init.operands[int(counter.attr("index"))])
+        while start is not None and start.opcode in ("copy", "bitcast"):
+            start = shapes.get(start.operands[0])
+        if start is None or start.opcode != "constant":
+            return None
+        if not (_integer(start) is not None and _integer(bound) is not None):
+            return None
+        return max(_integer(bound) - _integer(start), 0)
+
+
+def _integer(i: Instruction) -> int | None:
+    return int(i.args) if re.fullmatch(r"-?\d+", i.args) else None
+
+
+@dataclasses.dataclass
+class Cost:
+    """One top-level instruction: XLA's flops and bytes for one run of it, how many times a step
+    runs it, and the bytes again with its arrays padded to TPU tiles."""
+
+    name: str
+    opcode: str
+    op_name: str
+    kind: str
+    flops: float
+    transcendentals: float
+    bytes: float
+    tiled_bytes: float
+    times: int
+
+
+def kind(i: Instruction, module: Module) -> str:
+    """Which part of the network an instruction belongs to (SCOPES), or a data movement of its
+    own: layout copies and moves between memory spaces, collectives, a scanned loop's stacking of
+    the arrays its backward pass reads, or 'other'."""
+    if i.opcode.startswith(COLLECTIVES):
+        return "collectives"
+    ops = {i.opcode}
+    if i.opcode == "fusion":
+        ops = {x.opcode for x in module.computations[i.attr("calls")]}
+    if ops <= MOVES:
+        return "layout copies"
+    # a scope inside a transformation reads "jvp(heat)", "transpose(jvp(ra_mlp))": the names alone
+    names = re.findall(r"[A-Za-z_]\w*", i.op_name)
+    for name in reversed(names):
+        if name in SCOPES:
+            return name
+    if STACKING & set(names):
+        return "loop stacking"
+    return "other"
+
+
+def costs(text: str, backend=None) -> tuple[list[Cost], list[dict]]:
+    """Each top-level instruction's cost and how many times it runs; and the program's loops (where
+    they come from, their trip counts: None where it is not a counted loop, then counted once)."""
+    module = Module.parse(text)
+    out, loops = [], []
+
+    def walk(name: str, times: int) -> None:
+        shapes = {x.name: x for x in module.computations[name]}
+        texts = {k: v.shape for k, v in shapes.items()}
+        for i in module.computations[name]:
+            if i.opcode == "while":
+                n = module.trip_count(i, shapes)
+                loops.append({"op_name": i.op_name, "trip_count": n, "runs": times})
+                walk(i.attr("body"), times * (n or 1))
+                walk(i.attr("condition"), times * ((n or 0) + 1))
+                continue
+            if i.opcode == "call":
+                walk(i.attr("to_apply"), times)
+                continue
+            if i.opcode == "conditional":  # its costliest branch, as XLA's analysis counts it
+                branches = []
+                for c in i.called():
+                    mark = len(out)
+                    walk(c, times)
+                    branches.append(out[mark:])
+                    del out[mark:]
+                out.extend(max(branches, key=lambda b: sum(x.tiled_bytes for x in b)))
+                continue
+            if i.opcode in NO_COST:
+                continue
+            if i.opcode.endswith(("-done", "-update")):  # with its start: what the pair adds
+                start = shapes[i.operands[0]]
+                pair = analysis(module.alone([start, i], texts), backend)
+                alone = analysis(module.alone([start], texts), backend)
+                c = {k: pair.get(k, 0.0) - alone.get(k, 0.0) for k in pair}
+            else:
+                c = analysis(module.alone([i], texts), backend)
+            arrays = [shapes[o].shape for o in i.operands] + [i.shape]
+            plain = sum(array_bytes(s, False) for s in arrays)
+            padded = sum(array_bytes(s, True) for s in arrays)
+            bytes_ = c.get("bytes accessed", 0.0)
+            out.append(
+                Cost(
+                    i.name,
+                    i.opcode,
+                    i.op_name,
+                    kind(i, module),
+                    c.get("flops", 0.0),
+                    c.get("transcendentals", 0.0),
+                    bytes_,
+                    bytes_ * (padded / plain if plain else 1.0),
+                    times,
+                )  # fmt: skip
+            )
+
+    walk(module.entry, 1)
+    return out, loops
+
+
+def totals(items: list[Cost]) -> dict:
+    """The step's flops and bytes: each instruction's times the number of times it runs."""
+    return {
+        "flops": sum(c.flops * c.times for c in items),
+        "bytes accessed": sum(c.bytes * c.times for c in items),
+        "tiled bytes accessed": sum(c.tiled_bytes * c.times for c in items),
+    }
+
+
+def breakdown(items: list[Cost], images: float, top: int = 12) -> dict:
+    """Where a step's bytes and flops go, per image: by kind (SCOPES, layout copies, collectives,
+    loop stacking, other), the largest first with their shares, and the `top` instructions by
+    bytes (on a TPU, each array padded to its tiles)."""
+    total_bytes = sum(c.tiled_bytes * c.times for c in items) or 1.0
+    total_flops = sum(c.flops * c.times for c in items) or 1.0
+    groups = collections.defaultdict(lambda: [0.0, 0.0, 0])
+    for c in items:
+        g = groups[c.kind]
+        g[0] += c.tiled_bytes * c.times
+        g[1] += c.flops * c.times
+        g[2] += 1
+    kinds = [
+        {
+            "kind": k,
+            "bytes_per_image": b / images,
+            "bytes_share": b / total_bytes,
+            "gflop_per_image": f / images / 1e9,
+            "flops_share": f / total_flops,
+            "instructions": n,
+        }
+        for k, (b, f, n) in sorted(groups.items(), key=lambda kv: -kv[1][0])
+    ]
+    largest = sorted(items, key=lambda c: -c.tiled_bytes * c.times)[:top]
+    instructions = [
+        {
+            "name": c.name,
+            "opcode": c.opcode,
+            "kind": c.kind,
+            "op_name": c.op_name,
+            "times": c.times,
+            "bytes_per_image": c.tiled_bytes * c.times / images,
+            "bytes_share": c.tiled_bytes * c.times / total_bytes,
+        }
+        for c in largest
+    ]
+    return {"kinds": kinds, "instructions": instructions}
+
+
+def describe(b: dict) -> str:
+    """A breakdown as text for a terminal."""
+    rows = ["  where the bytes go (per image, by kind):"]
+    for k in b["kinds"]:
+        rows.append(
+            f"    {k['kind']:<14} {k['bytes_per_image'] / 1e6:9.1f} MB {k['bytes_share']:6.1%}"
+            f"  {k['gflop_per_image']:7.2f} GFLOP {k['flops_share']:6.1%}"
+            f"  ({k['instructions']} instructions)"
+        )
+    rows.append("  the largest instructions:")
+    for i in b["instructions"]:
+        where = i["op_name"].removeprefix("jit(train_step)/")
+        rows.append(
+            f"    {i['bytes_per_image'] / 1e6:8.1f} MB {i['bytes_share']:6.1%}  {i['kind']:<13} "
+            f"{i['opcode']} x{i['times']}  {where[-90:]}"
+        )
+    return "\n".join(rows)
+
+
+def analysis(text: str, backend=None) -> dict:
+    """XLA's HloCostAnalysis of a module's text (as the CPU client runs it: flops, transcendentals,
+    bytes accessed, each array at its plain size)."""
+    from jax._src.lib import hlo, xla_client
+
+    # stack frame ids point into a table the printed text does not carry
+    module = hlo.hlo_module_from_text(re.sub(r" stack_frame_id=\d+", "", text))
+    return xla_client._xla.hlo_module_cost_analysis(backend or cpu_backend(), module)
+
+
+@functools.cache
+def cpu_backend():
+    from jax._src import xla_bridge
+
+    return xla_bridge.get_backend("cpu")
