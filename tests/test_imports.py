@@ -87,6 +87,7 @@ LAYERS = [
         "hcnet.measure.bench",
         "hcnet.measure.data_bench",
         "hcnet.measure.targets",
+        "hcnet.measure.hlo",
         "hcnet.measure.aot",
     ],
     ["hcnet.tools"],
