@@ -41,10 +41,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.step_timeout = 0.0
     c.phase_timeout = 1800.0
     c.peer_timeout = 60.0
-    c.profile_steps = (
-        0,
-        0,
-    )  # (first, last): a jax.profiler trace of steps [first, last) in workdir/profile
+    # (first, last): a jax.profiler trace of steps first + 1 to last in workdir/profile
+    c.profile_steps = (0, 0)
     # more evaluations beside `eval` (dataset.eval_split), at every eval step and in eval.py, each
     # reported as <name>/top1 ...: dicts of name and split, and optionally dataset, data_dir,
     # image_size, crop_pct (default: config.dataset's) and label_key (default "label"; a set of

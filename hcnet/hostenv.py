@@ -87,3 +87,38 @@ def reexec_on_cpu() -> None:
         flush=True,
     )
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+# the libtpu releases jax 0.10.2's profiler traces beside (PJRT C API 0.112 and 0.113): from
+# 0.0.45 on, libtpu's profiler interface is larger than jax 0.10.2's plugin tracer expects
+# ("Unexpected PLUGIN_Profiler_Api size: expected 80, got 104") and a trace ends in SIGSEGV
+# (BENCHMARKS.md, "libtpu releases beside jax 0.10.2")
+TRACING_LIBTPU = ("0.0.43.2", "0.0.42.1")
+
+
+def libtpu_loaded() -> bool:
+    """Whether libtpu.so is mapped into this process (a TPU client or compile-only TPU devices
+    made); JAX imports the libtpu package on start wherever it is installed, which loads nothing."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return "libtpu" in maps.read()
+    except OSError:  # not Linux: the package's presence is the best sign there is
+        return "libtpu" in sys.modules
+
+
+def check_tracing(what: str) -> None:
+    """One line, before anything compiles, when a jax.profiler trace is asked for (`what`: the
+    setting that asks) in a process that has loaded a libtpu the profiler crashes beside."""
+    import importlib.metadata
+
+    from hcnet.errors import ConfigError
+
+    if not libtpu_loaded():
+        return
+    version = importlib.metadata.version("libtpu")
+    if version not in TRACING_LIBTPU:
+        raise ConfigError(
+            f"{what}: jax.profiler crashes beside libtpu {version}; trace from a second "
+            f'environment with libtpu=={TRACING_LIBTPU[0]} (docs/training.md, "A slow step"), '
+            "or leave the trace out"
+        )

@@ -8,15 +8,13 @@ the step and the last good checkpoint.
 """
 
 import contextlib
-import importlib.metadata
 import os
 import signal
-import sys
 import time
 
 import jax
 
-from hcnet import checkpoint, faults, finetune, monitor, paths, sharding, trained
+from hcnet import checkpoint, faults, finetune, hostenv, monitor, paths, sharding, trained
 from hcnet.errors import ConfigError
 from hcnet.program import Run
 
@@ -87,34 +85,12 @@ def check_finite(state, step: int, checkpoints: checkpoint.Checkpoints) -> None:
         )
 
 
-# the libtpu jax 0.10.2 pins: its profiler is the one jax.profiler was built with
-PROFILER_LIBTPU = "0.0.42.1"
-
-
-def libtpu_loaded() -> bool:
-    """Whether libtpu.so is mapped into this process (a TPU client or compile-only TPU devices
-    made); JAX imports the libtpu package on start wherever it is installed, which loads nothing."""
-    try:
-        with open("/proc/self/maps") as maps:
-            return "libtpu" in maps.read()
-    except OSError:  # not Linux: the package's presence is the best sign there is
-        return "libtpu" in sys.modules
-
-
 def check_profiler(profile_steps) -> None:
-    """One line before anything compiles when config.profile_steps asks for a trace in a process
-    that has loaded another libtpu: jax.profiler.start_trace crashes (SIGSEGV) beside libtpu 0.0.52
-    (docs/install.md, "Cloud TPU VMs")."""
+    """One line before anything compiles when config.profile_steps asks for a trace beside a libtpu
+    the profiler crashes with (hcnet.hostenv.check_tracing)."""
     first, last = profile_steps
-    if last <= first or not libtpu_loaded():
-        return
-    version = importlib.metadata.version("libtpu")
-    if version != PROFILER_LIBTPU:
-        raise ConfigError(
-            f"config.profile_steps={tuple(profile_steps)}: jax.profiler crashes beside libtpu "
-            f"{version}; set profile_steps=(0, 0), or trace with libtpu=={PROFILER_LIBTPU} "
-            "(jax[tpu] 0.10.2's own)"
-        )
+    if last > first:
+        hostenv.check_tracing(f"config.profile_steps={tuple(profile_steps)}")
 
 
 def train_and_evaluate(c, workdir) -> dict:

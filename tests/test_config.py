@@ -230,20 +230,24 @@ def test_a_bad_extra_evaluation_is_one_line(evals, message):
 
 
 def test_a_trace_beside_a_libtpu_whose_profiler_crashes_is_refused_in_one_line(monkeypatch):
-    """jax.profiler.start_trace crashed (SIGSEGV) in a process that had loaded libtpu 0.0.52; with
-    jax's own libtpu, or none loaded, or no trace asked for, nothing is said."""
+    """jax.profiler crashes (SIGSEGV) in a process that has loaded libtpu 0.0.45 or newer; with
+    0.0.42.1 or 0.0.43.2, or none loaded, or no trace asked for, nothing is said. train.py's
+    config.profile_steps and hcnet.tools.bench's --trace ask the same question."""
     import importlib.metadata
 
-    from hcnet import trainer
+    from hcnet import hostenv, trainer
 
-    monkeypatch.setattr(trainer, "libtpu_loaded", lambda: True)
+    monkeypatch.setattr(hostenv, "libtpu_loaded", lambda: True)
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0.52")
     with pytest.raises(ConfigError, match=r"^config.profile_steps=\(2, 4\): jax.profiler crashes "):
         trainer.check_profiler((2, 4))
+    with pytest.raises(ConfigError, match=r"^--trace=/t: .* libtpu==0.0.43.2 "):
+        hostenv.check_tracing("--trace=/t")
     trainer.check_profiler((0, 0))  # no trace
-    monkeypatch.setattr(importlib.metadata, "version", lambda name: trainer.PROFILER_LIBTPU)
-    trainer.check_profiler((2, 4))
-    monkeypatch.setattr(trainer, "libtpu_loaded", lambda: False)
+    for version in ("0.0.42.1", "0.0.43.2"):
+        monkeypatch.setattr(importlib.metadata, "version", lambda name, v=version: v)
+        trainer.check_profiler((2, 4))
+    monkeypatch.setattr(hostenv, "libtpu_loaded", lambda: False)
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0.52")
     trainer.check_profiler((2, 4))  # installed, not loaded: the profiler works
 
@@ -253,9 +257,9 @@ def test_libtpu_counts_as_loaded_once_tpu_devices_are_made_not_when_jax_imports_
     """JAX imports the libtpu package wherever it is installed (a CPU run's trace is safe then);
     compile-only TPU devices load the library itself."""
     code = (
-        "import sys, jax; from hcnet import trainer; jax.devices(); a = trainer.libtpu_loaded(); "
+        "import sys, jax; from hcnet import hostenv; jax.devices(); a = hostenv.libtpu_loaded(); "
         "from hcnet.measure import targets; targets.devices('v5e-4'); "
-        "print(a, 'libtpu' in sys.modules, trainer.libtpu_loaded())"
+        "print(a, 'libtpu' in sys.modules, hostenv.libtpu_loaded())"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
     proc = subprocess.run(

@@ -83,7 +83,7 @@ def test_each_instruction_alone_adds_up_to_xlas_analysis_of_the_whole_program(pr
 
 def test_the_breakdown_names_each_layer_kind_and_its_shares_add_up(programs):
     items, _ = hlo.costs(programs["scan"])
-    b = hlo.breakdown(items, images=2)
+    b = hlo.breakdown_of(items, images=2)
     kinds = {k["kind"]: k for k in b["kinds"]}
     assert {"stem", "downsample", "heat", "groupnorm", "ra_mlp", "ra_filter", "head"} <= set(kinds)
     assert sum(k["bytes_share"] for k in b["kinds"]) == pytest.approx(1.0)

@@ -75,7 +75,7 @@ def figures(lowered, images: float, loops: bool = False, breakdown: bool = False
     """Compiles a lowered program: its per-device memory, XLA's flops and bytes per image, the
     compile time. `loops`: the program has loops (said where only the compiled program's own
     figures, which count a loop body once, can be had); `breakdown`: where the bytes go
-    (hcnet.measure.hlo.breakdown). A program the compiler refuses for
+    (hcnet.measure.hlo.breakdown_of). A program the compiler refuses for
     memory (RESOURCE_EXHAUSTED) gives `refused`, the compiler's line, and what it says it needed."""
     with without_persistent_cache(), without_cpu_flags():
         t = time.perf_counter()
@@ -100,67 +100,16 @@ def figures(lowered, images: float, loops: bool = False, breakdown: bool = False
         "batch_per_device": images,
         "memory_bytes": memory,
         "needed_bytes": args_out + memory["temporaries"] + memory["code"],
-        **_costs(compiled, images, loops, breakdown),
+        **hlo.compiled_costs(compiled, images, loops, breakdown),
         **_kernels(compiled),
         "compile_seconds": compile_s,
     }
 
 
-def _costs(compiled, images: float, loops: bool, breakdown: bool) -> dict:
-    """Flops and bytes per image: each instruction of the optimised program as XLA's cost analysis
-    counts it, times the trip counts of the loops around it (hcnet.measure.hlo), beside the
-    compiled program's own analysis, which counts each loop body once. Where the program cannot be
-    printed, the compiled program's own figures alone (and whether they count loops once)."""
-    own = compiled.cost_analysis()
-    own = (own[0] if isinstance(own, list) else own) or {}
-    fallback = {
-        "flops_per_image": own.get("flops", float("nan")) / images,
-        "bytes_accessed_per_image": own.get("bytes accessed", float("nan")) / images,
-        "cost_source": "compiled",
-        "cost_counts_loops_once": loops,
-    }
-    text = _text(compiled)
-    if text is None:
-        return fallback
-    try:
-        items, found = hlo.costs(text)
-    except (ValueError, KeyError, IndexError, jax.errors.JaxRuntimeError) as e:
-        # a compiler's text this reader does not know: the compiled program's own figures
-        reason = targets.first_line(e)
-        return {**fallback, "cost_source": f"compiled (its text unread per instruction: {reason})"}
-    total = hlo.totals(items)
-    out = {
-        "flops_per_image": total["flops"] / images,
-        # on a TPU each array padded to its tiles (elsewhere the same as the plain count)
-        "bytes_accessed_per_image": total["tiled bytes accessed"] / images,
-        "plain_bytes_accessed_per_image": total["bytes accessed"] / images,
-        "cost_source": "per instruction, loops by their trip counts (hcnet.measure.hlo)",
-        "cost_counts_loops_once": False,
-        "loops": found,
-    }
-    if own:
-        out["compiler_counts_loops_once"] = {
-            "flops_per_image": own.get("flops", float("nan")) / images,
-            "bytes_accessed_per_image": own.get("bytes accessed", float("nan")) / images,
-        }
-    if breakdown:
-        out["breakdown"] = hlo.breakdown(items, images)
-    return out
-
-
-def _text(compiled) -> str | None:
-    """The optimised program's text; None where it cannot be printed (libtpu 0.0.52's v6e and
-    TPU7x programs fail a check on the way to text)."""
-    try:
-        return compiled.as_text() or None
-    except jax.errors.JaxRuntimeError:
-        return None
-
-
 def _kernels(compiled) -> dict:
     """How many fusions and custom calls (cuDNN, cuBLAS, ...) the optimised program has; None where
     it cannot be printed."""
-    text = _text(compiled)
+    text = hlo.program_text(compiled)
     if text is None:
         return {"fusions": None, "custom_calls": None}
     return {
@@ -302,10 +251,13 @@ def verdict(report: dict) -> str:
         return head + ", fits)"
     if _fits(report, report["hbm_bytes"]):
         return head + "), evaluation does not fit: lower config.eval_batch_size"
+    remat = ""
+    if report.get("model", {}).get("block_loop") != "scan":  # scanned blocks are recomputed
+        remat = ", or recompute activations with config.model.remat=True"
     return head + (
         f"), does not fit: raise config.optim.accum_steps (now {report['accum_steps']}) to cut the "
-        "activations per micro-batch, shard parameters and optimizer state with config.mesh.fsdp, "
-        "or recompute activations with config.model.remat=True"
+        "activations per micro-batch, shard parameters and optimizer state with config.mesh.fsdp"
+        + remat
     )
 
 

@@ -3,7 +3,7 @@ statement of it beside).
 
     python -m hcnet.tools.bench --variant=T --batch=128 --image_size=224 --dtype=bfloat16 \\
         [--devices=N]
-        [--mode=train,infer] [--repeats=10] [--json]
+        [--mode=train,infer] [--repeats=10] [--json] [--trace=DIR]
 
 Synthetic uint8 batches already on the devices, so only the device's work is timed: for `train`, the
 project's whole jitted training step (normalisation, forward, backward, AdamW with clipping, sharded
@@ -11,9 +11,10 @@ over a data-parallel mesh of N devices, state donated); for `infer`, the eval-mo
 logits. Compile time is reported apart from the step time (median of --repeats after one warm-up
 step).
 
-    flops/img   XLA's FLOP count of the compiled step (per device, times devices, over the batch)
-    XLA MB/img  XLA's "bytes accessed" the same way: summed over ops as compiled; on a CPU not a
-    floor
+    flops/img   XLA's FLOP count of the compiled step (per device, times devices, over the batch),
+                each loop body times its trip count (hcnet.measure.hlo)
+    XLA MB/img  XLA's "bytes accessed" the same way (on a TPU with arrays padded to tiles); on a
+                CPU not a floor
                 (see `python -m hcnet.tools.roofline` for the fewest bytes a fused step must move)
     model flops/img   the paper's convention: 2 x conv+linear MACs, x3 for a training step
     MFU         XLA flops per second over the device's dense peak for the dtype
@@ -25,8 +26,10 @@ step).
 For scripts: `train_step_seconds(variant, batch, image_size, repeats)` is the step's wall seconds.
 """
 
+import contextlib
 import dataclasses
 import json
+import math
 import resource
 import statistics
 import time
@@ -35,9 +38,9 @@ import jax
 import numpy as np
 
 from hcnet import config as config_lib
-from hcnet import monitor, sharding
+from hcnet import hostenv, monitor, sharding
 from hcnet.errors import UserError
-from hcnet.measure import count, roofline
+from hcnet.measure import count, hlo, roofline
 from hcnet.program import Run
 
 MODES = ("train", "infer")
@@ -172,10 +175,15 @@ def measure(
     model_flops: bool = True,
     depthwise_impl: str = "auto",
     block_loop: str = "auto",
+    trace: str | None = None,
 ) -> Result:
-    """Times one jitted training step or forward pass of HcNet on synthetic data."""
+    """Times one jitted training step or forward pass of HcNet on synthetic data; with `trace`, a
+    jax.profiler trace of the timed steps is written there (to open with XProf:
+    requirements-profile.txt)."""
     if mode not in MODES:
         raise UserError(f"--mode={mode!r}: one of {', '.join(MODES)}")
+    if trace:
+        hostenv.check_tracing(f"--trace={trace}")
     if devices and devices > len(jax.devices()):
         raise UserError(
             f"--devices={devices}: only {len(jax.devices())} {jax.devices()[0].platform} devices "
@@ -209,16 +217,16 @@ def measure(
     start = time.perf_counter()
     compiled = step.lower(*args).compile()
     compile_s = time.perf_counter() - start
-    step_s, host = median_seconds(compiled, args, repeats, update)
+    with contextlib.ExitStack() as scope:
+        if trace:
+            scope.enter_context(jax.profiler.trace(trace))
+        step_s, host = median_seconds(compiled, args, repeats, update)
 
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost["flops"]) * len(devs) / batch if cost and cost.get("flops") else None
-    moved = (
-        float(cost["bytes accessed"]) * len(devs) / batch
-        if cost and cost.get("bytes accessed")
-        else None
-    )
+    # the program of one device, its loops counted by their trip counts
+    cost = hlo.compiled_costs(compiled, batch / len(devs))
+    flops = cost["flops_per_image"] if math.isfinite(cost["flops_per_image"]) else None
+    moved = cost["bytes_accessed_per_image"]
+    moved = moved if math.isfinite(moved) else None
     macs = count.count_macs(run.task.spec, image_size) if model_flops else None
     peak = peak if peak is not None else roofline.peak_tflops(devs[0].device_kind, dtype)
     mfu = flops * batch / step_s / (peak * 1e12 * len(devs)) if flops and peak else None

@@ -313,7 +313,7 @@ def totals(items: list[Cost]) -> dict:
     }
 
 
-def breakdown(items: list[Cost], images: float, top: int = 12) -> dict:
+def breakdown_of(items: list[Cost], images: float, top: int = 12) -> dict:
     """Where a step's bytes and flops go, per image: by kind (SCOPES, layout copies, collectives,
     loop stacking, other), the largest first with their shares, and the `top` instructions by
     bytes (on a TPU, each array padded to its tiles)."""
@@ -369,6 +369,57 @@ def describe(b: dict) -> str:
             f"{i['opcode']} x{i['times']}  {where[-90:]}"
         )
     return "\n".join(rows)
+
+
+def compiled_costs(compiled, images: float, loops: bool = False, breakdown: bool = False) -> dict:
+    """Flops and bytes per image: each instruction of the optimised program as XLA's cost analysis
+    counts it, times the trip counts of the loops around it (`costs`), beside the
+    compiled program's own analysis, which counts each loop body once. Where the program cannot be
+    printed, the compiled program's own figures alone (and whether they count loops once)."""
+    own = compiled.cost_analysis()
+    own = (own[0] if isinstance(own, list) else own) or {}
+    fallback = {
+        "flops_per_image": own.get("flops", float("nan")) / images,
+        "bytes_accessed_per_image": own.get("bytes accessed", float("nan")) / images,
+        "cost_source": "compiled",
+        "cost_counts_loops_once": loops,
+    }
+    program = program_text(compiled)
+    if program is None:
+        return fallback
+    try:
+        items, found = costs(program)
+    except (ValueError, KeyError, IndexError, RuntimeError) as e:
+        # a compiler's text this reader does not know: the compiled program's own figures
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return {**fallback, "cost_source": f"compiled (its text unread per instruction: {reason})"}
+    total = totals(items)
+    out = {
+        "flops_per_image": total["flops"] / images,
+        # on a TPU each array padded to its tiles (elsewhere the same as the plain count)
+        "bytes_accessed_per_image": total["tiled bytes accessed"] / images,
+        "plain_bytes_accessed_per_image": total["bytes accessed"] / images,
+        "cost_source": "per instruction, loops by their trip counts (hcnet.measure.hlo)",
+        "cost_counts_loops_once": False,
+        "loops": found,
+    }
+    if own:
+        out["compiler_counts_loops_once"] = {
+            "flops_per_image": own.get("flops", float("nan")) / images,
+            "bytes_accessed_per_image": own.get("bytes accessed", float("nan")) / images,
+        }
+    if breakdown:
+        out["breakdown"] = breakdown_of(items, images)
+    return out
+
+
+def program_text(compiled) -> str | None:
+    """The optimised program's text; None where it cannot be printed (libtpu 0.0.52's v6e and
+    TPU7x programs fail a check on the way to text)."""
+    try:
+        return compiled.as_text() or None
+    except RuntimeError:  # jax's JaxRuntimeError
+        return None
 
 
 def analysis(text: str, backend=None) -> dict:

@@ -5,6 +5,8 @@
     python -m hcnet.tools.aot_table t_v5e-64.json s_v4-32.json ...
 
 Every figure is the compiler's (compile-only TPU or GPU devices), not a hardware measurement.
+Flops and bytes are XLA's per instruction, each loop body times its trip count (hcnet.measure.hlo);
+a TPU's bytes with each array padded to its tiles, then without.
 """
 
 import json
@@ -16,7 +18,8 @@ from hcnet.measure import aot
 GIB = 2**30
 HEADER = (
     "| config | slice / node | batch / device | fits | needed / memory per device (compiler peak) "
-    "| largest batch (estimate) | GFLOP / image | MB / image (roofline floor) | eval step needs "
+    "| largest batch (estimate) | GFLOP / image "
+    "| MB / image: on TPU tiles / plain (roofline floor) | eval step needs "
     "| augmentation MB / image | compile |\n|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -35,7 +38,11 @@ def _cost(r: dict) -> tuple[str, str]:
         return "-", "-"
     if r.get("cost_counts_loops_once"):  # XLA counted each loop body once: not the step's figures
         return "- (loop)", "- (loop)"
-    return f"{r['flops_per_image'] / 1e9:.2f}", f"{r['bytes_accessed_per_image'] / 1e6:,.0f}"
+    bytes_ = f"{r['bytes_accessed_per_image'] / 1e6:,.0f}"
+    plain = r.get("plain_bytes_accessed_per_image", r["bytes_accessed_per_image"])
+    if plain < 0.995 * r["bytes_accessed_per_image"]:  # a TPU's arrays padded to tiles, then not
+        bytes_ += f" / {plain / 1e6:,.0f}"
+    return f"{r['flops_per_image'] / 1e9:.2f}", bytes_
 
 
 def row(r: dict) -> str:

@@ -2,7 +2,7 @@
 
     python -m hcnet.tools.bench --variant=T --batch=128 --image_size=224 --dtype=bfloat16 \\
         [--devices=N]
-        [--mode=train,infer] [--repeats=10] [--json]
+        [--mode=train,infer] [--repeats=10] [--json] [--trace=DIR]
 
 What each column means: hcnet.measure.bench.
 """
@@ -20,6 +20,9 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("block_loop", "auto", "a stage's blocks: auto (scanned on TPU), scan or unroll")
 flags.DEFINE_float("drop_path", 0.0, "stochastic depth rate of the last block")
+flags.DEFINE_string(
+    "trace", None, "write a jax.profiler trace of the timed steps to DIR (open it with XProf)"
+)
 flags.DEFINE_float(
     "peak_tflops", None, "per-device dense peak, for MFU (default: hcnet.measure.roofline.DEVICES)"
 )
@@ -49,6 +52,7 @@ def main(argv):
                 peak=FLAGS.peak_tflops,
                 depthwise_impl=FLAGS.depthwise_impl,
                 block_loop=FLAGS.block_loop,
+                trace=FLAGS.trace and f"{FLAGS.trace}/{mode}",
                 **common,
             )
         )
