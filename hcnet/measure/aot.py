@@ -19,11 +19,10 @@ compiler's figure for a TPU, not a hardware measurement.
 Memory per device: arguments + outputs - what donation aliases + temporaries + generated code, from
 the compiled program's memory_analysis() (a bound: the compiler's own `peak` is reported beside it).
 A step that needs more than the device's HBM stops with one line naming what would fit
-(optim.accum_steps, mesh.fsdp, model.remat; eval_batch_size for the eval step). `largest_batch`
-extrapolates the per-device batch that would fit. XLA's cost analysis counts a loop's body once:
-with scanned blocks (model.block_loop "auto", the default, scans them on a TPU) or optim.accum_steps
-> 1 the flops and bytes per image are not the step's (the report says so);
-`--config.model.block_loop=unroll` compiles the unrolled step, whose are.
+(optim.accum_steps, mesh.fsdp, model.remat for unrolled blocks; eval_batch_size for the eval
+step). `largest_batch` extrapolates the per-device batch that would fit. Flops and bytes per image
+are XLA's per instruction, each loop body (scanned blocks, optim.accum_steps > 1) times its trip
+count (hcnet.measure.hlo); `breakdown` says where they go.
 
 libtpu's own account of each program (its HBM use, reserved memory included) and its stage timings
 go to stderr with `TPU_MIN_LOG_LEVEL=0 TPU_STDERR_LOG_LEVEL=0`; XLA's per-pass times with
