@@ -116,3 +116,24 @@ def test_tpu_tiles_pad_an_arrays_last_two_dimensions():
     # the layout's minor-to-major order decides which dimensions are the tile's
     assert hlo.array_bytes("bf16[64,4]{0,1:T(8,128)(2,1)}", tiled=True) == 8 * 128 * 2
     assert hlo.array_bytes("(f32[2]{0}, s32[])", tiled=True) == 12
+
+
+def test_the_dumped_program_read_is_the_compilers_newest_since_the_compile(tmp_path, monkeypatch):
+    """Where jax cannot print a compiled program (libtpu 0.0.52's v6e steps), hcnet.tools.aot has
+    the compiler dump it: the newest TPU or GPU program written since the compile began is read,
+    not XLA:CPU's own dumps nor older ones."""
+    import os
+    import time
+
+    monkeypatch.setenv(hlo.DUMP_ENV, str(tmp_path))
+    assert hlo.dumped_text(since=0.0) is None
+    old = tmp_path / "module_0001.jit_train_step.after_optimizations.txt"
+    old.write_text("old")
+    os.utime(old, (100.0, 100.0))
+    since = time.time() - 1
+    (tmp_path / "module_0002.jit_stage.cpu_after_optimizations.txt").write_text("cpu")
+    assert hlo.dumped_text(since) is None
+    (tmp_path / "module_0003.jit_train_step.after_optimizations.txt").write_text("new")
+    assert hlo.dumped_text(since) == "new"
+    monkeypatch.delenv(hlo.DUMP_ENV)
+    assert hlo.dumped_text(since) is None

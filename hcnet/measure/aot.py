@@ -77,7 +77,7 @@ def figures(lowered, images: float, loops: bool = False, breakdown: bool = False
     (hcnet.measure.hlo.breakdown_of). A program the compiler refuses for
     memory (RESOURCE_EXHAUSTED) gives `refused`, the compiler's line, and what it says it needed."""
     with without_persistent_cache(), without_cpu_flags():
-        t = time.perf_counter()
+        t, since = time.perf_counter(), time.time()
         try:
             compiled = lowered.compile()
         except jax.errors.JaxRuntimeError as e:
@@ -99,7 +99,7 @@ def figures(lowered, images: float, loops: bool = False, breakdown: bool = False
         "batch_per_device": images,
         "memory_bytes": memory,
         "needed_bytes": args_out + memory["temporaries"] + memory["code"],
-        **hlo.compiled_costs(compiled, images, loops, breakdown),
+        **hlo.compiled_costs(compiled, images, loops, breakdown, since),
         **_kernels(compiled),
         "compile_seconds": compile_s,
     }

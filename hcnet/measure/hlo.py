@@ -13,6 +13,8 @@ import collections
 import dataclasses
 import functools
 import math
+import os
+import pathlib
 import re
 
 # bytes per element of XLA's types (token and opaque types hold no data)
@@ -26,7 +28,7 @@ HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) \(.*\) -> .*\{$")
 INSTRUCTION = re.compile(r"^\s+(ROOT )?%([\w.\-]+) = ")
 CALLED = re.compile(
     r"\b(?:calls|to_apply|body|condition|true_computation|false_computation)=%([\w.\-]+)"
-    r"|branch_computations=\{([^}]*)\}"
+    r"|(?:branch_computations|called_computations)=\{([^}]*)\}"
 )
 # instructions that move no data of their own (views, tuples) or whose work is their computations'
 NO_COST = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while", "call"}
@@ -222,6 +224,7 @@ class Cost:
     bytes: float
     tiled_bytes: float
     times: int
+    approximated: bool = False  # XLA's analysis could not read it: its arrays' bytes instead
 
 
 def kind(i: Instruction, module: Module) -> str:
@@ -275,16 +278,21 @@ def costs(text: str, backend=None) -> tuple[list[Cost], list[dict]]:
                 continue
             if i.opcode in NO_COST:
                 continue
-            if i.opcode.endswith(("-done", "-update")):  # with its start: what the pair adds
-                start = shapes[i.operands[0]]
-                pair = analysis(module.alone([start, i], texts), backend)
-                alone = analysis(module.alone([start], texts), backend)
-                c = {k: pair.get(k, 0.0) - alone.get(k, 0.0) for k in pair}
-            else:
-                c = analysis(module.alone([i], texts), backend)
             arrays = [shapes[o].shape for o in i.operands] + [i.shape]
             plain = sum(array_bytes(s, False) for s in arrays)
             padded = sum(array_bytes(s, True) for s in arrays)
+            try:
+                if i.opcode.endswith(("-done", "-update")):  # with its start: what the pair adds
+                    start = shapes[i.operands[0]]
+                    pair = analysis(module.alone([start, i], texts), backend)
+                    alone = analysis(module.alone([start], texts), backend)
+                    c = {k: pair.get(k, 0.0) - alone.get(k, 0.0) for k in pair}
+                else:
+                    c = analysis(module.alone([i], texts), backend)
+                approximated = False
+            except RuntimeError:  # a form this jaxlib's XLA cannot read (a TPU's SparseCore
+                # offloads): its operands and result once, no flops
+                c, approximated = {"bytes accessed": plain}, True
             bytes_ = c.get("bytes accessed", 0.0)
             out.append(
                 Cost(
@@ -297,7 +305,8 @@ def costs(text: str, backend=None) -> tuple[list[Cost], list[dict]]:
                     bytes_,
                     bytes_ * (padded / plain if plain else 1.0),
                     times,
-                )  # fmt: skip
+                    approximated,
+                )
             )
 
     walk(module.entry, 1)
@@ -371,11 +380,14 @@ def describe(b: dict) -> str:
     return "\n".join(rows)
 
 
-def compiled_costs(compiled, images: float, loops: bool = False, breakdown: bool = False) -> dict:
+def compiled_costs(
+    compiled, images: float, loops: bool = False, breakdown: bool = False, since: float = 0.0
+) -> dict:
     """Flops and bytes per image: each instruction of the optimised program as XLA's cost analysis
     counts it, times the trip counts of the loops around it (`costs`), beside the
     compiled program's own analysis, which counts each loop body once. Where the program cannot be
-    printed, the compiled program's own figures alone (and whether they count loops once)."""
+    printed, the program the compiler dumped (`dumped_text`, compiled after `since`), else the
+    compiled program's own figures alone (and whether they count loops once)."""
     own = compiled.cost_analysis()
     own = (own[0] if isinstance(own, list) else own) or {}
     fallback = {
@@ -384,7 +396,7 @@ def compiled_costs(compiled, images: float, loops: bool = False, breakdown: bool
         "cost_source": "compiled",
         "cost_counts_loops_once": loops,
     }
-    program = program_text(compiled)
+    program = program_text(compiled) or dumped_text(since)
     if program is None:
         return fallback
     try:
@@ -402,6 +414,7 @@ def compiled_costs(compiled, images: float, loops: bool = False, breakdown: bool
         "cost_source": "per instruction, loops by their trip counts (hcnet.measure.hlo)",
         "cost_counts_loops_once": False,
         "loops": found,
+        "approximated_instructions": sum(c.approximated for c in items),
     }
     if own:
         out["compiler_counts_loops_once"] = {
@@ -420,6 +433,28 @@ def program_text(compiled) -> str | None:
         return compiled.as_text() or None
     except RuntimeError:  # jax's JaxRuntimeError
         return None
+
+
+# where hcnet.tools.aot has the compilers dump each optimised program (XLA's --xla_dump_to)
+DUMP_ENV = "HCNET_XLA_DUMP"
+
+
+def dump_flags(directory: str) -> str:
+    """XLA flags that make a compiler (libtpu's included) write each optimised program's text to
+    `directory`: its own printer, where jax's reader of the compiled program fails."""
+    return f"--xla_dump_to={directory} --xla_dump_hlo_as_text"
+
+
+def dumped_text(since: float) -> str | None:
+    """The newest optimised program a compiler wrote to $HCNET_XLA_DUMP at or after `since`
+    (time.time()); None where nothing was dumped."""
+    directory = os.environ.get(DUMP_ENV)
+    if not directory:
+        return None
+    # <module>.after_optimizations.txt: the TPU and GPU compilers' (the CPU's: cpu_after_...)
+    files = [f for f in pathlib.Path(directory).glob("*.after_optimizations.txt")]
+    files = [f for f in files if f.stat().st_mtime >= since]
+    return max(files, key=lambda f: f.stat().st_mtime).read_text() if files else None
 
 
 def analysis(text: str, backend=None) -> dict:

@@ -16,13 +16,14 @@ Exits 1 with the one-line verdict when the step does not fit.
 
 import json
 import os
+import tempfile
 
 from absl import flags
 from ml_collections import config_flags
 
 from hcnet import tools
 from hcnet.errors import UserError
-from hcnet.measure import targets
+from hcnet.measure import hlo, targets
 
 config_flags.DEFINE_config_file(
     "config", None, "configs/*.py[:arg], then --config.field=value overrides"
@@ -80,4 +81,10 @@ if __name__ == "__main__":
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     # JAX's CUDA plugin checks for a GPU when JAX starts; compiling for a described one needs none
     os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
-    tools.run(main)
+    # each optimised program's text as the compiler prints it, for the programs jax cannot print
+    # (libtpu 0.0.52's v6e and TPU7x steps): read per instruction from there
+    with tempfile.TemporaryDirectory(prefix="hcnet-aot-") as dump:
+        flags_now = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags_now} {hlo.dump_flags(dump)}".strip()
+        os.environ[hlo.DUMP_ENV] = dump
+        tools.run(main)
