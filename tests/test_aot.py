@@ -226,6 +226,37 @@ def test_the_breakdown_of_a_tpu_step_names_its_layers_and_pads_to_tiles(smoke_on
 
 
 @needs_libtpu
+def test_the_aot_command_passes_breakdown_on_and_writes_it(smoke_on_v5e, monkeypatch, tmp_path):
+    """python -m hcnet.tools.aot ... --breakdown: the flag reaches the compile, and the report's
+    breakdown is written with --out (the compile itself: the fixture's)."""
+    from hcnet.measure import aot as measure
+    from hcnet.tools import aot as tool
+    from hcnet.tools import invoke
+
+    _, report = smoke_on_v5e
+    asked = {}
+
+    def compile_train_step(c, topology, **kwargs):
+        asked.update(kwargs, topology=topology)
+        return report
+
+    monkeypatch.setattr(measure, "compile_train_step", compile_train_step)
+    out = tmp_path / "r.json"
+    argv = [
+        "--config=configs/smoke.py",
+        "--topology=v5e-4",
+        "--parts=",
+        "--breakdown",
+        f"--out={out}",
+    ]
+    invoke(tool.main, argv)
+    assert asked == {
+        "topology": "v5e-4", "eval_step": False, "augmentation": False, "breakdown": True
+    }  # fmt: skip
+    assert json.loads(out.read_text())["breakdown"] == report["breakdown"]
+
+
+@needs_libtpu
 def test_the_augmentation_compiled_for_tpu_looks_up_tables_without_gathers():
     """XLA's TPU cost analysis charges RandAugment's per-pixel table gathers about 27 GB per 224x224
     image each (two per image), so about 1.1 GB per 32x32 image; with lut_impl='auto' the TPU
