@@ -46,6 +46,7 @@ STACKING = {"dynamic_update_index_in_dim", "dynamic_index_in_dim"}
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 
 
+@functools.lru_cache(maxsize=65536)
 def array_bytes(shape: str, tiled: bool) -> float:
     """Bytes of the arrays in an HLO shape (a tuple's summed); `tiled`: each padded to its layout's
     first tile, as a TPU stores it."""
@@ -92,13 +93,16 @@ class Instruction:
         return m[1] if m else ""
 
 
+PARENTHESIS = re.compile(r"[()]")
+
+
 def _closing(text: str, start: int) -> int:
     """The index of the parenthesis closing the one at `start`."""
     depth = 0
-    for i in range(start, len(text)):
-        depth += {"(": 1, ")": -1}.get(text[i], 0)
+    for m in PARENTHESIS.finditer(text, start):
+        depth += 1 if m[0] == "(" else -1
         if depth == 0:
-            return i
+            return m.start()
     raise ValueError(f"unbalanced parentheses: {text[start : start + 80]}")
 
 
