@@ -320,6 +320,12 @@ def test_the_largest_batch_grows_the_temporaries_alone():
         {"memory_bytes": memory, "needed_bytes": 14 * aot.GIB, "batch_per_device": 64}, 16 * aot.GIB
     )
     assert report["fits"] and report["largest_batch_per_device_estimate"] == 80
+    # older libtpu releases report no temporaries for some chips: no estimate, not a crash
+    none = {**memory, "temporaries": 0}
+    report = aot.judge(
+        {"memory_bytes": none, "needed_bytes": 6 * aot.GIB, "batch_per_device": 64}, 16 * aot.GIB
+    )
+    assert report["largest_batch_per_device_estimate"] is None
 
 
 def test_reports_become_one_markdown_table(tmp_path, capsys):
