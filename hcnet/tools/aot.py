@@ -83,8 +83,12 @@ if __name__ == "__main__":
     os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
     # each optimised program's text as the compiler prints it, for the programs jax cannot print
     # (libtpu 0.0.52's v6e and TPU7x steps): read per instruction from there
+    was = os.environ.get("XLA_FLAGS", "")
     with tempfile.TemporaryDirectory(prefix="hcnet-aot-") as dump:
-        flags_now = os.environ.get("XLA_FLAGS", "")
-        os.environ["XLA_FLAGS"] = f"{flags_now} {hlo.dump_flags(dump)}".strip()
+        os.environ["XLA_FLAGS"] = f"{was} {hlo.dump_flags(dump)}".strip()
         os.environ[hlo.DUMP_ENV] = dump
-        tools.run(main)
+        try:
+            tools.run(main)
+        finally:
+            os.environ["XLA_FLAGS"] = was
+            del os.environ[hlo.DUMP_ENV]
