@@ -38,6 +38,9 @@ def jaxpr_macs(jaxpr) -> int:
     total = 0
     for eqn in jaxpr.eqns:
         total += _eqn_macs(eqn)
+        if eqn.primitive.name == "cond":  # one branch runs: a platform's choice (the same network)
+            total += max(jaxpr_macs(b.jaxpr) for b in eqn.params["branches"])
+            continue
         repeat = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
         for value in eqn.params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):
