@@ -219,6 +219,8 @@ MATRIX = {
     "hcnet.tools.aot_table": [
         (["--nope"], "Unknown command line flag 'nope'"),
         (["--out={tmp}/table.md"], "--out: hcnet.tools.aot_table does not take it"),
+        # the reports are its arguments: read, and this one is not a report
+        (["{tmp}/bad_config/config.json"], "not a report written by hcnet.tools.aot --out"),
     ],
 }
 COMMANDS = [

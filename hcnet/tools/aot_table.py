@@ -81,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    tools.run(main)
+    tools.run(main, files=True)
