@@ -5,8 +5,9 @@ scanned program's figures per step, and traces each instruction's bytes to the l
 (hcnet.tools.aot --breakdown; the figures in BENCHMARKS.md, "Where the bytes go").
 
 On a TPU an array occupies whole (8, 128) tiles (its layout's T(...)): each instruction's bytes are
-scaled by how much its operands and result grow when padded to their tiles, which libtpu's own count
-does too (the two agree within a few percent on a program without loops: BENCHMARKS.md).
+scaled by how much its operands and result grow when padded to their tiles. libtpu's own count
+models more than that (gathers, operands read again): within 3% of this one on the smoke step,
+twice it on HcNet-T's, each counted once; this one is the same rule for every program and chip.
 """
 
 import collections
