@@ -82,6 +82,7 @@ LAYERS = [
         "hcnet.serve.savedmodel",
         "hcnet.serve.export",
         "hcnet.measure",
+        "hcnet.measure.hlo_text",
         "hcnet.measure.hlo",
         "hcnet.measure.count",
         "hcnet.measure.roofline",

@@ -85,6 +85,8 @@ def figures(lowered, images: float, loops: bool = False, breakdown: bool = False
                 raise
             return _refused(e, images, time.perf_counter() - t)
         compile_s = time.perf_counter() - t
+    # the optimised program's text, read once: as jax prints it, else as the compiler dumped it
+    text = hlo.program_text(compiled) or hlo.dumped_text(since)
     m = compiled.memory_analysis()
     memory = {
         "arguments": m.argument_size_in_bytes,
@@ -99,16 +101,15 @@ def figures(lowered, images: float, loops: bool = False, breakdown: bool = False
         "batch_per_device": images,
         "memory_bytes": memory,
         "needed_bytes": args_out + memory["temporaries"] + memory["code"],
-        **hlo.compiled_costs(compiled, images, loops, breakdown, since),
-        **_kernels(compiled),
+        **hlo.compiled_costs(compiled, images, loops, breakdown, text),
+        **_kernels(text),
         "compile_seconds": compile_s,
     }
 
 
-def _kernels(compiled) -> dict:
+def _kernels(text: str | None) -> dict:
     """How many fusions and custom calls (cuDNN, cuBLAS, ...) the optimised program has; None where
-    it cannot be printed."""
-    text = hlo.program_text(compiled)
+    its text could not be had."""
     if text is None:
         return {"fusions": None, "custom_calls": None}
     return {
